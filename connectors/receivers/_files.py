@@ -1,0 +1,278 @@
+"""What every file receiver shares: stream and receiver keys, and the incremental file reader.
+
+A file receiver lists its connections' directories through fsspec, picks the files its
+stream's ``file_filter`` (globs on the file name) or ``path_filter`` (globs on the path
+below the directory) select, and processes new or changed files oldest first (by
+modification time; by path with ``process_files_alphabetically``).
+
+Its state per stream is the seen files, each with size, mtime, the byte offset and line
+number read up to, and the header lines; only files still present are kept, so the
+state stays bounded. A file that grows is read on from its offset (the header lines
+are kept so every chunk parses alone); one whose size shrinks, or whose mtime changes
+at the same size, was rewritten and is read again from the top. Files are read in
+chunks of at most ``chunk_bytes`` cut at a line end, so a big file never sits in
+memory whole. A last line without a newline is read once the file has been still for
+``poll_interval`` seconds.
+
+A file that cannot be parsed is logged with file and line, recorded as failed and
+skipped until it changes. With ``delete_completed`` a file is deleted once every
+transmit its stream reaches has acknowledged its last batch in the delivery ledger.
+
+Implements the file receivers of ``shared/specs/factorytx-digest.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Annotated, Any
+
+import fsspec
+import msgspec
+
+from connectors import registry
+from connectors.parsers.csv import ParseError
+from dataflows.config import (
+    JsonPath,
+    ReceiverConfig,
+    StreamConfig,
+    Violation,
+    error,
+    describe,
+)
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import Batch, stream_matches
+from dataflows.runtime import RunContext
+
+registry.load_package("connectors.parsers")
+_ParserUnion = registry.parsers.union()
+
+
+class FileStream(StreamConfig, kw_only=True):
+    """A stream of a file receiver."""
+
+    file_filter: Annotated[list[str] | None, describe("Globs on file names, e.g. ['*.csv'].")] = None
+    path_filter: Annotated[list[str] | None, describe("Globs on paths below the directory.")] = None
+    parser: Annotated[str | None, describe("parser_name; by default the first parser whose "
+                                                 "filter_stream matches the stream.")] = None
+
+    def selects(self, relative_path: str) -> bool:
+        """Whether this stream reads the file at ``relative_path`` (below a directory)."""
+        if self.path_filter is not None:
+            return any(fnmatchcase(relative_path, p) for p in self.path_filter)
+        patterns = self.file_filter if self.file_filter is not None else ["*"]
+        return any(fnmatchcase(posixpath.basename(relative_path), p) for p in patterns)
+
+
+class FileReceiver(ReceiverConfig, kw_only=True):
+    """Keys shared by the file receivers (``localfile``, ``smb``, ``azure_data_lake``, ...)."""
+
+    parsers: Annotated[list[_ParserUnion], describe("Parsers streams pick from.", min_length=1)]
+    streams: Annotated[list[FileStream], describe("Streams and the files they read.", min_length=1)]
+    delete_completed: Annotated[bool, describe("Delete a file once its records are delivered.")] = False
+    process_files_alphabetically: Annotated[bool, describe("Order by path, not mtime.")] = False
+    process_ordered_connections: Annotated[bool, describe("All files of a connection before the "
+                                                          "next connection's.")] = False
+    chunk_bytes: Annotated[int, describe("Most bytes parsed per batch.", ge=1024)] = 16 * 1024 * 1024
+
+    def parser_for(self, stream: FileStream) -> Any:
+        """The parser ``stream`` uses, or ``None`` when none is named or matches."""
+        for parser in self.parsers:
+            if stream.parser is None and stream_matches(parser.filter_stream, stream.key):
+                return parser
+            if parser.parser_name == stream.parser:
+                return parser
+        return None
+
+    def violations(self, path: JsonPath) -> list[Violation]:
+        out: list[Violation] = []
+        names = [p.parser_name for p in self.parsers]
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                out.append(error(f"duplicate parser_name {name!r}", [*path, "parsers", index, "parser_name"]))
+        for index, stream in enumerate(self.streams):
+            s_path = [*path, "streams", index]
+            if stream.file_filter is not None and stream.path_filter is not None:
+                out.append(error("use file_filter or path_filter, not both", s_path))
+            if stream.parser is not None and stream.parser not in names:
+                out.append(error(f'No parser named "{stream.parser}".', [*s_path, "parser"]))
+            elif self.parser_for(stream) is None:
+                out.append(error(f"no parser's filter_stream matches stream {stream.key}; name one "
+                                 "with `parser`", s_path))
+        return out
+
+    def roots(self) -> list[str]:
+        """The directory of each connection, in order."""
+        raise NotImplementedError
+
+    def filesystem(self, shared: dict[str, Any]) -> fsspec.AbstractFileSystem:
+        """The fsspec file system the connections live on (no I/O)."""
+        raise NotImplementedError
+
+    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
+                    shared: dict[str, Any]) -> FileStreamReader:
+        assert isinstance(stream, FileStream)
+        return FileStreamReader(self, stream, self.filesystem(shared), resume_state, ctx)
+
+
+class SeenFile(msgspec.Struct, kw_only=True):
+    """State of one file: what was seen and how far it was read."""
+
+    size: int
+    mtime: float
+    offset: int = 0
+    line: int = 0
+    prefix: bytes = b""
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class _Candidate:
+    path: str
+    order: tuple[Any, ...]
+    size: int
+    mtime: float
+
+
+class FileStreamReader:
+    """Reads one stream of a file receiver; see the module docstring."""
+
+    retryable = (OSError,)
+
+    def __init__(self, receiver: FileReceiver, stream: FileStream, fs: fsspec.AbstractFileSystem,
+                 resume_state: dict[str, Any] | None, ctx: RunContext) -> None:
+        self._receiver = receiver
+        self._stream = stream
+        self._parser = receiver.parser_for(stream)
+        self._settings = self._parser.settings()
+        self._fs = fs
+        self._ctx = ctx
+        state = resume_state or {}
+        self._files: dict[str, SeenFile] = {p: msgspec.convert(v, SeenFile) if isinstance(v, dict) else v
+                                            for p, v in state.get("files", {}).items()}
+        self._pending_delete: dict[str, str] = dict(state.get("pending_delete", {}))
+        self._queue: list[_Candidate] = []
+        self._ledger: Ledger | None = None
+        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
+        self._expected = ctx.expected_transmits.get((receiver.data_receiver_name, stream.key), frozenset())
+
+    # -- state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"files": {p: msgspec.structs.replace(f) for p, f in self._files.items()},
+                "pending_delete": dict(self._pending_delete)}
+
+    def describe(self) -> str:
+        done = sum(1 for f in self._files.values() if f.offset >= f.size)
+        return (f"{len(self._files)} files seen ({done} read to the end), "
+                f"{len(self._pending_delete)} awaiting delivery to be deleted")
+
+    def abandon(self) -> None:
+        self._queue = []
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    # -- reading
+
+    def read(self) -> tuple[list[Batch], bool]:
+        if self._pending_delete:
+            self._delete_delivered()
+        if not self._queue:
+            self._queue = self._candidates()
+            if not self._queue:
+                return [], False
+        candidate = self._queue[0]
+        batch, finished = self._read_chunk(candidate)
+        if finished:
+            self._queue.pop(0)
+        return ([batch] if batch is not None else []), bool(self._queue)
+
+    def _candidates(self) -> list[_Candidate]:
+        listing: dict[str, tuple[int, float, int]] = {}
+        for index, root in enumerate(self._receiver.roots()):
+            if not self._fs.isdir(root):
+                raise FileNotFoundError(f"data directory {root!r} does not exist")
+            for path, info in self._fs.find(root, detail=True).items():
+                relative = posixpath.relpath(path, root.rstrip("/") or "/")
+                if info.get("type", "file") == "file" and self._stream.selects(relative):
+                    listing[path] = (int(info["size"]), float(info.get("mtime", 0.0)), index)
+        for path in [p for p in self._files if p not in listing and p not in self._pending_delete]:
+            del self._files[path]  # keep only files still present: the state stays bounded
+        out = []
+        for path, (size, mtime, index) in listing.items():
+            seen = self._files.get(path)
+            if path in self._pending_delete:
+                continue
+            if seen is not None and (size < seen.offset or (size == seen.size and mtime != seen.mtime)):
+                self._log.info("%s: %s was rewritten; reading it again", self._stream.key, path)
+                seen = self._files[path] = SeenFile(size=size, mtime=mtime)
+            if seen is None or (size > seen.offset and not (seen.failed and size == seen.size)):
+                key = path if self._receiver.process_files_alphabetically else (mtime, path)
+                order = (index if self._receiver.process_ordered_connections else 0, key)
+                out.append(_Candidate(path, order, size, mtime))
+        out.sort(key=lambda c: c.order)
+        if out:
+            self._log.info("%s: %d new or changed files of %d present", self._stream.key, len(out),
+                           len(listing))
+        return out
+
+    def _read_chunk(self, candidate: _Candidate) -> tuple[Batch | None, bool]:
+        path = candidate.path
+        seen = self._files.get(path) or SeenFile(size=candidate.size, mtime=candidate.mtime)
+        whole = not self._settings.splits_on_newline_byte  # e.g. UTF-16: read the file whole
+        with self._fs.open(path, "rb") as handle:
+            if whole:
+                seen.offset = 0
+                data = handle.read()
+            else:
+                handle.seek(seen.offset)
+                data = handle.read(self._receiver.chunk_bytes)
+        at_end = seen.offset + len(data) >= candidate.size
+        still = (self._ctx.now().timestamp() - candidate.mtime) >= self._receiver.poll_interval
+        if not whole and not (at_end and still):
+            data = data[: data.rfind(b"\n") + 1]  # complete lines only; the rest waits for its newline
+        if not data:
+            return None, True  # nothing complete yet: try again at the next poll
+        try:
+            if seen.offset == 0:
+                lines = data.split(b"\n", self._settings.header_lines)
+                seen.prefix = b"".join(line + b"\n" for line in lines[: self._settings.header_lines])
+                frame = self._parser.parse(b"", data, source=path, first_line=1)
+            else:
+                frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1)
+        except ParseError as exc:
+            self._log.error("%s: %s; the file is skipped until it changes", self._stream.key, exc)
+            self._files[path] = SeenFile(size=candidate.size, mtime=candidate.mtime,
+                                         offset=candidate.size, failed=True)
+            return None, True
+        seen.offset += len(data)
+        seen.line += data.count(b"\n")
+        seen.size, seen.mtime = max(candidate.size, seen.offset), candidate.mtime
+        self._files[path] = seen
+        finished = seen.offset >= candidate.size
+        ack_key = None
+        if finished and self._receiver.delete_completed:
+            ack_key = f"{path}|{seen.size}|{seen.mtime}"
+            self._pending_delete[path] = ack_key
+        if frame.height == 0 and ack_key is None:
+            return None, finished
+        return Batch(self._receiver.data_receiver_name, self._stream.key, frame, path, ack_key), finished
+
+    def _delete_delivered(self) -> None:
+        if self._ledger is None:
+            self._ledger = Ledger(ledger_path(self._ctx.home))
+        stream = str(self._stream.key)
+        name = self._receiver.data_receiver_name
+        for path, ack_key in list(self._pending_delete.items()):
+            if not self._expected <= self._ledger.acked_by(name, stream, ack_key):
+                continue
+            if self._fs.exists(path):
+                self._fs.rm(path)
+                self._log.info("%s: deleted %s, its records are delivered", self._stream.key, path)
+            self._ledger.forget(name, stream, ack_key)
+            del self._pending_delete[path]
+            self._files.pop(path, None)

@@ -1,0 +1,271 @@
+"""The ``sql`` receiver: incremental queries over SQLAlchemy 2.
+
+Each stream runs its ``query`` with named bind parameters (``:timestamp``) taken from
+its state, reads the result in chunks of ``chunk_size`` rows through a server-side
+cursor (so a first poll over millions of rows never holds them all), hands each chunk
+on as one batch and advances its state to the state columns' values in the chunk's
+last row. The query must ``ORDER BY`` the state columns.
+
+Equal-timestamp hazard: with ``WHERE timestamp > :timestamp`` a restart, or a row
+inserted later with a timestamp equal to the last one delivered, loses rows that share
+that timestamp. A composite cursor is safe (``docs/sql.md``)::
+
+    SELECT * FROM t
+    WHERE timestamp > :timestamp OR (timestamp = :timestamp AND id > :id)
+    ORDER BY timestamp, id
+
+with ``state_fields`` for both ``timestamp`` and ``id``.
+
+Drivers: ``mssql`` through pyodbc (``odbc_driver``, "ODBC Driver 18 for SQL Server" by
+default; "FreeTDS" accepted), ``postgresql`` through psycopg 3, ``mysql`` and ``mariadb``
+through PyMySQL, ``sqlite`` with ``database_name`` as the file path.
+
+Implements the SQL receiver of ``shared/specs/factorytx-digest.md`` and the quickstart's
+``sql`` receiver in ``shared/specs/factorytx-demo-and-rest-api.txt``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from connectors.registry import receivers
+from dataflows.config import (
+    JsonPath,
+    NonEmptyStr,
+    Port,
+    ReceiverConfig,
+    StreamConfig,
+    Violation,
+    choice_violations,
+    describe,
+    error,
+    is_placeholder,
+    warning,
+)
+from dataflows.records import Batch
+from dataflows.runtime import RunContext
+
+DRIVERS = {
+    "mssql": "mssql+pyodbc",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "sqlite": "sqlite",
+}
+DATA_TYPES = ("timestamp", "integer", "float", "string")
+
+#: First-run values of state fields without an ``initial_value``: below any real value.
+DEFAULT_INITIAL: dict[str, Any] = {
+    "timestamp": datetime(1900, 1, 1),
+    "integer": -(2**63),
+    "float": -1.7976931348623157e308,
+    "string": "",
+}
+
+
+class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How to reach one database."""
+
+    database_type: Annotated[str, describe("One of mssql, postgresql, mysql, mariadb, sqlite.")]
+    host: Annotated[str | None, describe("Hostname or IP address of the server.")] = None
+    port: Annotated[Port | None, describe("TCP port of the server.")] = None
+    username: Annotated[str | None, describe("User to log in as.")] = None
+    password: Annotated[str | None, describe("Password of the user.", secret=True)] = None
+    database_name: Annotated[str | None, describe("Database; for sqlite, the file path.")] = None
+    ssl: Annotated[bool, describe("Encrypt the connection.")] = False
+    connection_name: Annotated[str | None, describe("Name streams use to pick this connection.")] = None
+    odbc_driver: Annotated[str, describe("ODBC driver name for mssql.")] = "ODBC Driver 18 for SQL Server"
+
+    def url(self) -> URL:
+        """The SQLAlchemy URL (password included; never log it, log :meth:`describe` instead)."""
+        query: dict[str, str] = {}
+        if self.database_type == "postgresql" and self.ssl:
+            query["sslmode"] = "require"
+        if self.database_type == "mssql":
+            query = {"driver": self.odbc_driver, "Encrypt": "yes" if self.ssl else "no"}
+        if self.database_type == "sqlite":
+            return URL.create("sqlite", database=self.database_name)
+        return URL.create(DRIVERS[self.database_type], username=self.username, password=self.password,
+                          host=self.host, port=self.port, database=self.database_name, query=query)
+
+    def describe(self) -> str:
+        """Where this connection goes, without secrets."""
+        return self.url().render_as_string(hide_password=True)
+
+
+class StateField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One column of a stream's cursor."""
+
+    column_name: Annotated[NonEmptyStr, describe("Result column, also the bind parameter :name.")]
+    data_type: Annotated[str, describe("One of timestamp, integer, float, string.")]
+    initial_value: Annotated[str | int | float | None, describe("Value on the first run.")] = None
+
+    def initial(self) -> Any:
+        """The typed first-run value.
+
+        :raises ValueError: ``initial_value`` does not parse as ``data_type``.
+        """
+        value = self.initial_value
+        if value is None:
+            return DEFAULT_INITIAL[self.data_type]
+        if self.data_type == "timestamp":
+            return datetime.fromisoformat(str(value))
+        if self.data_type == "integer":
+            if isinstance(value, float):
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if self.data_type == "float":
+            return float(value)
+        return str(value)
+
+
+class SqlStream(StreamConfig, kw_only=True):
+    """A query over one database, advanced by its ``state_fields``."""
+
+    query: Annotated[NonEmptyStr, describe("SQL with :name bind parameters, ordered by the state columns.")]
+    state_fields: Annotated[list[StateField], describe("Cursor columns.")] = msgspec.field(
+        default_factory=list)
+    connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
+
+
+def _uses_param(query: str, name: str) -> bool:
+    return re.search(rf"(?<![:\w]):{re.escape(name)}\b", query) is not None
+
+
+def _params(query: str) -> set[str]:
+    return set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", query))
+
+
+@receivers.register
+class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
+    """Polls SQL databases with incremental queries."""
+
+    connections: Annotated[list[SqlConnection], describe("Databases.", min_length=1)]
+    streams: Annotated[list[SqlStream], describe("Queries.", min_length=1)]
+    chunk_size: Annotated[int, describe("Rows per batch read from a result.", ge=1)] = 10_000
+
+    def violations(self, path: JsonPath) -> list[Violation]:
+        out: list[Violation] = []
+        names = {c.connection_name for c in self.connections}
+        for c_index, conn in enumerate(self.connections):
+            c_path = [*path, "connections", c_index]
+            out += choice_violations(conn.database_type, DRIVERS, "database_type",
+                                     [*c_path, "database_type"])
+            if conn.database_type == "sqlite" and not conn.database_name:
+                out.append(error("sqlite needs database_name (the database file path)", c_path))
+        for s_index, stream in enumerate(self.streams):
+            s_path = [*path, "streams", s_index]
+            if stream.connection_name is not None and stream.connection_name not in names:
+                out.append(error(f"no connection named {stream.connection_name!r}",
+                                 [*s_path, "connection_name"]))
+            columns = set()
+            for f_index, state_field in enumerate(stream.state_fields):
+                f_path = [*s_path, "state_fields", f_index]
+                columns.add(state_field.column_name)
+                if is_placeholder(state_field.data_type) or is_placeholder(state_field.column_name):
+                    continue
+                out += choice_violations(state_field.data_type, DATA_TYPES, "data_type",
+                                         [*f_path, "data_type"])
+                if state_field.data_type in DATA_TYPES:
+                    try:
+                        state_field.initial()
+                    except ValueError as exc:
+                        out.append(error(f"initial_value does not parse as {state_field.data_type}: {exc}",
+                                         [*f_path, "initial_value"]))
+                if not is_placeholder(stream.query) and not _uses_param(stream.query, state_field.column_name):
+                    out.append(warning(f"state field {state_field.column_name!r} is never used as "
+                                       f":{state_field.column_name} in the query, so the query "
+                                       "re-reads rows on every poll", [*f_path, "column_name"]))
+            if not is_placeholder(stream.query):
+                for unknown in sorted(_params(stream.query) - columns):
+                    out.append(error(f"query uses :{unknown}, which is not a state_fields column",
+                                     [*s_path, "query"]))
+        return out
+
+    def connection_for(self, stream: SqlStream) -> SqlConnection:
+        """The connection a stream queries."""
+        for conn in self.connections:
+            if stream.connection_name is not None and conn.connection_name == stream.connection_name:
+                return conn
+        return self.connections[0]
+
+    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
+                    shared: dict[str, Any]) -> _SqlStreamReader:
+        assert isinstance(stream, SqlStream)
+        conn = self.connection_for(stream)
+        key = f"engine:{self.connections.index(conn)}"
+        if key not in shared:  # one engine per connection, shared by the streams on this worker
+            shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
+        return _SqlStreamReader(self, stream, shared[key], resume_state)
+
+
+class QueryError(RuntimeError):
+    """A query ran but its result cannot advance the stream's state."""
+
+
+class _SqlStreamReader:
+    retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
+
+    def __init__(self, receiver: SqlReceiver, stream: SqlStream, engine: sa.Engine,
+                 resume_state: dict[str, Any] | None) -> None:
+        self._receiver = receiver
+        self._stream = stream
+        self._engine = engine
+        self._state: dict[str, Any] = dict(resume_state) if resume_state is not None else {
+            f.column_name: f.initial() for f in stream.state_fields}
+        self._conn: sa.Connection | None = None
+        self._chunks: Iterator[pl.DataFrame] | None = None
+
+    def read(self) -> tuple[list[Batch], bool]:
+        if self._chunks is None:
+            self._conn = self._engine.connect().execution_options(
+                stream_results=True, max_row_buffer=self._receiver.chunk_size)
+            self._chunks = pl.read_database(
+                sa.text(self._stream.query), self._conn, iter_batches=True,
+                batch_size=self._receiver.chunk_size,
+                execute_options={"parameters": dict(self._state)})
+        frame = next(self._chunks, None)
+        if frame is None or frame.height == 0:
+            self.abandon()
+            return [], False
+        self._state = self._advance(frame)
+        batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._stream.query)
+        return [batch], True
+
+    def _advance(self, frame: pl.DataFrame) -> dict[str, Any]:
+        last = frame.row(-1, named=True)
+        lowered = {name.lower(): name for name in last}
+        state = {}
+        for column in self._state:
+            name = column if column in last else lowered.get(column.lower())
+            if name is None:
+                raise QueryError(f"state column {column!r} is not in the query result "
+                                 f"(columns: {', '.join(last)})")
+            state[column] = last[name]
+        return state
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    def describe(self) -> str:
+        return repr(self._state)
+
+    def abandon(self) -> None:
+        self._chunks = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.close()
+            except sa.exc.SQLAlchemyError:
+                pass  # the connection is already broken; the pool discards it
+
+    def close(self) -> None:
+        self.abandon()

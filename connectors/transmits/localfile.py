@@ -1,0 +1,138 @@
+"""The ``localfile`` transmit, the embedded default: JSON lines on local disk.
+
+Appends each record to ``$FACTORYFLOW_HOME/components/<transmit_name>/<asset>__<stream_type>.jsonl``
+as one JSON object: ``asset``, ``stream_type``, then the record's fields; timestamps are
+ISO-8601 UTC ending in ``Z`` (naive timestamps, i.e. not converted by
+``convert_timestamps``, are taken as UTC). ``write_batch`` returns only after
+``fsync``, so no receiver state is snapshotted ahead of the data on disk.
+
+Delivery is at-least-once: after a crash, records read since the last snapshot are
+read and appended again (duplicates, never gaps). A graceful stop (SIGTERM) leaves no
+duplicates. Each write logs a progress line per stream: records in the batch, records
+delivered in all, last ``timestamp``; the totals live in the delivery ledger.
+
+Example: ``{"transmit_name": "local", "transmit_type": "localfile"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import UTC
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.registry import transmits
+from dataflows.config import TransmitConfig
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import Batch
+from dataflows.runtime import RunContext
+
+ISO_UTC = "%Y-%m-%dT%H:%M:%S%.fZ"
+
+
+def file_name(batch: Batch) -> str:
+    """``<asset>__<stream_type>.jsonl`` with characters unsafe in file names replaced by ``_``."""
+    safe = re.compile(r"[^\w.\- ]")
+    return f"{safe.sub('_', batch.stream.asset)}__{safe.sub('_', batch.stream.stream_type)}.jsonl"
+
+
+def records_frame(batch: Batch) -> pl.DataFrame:
+    """The batch's records as written: ``asset``, ``stream_type`` first, timestamps as ISO UTC text."""
+    frame = batch.frame.drop(["asset", "stream_type"], strict=False)
+    text = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            column = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
+            text.append(column.dt.convert_time_zone("UTC").dt.strftime(ISO_UTC).alias(name))
+        elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
+            text.append(pl.col(name).cast(pl.String))
+    return frame.with_columns(text).select(
+        pl.lit(batch.stream.asset).alias("asset"), pl.lit(batch.stream.stream_type).alias("stream_type"),
+        pl.all())
+
+
+def last_timestamp(frame: pl.DataFrame) -> str | None:
+    """The latest ``timestamp`` of a batch, ISO UTC, when it has such a column."""
+    if "timestamp" not in frame.columns or not isinstance(frame.schema["timestamp"], pl.Datetime):
+        return None
+    latest = frame.select(pl.col("timestamp").max()).item()
+    if latest is None:
+        return None
+    if latest.tzinfo is None:
+        latest = latest.replace(tzinfo=UTC)
+    return latest.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _LocalFilePartition(StatelessSinkPartition[Batch]):
+    def __init__(self, config: LocalFileTransmit, ctx: RunContext) -> None:
+        self._config = config
+        self._ctx = ctx
+        self._dir = ctx.component_dir(config.transmit_name)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, IO[bytes]] = {}
+        self._ledger = Ledger(ledger_path(ctx.home))
+        self._log = logging.getLogger(f"transmit.{config.transmit_name}")
+
+    def _file(self, name: str) -> IO[bytes]:
+        if name not in self._files:
+            path = self._dir / name
+            created = not path.exists()
+            self._files[name] = open(path, "ab")  # noqa: SIM115 - kept open across batches
+            if created:
+                _fsync_dir(self._dir)
+        return self._files[name]
+
+    def write_batch(self, items: list[Batch]) -> None:
+        written: list[Batch] = []
+        for batch in items:
+            if batch.frame.height:
+                records_frame(batch).write_ndjson(self._file(file_name(batch)))
+            written.append(batch)
+        for handle in self._files.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+        for batch in written:  # durable now: count it and acknowledge it
+            stream = str(batch.stream)
+            latest = last_timestamp(batch.frame)
+            total = self._ledger.record_delivery(self._config.transmit_name, stream, batch.frame.height,
+                                                 latest)
+            if batch.ack_key is not None:
+                self._ledger.ack(batch.receiver, stream, batch.ack_key, self._config.transmit_name)
+            if batch.frame.height:
+                self._log.info("%s: +%d records, %d delivered, last timestamp %s", stream,
+                               batch.frame.height, total, latest or "-")
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._ledger.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalFileSink(DynamicSink[Batch]):
+    def __init__(self, config: LocalFileTransmit, ctx: RunContext) -> None:
+        self._config = config
+        self._ctx = ctx
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalFilePartition:
+        return _LocalFilePartition(self._config, self._ctx)
+
+
+@transmits.register
+class LocalFileTransmit(TransmitConfig, tag="localfile", kw_only=True):
+    """Appends records as JSON lines under ``$FACTORYFLOW_HOME/components/<transmit_name>/``."""
+
+    def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
+        return _LocalFileSink(self, ctx)

@@ -1,0 +1,92 @@
+"""The main job: ``python -m bytewax.run dataflows.main:flow``.
+
+Runs the config at ``$FACTORYFLOW_CONFIG`` (default ``$FACTORYFLOW_HOME/conf.d/config.json``,
+with ``FACTORYFLOW_HOME`` defaulting to ``./.factoryflow``). Logs go to stderr and to
+``$FACTORYFLOW_HOME/log/factorytx_core.log`` in FactoryTX's line format
+(``2017-11-09 23:18:05,699 <thread> <component> INFO <message>``); the level is
+``$FACTORYFLOW_LOG_LEVEL`` (default INFO).
+
+With recovery (``-r DIR -s SECONDS -b 0``; create DIR first with ``mkdir DIR &&
+python -m bytewax.recovery DIR 1``) each stream resumes from its last snapshot.
+
+SIGTERM or SIGINT stops it gracefully: each stream finishes the batch in hand, bytewax
+takes a final snapshot and the process exits 0. A second signal interrupts at once.
+An invalid config logs every violation and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from bytewax.dataflow import Dataflow
+
+from dataflows.config import ConfigError, load_file
+from dataflows.flow import build_flow
+from dataflows.runtime import RunContext
+
+LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
+_log = logging.getLogger("factoryflow")
+
+
+def home_dir() -> Path:
+    """``$FACTORYFLOW_HOME``, default ``./.factoryflow``, absolute."""
+    return Path(os.environ.get("FACTORYFLOW_HOME", ".factoryflow")).resolve()
+
+
+def config_path(home: Path) -> Path:
+    """``$FACTORYFLOW_CONFIG``, default ``<home>/conf.d/config.json``."""
+    return Path(os.environ.get("FACTORYFLOW_CONFIG", home / "conf.d" / "config.json"))
+
+
+def configure_logging(home: Path) -> None:
+    """Log to stderr and to ``<home>/log/factorytx_core.log`` (10 MB x 5 files)."""
+    (home / "log").mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(LOG_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(os.environ.get("FACTORYFLOW_LOG_LEVEL", "INFO").upper())
+    for handler in (logging.StreamHandler(),
+                    logging.handlers.RotatingFileHandler(home / "log" / "factorytx_core.log",
+                                                         maxBytes=10_000_000, backupCount=5)):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def install_signal_handlers(shutdown: threading.Event) -> None:
+    """First SIGTERM/SIGINT: set ``shutdown`` (graceful stop); a second one: interrupt now."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if shutdown.is_set():
+            raise KeyboardInterrupt
+        _log.info("%s received: stopping after the batches in hand", signal.Signals(signum).name)
+        shutdown.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def flow() -> Dataflow:
+    """Build the dataflow for the configured installation (called by ``bytewax.run``).
+
+    :raises SystemExit: status 2 when the config is missing or invalid.
+    """
+    home = home_dir()
+    configure_logging(home)
+    shutdown = threading.Event()
+    install_signal_handlers(shutdown)
+    path = config_path(home)
+    try:
+        config = load_file(path)
+    except ConfigError as exc:
+        for violation in exc.violations:
+            _log.error("config %s at %s: %s", path, violation.json_path, violation.description)
+        raise SystemExit(2) from None
+    streams = sum(len(r.stream_list) for r in config.data_receiver)
+    _log.info("config %s: %d receivers with %d streams, %d transforms, %d transmits; home %s", path,
+              len(config.data_receiver), streams, len(config.transforms), len(config.data_transmit), home)
+    return build_flow(config, RunContext(home=home, shutdown=shutdown))

@@ -1,0 +1,108 @@
+"""The record model: streams, ``filter_stream`` patterns and batches of records.
+
+A stream is ``asset:stream_type``. Records travel through the dataflow as
+:class:`Batch` objects, each a polars DataFrame of one stream (one row per
+record) plus where it came from. Implements "Streams and records" of
+``shared/specs/factorytx-digest.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+
+import polars as pl
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StreamKey:
+    """One stream: an ``asset`` and its ``stream_type``; ``str()`` gives ``asset:stream_type``."""
+
+    asset: str
+    stream_type: str
+
+    def __str__(self) -> str:
+        return f"{self.asset}:{self.stream_type}"
+
+    @classmethod
+    def parse(cls, text: str) -> StreamKey:
+        """Split ``asset:stream_type`` at its last colon.
+
+        :raises ValueError: ``text`` has no colon.
+        """
+        asset, colon, stream_type = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"stream {text!r} is not of the form asset:stream_type")
+        return cls(asset, stream_type)
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why a ``filter_stream`` pattern is malformed, or ``None`` when it is valid.
+
+    A pattern is ``*`` (every stream) or ``ASSET:STREAM_TYPE`` where each side is a
+    non-empty glob (``*``, ``?``, ``[...]``), e.g. ``lase*:*``.
+    """
+    if pattern == "*":
+        return None
+    if pattern.count(":") != 1:
+        return f"filter_stream pattern {pattern!r} must be '*' or 'asset:stream_type'"
+    for side in pattern.split(":"):
+        if not side:
+            return f"filter_stream pattern {pattern!r} has an empty side"
+        if side.count("[") != side.count("]"):
+            return f"filter_stream pattern {pattern!r} has an unbalanced '['"
+    return None
+
+
+def stream_matches(patterns: Iterable[str], stream: StreamKey) -> bool:
+    """True when any ``filter_stream`` pattern matches ``stream`` (globs on each side of the colon).
+
+    Malformed patterns match nothing; :func:`pattern_problem` reports them.
+    """
+    for pattern in patterns:
+        if pattern == "*":
+            return True
+        if pattern_problem(pattern) is not None:
+            continue
+        asset_glob, type_glob = pattern.split(":")
+        if fnmatchcase(stream.asset, asset_glob) and fnmatchcase(stream.stream_type, type_glob):
+            return True
+    return False
+
+
+def is_glob(text: str) -> bool:
+    """True when ``text`` holds a glob character."""
+    return bool(_GLOB_CHARS.search(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records of one stream read in one go.
+
+    :ivar receiver: ``data_receiver_name`` of the receiver that read them.
+    :ivar stream: the records' stream.
+    :ivar frame: one row per record; timestamp columns are timezone-aware UTC once
+        ``convert_timestamps`` has run.
+    :ivar source: where the records came from: a file path or a query text.
+    :ivar ack_key: set when the receiver waits for delivery of this batch (e.g. to
+        delete a completed file); transmits acknowledge it in the delivery ledger
+        after a durable write.
+    """
+
+    receiver: str
+    stream: StreamKey
+    frame: pl.DataFrame
+    source: str
+    ack_key: str | None = field(default=None)
+
+    def with_frame(self, frame: pl.DataFrame) -> Batch:
+        """A copy holding ``frame`` instead."""
+        return replace(self, frame=frame)
+
+    def __len__(self) -> int:
+        return self.frame.height

@@ -1,0 +1,82 @@
+"""Running the real main job (``python -m bytewax.run dataflows.main:flow``) from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FlowProcess:
+    """One installation (``FACTORYFLOW_HOME``) whose dataflow is started, stopped and killed.
+
+    Recovery is on (``-r <home>/recovery -s <snapshot> -b 0``), so restarts resume.
+    """
+
+    def __init__(self, home: Path, config: dict[str, Any], snapshot: float = 1.0) -> None:
+        self.home = home
+        self.snapshot = snapshot
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        (home / "conf.d").mkdir(parents=True, exist_ok=True)
+        (home / "conf.d" / "config.json").write_text(json.dumps(config))
+        recovery = home / "recovery"
+        if not recovery.exists():
+            recovery.mkdir()
+            subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+
+    def start(self) -> None:
+        """Start the dataflow in the background; its log goes to ``run-N.log``."""
+        self.runs += 1
+        log = open(self.home / f"run-{self.runs}.log", "wb")  # noqa: SIM115 - closed by the child
+        env = {**os.environ, "FACTORYFLOW_HOME": str(self.home), "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(self.home / "recovery"),
+             "-s", str(self.snapshot), "-b", "0"], env=env, cwd=self.home, stdout=log, stderr=log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power loss would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def log(self, run: int | None = None) -> str:
+        """The log of run ``run`` (default: the latest)."""
+        return (self.home / f"run-{run or self.runs}.log").read_text(errors="replace")
+
+    def output(self, transmit: str, name: str) -> list[dict[str, Any]]:
+        """Records the localfile transmit ``transmit`` wrote to ``name`` (``asset__type.jsonl``)."""
+        path = self.home / "components" / transmit / name
+        if not path.exists():
+            return []
+        lines = path.read_bytes().split(b"\n")
+        return [json.loads(line) for line in lines if line.strip() and line.endswith(b"}")]
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 120, what: str = "condition") -> None:
+        """Poll ``condition`` until true; fail with the log if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"dataflow exited ({self.proc.returncode}) before {what}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-5000:]}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Kill the process if it still runs (tests stop what they start)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
