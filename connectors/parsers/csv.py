@@ -95,8 +95,8 @@ class CsvSettings:
     @property
     def splits_on_newline_byte(self) -> bool:
         """Whether the encoded file can be cut into lines at ``b"\\n"`` (ASCII-compatible)."""
-        try:
-            return "\n,a".encode(self.encoding) == b"\n,a"
+        try:  # encode past any byte-order mark, then see how a newline comes out
+            return "x\n".encode(self.encoding)[len("x".encode(self.encoding)):] == b"\n"
         except LookupError:
             return False
 

@@ -207,10 +207,11 @@ class FileStreamReader:
             seen = self._files.get(path)
             if path in self._pending_delete:
                 continue
-            if seen is not None and (size < seen.offset or (size == seen.size and mtime != seen.mtime)):
+            changed = seen is not None and (size, mtime) != (seen.size, seen.mtime)
+            if changed and (seen.failed or size < seen.offset or size == seen.size):
                 self._log.info("%s: %s was rewritten; reading it again", self._stream.key, path)
                 seen = self._files[path] = SeenFile(size=size, mtime=mtime)
-            if seen is None or (size > seen.offset and not (seen.failed and size == seen.size)):
+            if seen is None or (size > seen.offset and not seen.failed):
                 key = path if self._receiver.process_files_alphabetically else (mtime, path)
                 order = (index if self._receiver.process_ordered_connections else 0, key)
                 out.append(_Candidate(path, order, size, mtime))

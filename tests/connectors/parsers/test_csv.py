@@ -1,0 +1,142 @@
+"""The csv and spreadsheet parsers on real and generated files."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from connectors.parsers.csv import CsvParser, ParseError, SpreadsheetParser
+from dataflows.config import load
+
+
+def parser(parser_type: str = "csv", **keys: object):
+    doc = {"data_transmit": [], "transforms": [], "data_receiver": [{
+        "data_receiver_name": "r", "protocol": "localfile", "connections": [{"data_directory": "/x"}],
+        "parsers": [{"parser_name": "p", "parser_type": parser_type, **keys}],
+        "streams": [{"asset": "a", "stream_type": "s"}]}]}
+    return load(doc, runnable=False).data_receiver[0].parsers[0]
+
+
+def parse(data: bytes, p=None, first_line: int = 1, prefix: bytes = b"") -> pl.DataFrame:
+    return (p or parser()).parse(prefix, data, source="f.csv", first_line=first_line)
+
+
+def test_nab_file(nab_machine_csv: Path) -> None:
+    frame = parse(nab_machine_csv.read_bytes())
+    assert frame.height == 22_695
+    assert frame.schema == {"timestamp": pl.Datetime("us"), "value": pl.Float64}
+    assert frame.row(0) == (datetime(2013, 12, 2, 21, 15), 73.96732207)
+
+
+def test_separator_and_header_offset() -> None:
+    frame = parse(b"exported by PLC\nline two\nts;v\n1;2\n3;4\n", parser(separator=";", header=2))
+    assert frame.to_dict(as_series=False) == {"ts": [1, 3], "v": [2, 4]}
+
+
+def test_no_header() -> None:
+    frame = parse(b"1,2\n3,4\n", parser(header=None))
+    assert frame.columns == ["column_1", "column_2"]
+    assert frame.height == 2
+
+
+@pytest.mark.parametrize(("encoding", "bom"), [("utf-8", b"\xef\xbb\xbf"), ("cp1252", b""), ("utf-16", b"")])
+def test_encodings(encoding: str, bom: bytes) -> None:
+    text = "Température,Zone\n21.5,Süd\n"
+    data = bom + text.encode(encoding)
+    frame = parse(data, parser(file_encoding=encoding if encoding != "utf-8" else None))
+    assert frame.to_dict(as_series=False) == {"Température": [21.5], "Zone": ["Süd"]}
+
+
+def test_unset_encoding_falls_back_to_cp1252_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        frame = parse("Température\n20\n".encode("cp1252"))
+    assert frame.columns == ["Température"]
+    assert "f.csv, line 1: not utf-8, read as cp1252" in caplog.text
+
+
+def test_wrong_explicit_encoding_is_an_error_with_line() -> None:
+    with pytest.raises(ParseError, match=r"f.csv, line 3: cannot decode as ascii"):
+        parse("a\n1\n\u00e9\n".encode(), parser(file_encoding="ascii"))
+
+
+BAD = b"a,b,c\n1,2,3\n4,5\n6,7,8\n9,10,11,12\n13,14,15\n"
+
+
+def test_bad_lines_error_names_file_and_line() -> None:
+    with pytest.raises(ParseError) as info:
+        parse(BAD)
+    assert (info.value.source, info.value.line) == ("f.csv", 3)
+    assert str(info.value) == "f.csv, line 3: expected 3 fields, found 2 (2 bad lines in all)"
+
+
+def test_bad_lines_warn_drops_and_logs_each(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        frame = parse(BAD, parser(bad_lines_action="warn"))
+    assert frame["a"].to_list() == [1, 6, 13]
+    assert "f.csv, line 3: expected 3 fields, found 2; line dropped" in caplog.text
+    assert "f.csv, line 5: expected 3 fields, found 4; line dropped" in caplog.text
+
+
+def test_bad_lines_skip_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        frame = parse(BAD, parser(bad_lines_action="skip"))
+    assert frame["a"].to_list() == [1, 6, 13]
+    assert caplog.text == ""
+
+
+def test_quoted_fields_spanning_lines_keep_line_numbers() -> None:
+    data = b'id,note\n1,"hello, world"\n2,"two\nlines"\n3,x,extra\n'
+    with pytest.raises(ParseError) as info:
+        parse(data)
+    assert info.value.line == 5
+    frame = parse(data, parser(bad_lines_action="skip"))
+    assert frame["note"].to_list() == ["hello, world", "two\nlines"]
+
+
+def test_appended_chunk_reports_file_lines() -> None:
+    with pytest.raises(ParseError) as info:
+        parse(b"7,8\n9\n", first_line=40, prefix=b"a,b\n")
+    assert info.value.line == 41
+
+
+def test_crlf_line_ends() -> None:
+    frame = parse(b"a,b\r\n1,2\r\n3,4\r\n")
+    assert frame.to_dict(as_series=False) == {"a": [1, 3], "b": [2, 4]}
+
+
+def test_header_only_file_is_empty_frame_with_columns() -> None:
+    frame = parse(b"a,b\n")
+    assert frame.columns == ["a", "b"]
+    assert frame.height == 0
+
+
+def test_parse_timestamps_with_python_format() -> None:
+    p = parser(parse_timestamps=[{"field_name": "when", "format": "%d/%m/%Y %H:%M:%S.%f"}])
+    frame = parse(b"when,v\n02/01/2020 10:00:00.5,1\n", p)
+    assert frame["when"].to_list() == [datetime(2020, 1, 2, 10, 0, 0, 500000)]
+
+
+def test_parse_timestamps_mismatch_is_an_error() -> None:
+    p = parser(parse_timestamps=[{"field_name": "when", "format": "%Y-%m-%d"}])
+    with pytest.raises(ParseError, match="'02/01/2020' does not match"):
+        parse(b"when\n02/01/2020\n", p)
+
+
+def test_spreadsheet_legacy_options() -> None:
+    p = parser("spreadsheet", options={
+        "localtz": "Asia/Ho_Chi_Minh", "counter": False,
+        "parse": {"separator": ";", "header": 0, "dayfirst": True, "parse_dates": ["day"],
+                  "parse_timestamps": [{"field_name": "timestamp", "format": "%Y-%m-%d %H:%M:%S.%f"}],
+                  "bad_lines_action": "warn"}})
+    assert isinstance(p, SpreadsheetParser)
+    frame = parse(b"timestamp;day;v\n2020-01-01 07:00:00.000000;03/02/2020 00:00:00;1\n", p)
+    assert frame["timestamp"].to_list() == [datetime(2020, 1, 1, 0, 0, tzinfo=UTC)]
+    assert frame["day"].to_list() == [datetime(2020, 2, 2, 17, 0, tzinfo=UTC)]
+
+
+def test_parser_types_are_registered() -> None:
+    assert isinstance(parser(), CsvParser)

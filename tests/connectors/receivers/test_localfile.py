@@ -1,0 +1,197 @@
+"""The localfile receiver: incremental reading, state, deletion and retries, on real files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflows.config import load
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import StreamKey
+from dataflows.runtime import RunContext, _ReceiverPartition
+
+STREAM = StreamKey("machine", "temperature")
+
+
+class Clock:
+    """An injected clock: tests move time instead of waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC) + timedelta(hours=1)  # files written "now" are already still
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def receiver(directory: Path, **keys: Any):
+    parser = keys.pop("parser", {"parser_name": "csv", "parser_type": "csv"})
+    doc = {"transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}],
+           "data_receiver": [{"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 2,
+                              "connections": [{"data_directory": str(directory)}], "parsers": [parser],
+                              "streams": [{"asset": "machine", "stream_type": "temperature",
+                                           "file_filter": ["*.csv"], "parser": "csv"}], **keys}]}
+    return load(doc).data_receiver[0]
+
+
+def context(home: Path, clock: Clock | None = None) -> RunContext:
+    return RunContext(home=home, now=clock or Clock(),
+                      expected_transmits={("files", STREAM): frozenset({"local"})})
+
+
+def drain(reader) -> list:
+    batches, more = reader.read()
+    while more:
+        new, more = reader.read()
+        batches += new
+    return batches
+
+
+def open_reader(tmp_path: Path, state: Any = None, clock: Clock | None = None, **keys: Any):
+    rec = receiver(tmp_path / "in", **keys)
+    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), {})
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    return tmp_path / "in"
+
+
+def test_nab_file_in_chunks(tmp_path: Path, inbox: Path, nab_machine_csv: Path) -> None:
+    shutil.copy(nab_machine_csv, inbox)
+    batches = drain(open_reader(tmp_path, chunk_bytes=64 * 1024))
+    assert len(batches) == 12  # 732,223 bytes in chunks of at most 64 KiB, cut at line ends
+    assert sum(b.frame.height for b in batches) == 22_695
+    assert all(b.frame.columns == ["timestamp", "value"] for b in batches)
+    rows = [r for b in batches for r in b.frame.iter_rows()]
+    assert rows[0][0] == datetime(2013, 12, 2, 21, 15) and rows[-1][0] == datetime(2014, 2, 19, 15, 25)
+    assert {b.source for b in batches} == {str(inbox / nab_machine_csv.name)}
+
+
+def test_a_growing_file_is_read_on_from_where_it_stopped(tmp_path: Path, inbox: Path) -> None:
+    clock = Clock()
+    path = inbox / "line1.csv"
+    path.write_bytes(b"ts,v\n1,10\n2,20\n")
+    reader = open_reader(tmp_path, clock=clock)
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[10, 20]]
+    with open(path, "ab") as f:
+        f.write(b"3,30\n4,4")  # the last line is still being written
+    clock.now = datetime.now(UTC)  # ...and the file has just changed
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[30]]
+    with open(path, "ab") as f:
+        f.write(b"0\n")
+    assert [b.frame.to_dict(as_series=False) for b in drain(reader)] == [{"ts": [4], "v": [40]}]
+    assert drain(reader) == []
+
+
+def test_a_last_line_without_newline_is_read_once_the_file_is_still(tmp_path: Path, inbox: Path) -> None:
+    clock = Clock()
+    clock.now = datetime.now(UTC)
+    (inbox / "a.csv").write_bytes(b"ts,v\n1,10\n2,20")
+    reader = open_reader(tmp_path, clock=clock)
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[10]]
+    clock.now += timedelta(seconds=5)
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[20]]
+
+
+def test_restart_from_snapshot_reads_nothing_twice(tmp_path: Path, inbox: Path) -> None:
+    (inbox / "a.csv").write_bytes(b"ts,v\n1,10\n")
+    first = open_reader(tmp_path)
+    assert len(drain(first)) == 1
+    state = first.snapshot()
+    (inbox / "b.csv").write_bytes(b"ts,v\n2,20\n")
+    second = open_reader(tmp_path, state=state)
+    assert [b.source for b in drain(second)] == [str(inbox / "b.csv")]
+
+
+def test_oldest_first_or_alphabetical(tmp_path: Path, inbox: Path) -> None:
+    for name, age in (("c.csv", 300), ("a.csv", 100), ("b.csv", 200)):
+        (inbox / name).write_bytes(b"ts\n1\n")
+        stamp = datetime.now().timestamp() - age
+        os.utime(inbox / name, (stamp, stamp))
+    assert [Path(b.source).name for b in drain(open_reader(tmp_path))] == ["c.csv", "b.csv", "a.csv"]
+    shutil.rmtree(tmp_path / "home", ignore_errors=True)
+    names = [Path(b.source).name for b in drain(open_reader(tmp_path, process_files_alphabetically=True))]
+    assert names == ["a.csv", "b.csv", "c.csv"]
+
+
+def test_rewritten_file_is_read_again_and_gone_files_leave_the_state(tmp_path: Path, inbox: Path) -> None:
+    path = inbox / "a.csv"
+    path.write_bytes(b"ts,v\n1,10\n")
+    reader = open_reader(tmp_path)
+    drain(reader)
+    path.write_bytes(b"ts,v\n1,99\n")  # same size, new content
+    os.utime(path, (1, 1))
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[99]]
+    path.unlink()
+    assert drain(reader) == []
+    assert reader.snapshot()["files"] == {}
+
+
+def test_only_filtered_files(tmp_path: Path, inbox: Path) -> None:
+    (inbox / "a.csv").write_bytes(b"ts\n1\n")
+    (inbox / "a.txt").write_bytes(b"ts\n1\n")
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "b.csv").write_bytes(b"ts\n2\n")
+    assert sorted(Path(b.source).name for b in drain(open_reader(tmp_path))) == ["a.csv", "b.csv"]
+
+
+def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    bad = inbox / "bad.csv"
+    bad.write_bytes(b"a,b\n1,2\n3\n")
+    (inbox / "good.csv").write_bytes(b"a,b\n5,6\n")
+    os.utime(bad, (1, 1))
+    reader = open_reader(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        assert [Path(b.source).name for b in drain(reader)] == ["good.csv"]
+    assert f"machine:temperature: {bad}, line 3: expected 2 fields, found 1; the file is skipped" in caplog.text
+    assert drain(reader) == []
+    bad.write_bytes(b"a,b\n1,2\n3,4\n")
+    assert [b.frame["a"].to_list() for b in drain(reader)] == [[1, 3]]
+
+
+def test_utf16_file_is_read_whole(tmp_path: Path, inbox: Path) -> None:
+    (inbox / "w.csv").write_bytes("ts,Zone\n1,Süd\n".encode("utf-16"))
+    parser = {"parser_name": "csv", "parser_type": "csv", "file_encoding": "utf-16"}
+    batches = drain(open_reader(tmp_path, parser=parser))
+    assert [b.frame.to_dict(as_series=False) for b in batches] == [{"ts": [1], "Zone": ["Süd"]}]
+
+
+def test_delete_completed_waits_for_every_transmit(tmp_path: Path, inbox: Path) -> None:
+    path = inbox / "a.csv"
+    path.write_bytes(b"ts,v\n1,10\n")
+    reader = open_reader(tmp_path, delete_completed=True)
+    (batch,) = drain(reader)
+    assert batch.ack_key is not None
+    assert drain(reader) == [] and path.exists()  # not delivered yet: kept, and not read again
+    ledger = Ledger(ledger_path(tmp_path / "home"))
+    ledger.ack("files", str(STREAM), batch.ack_key, "local")
+    assert drain(reader) == []
+    assert not path.exists()
+    assert reader.snapshot() == {"files": {}, "pending_delete": {}}
+    assert ledger.acked_by("files", str(STREAM), batch.ack_key) == set()
+
+
+def test_missing_directory_is_retried_with_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    rec = receiver(tmp_path / "not-yet")
+    ctx = context(tmp_path / "home", clock)
+    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    with caplog.at_level(logging.ERROR):
+        assert partition.next_batch() == []
+    first = (partition.next_awake() - clock.now).total_seconds()
+    assert partition.next_batch() == []
+    second = (partition.next_awake() - clock.now).total_seconds()
+    assert 2 <= first <= 2.2 and 4 <= second <= 4.4  # poll_interval 2 s, doubled, <= 10 % jitter
+    assert "does not exist" in caplog.text and "Current state: 0 files seen" in caplog.text
+    (tmp_path / "not-yet").mkdir()
+    (tmp_path / "not-yet" / "a.csv").write_bytes(b"ts\n1\n")
+    assert [b.frame.height for b in partition.next_batch()] == [1]
+    assert partition.next_awake() == clock.now + timedelta(seconds=2)
