@@ -21,7 +21,7 @@ class FlowProcess:
     Recovery is on (``-r <home>/recovery -s <snapshot> -b 0``), so restarts resume.
     """
 
-    def __init__(self, home: Path, config: dict[str, Any], snapshot: float = 1.0) -> None:
+    def __init__(self, home: Path, config: dict[str, Any], snapshot: int = 1) -> None:
         self.home = home
         self.snapshot = snapshot
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,198 @@
+"""The sql receiver against a real PostgreSQL (started by the tests) and SQLite."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dataflows.config import load
+from dataflows.runtime import RunContext, _ReceiverPartition
+from tests.services.postgres import Postgres, free_port, postgres_server
+
+SINGLE = "SELECT * FROM readings WHERE ts > :ts ORDER BY ts"
+COMPOSITE = "SELECT * FROM readings WHERE ts > :ts OR (ts = :ts AND id > :id) ORDER BY ts, id"
+TS = {"column_name": "ts", "data_type": "timestamp", "initial_value": "2000-01-01 00:00:00"}
+ID = {"column_name": "id", "data_type": "integer", "initial_value": 0}
+
+
+class Database:
+    """A database under test: its factoryflow connection and an engine to fill it."""
+
+    def __init__(self, connection: dict[str, Any], url: str) -> None:
+        self.connection = connection
+        self.engine = sa.create_engine(url)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS readings"))
+            conn.execute(sa.text("CREATE TABLE readings (id INTEGER PRIMARY KEY, ts TIMESTAMP, value FLOAT, "
+                                 "note VARCHAR(200))"))
+
+    def insert(self, rows: list[tuple[int, datetime, float]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO readings (id, ts, value) VALUES (:id, :ts, :value)"),
+                         [{"id": i, "ts": t, "value": v} for i, t, v in rows])
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "postgresql":
+        pg: Postgres = request.getfixturevalue("postgres")
+        db = Database(pg.connection(), pg.url)
+    else:
+        path = tmp_path / "plant.sqlite"
+        db = Database({"database_type": "sqlite", "database_name": str(path)}, f"sqlite:///{path}")
+    yield db
+    db.engine.dispose()
+
+
+def receiver(connection: dict[str, Any], query: str = SINGLE, state_fields: list | None = None,
+             chunk_size: int = 10_000):
+    doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+           "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 3,
+                              "chunk_size": chunk_size, "connections": [connection],
+                              "streams": [{"asset": "line1", "stream_type": "readings", "query": query,
+                                           "state_fields": state_fields or [TS]}]}]}
+    return load(doc).data_receiver[0]
+
+
+def open_reader(rec, state: Any = None, shared: dict | None = None):
+    return rec.open_stream(rec.streams[0], state, RunContext(home=Path("/nonexistent")),
+                           {} if shared is None else shared)
+
+
+def drain(reader) -> list:
+    batches, more = reader.read()
+    while more:
+        new, more = reader.read()
+        batches += new
+    return batches
+
+
+def rows(start: int, count: int, per_timestamp: int = 1) -> list[tuple[int, datetime, float]]:
+    base = datetime(2024, 1, 1)
+    return [(i, base + timedelta(seconds=i // per_timestamp), float(i)) for i in range(start, start + count)]
+
+
+def ids(batches: list) -> list[int]:
+    return [i for b in batches for i in b.frame["id"].to_list()]
+
+
+def test_first_poll_then_incremental_polls(database: Database) -> None:
+    database.insert(rows(1, 10))
+    reader = open_reader(receiver(database.connection))
+    batches = drain(reader)
+    assert ids(batches) == list(range(1, 11))
+    assert batches[0].source == SINGLE and str(batches[0].stream) == "line1:readings"
+    # the cursor keeps the value as the database returns it (SQLite keeps timestamps as text)
+    expected = "2024-01-01 00:00:10" if database.connection["database_type"] == "sqlite" else \
+        datetime(2024, 1, 1, 0, 0, 10)
+    assert reader.snapshot() == {"ts": expected}
+    assert drain(reader) == []
+    database.insert(rows(11, 5))
+    assert ids(drain(reader)) == list(range(11, 16))
+
+
+def test_restart_resumes_from_saved_state(database: Database) -> None:
+    database.insert(rows(1, 100))
+    first = open_reader(receiver(database.connection, chunk_size=30))
+    got = []
+    for _ in range(2):
+        batches, more = first.read()
+        got += ids(batches)
+        assert more
+    first.close()
+    second = open_reader(receiver(database.connection, chunk_size=30), state=first.snapshot())
+    got += ids(drain(second))
+    assert got == list(range(1, 101))  # every row once
+
+
+def test_equal_timestamps_need_a_composite_cursor(database: Database) -> None:
+    database.insert(rows(1, 1000, per_timestamp=100))  # 10 timestamps, 100 rows each
+
+    def read_with_restarts(query: str, state_fields: list) -> list[int]:
+        rec, state, got = receiver(database.connection, query, state_fields, chunk_size=30), None, []
+        while True:  # a restart (new reader from the snapshot) after every chunk
+            reader = open_reader(rec, state)
+            batches, _ = reader.read()
+            reader.close()
+            if not batches:
+                return got
+            got += ids(batches)
+            state = reader.snapshot()
+
+    composite = read_with_restarts(COMPOSITE, [TS, ID])
+    assert composite == list(range(1, 1001))
+    single = read_with_restarts(SINGLE, [TS])
+    assert len(single) == len(set(single)) < 1000  # the hazard: rows sharing a timestamp are lost
+
+
+def test_large_first_poll_is_read_in_chunks(postgres: Postgres) -> None:
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS big"))
+        conn.execute(sa.text("CREATE TABLE big AS SELECT g AS id, now() AS ts, md5(g::text) AS payload "
+                             "FROM generate_series(1, 250000) g"))
+    rec = receiver(postgres.connection(), "SELECT * FROM big WHERE id > :id ORDER BY id", [ID])
+    reader = open_reader(rec)
+    sizes, last = [], 0
+    while True:
+        batches, more = reader.read()
+        for batch in batches:
+            sizes.append(batch.frame.height)
+            assert batch.frame["id"][0] == last + 1  # in order, nothing skipped
+            last = batch.frame["id"][-1]
+        if not more:
+            break
+    assert sizes == [10_000] * 25
+    assert reader.snapshot() == {"id": 250_000}
+    engine.dispose()
+
+
+def test_state_columns_match_case_insensitively(postgres: Postgres) -> None:
+    db = Database(postgres.connection(), postgres.url)
+    db.insert(rows(1, 3))
+    rec = receiver(postgres.connection(), "SELECT * FROM readings WHERE ID > :ID ORDER BY ID",
+                   [{"column_name": "ID", "data_type": "integer"}])
+    reader = open_reader(rec)
+    assert ids(drain(reader)) == [1, 2, 3]
+    assert reader.snapshot() == {"ID": 3}
+
+
+def test_bad_query_is_logged_and_retried_with_state_kept(database: Database,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    rec = receiver(database.connection, "SELECT * FROM no_such_table WHERE ts > :ts")
+    now = datetime.now(UTC)
+    ctx = RunContext(home=Path("/nonexistent"), now=lambda: now)
+    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    with caplog.at_level(logging.ERROR):
+        assert partition.next_batch() == []
+    assert "line1:readings: read failed (attempt 1, retrying in 3." in caplog.text
+    assert "no_such_table" in caplog.text
+    assert "Current state: {'ts': datetime.datetime(2000, 1, 1, 0, 0)}" in caplog.text
+    assert partition.snapshot() == {"ts": datetime(2000, 1, 1)}
+
+
+def test_connection_refused_then_recovered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    connection = {"database_type": "postgresql", "host": "127.0.0.1", "port": port, "username": "postgres",
+                  "database_name": "postgres"}
+    rec = receiver(connection)
+    clock = [datetime.now(UTC)]
+    ctx = RunContext(home=tmp_path, now=lambda: clock[0])
+    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    caplog.set_level(logging.INFO)
+    assert partition.next_batch() == []
+    assert partition.next_batch() == []
+    assert "Connection refused" in caplog.text
+    assert partition.next_awake() > clock[0] + timedelta(seconds=5.9)  # 3 s, then 6 s
+    with postgres_server(port) as server:
+        Database(server.connection(), server.url).insert(rows(1, 4))
+        clock[0] = partition.next_awake()
+        assert ids(partition.next_batch()) == [1, 2, 3, 4]
+        partition.close()
+    assert "line1:readings: recovered after 2 failed attempts" in caplog.text

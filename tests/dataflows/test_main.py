@@ -1,0 +1,158 @@
+"""The main job end to end: ``python -m bytewax.run dataflows.main:flow`` on real data.
+
+NAB machine temperatures through a localfile receiver and through a sql receiver on a
+real PostgreSQL table loaded from the same file, both converted from America/Chicago,
+into the localfile transmit.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import NAB_ROWS
+from tests.flowrun import FlowProcess
+from tests.nab import QUERY, STATE_FIELDS, create_table, expected_utc, insert_lines, nab_lines
+from tests.services.postgres import Postgres
+
+CSV_FILE = "nab__csv.jsonl"
+SQL_FILE = "nab__sql.jsonl"
+
+
+def nab_config(directory: Path, postgres: Postgres, **receiver_keys: Any) -> dict[str, Any]:
+    return {
+        "data_receiver": [
+            {"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 1,
+             "connections": [{"data_directory": str(directory)}],
+             "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+             "streams": [{"asset": "nab", "stream_type": "csv", "parser": "csv",
+                          "file_filter": ["machine_temperature_system_failure.csv"]}],
+             **receiver_keys.get("files", {})},
+            {"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
+             "connections": [postgres.connection()],
+             "streams": [{"asset": "nab", "stream_type": "sql", "query": QUERY, "state_fields": STATE_FIELDS}],
+             **receiver_keys.get("db", {})},
+        ],
+        "transforms": [{"transform_name": "plant time", "transform_type": "convert_timestamps",
+                        "filter_stream": ["nab:*"], "field_names": ["timestamp"], "timezone": "America/Chicago"}],
+        "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}],
+    }
+
+
+@pytest.fixture
+def flows() -> Any:
+    started: list[FlowProcess] = []
+
+    def make(home: Path, config: dict[str, Any]) -> FlowProcess:
+        flow = FlowProcess(home, config)
+        started.append(flow)
+        return flow
+
+    yield make
+    for flow in started:
+        flow.close()
+
+
+def distinct(records: list[dict[str, Any]]) -> set[tuple[str, float]]:
+    return {(r["timestamp"], r["value"]) for r in records}
+
+
+def test_nab_through_both_receivers_then_graceful_restart(tmp_path: Path, postgres: Postgres,
+                                                          nab_machine_csv: Path, flows: Any) -> None:
+    create_table(postgres.url)
+    insert_lines(postgres.url, nab_lines(nab_machine_csv)[1])
+    flow = flows(tmp_path / "home", nab_config(nab_machine_csv.parent, postgres))
+    flow.start()
+    flow.wait_for(lambda: len(flow.output("local", CSV_FILE)) >= NAB_ROWS
+                  and len(flow.output("local", SQL_FILE)) >= NAB_ROWS, what="every NAB row in both streams")
+    assert flow.stop(signal.SIGTERM) == 0
+    csv_records, sql_records = flow.output("local", CSV_FILE), flow.output("local", SQL_FILE)
+    assert len(csv_records) == len(sql_records) == NAB_ROWS
+    expected = expected_utc(nab_machine_csv, "America/Chicago")
+    assert distinct(csv_records) == distinct(sql_records) == expected
+    assert csv_records[0] == {"asset": "nab", "stream_type": "csv", "timestamp": "2013-12-03T03:15:00Z",
+                              "value": 73.96732207}
+    assert sql_records[0] == {"asset": "nab", "stream_type": "sql", "id": 1, "timestamp": "2013-12-03T03:15:00Z",
+                              "value": 73.96732207}
+    assert "SIGTERM received: stopping after the batches in hand" in flow.log()
+    assert "nab:sql: +10000 records, 10000 delivered" in flow.log()
+
+    flow.start()  # resumes from the final snapshot: nothing is read twice
+    flow.wait_for(lambda: flow.log().count("resuming from state") == 2, what="both streams resuming")
+    time.sleep(3)  # three poll intervals in which nothing may be delivered again
+    assert flow.stop(signal.SIGINT) == 0
+    assert len(flow.output("local", CSV_FILE)) == len(flow.output("local", SQL_FILE)) == NAB_ROWS
+
+
+def test_sigkill_mid_run_loses_nothing(tmp_path: Path, postgres: Postgres, nab_machine_csv: Path,
+                                       flows: Any) -> None:
+    header, lines = nab_lines(nab_machine_csv)
+    thirds = [lines[: NAB_ROWS // 3], lines[NAB_ROWS // 3: 2 * NAB_ROWS // 3], lines[2 * NAB_ROWS // 3:]]
+    directory = tmp_path / "plant"
+    directory.mkdir()
+    target = directory / "machine_temperature_system_failure.csv"
+    create_table(postgres.url)
+
+    def feed(part: list[bytes]) -> None:  # the plant writes more rows to both sources
+        insert_lines(postgres.url, part)
+        with open(target, "ab") as f:
+            f.write(b"".join(part))
+
+    target.write_bytes(header)
+    feed(thirds[0])
+    config = nab_config(directory, postgres, files={"chunk_bytes": 16 * 1024}, db={"chunk_size": 500})
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    flow.wait_for(lambda: len(flow.output("local", CSV_FILE)) >= len(thirds[0])
+                  and len(flow.output("local", SQL_FILE)) >= len(thirds[0]), what="the first third")
+    feed(thirds[1])
+    flow.kill()  # crash while the second third is being read
+    feed(thirds[2])
+    flow.start()
+    flow.wait_for(lambda: len(flow.output("local", SQL_FILE)) > len(thirds[0]) + 1000, what="progress")
+    flow.kill()  # and once more, mid-run
+    flow.start()
+    expected = expected_utc(nab_machine_csv, "America/Chicago")
+    flow.wait_for(lambda: distinct(flow.output("local", CSV_FILE)) == expected
+                  and distinct(flow.output("local", SQL_FILE)) == expected, what="every row after the crashes")
+    assert flow.stop() == 0
+    for name in (CSV_FILE, SQL_FILE):
+        records = flow.output("local", name)
+        counts = Counter((r["timestamp"], r["value"]) for r in records)
+        assert set(counts) == expected  # none missing
+        assert len(records) - len(counts) == sum(c - 1 for c in counts.values())  # the rest are replays
+
+
+def test_delete_completed_deletes_delivered_files(tmp_path: Path, flows: Any) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):
+        (inbox / f"batch{i}.csv").write_text(f"timestamp,value\n2024-01-01 00:00:0{i},{i}\n")
+    config = {"data_receiver": [{
+        "data_receiver_name": "files", "protocol": "localfile", "poll_interval": 1, "delete_completed": True,
+        "connections": [{"data_directory": str(inbox)}], "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+        "streams": [{"asset": "press", "stream_type": "cycle", "file_filter": ["*.csv"]}]}],
+        "transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    flow.wait_for(lambda: not list(inbox.iterdir()), what="the delivered files to be deleted")
+    assert flow.stop() == 0
+    assert sorted(r["value"] for r in flow.output("local", "press__cycle.jsonl")) == [0, 1, 2]
+    assert "deleted" in flow.log() and "its records are delivered" in flow.log()
+
+
+def test_invalid_config_exits_2_naming_every_violation(tmp_path: Path, flows: Any) -> None:
+    config = {"data_receiver": [{"data_receiver_name": "x", "protocol": "localfile", "poll_interval": "5"}],
+              "transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "kafka2"}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    assert flow.proc.wait(60) == 2
+    log = flow.log()
+    assert "at ['data_receiver', 0, 'poll_interval']: Expected `float`, got `str`" in log
+    assert "at ['data_receiver', 0]: missing required key `connections`" in log
+    assert "at ['data_transmit', 0, 'transmit_type']: unknown transmit_type 'kafka2'" in log
