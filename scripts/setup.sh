@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up factoryflow in this checkout: a Python 3.11/3.12 virtualenv in .venv with the project.
+#   --test      also the test dependencies
+#   --services  also the real services the tests start: PostgreSQL (Debian's packages)
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0; want_services=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --services) want_services=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then
+      python=$candidate; break
+    fi
+  done
+fi
+[ -n "$python" ] || { echo "setup.sh: Python 3.11 or 3.12 is needed (bytewax 0.21.1 has wheels up to 3.12)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+extras=""; [ "$want_test" = 1 ] && extras="[test]"
+stamp=".venv/.installed${extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+  touch "$stamp"
+fi
+
+if [ "$want_services" = 1 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "setup.sh: installing PostgreSQL from Debian's packages" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  fi
+  if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home postgres  # initdb refuses to run as root
+  fi
+fi

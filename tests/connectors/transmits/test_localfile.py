@@ -1,0 +1,58 @@
+"""The localfile transmit: JSON lines with ISO UTC timestamps, progress in the ledger."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from connectors.transmits.localfile import LocalFileTransmit
+from dataflows.config import load
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import Batch, StreamKey
+from dataflows.runtime import RunContext
+
+
+def transmit() -> LocalFileTransmit:
+    doc = {"data_receiver": [], "transforms": [],
+           "data_transmit": [{"transmit_name": "local out", "transmit_type": "localfile"}]}
+    return load(doc, runnable=False).data_transmit[0]
+
+
+def test_records_and_progress(tmp_path: Path) -> None:
+    ctx = RunContext(home=tmp_path)
+    partition = transmit().sink(ctx).build("step", 0, 1)
+    frame = pl.DataFrame({
+        "timestamp": [datetime(2021, 3, 14, 2, 30, tzinfo=ZoneInfo("UTC")), None],
+        "local": [datetime(2021, 1, 1, 12, 0, 0, 500000), datetime(2021, 1, 1)],
+        "day": [date(2021, 1, 2), None], "asset": ["ignored", "ignored"], "v": [1.5, None]},
+        schema_overrides={"timestamp": pl.Datetime("us", "UTC")})
+    batch = Batch("files", StreamKey("press/1", "cycle"), frame, "/in/a.csv", ack_key="k1")
+    partition.write_batch([batch, batch.with_frame(frame.head(0))])
+    partition.close()
+    path = tmp_path / "components" / "local out" / "press_1__cycle.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records == [
+        {"asset": "press/1", "stream_type": "cycle", "timestamp": "2021-03-14T02:30:00Z",
+         "local": "2021-01-01T12:00:00.500Z", "day": "2021-01-02", "v": 1.5},
+        {"asset": "press/1", "stream_type": "cycle", "timestamp": None, "local": "2021-01-01T00:00:00Z",
+         "day": None, "v": None},
+    ]
+    ledger = Ledger(ledger_path(tmp_path))
+    assert ledger.progress("local out", "press/1:cycle") == (2, "2021-03-14T02:30:00.000000Z")
+    assert ledger.acked_by("files", "press/1:cycle", "k1") == {"local out"}
+
+
+def test_appends_across_batches_and_restarts(tmp_path: Path) -> None:
+    ctx = RunContext(home=tmp_path)
+    batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
+    for _ in range(2):
+        partition = transmit().sink(ctx).build("step", 0, 1)
+        partition.write_batch([batch])
+        partition.close()
+    lines = (tmp_path / "components" / "local out" / "a__s.jsonl").read_text().splitlines()
+    assert [json.loads(line)["v"] for line in lines] == [1, 2, 1, 2]
+    assert Ledger(ledger_path(tmp_path)).progress("local out", "a:s") == (4, None)

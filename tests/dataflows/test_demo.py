@@ -1,0 +1,45 @@
+"""The demo: the quickstart's plant on local sources, collected by the real main job."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from dataflows.config import validate
+from dataflows.demo import demo_config
+from tests.flowrun import REPO
+from tests.specs import quickstart
+
+
+def test_demo_config_is_the_quickstart_with_local_sources(tmp_path: Path) -> None:
+    demo, original = demo_config(tmp_path), quickstart()
+    assert validate(demo, runnable=True) == []
+    assert demo["transforms"] == original["transforms"]
+    streams = lambda doc: [(s["asset"], s["stream_type"]) for r in doc["data_receiver"] for s in r["streams"]]
+    assert streams(demo) == streams(original)
+    assert [r["data_receiver_name"] for r in demo["data_receiver"]] == ["SQL Plugin 1", "azure_receiver_1"]
+    for mine, theirs in zip(demo["data_receiver"][0]["streams"], original["data_receiver"][0]["streams"]):
+        assert mine["state_fields"] == theirs["state_fields"]
+        assert mine["query"].split() == theirs["query"].split()  # same query, line breaks aside
+
+
+def test_demo_runs_and_output_grows(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-m", "dataflows.demo", "--home", str(home), "--seconds", "8",
+                           "--interval", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = home / "components" / "MyTransmit_1"
+    counts = {p.name: len(p.read_text().splitlines()) for p in out.glob("*.jsonl")}
+    assert set(counts) == {"lasercut__mssql.jsonl", "diecast__mssql.jsonl", "fusion__mssql.jsonl",
+                           "spraypaint__azure_lake.jsonl"}
+    assert counts["lasercut__mssql.jsonl"] == 2 * counts["diecast__mssql.jsonl"] == 6 * counts["fusion__mssql.jsonl"]
+    assert counts["fusion__mssql.jsonl"] >= 5  # one reading per tick, delivered as it comes
+    record = json.loads((out / "diecast__mssql.jsonl").read_text().splitlines()[0])
+    assert set(record) == {"asset", "stream_type", "timestamp", "machine", "melt_temp_c", "shot_pressure_bar"}
+    assert record["timestamp"].endswith("Z")
+    for stream in ("lasercut:mssql", "diecast:mssql", "fusion:mssql", "spraypaint:azure_lake"):
+        assert re.search(rf"{stream}: \+\d+ records, \d+ delivered, last timestamp 20", done.stderr), stream
+    assert f"{counts['lasercut__mssql.jsonl']} records" in done.stdout
