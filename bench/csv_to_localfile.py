@@ -1,0 +1,81 @@
+"""Throughput and peak memory of the main job: a big CSV file to the localfile transmit.
+
+Replicates the NAB machine temperature series (shifting each copy past the last) to
+``--rows`` rows, runs ``python -m bytewax.run dataflows.main:flow`` with a localfile
+receiver, ``convert_timestamps`` (America/Chicago) and the localfile transmit, and
+prints rows/s and the dataflow process's peak RSS.
+
+    .venv/bin/python bench/csv_to_localfile.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+NAB = REPO.parent / "shared" / "data" / "nab" / "machine_temperature_system_failure.csv"
+
+
+def make_csv(path: Path, rows: int) -> None:
+    nab = pl.read_csv(NAB, try_parse_dates=True)
+    span = nab["timestamp"].max() - nab["timestamp"].min() + (nab["timestamp"][1] - nab["timestamp"][0])
+    copies = -(-rows // nab.height)
+    frames = [nab.with_columns(pl.col("timestamp") + span * i) for i in range(copies)]
+    pl.concat(frames).head(rows).write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="factoryflow-bench-") as tmp:
+        home = Path(tmp)
+        (home / "in").mkdir()
+        make_csv(home / "in" / "big.csv", args.rows)
+        size = (home / "in" / "big.csv").stat().st_size
+        config = {
+            "data_receiver": [{"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 1,
+                               "connections": [{"data_directory": str(home / "in")}],
+                               "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+                               "streams": [{"asset": "machine", "stream_type": "temperature"}]}],
+            "transforms": [{"transform_name": "tz", "transform_type": "convert_timestamps",
+                            "field_names": ["timestamp"], "timezone": "America/Chicago"}],
+            "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
+        (home / "conf.d").mkdir()
+        (home / "conf.d" / "config.json").write_text(json.dumps(config))
+        out = home / "components" / "local" / "machine__temperature.jsonl"
+        env = {**os.environ, "FACTORYFLOW_HOME": str(home), "PYTHONPATH": str(REPO),
+               "FACTORYFLOW_LOG_LEVEL": "WARNING"}
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.main:flow"], env=env, cwd=home)
+        delivered = 0
+        while delivered < args.rows:
+            time.sleep(0.2)
+            if out.exists():
+                with open(out, "rb") as f:
+                    delivered = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            if proc.poll() is not None:
+                raise SystemExit(f"dataflow exited with {proc.returncode}")
+        elapsed = time.perf_counter() - start
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"rows: {args.rows:,} ({size / 1e6:.1f} MB of CSV)")
+        print(f"elapsed: {elapsed:.2f} s (process start to last record on disk)")
+        print(f"throughput: {args.rows / elapsed:,.0f} rows/s")
+        print(f"peak RSS of the dataflow: {peak_mb:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
