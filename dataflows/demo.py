@@ -110,7 +110,7 @@ class Plant:
         """Add one reading per machine to every table; every fifth tick, one spraypaint file."""
         self.ticks += 1
         with sqlite3.connect(self.demo / "plant.sqlite") as db:
-            for table, (column, zone, machines, values) in PLANTS.items():
+            for table, (_, zone, machines, values) in PLANTS.items():
                 stamp = datetime.now(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S.%f")
                 for m in range(1, machines + 1):
                     readings = [round(self.random.uniform(10, 500), 3) for _ in values]

@@ -39,8 +39,8 @@ from dataflows.config import (
     ReceiverConfig,
     StreamConfig,
     Violation,
-    error,
     describe,
+    error,
 )
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, stream_matches

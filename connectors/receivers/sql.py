@@ -26,6 +26,7 @@ Implements the SQL receiver of ``shared/specs/factorytx-digest.md`` and the quic
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -262,10 +263,8 @@ class _SqlStreamReader:
         self._chunks = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            try:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):  # already broken: the pool discards it
                 conn.close()
-            except sa.exc.SQLAlchemyError:
-                pass  # the connection is already broken; the pool discards it
 
     def close(self) -> None:
         self.abandon()

@@ -20,7 +20,14 @@ from typing import Annotated
 import polars as pl
 
 from connectors.registry import transforms
-from dataflows.config import JsonPath, TransformConfig, Violation, describe, error, timezone_violations
+from dataflows.config import (
+    JsonPath,
+    TransformConfig,
+    Violation,
+    describe,
+    error,
+    timezone_violations,
+)
 from dataflows.timestamps import EpochUnit, TimestampError, to_utc
 
 

@@ -109,7 +109,10 @@ def test_environment_variables_are_resolved() -> None:
 
 def test_secrets_are_marked_in_the_schema() -> None:
     assert secret_paths(SqlConnection) == ["password"]
-    from connectors.receivers.remote_files import AzureDataLakeConnection, AzureDataLakeGen2Connection
+    from connectors.receivers.remote_files import (
+        AzureDataLakeConnection,
+        AzureDataLakeGen2Connection,
+    )
     from connectors.transmits.remotedatapost import RemoteDataPost
     assert secret_paths(AzureDataLakeConnection) == ["client_secret"]
     assert secret_paths(AzureDataLakeGen2Connection) == ["connection_str"]

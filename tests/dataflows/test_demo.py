@@ -18,10 +18,13 @@ def test_demo_config_is_the_quickstart_with_local_sources(tmp_path: Path) -> Non
     demo, original = demo_config(tmp_path), quickstart()
     assert validate(demo, runnable=True) == []
     assert demo["transforms"] == original["transforms"]
-    streams = lambda doc: [(s["asset"], s["stream_type"]) for r in doc["data_receiver"] for s in r["streams"]]
+    def streams(doc: dict) -> list[tuple[str, str]]:
+        return [(s["asset"], s["stream_type"]) for r in doc["data_receiver"] for s in r["streams"]]
+
     assert streams(demo) == streams(original)
     assert [r["data_receiver_name"] for r in demo["data_receiver"]] == ["SQL Plugin 1", "azure_receiver_1"]
-    for mine, theirs in zip(demo["data_receiver"][0]["streams"], original["data_receiver"][0]["streams"]):
+    for mine, theirs in zip(demo["data_receiver"][0]["streams"], original["data_receiver"][0]["streams"],
+                            strict=True):
         assert mine["state_fields"] == theirs["state_fields"]
         assert mine["query"].split() == theirs["query"].split()  # same query, line breaks aside
 
