@@ -15,6 +15,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def drain(reader: Any) -> list[Any]:
+    """Every batch a stream reader has ready now: ``read()`` until it says no more are ready."""
+    batches, more = reader.read()
+    while more:
+        new, more = reader.read()
+        batches += new
+    return batches
+
+
 class FlowProcess:
     """One installation (``FACTORYFLOW_HOME``) whose dataflow is started, stopped and killed.
 

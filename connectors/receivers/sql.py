@@ -27,6 +27,7 @@ Implements the SQL receiver of ``shared/specs/factorytx-digest.md`` and the quic
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -205,6 +206,7 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
         key = f"engine:{self.connections.index(conn)}"
         if key not in shared:  # one engine per connection, shared by the streams on this worker
             shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
+            logging.getLogger(f"receiver.{self.data_receiver_name}").info("database %s", conn.describe())
         return _SqlStreamReader(self, stream, shared[key], resume_state)
 
 

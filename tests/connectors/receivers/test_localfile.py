@@ -15,6 +15,7 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import StreamKey
 from dataflows.runtime import RunContext, _ReceiverPartition
+from tests.flowrun import drain
 
 STREAM = StreamKey("machine", "temperature")
 
@@ -42,14 +43,6 @@ def receiver(directory: Path, **keys: Any):
 def context(home: Path, clock: Clock | None = None) -> RunContext:
     return RunContext(home=home, now=clock or Clock(),
                       expected_transmits={("files", STREAM): frozenset({"local"})})
-
-
-def drain(reader) -> list:
-    batches, more = reader.read()
-    while more:
-        new, more = reader.read()
-        batches += new
-    return batches
 
 
 def open_reader(tmp_path: Path, state: Any = None, clock: Clock | None = None, **keys: Any):

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from dataflows.config import load
 from dataflows.runtime import RunContext, _ReceiverPartition
+from tests.flowrun import drain
 from tests.services.postgres import Postgres, free_port, postgres_server
 
 SINGLE = "SELECT * FROM readings WHERE ts > :ts ORDER BY ts"
@@ -63,14 +64,6 @@ def receiver(connection: dict[str, Any], query: str = SINGLE, state_fields: list
 def open_reader(rec, state: Any = None, shared: dict | None = None):
     return rec.open_stream(rec.streams[0], state, RunContext(home=Path("/nonexistent")),
                            {} if shared is None else shared)
-
-
-def drain(reader) -> list:
-    batches, more = reader.read()
-    while more:
-        new, more = reader.read()
-        batches += new
-    return batches
 
 
 def rows(start: int, count: int, per_timestamp: int = 1) -> list[tuple[int, datetime, float]]:
@@ -196,3 +189,22 @@ def test_connection_refused_then_recovered(tmp_path: Path, caplog: pytest.LogCap
         assert ids(partition.next_batch()) == [1, 2, 3, 4]
         partition.close()
     assert "line1:readings: recovered after 2 failed attempts" in caplog.text
+
+
+@pytest.mark.parametrize(("connection", "expected"), [
+    ({"database_type": "mssql", "host": "10.0.0.5", "port": 1433, "username": "rexy", "password": "islaNublar93",
+      "database_name": "Demo", "ssl": False},
+     "mssql+pyodbc://rexy:***@10.0.0.5:1433/Demo?Encrypt=no&driver=ODBC+Driver+18+for+SQL+Server"),
+    ({"database_type": "mssql", "host": "db", "username": "u", "password": "p", "database_name": "Demo",
+      "ssl": True, "odbc_driver": "FreeTDS"}, "mssql+pyodbc://u:***@db/Demo?Encrypt=yes&driver=FreeTDS"),
+    ({"database_type": "postgresql", "host": "db", "port": 5432, "username": "u", "password": "p",
+      "database_name": "plant", "ssl": True}, "postgresql+psycopg://u:***@db:5432/plant?sslmode=require"),
+    ({"database_type": "mariadb", "host": "db", "username": "u", "database_name": "plant"},
+     "mariadb+pymysql://u@db/plant"),
+    ({"database_type": "mysql", "host": "db", "username": "u", "database_name": "plant"},
+     "mysql+pymysql://u@db/plant"),
+])
+def test_connection_urls_per_database_type(connection: dict[str, Any], expected: str) -> None:
+    conn = receiver(connection).connections[0]
+    assert conn.describe() == expected  # the password never appears in what is logged
+    assert "islaNublar93" not in conn.describe()
