@@ -322,7 +322,8 @@ class _Walker:
         try:
             msgspec.convert(value, tp)
         except msgspec.ValidationError as exc:
-            self.out.append(error(f"{exc}, got {_kind(value)}" if "got" not in str(exc) else str(exc), path))
+            message = str(exc) if "got" in str(exc) else f"{exc}, got {value!r}"  # name the bad value
+            self.out.append(error(message, path))
             return False
         return True
 

@@ -150,8 +150,7 @@ class FileStreamReader:
         self._fs = fs
         self._ctx = ctx
         state = resume_state or {}
-        self._files: dict[str, SeenFile] = {p: msgspec.convert(v, SeenFile) if isinstance(v, dict) else v
-                                            for p, v in state.get("files", {}).items()}
+        self._files: dict[str, SeenFile] = dict(state.get("files", {}))
         self._pending_delete: dict[str, str] = dict(state.get("pending_delete", {}))
         self._queue: list[_Candidate] = []
         self._ledger: Ledger | None = None

@@ -88,15 +88,13 @@ class _LocalFilePartition(StatelessSinkPartition[Batch]):
         return self._files[name]
 
     def write_batch(self, items: list[Batch]) -> None:
-        written: list[Batch] = []
         for batch in items:
             if batch.frame.height:
                 records_frame(batch).write_ndjson(self._file(file_name(batch)))
-            written.append(batch)
         for handle in self._files.values():
             handle.flush()
             os.fsync(handle.fileno())
-        for batch in written:  # durable now: count it and acknowledge it
+        for batch in items:  # durable now: count it and acknowledge it
             stream = str(batch.stream)
             latest = last_timestamp(batch.frame)
             total = self._ledger.record_delivery(self._config.transmit_name, stream, batch.frame.height,
