@@ -24,6 +24,10 @@ from pathlib import Path
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dataflows.ledger import Ledger, ledger_path  # noqa: E402
+
 NAB = REPO.parent / "shared" / "data" / "nab" / "machine_temperature_system_failure.csv"
 
 
@@ -54,20 +58,21 @@ def main() -> None:
             "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
         (home / "conf.d").mkdir()
         (home / "conf.d" / "config.json").write_text(json.dumps(config))
-        out = home / "components" / "local" / "machine__temperature.jsonl"
         env = {**os.environ, "FACTORYFLOW_HOME": str(home), "PYTHONPATH": str(REPO),
                "FACTORYFLOW_LOG_LEVEL": "WARNING"}
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.main:flow"], env=env, cwd=home)
-        delivered = 0
-        while delivered < args.rows:
+        delivered, ledger = 0, None
+        while delivered < args.rows:  # the transmit counts durable deliveries in the ledger
             time.sleep(0.2)
-            if out.exists():
-                with open(out, "rb") as f:
-                    delivered = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            if ledger is None and ledger_path(home).exists():
+                ledger = Ledger(ledger_path(home))
+            if ledger is not None:
+                delivered = ledger.progress("local", "machine:temperature")[0]
             if proc.poll() is not None:
                 raise SystemExit(f"dataflow exited with {proc.returncode}")
         elapsed = time.perf_counter() - start
+        ledger.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from dataflows.main import home_dir
+from dataflows.main import home_dir, init_recovery
 
 PLANTS = {  # table: (timestamp column, IANA zone, machines, value columns)
     "ca_lasercut": ("timestamp", "America/New_York", 6, ("power_kw", "cut_speed_mm_s")),
@@ -136,11 +136,7 @@ def prepare(home: Path) -> Path:
         raise SystemExit(f"{config_file} holds another configuration; pass --home with a new directory")
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=2))
-    recovery = home / "recovery"
-    if not recovery.exists():
-        recovery.mkdir()
-        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
-    return recovery
+    return init_recovery(home / "recovery")
 
 
 def summary(home: Path) -> dict[str, int]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import init_db_dir
 
 from dataflows.config import ConfigError, load_file
 from dataflows.flow import build_flow
@@ -42,6 +43,17 @@ def home_dir() -> Path:
 def config_path(home: Path) -> Path:
     """``$FACTORYFLOW_CONFIG``, default ``<home>/conf.d/config.json``."""
     return Path(os.environ.get("FACTORYFLOW_CONFIG", home / "conf.d" / "config.json"))
+
+
+def init_recovery(directory: Path) -> Path:
+    """Create and initialise a bytewax recovery directory (one partition) unless it exists.
+
+    The same as ``mkdir DIR && python -m bytewax.recovery DIR 1``.
+    """
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        init_db_dir(directory, 1)
+    return directory
 
 
 def configure_logging(home: Path) -> None:

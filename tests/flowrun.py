@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dataflows.main import init_recovery
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,10 +39,7 @@ class FlowProcess:
         self.runs = 0
         (home / "conf.d").mkdir(parents=True, exist_ok=True)
         (home / "conf.d" / "config.json").write_text(json.dumps(config))
-        recovery = home / "recovery"
-        if not recovery.exists():
-            recovery.mkdir()
-            subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+        init_recovery(home / "recovery")
 
     def start(self) -> None:
         """Start the dataflow in the background; its log goes to ``run-N.log``."""
