@@ -121,6 +121,15 @@ class Component(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
         """Problems in this component's values; ``path`` is where it sits in the document."""
         return ()
 
+    def from_environment(self, environ: Mapping[str, str],
+                         path: JsonPath) -> tuple[Component, list[Violation]]:
+        """This component with the settings the config omits taken from ``environ``, and an
+        error for each one missing everywhere (a warning when the config is only validated).
+
+        The default takes nothing from the environment.
+        """
+        return self, []
+
 
 class StreamConfig(Component, kw_only=True):
     """A stream of a receiver: ``asset`` + ``stream_type`` plus protocol keys."""
@@ -451,7 +460,8 @@ def _validate(document: Any, *, runnable: bool,
     registry.load_all()
     if not isinstance(document, dict):
         return [error(f"Expected `object`, got `{_kind(document)}`", [])], None
-    document, violations = resolve_env(document, os.environ if environ is None else environ)
+    environ_map = os.environ if environ is None else environ
+    document, violations = resolve_env(document, environ_map)
     document = _normalise(document)
 
     walker = _Walker()
@@ -470,6 +480,10 @@ def _validate(document: Any, *, runnable: bool,
             walker.check(item, union, [section, index])
             if len(walker.out) == before:
                 component = msgspec.convert(item, union)
+                component, missing = component.from_environment(environ_map, [section, index])
+                if not runnable:
+                    missing = [warning(v.description, v.json_path) for v in missing]
+                walker.out.extend(missing)
                 typed[section].append((index, component))
                 walker.out.extend(component.violations([section, index]))
                 if runnable and not component.runnable:

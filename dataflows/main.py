@@ -67,6 +67,7 @@ def configure_logging(home: Path) -> None:
                                                          maxBytes=10_000_000, backupCount=5)):
         handler.setFormatter(formatter)
         root.addHandler(handler)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
 
 
 def install_signal_handlers(shutdown: threading.Event) -> None:

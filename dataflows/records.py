@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from fnmatch import fnmatchcase
 
 import polars as pl
@@ -106,3 +107,36 @@ class Batch:
 
     def __len__(self) -> int:
         return self.frame.height
+
+
+#: How records leave factoryflow: ISO-8601 UTC with a ``Z`` (polars/chrono format).
+ISO_UTC = "%Y-%m-%dT%H:%M:%S%.fZ"
+
+
+def records_frame(batch: Batch) -> pl.DataFrame:
+    """The batch's flat records as transmits write them: ``asset``, ``stream_type`` first, then
+    the fields; datetimes as ISO-8601 UTC text ending in ``Z`` (naive ones taken as UTC), dates,
+    times and durations as text."""
+    frame = batch.frame.drop(["asset", "stream_type"], strict=False)
+    text = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            column = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
+            text.append(column.dt.convert_time_zone("UTC").dt.strftime(ISO_UTC).alias(name))
+        elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
+            text.append(pl.col(name).cast(pl.String))
+    return frame.with_columns(text).select(
+        pl.lit(batch.stream.asset).alias("asset"), pl.lit(batch.stream.stream_type).alias("stream_type"),
+        pl.all())
+
+
+def last_timestamp(frame: pl.DataFrame) -> str | None:
+    """The latest ``timestamp`` of a batch, ISO UTC, when it has such a column."""
+    if "timestamp" not in frame.columns or not isinstance(frame.schema["timestamp"], pl.Datetime):
+        return None
+    latest = frame.select(pl.col("timestamp").max()).item()
+    if latest is None:
+        return None
+    if latest.tzinfo is None:
+        latest = latest.replace(tzinfo=UTC)
+    return latest.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -19,53 +19,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-from datetime import UTC
 from pathlib import Path
 from typing import IO
 
-import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.registry import transmits
 from dataflows.config import TransmitConfig
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch
+from dataflows.records import Batch, last_timestamp, records_frame
 from dataflows.runtime import RunContext
-
-ISO_UTC = "%Y-%m-%dT%H:%M:%S%.fZ"
-
 
 def file_name(batch: Batch) -> str:
     """``<asset>__<stream_type>.jsonl`` with characters unsafe in file names replaced by ``_``."""
     safe = re.compile(r"[^\w.\- ]")
     return f"{safe.sub('_', batch.stream.asset)}__{safe.sub('_', batch.stream.stream_type)}.jsonl"
-
-
-def records_frame(batch: Batch) -> pl.DataFrame:
-    """The batch's records as written: ``asset``, ``stream_type`` first, timestamps as ISO UTC text."""
-    frame = batch.frame.drop(["asset", "stream_type"], strict=False)
-    text = []
-    for name, dtype in frame.schema.items():
-        if isinstance(dtype, pl.Datetime):
-            column = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
-            text.append(column.dt.convert_time_zone("UTC").dt.strftime(ISO_UTC).alias(name))
-        elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
-            text.append(pl.col(name).cast(pl.String))
-    return frame.with_columns(text).select(
-        pl.lit(batch.stream.asset).alias("asset"), pl.lit(batch.stream.stream_type).alias("stream_type"),
-        pl.all())
-
-
-def last_timestamp(frame: pl.DataFrame) -> str | None:
-    """The latest ``timestamp`` of a batch, ISO UTC, when it has such a column."""
-    if "timestamp" not in frame.columns or not isinstance(frame.schema["timestamp"], pl.Datetime):
-        return None
-    latest = frame.select(pl.col("timestamp").max()).item()
-    if latest is None:
-        return None
-    if latest.tzinfo is None:
-        latest = latest.replace(tzinfo=UTC)
-    return latest.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _LocalFilePartition(StatelessSinkPartition[Batch]):

@@ -1,0 +1,112 @@
+"""A durable outbox for store-and-forward transmits: encoded records in SQLite (WAL).
+
+Implements "Operation" (store-and-forward) of ``shared/specs/factorytx-digest.md``: the
+transmit's ``write_batch`` appends records and commits before it returns; a sender reads
+them oldest first, posts them and deletes them only after the endpoint acknowledged
+them. The file survives restarts and SIGKILL (``synchronous=FULL``).
+
+One row per record: the stream (``asset:stream_type``), the record's timestamp (ISO UTC,
+for progress lines) and its encoded body (one BSON sslog or one JSON object). A one-row
+``depth`` table keeps the record count and byte total in the same transactions, so the
+depth costs nothing to read. Several connections (threads, processes) may share a file;
+each :class:`Outbox` object is one connection, for one thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, timestamp TEXT,
+    body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS depth (
+    one INTEGER PRIMARY KEY CHECK (one = 1), records INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO depth VALUES (1, 0, 0);
+"""
+
+
+class Entry(NamedTuple):
+    """One stored record: its row id, stream, timestamp (ISO UTC or None) and encoded body."""
+
+    id: int
+    stream: str
+    timestamp: str | None
+    body: bytes
+
+
+class Outbox:
+    """A connection to the outbox file at ``path`` (created on first use).
+
+    :raises sqlite3.DatabaseError: the file exists but is not an outbox.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def append(self, records: Sequence[tuple[str, str | None, bytes]]) -> None:
+        """Store ``(stream, timestamp, body)`` records in one transaction; durable on return."""
+        if not records:
+            return
+        size = sum(len(body) for _, _, body in records)
+        with self._transaction():
+            self._db.executemany("INSERT INTO outbox (stream, timestamp, body) VALUES (?, ?, ?)",
+                                 records)
+            self._db.execute("UPDATE depth SET records = records + ?, bytes = bytes + ?",
+                             (len(records), size))
+
+    def peek(self, max_records: int, max_bytes: int) -> list[Entry]:
+        """The oldest records, at most ``max_records`` and ``max_bytes`` of bodies in all, but
+        always at least one when any is stored (a record larger than ``max_bytes`` goes alone)."""
+        out: list[Entry] = []
+        size = 0
+        rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox ORDER BY id LIMIT ?",
+                                (max_records,))
+        for row in rows:
+            if out and size + len(row[3]) > max_bytes:
+                break
+            out.append(Entry(*row))
+            size += len(row[3])
+        return out
+
+    def delete(self, entries: Sequence[Entry]) -> None:
+        """Remove delivered records (as returned by :meth:`peek`)."""
+        if not entries:
+            return
+        with self._transaction():
+            removed = self._db.execute(
+                "DELETE FROM outbox WHERE id >= ? AND id <= ? RETURNING length(body)",
+                (entries[0].id, entries[-1].id)).fetchall()
+            self._db.execute("UPDATE depth SET records = records - ?, bytes = bytes - ?",
+                             (len(removed), sum(r[0] for r in removed)))
+
+    def depth(self) -> tuple[int, int]:
+        """(records, bytes of bodies) stored now."""
+        records, size = self._db.execute("SELECT records, bytes FROM depth").fetchone()
+        return int(records), int(size)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,1 @@
+"""Faithful local simulators of the proprietary cloud endpoints factoryflow talks to."""
