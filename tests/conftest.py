@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.flowrun import FlowProcess
+from tests.services.kafka import KafkaBroker, kafka_broker
 from tests.services.postgres import Postgres, postgres_server
+from tests.simulators.sightmachine import SightMachineSimulator
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NAB = SHARED / "data" / "nab"
@@ -19,6 +23,36 @@ def postgres() -> Iterator[Postgres]:
     """A PostgreSQL server for the whole session (started and stopped by the tests)."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """A single-node KRaft Kafka broker for the whole session (never stopped mid-session:
+    outage tests start their own)."""
+    with kafka_broker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def sight_machine() -> Iterator[SightMachineSimulator]:
+    """A fresh Sight Machine ingest simulator, answering 200."""
+    with SightMachineSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def flows() -> Iterator[Any]:
+    """``flows(home, config)`` makes a :class:`FlowProcess`; whatever still runs is killed."""
+    started: list[FlowProcess] = []
+
+    def make(home: Path, config: dict[str, Any], snapshot: int = 1) -> FlowProcess:
+        flow = FlowProcess(home, config, snapshot=snapshot)
+        started.append(flow)
+        return flow
+
+    yield make
+    for flow in started:
+        flow.close()
 
 
 @pytest.fixture

@@ -201,7 +201,8 @@ class Sender:
             try:
                 if not self.send_once():
                     due = self._last_post + self.config.poll_interval - self._clock()
-                    self.wake.wait(min(max(due, 0.01), 1.0))
+                    waiting = self.outbox.depth()[0] > 0
+                    self.wake.wait(min(max(due, 0.01), 1.0) if waiting else 1.0)
                     self.wake.clear()
             except tenacity.RetryError:
                 break  # stopped while retrying; the outbox keeps the records

@@ -44,20 +44,6 @@ def nab_config(directory: Path, postgres: Postgres, **receiver_keys: Any) -> dic
     }
 
 
-@pytest.fixture
-def flows() -> Any:
-    started: list[FlowProcess] = []
-
-    def make(home: Path, config: dict[str, Any]) -> FlowProcess:
-        flow = FlowProcess(home, config)
-        started.append(flow)
-        return flow
-
-    yield make
-    for flow in started:
-        flow.close()
-
-
 def distinct(records: list[dict[str, Any]]) -> set[tuple[str, float]]:
     return {(r["timestamp"], r["value"]) for r in records}
 

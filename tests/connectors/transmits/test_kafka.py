@@ -1,0 +1,210 @@
+"""The kafka / rdpv3 transmit against a real Apache Kafka broker (KRaft, started by the tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from connectors.transmits.kafka import PRODUCER_DEFAULTS, KafkaDeliveryError, KafkaTransmit, topic_name
+from dataflows.config import load, validate
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import Batch, StreamKey
+from dataflows.runtime import RunContext
+from tests.conftest import NAB_ROWS
+from tests.nab import expected_utc
+from tests.services.kafka import KafkaBroker, kafka_jars
+from tests.services.postgres import free_port
+
+
+def transmit(**keys: Any) -> KafkaTransmit:
+    doc = {"data_receiver": [], "transforms": [],
+           "data_transmit": [{"transmit_name": "kafka", "transmit_type": "kafka", **keys}]}
+    return load(doc, runnable=False).data_transmit[0]
+
+
+def violations(**keys: Any) -> list[tuple[list[Any], str, str]]:
+    doc = {"data_receiver": [], "transforms": [], "data_transmit": [
+        {"transmit_name": "k", "bootstrap_servers": "127.0.0.1:9092", **keys}]}
+    return [(v.json_path, v.level, v.description) for v in validate(doc)]
+
+
+def test_config_topic_rules_and_delivery_warnings() -> None:
+    assert violations(transmit_type="kafka", topic="plant.events") == []
+    assert violations(transmit_type="rdpv3", topic_prefix="plant1") == []
+    both = violations(transmit_type="rdpv3", topic="a", topic_prefix="b")
+    assert both == [(["data_transmit", 0], "error", "give exactly one of 'topic' and 'topic_prefix'")]
+    assert violations(transmit_type="kafka")[0][2] == "give exactly one of 'topic' and 'topic_prefix'"
+    assert [v[:2] for v in violations(transmit_type="kafka", topic="bad topic!")] == [
+        (["data_transmit", 0, "topic"], "error")]
+    weak = violations(transmit_type="kafka", topic="t",
+                      options={"acks": 1, "enable.idempotence": False, "bootstrap.servers": "x:1"})
+    assert [v[:2] for v in weak] == [
+        (["data_transmit", 0, "options", "bootstrap.servers"], "error"),
+        (["data_transmit", 0, "options", "acks"], "warning"),
+        (["data_transmit", 0, "options", "enable.idempotence"], "warning")]
+
+
+def test_producer_defaults_are_safe_and_options_override_them() -> None:
+    settings = transmit(bootstrap_servers="b:9092", topic="t",
+                        options={"compression.type": "zstd", "linger.ms": 5}).producer_config()
+    assert settings["acks"] == "all" and settings["enable.idempotence"] is True
+    assert settings["compression.type"] == "zstd" and settings["linger.ms"] == 5
+    assert settings["bootstrap.servers"] == "b:9092"
+    assert PRODUCER_DEFAULTS["compression.type"] in ("lz4", "zstd")
+
+
+def test_topic_names_are_sanitised() -> None:
+    assert topic_name("plant1", StreamKey("press 1/a", "cycle:x")) == "plant1.press_1_a.cycle_x"
+    assert topic_name("p", StreamKey("Ünïcode", "s")) == "p._n_code.s"
+    assert len(topic_name("p", StreamKey("a" * 300, "s"))) == 249
+
+
+def frame(n: int, start: int = 0) -> pl.DataFrame:
+    return pl.DataFrame({"timestamp": pl.datetime_range(datetime(2024, 1, 1), datetime(2024, 1, 1, 1),
+                                                        "1s", eager=True, time_zone="UTC")[start:start + n],
+                         "seq": list(range(start, start + n)), "temp.c": [20.5] * n})
+
+
+def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: Path,
+                                                                     kafka: KafkaBroker) -> None:
+    kafka.create_topic("queue-full", 2)
+    config = transmit(bootstrap_servers=kafka.bootstrap, topic="queue-full",
+                      options={"queue.buffering.max.messages": 50, "linger.ms": 1})
+    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    batch = Batch("r", StreamKey("press", "cycle"), frame(3000), "query", ack_key="k1")
+    partition.write_batch([batch])  # 3000 messages through a queue of 50: BufferError handled
+    partition.close()
+    messages = kafka.consume("queue-full", 3000)
+    assert len(messages) == 3000
+    assert [json.loads(m.value)["seq"] for m in messages] == list(range(3000))  # one key: one partition
+    first = json.loads(messages[0].value)
+    assert first == {"asset": "press", "stream_type": "cycle", "timestamp": "2024-01-01T00:00:00Z",
+                     "seq": 0, "temp.c": 20.5}
+    assert messages[0].key == b"press:cycle"
+    assert messages[0].headers == {"receiver": b"r", "source": b"query"}
+    ledger = Ledger(ledger_path(tmp_path))
+    assert ledger.progress("kafka", "press:cycle") == (3000, "2024-01-01T00:49:59.000000Z")
+    assert ledger.acked_by("r", "press:cycle", "k1") == {"kafka"}
+    status = ledger.transmit_status("kafka")
+    assert status.records_delivered == 3000 and status.last_success_at and status.last_error is None
+
+
+def test_undeliverable_batch_raises_and_advances_nothing(tmp_path: Path) -> None:
+    config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="nowhere",
+                      options={"message.timeout.ms": 1500})
+    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    batch = Batch("r", StreamKey("press", "cycle"), frame(10), "query", ack_key="k1")
+    with pytest.raises(KafkaDeliveryError, match="10 of 10 messages not delivered"):
+        partition.write_batch([batch])
+    partition.close()
+    ledger = Ledger(ledger_path(tmp_path))
+    assert ledger.progress("kafka", "press:cycle") == (0, None)
+    assert ledger.acked_by("r", "press:cycle", "k1") == set()
+    assert "not delivered" in (ledger.transmit_status("kafka").last_error or "")
+
+
+def nab_values(path: Path) -> list[float]:
+    """The ``value`` column of a NAB file, in file order."""
+    return [float(line.split(b",")[1]) for line in path.read_bytes().splitlines()[1:]]
+
+
+def nab_receiver(directory: Path, assets: list[str]) -> dict[str, Any]:
+    return {"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 0.5,
+            "connections": [{"data_directory": str(directory)}],
+            "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+            "streams": [{"asset": asset, "stream_type": "csv", "parser": "csv", "file_filter": ["nab.csv"]}
+                        for asset in assets]}
+
+
+def test_dataflow_to_a_fixed_topic_and_per_stream_topics(tmp_path: Path, kafka: KafkaBroker,
+                                                         nab_machine_csv: Path, flows: Any) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    shutil.copy(nab_machine_csv, data / "nab.csv")
+    kafka.create_topic("nab-all", 3)
+    for asset in ("m1", "m2"):
+        kafka.create_topic(f"plant.{asset}.csv", 2)
+    config = {"data_receiver": [nab_receiver(data, ["m1", "m2"])],
+              "transforms": [{"transform_name": "plant time", "transform_type": "convert_timestamps",
+                              "field_names": ["timestamp"], "timezone": "America/Chicago"}],
+              "data_transmit": [
+                  {"transmit_name": "all", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+                   "topic": "nab-all"},
+                  {"transmit_name": "per stream", "transmit_type": "rdpv3",
+                   "bootstrap_servers": kafka.bootstrap, "topic_prefix": "plant", "filter_stream": ["*:csv"]}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    ledger = Ledger(ledger_path(flow.home))
+    flow.wait_for(lambda: all(ledger.progress(t, f"{a}:csv")[0] >= NAB_ROWS
+                              for t in ("all", "per stream") for a in ("m1", "m2")), what="delivery")
+    assert flow.stop(signal.SIGTERM) == 0
+
+    expected = expected_utc(nab_machine_csv, "America/Chicago")
+    file_values = nab_values(nab_machine_csv)
+    everything = kafka.consume("nab-all", 2 * NAB_ROWS)
+    assert len(everything) == 2 * NAB_ROWS
+    for asset in ("m1", "m2"):
+        mine = [m for m in everything if m.key == f"{asset}:csv".encode()]
+        assert len({m.partition for m in mine}) == 1  # one key, one partition: ordered
+        records = [json.loads(m.value) for m in sorted(mine, key=lambda m: m.offset)]
+        assert [r["value"] for r in records] == file_values  # the file's order, per key
+        assert {(r["timestamp"], r["value"]) for r in records} == expected
+        assert set(records[0]) == {"asset", "stream_type", "timestamp", "value"}
+        assert records[0]["asset"] == asset and records[0]["stream_type"] == "csv"
+        topic = kafka.consume(f"plant.{asset}.csv", NAB_ROWS)
+        assert len(topic) == NAB_ROWS
+        assert {m.key for m in topic} == {f"{asset}:csv".encode()}
+        assert {m.headers["receiver"] for m in topic} == {b"files"}
+        assert {m.headers["source"] for m in topic} == {str(data / "nab.csv").encode()}
+        assert {(json.loads(m.value)["timestamp"], json.loads(m.value)["value"]) for m in topic} == expected
+
+
+def test_broker_down_for_20_seconds_loses_nothing(tmp_path: Path, nab_machine_csv: Path,
+                                                  flows: Any) -> None:
+    """The broker stops mid-run while rows keep arriving, and comes back 20 s later."""
+    lines = nab_machine_csv.read_bytes().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    data = tmp_path / "in"
+    data.mkdir()
+    target = data / "nab.csv"
+    target.write_bytes(header + b"".join(rows[:6000]))
+    root = Path(tempfile.mkdtemp(prefix="factoryflow-kafka-outage-"))
+    broker = KafkaBroker(root, kafka_jars())
+    try:
+        broker.start()
+        broker.create_topic("outage", 3)
+        config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [],
+                  "data_transmit": [{"transmit_name": "kafka", "transmit_type": "kafka",
+                                     "bootstrap_servers": broker.bootstrap, "topic": "outage"}]}
+        flow = flows(tmp_path / "home", config)
+        flow.start()
+        ledger = Ledger(ledger_path(flow.home))
+        flow.wait_for(lambda: ledger.progress("kafka", "nab:csv")[0] >= 6000, what="first rows")
+        broker.stop()
+        down_at = time.monotonic()
+        with target.open("ab") as out:  # rows keep arriving while the broker is down
+            out.write(b"".join(rows[6000:15000]))
+        time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))
+        assert ledger.progress("kafka", "nab:csv")[0] == 6000  # nothing counted while down
+        broker.start()
+        with target.open("ab") as out:
+            out.write(b"".join(rows[15000:]))
+        flow.wait_for(lambda: ledger.progress("kafka", "nab:csv")[0] >= NAB_ROWS, timeout=300,
+                      what="every row after the outage")
+        assert flow.stop(signal.SIGTERM) == 0
+        messages = broker.consume("outage", NAB_ROWS)
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    values = [json.loads(m.value)["value"] for m in sorted(messages, key=lambda m: m.offset)]
+    assert len(messages) == NAB_ROWS  # the idempotent producer's retries added no duplicate
+    assert values == nab_values(nab_machine_csv)  # and none is out of order
