@@ -14,7 +14,7 @@ Transmits write to it only after a durable write (fsync, broker ack, outbox comm
 
 One SQLite file in WAL mode under ``$FACTORYFLOW_HOME/state/``, shared by every worker
 and process on the machine. A :class:`Ledger` object holds one connection: create one
-per partition (thread), never share it.
+per partition or thread; never use one from two threads at once.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

@@ -9,7 +9,7 @@ One row per record: the stream (``asset:stream_type``), the record's timestamp (
 for progress lines) and its encoded body (one BSON sslog or one JSON object). A one-row
 ``depth`` table keeps the record count and byte total in the same transactions, so the
 depth costs nothing to read. Several connections (threads, processes) may share a file;
-each :class:`Outbox` object is one connection, for one thread.
+each :class:`Outbox` object is one connection, used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
