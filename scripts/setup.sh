@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up factoryflow in this checkout: a Python 3.11/3.12 virtualenv in .venv with the project.
 #   --test      also the test dependencies
-#   --services  also the real services the tests start: PostgreSQL (Debian's packages)
+#   --services  also the real services the tests start: PostgreSQL (Debian's packages) and
+#               Apache Kafka (its jars from Maven Central, run with the machine's Java)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +43,11 @@ if [ "$want_services" = 1 ]; then
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres  # initdb refuses to run as root
   fi
+  if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+    echo "setup.sh: installing Java and Maven from Debian's packages" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq default-jre-headless maven >/dev/null
+  fi
+  # the Kafka broker's jars, fetched once into .cache/kafka/ (see tests/services/kafka.py)
+  .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'
 fi

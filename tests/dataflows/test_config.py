@@ -45,8 +45,16 @@ def paths(violations: list[Violation]) -> list[tuple[list[str | int], str]]:
     return [(v.json_path, v.level) for v in violations]
 
 
+SIGHT_MACHINE_ENV = {"SIGHT_MACHINE_BASE_URL": "https://plant.sightmachine.io",
+                     "SIGHT_MACHINE_API_KEY": "key", "SIGHT_MACHINE_API_KEY_ID": "edge"}
+
+
 def test_quickstart_is_accepted_verbatim() -> None:
-    assert validate(quickstart()) == []
+    # its transmit omits base_url and the keys: they come from the environment
+    assert validate(quickstart(), environ=SIGHT_MACHINE_ENV) == []
+    without = validate(quickstart(), environ={})
+    assert paths(without) == [(["data_transmit", 0, key], "warning")
+                              for key in ("base_url", "API_key", "API_key_ID")]
 
 
 @pytest.mark.parametrize("name", ["Basic", "Localfile", "SMB", "SQL", "OPCUA"])
@@ -86,15 +94,16 @@ def test_root_path_is_the_older_data_directory() -> None:
 def test_transmit_without_type_is_remotedatapost() -> None:
     doc = base()
     doc["data_transmit"] = [{"transmit_name": "t", "base_url": "https://x.sightmachine.io"}]
-    config = load(doc, runnable=False)
+    config = load(doc, runnable=False, environ=SIGHT_MACHINE_ENV)
     assert type(config.data_transmit[0]).__struct_config__.tag == "remotedatapost"
+    assert config.data_transmit[0].base_url == "https://x.sightmachine.io"
+    assert config.data_transmit[0].API_key_ID == "edge"
 
 
 def test_quickstart_is_refused_for_running_with_the_reasons() -> None:
     with pytest.raises(ConfigError) as info:
-        load(quickstart(), runnable=True)
-    assert paths(info.value.violations) == [(["data_receiver", 1, "protocol"], "error"),
-                                            (["data_transmit", 0, "transmit_type"], "error")]
+        load(quickstart(), runnable=True, environ=SIGHT_MACHINE_ENV)
+    assert paths(info.value.violations) == [(["data_receiver", 1, "protocol"], "error")]
     assert "'azure_data_lake' is accepted in the config but" in info.value.violations[0].description
 
 
