@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 from datetime import UTC
 from fnmatch import fnmatchcase
 
+import msgspec
 import polars as pl
 
 
@@ -140,3 +142,14 @@ def last_timestamp(frame: pl.DataFrame) -> str | None:
     if latest.tzinfo is None:
         latest = latest.replace(tzinfo=UTC)
     return latest.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def json_values(records: pl.DataFrame) -> list[bytes]:
+    """One compact JSON object (msgspec) per row of ``records`` (e.g. :func:`records_frame`),
+    keys in column order; NaN and infinities become ``null``."""
+    names = records.columns
+    row = msgspec.defstruct("Record", [(f"f{i}", Any) for i in range(len(names))],
+                            rename={f"f{i}": name for i, name in enumerate(names)})
+    encode = msgspec.json.Encoder().encode
+    columns = [records.get_column(name).to_list() for name in names]
+    return [encode(row(*values)) for values in zip(*columns, strict=True)]

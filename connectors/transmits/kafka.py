@@ -15,7 +15,8 @@ exactly one of them.
 
 Producer defaults (``options`` override them, key by key, as librdkafka settings):
 ``acks=all``, ``enable.idempotence=true``, ``compression.type=lz4``, ``linger.ms=20``,
-``batch.size`` 1 MiB, ``message.timeout.ms`` 300000 (librdkafka retries a broker that is
+``batch.size`` 1 MiB, a local queue of at most 100,000 messages or 64 MiB,
+``message.timeout.ms`` 300000 (librdkafka retries a broker that is
 down for up to 5 minutes).
 
 ``write_batch`` produces straight from the polars frame, waits on a full local queue
@@ -47,7 +48,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from connectors.registry import transmits
 from dataflows.config import JsonPath, NonEmptyStr, TransmitConfig, Violation, describe, error, warning
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, StreamKey, last_timestamp, records_frame
+from dataflows.records import Batch, StreamKey, json_values, last_timestamp, records_frame
 from dataflows.runtime import RunContext
 
 #: librdkafka settings factoryflow sets unless ``options`` says otherwise.
@@ -57,8 +58,8 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "compression.type": "lz4",
     "linger.ms": 20,
     "batch.size": 1024 * 1024,
-    "queue.buffering.max.messages": 500_000,
-    "queue.buffering.max.kbytes": 512 * 1024,
+    "queue.buffering.max.messages": 100_000,
+    "queue.buffering.max.kbytes": 64 * 1024,
     "message.timeout.ms": 300_000,
     "partitioner": "murmur2_random",
 }
@@ -96,7 +97,6 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
         self._producer = Producer({**config.producer_config(), "logger": self._log})
-        self._encode = msgspec.json.Encoder().encode
         self._ledger = Ledger(ledger_path(ctx.home))
         self._pending = 0
         self._errors: list[KafkaError] = []
@@ -114,8 +114,7 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
         headers = [("receiver", batch.receiver.encode()), ("source", batch.source.encode())]
         produce, poll = self._producer.produce, self._producer.poll
         count = 0
-        for record in records_frame(batch).iter_rows(named=True):
-            value = self._encode(record)
+        for value in json_values(records_frame(batch)):
             while True:
                 try:
                     produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)

@@ -68,7 +68,7 @@ from connectors.registry import transmits
 from connectors.transmits._outbox import Entry, Outbox
 from dataflows.config import JsonPath, TransmitConfig, Violation, describe, error
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, records_frame
+from dataflows.records import Batch, json_values, records_frame
 from dataflows.runtime import RunContext
 
 #: ``max_request_size_bytes`` may not exceed this (the Sight Machine ingest limit).
@@ -109,18 +109,21 @@ def sslogs(batch: Batch, now: datetime) -> list[tuple[str | None, bytes]]:
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     fields = [(name, name.replace(".", "_")) for name in frame.columns
               if name not in ("timestamp", "counter")]
+    columns = {name: frame.get_column(name).to_list() for name in frame.columns}
+    timestamps = columns.get("timestamp") or [None] * frame.height
+    counters = columns.get("counter")
+    values = [(out_name, columns[name]) for name, out_name in fields]
     source, sslog_type = batch.stream.asset, batch.stream.stream_type
-    has_counter = "counter" in frame.columns
     out = []
-    for row in frame.iter_rows(named=True):
-        timestamp = row.get("timestamp") or stamp
-        doc: dict[str, Any] = {"timestamp": timestamp, "source": source, "sslog_type": sslog_type,
-                               "fieldvalues": {
-                                   out_name: {"value": row[name]} for name, out_name in fields
-                                   if row[name] is not None
-                                   and not (isinstance(row[name], float) and math.isnan(row[name]))}}
-        if has_counter and row["counter"] is not None:
-            doc["counter"] = row["counter"]
+    for i, timestamp in enumerate(timestamps):
+        timestamp = timestamp or stamp
+        doc: dict[str, Any] = {
+            "timestamp": timestamp, "source": source, "sslog_type": sslog_type,
+            # v == v is False only for NaN
+            "fieldvalues": {name: {"value": column[i]} for name, column in values
+                            if column[i] is not None and column[i] == column[i]}}
+        if counters is not None and counters[i] is not None:
+            doc["counter"] = counters[i]
         out.append((f"{timestamp}Z", bson.encode(doc)))
     return out
 
@@ -128,11 +131,10 @@ def sslogs(batch: Batch, now: datetime) -> list[tuple[str | None, bytes]]:
 def json_records(batch: Batch) -> list[tuple[str | None, bytes]]:
     """The batch's flat JSON records (as the ``kafka`` transmit writes them), each with its
     ``timestamp`` text (or None)."""
-    encode = msgspec.json.Encoder().encode
-    out = []
-    for record in records_frame(batch).iter_rows(named=True):
-        out.append((record.get("timestamp"), encode(record)))
-    return out
+    records = records_frame(batch)
+    stamps = (records.get_column("timestamp").to_list() if "timestamp" in records.columns
+              else [None] * records.height)
+    return list(zip(stamps, json_values(records), strict=True))
 
 
 class PostRefused(Exception):
