@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 from datetime import UTC
 from fnmatch import fnmatchcase
+from typing import Any
 
 import msgspec
 import polars as pl

@@ -46,7 +46,15 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 from connectors.registry import transmits
-from dataflows.config import JsonPath, NonEmptyStr, TransmitConfig, Violation, describe, error, warning
+from dataflows.config import (
+    JsonPath,
+    NonEmptyStr,
+    TransmitConfig,
+    Violation,
+    describe,
+    error,
+    warning,
+)
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey, json_values, last_timestamp, records_frame
 from dataflows.runtime import RunContext

@@ -30,6 +30,7 @@ from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, last_timestamp, records_frame
 from dataflows.runtime import RunContext
 
+
 def file_name(batch: Batch) -> str:
     """``<asset>__<stream_type>.jsonl`` with characters unsafe in file names replaced by ``_``."""
     safe = re.compile(r"[^\w.\- ]")

@@ -13,10 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import NAB_ROWS
-from tests.flowrun import FlowProcess
 from tests.nab import QUERY, STATE_FIELDS, create_table, expected_utc, insert_lines, nab_lines
 from tests.services.postgres import Postgres
 

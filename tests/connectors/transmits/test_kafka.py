@@ -14,7 +14,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from connectors.transmits.kafka import PRODUCER_DEFAULTS, KafkaDeliveryError, KafkaTransmit, topic_name
+from connectors.transmits.kafka import (
+    PRODUCER_DEFAULTS,
+    KafkaDeliveryError,
+    KafkaTransmit,
+    topic_name,
+)
 from dataflows.config import load, validate
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
