@@ -208,6 +208,10 @@ class Sender:
                     self.wake.clear()
             except tenacity.RetryError:
                 break  # stopped while retrying; the outbox keeps the records
+            except Exception as exc:  # a dead sender would stall delivery silently: log, go on
+                self._log.exception("sender failed; trying again in 10 s")
+                self.ledger.mark_error(self._name, f"sender failed: {exc!r}")
+                self.stop.wait(10.0)
 
     def send_once(self, force: bool = False) -> bool:
         """Post the next request if one is due (``force``: any records now).
