@@ -72,6 +72,8 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "partitioner": "murmur2_random",
 }
 
+#: Rows encoded at a time: bounds the Python objects alive for a big batch.
+_ENCODE_ROWS = 20_000
 _ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_TOPIC = 249
 
@@ -122,15 +124,16 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
         headers = [("receiver", batch.receiver.encode()), ("source", batch.source.encode())]
         produce, poll = self._producer.produce, self._producer.poll
         count = 0
-        for value in json_values(records_frame(batch)):
-            while True:
-                try:
-                    produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: serve delivery reports, then retry
-                    poll(0.05)
-            self._pending += 1
-            count += 1
+        for part in records_frame(batch).iter_slices(_ENCODE_ROWS):  # bounded Python objects
+            for value in json_values(part):
+                while True:
+                    try:
+                        produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                        break
+                    except BufferError:  # local queue full: serve delivery reports, then retry
+                        poll(0.05)
+                self._pending += 1
+                count += 1
         return count
 
     def write_batch(self, items: list[Batch]) -> None:
