@@ -60,7 +60,6 @@ class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool = False
 
 
-
 def ledger_path(home: Path) -> Path:
     """Where the ledger of the installation at ``home`` lives."""
     return home / "state" / "ledger.sqlite"

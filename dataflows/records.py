@@ -115,16 +115,16 @@ class Batch:
 ISO_UTC = "%Y-%m-%dT%H:%M:%S%.fZ"
 
 
-def records_frame(batch: Batch) -> pl.DataFrame:
+def records_frame(batch: Batch, time_format: str = ISO_UTC) -> pl.DataFrame:
     """The batch's flat records as transmits write them: ``asset``, ``stream_type`` first, then
-    the fields; datetimes as ISO-8601 UTC text ending in ``Z`` (naive ones taken as UTC), dates,
-    times and durations as text."""
+    the fields; datetimes as UTC text in ``time_format`` (polars/chrono; default ISO-8601 ending
+    in ``Z``; naive values are taken as UTC), dates, times and durations as text."""
     frame = batch.frame.drop(["asset", "stream_type"], strict=False)
     text = []
     for name, dtype in frame.schema.items():
         if isinstance(dtype, pl.Datetime):
             column = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
-            text.append(column.dt.convert_time_zone("UTC").dt.strftime(ISO_UTC).alias(name))
+            text.append(column.dt.convert_time_zone("UTC").dt.strftime(time_format).alias(name))
         elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
             text.append(pl.col(name).cast(pl.String))
     return frame.with_columns(text).select(

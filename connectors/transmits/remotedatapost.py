@@ -84,28 +84,15 @@ SSLOG_PATH = "/v1/rdp2/sslogs"
 _MEDIA = {"bson": "application/bson", "json": "application/x-ndjson"}
 
 
-def _iso(frame: pl.DataFrame, name: str) -> pl.Expr:
-    dtype = frame.schema[name]
-    column = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
-    return column.dt.convert_time_zone("UTC").dt.strftime(SSLOG_TIME)
-
-
 def sslogs(batch: Batch, now: datetime) -> list[tuple[str | None, bytes]]:
     """The batch's records as BSON sslogs: ``(ISO UTC timestamp with Z, encoded sslog)`` each.
 
     A record without a ``timestamp`` (no column, or null) is stamped ``now`` (UTC-aware).
     See the module docstring for the document's shape.
     """
-    frame = batch.frame.drop(["asset", "stream_type"], strict=False)
-    text = []
-    for name, dtype in frame.schema.items():
-        if isinstance(dtype, pl.Datetime):
-            text.append(_iso(frame, name).alias(name))
-        elif isinstance(dtype, pl.Decimal):
-            text.append(pl.col(name).cast(pl.Float64))
-        elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
-            text.append(pl.col(name).cast(pl.String))
-    frame = frame.with_columns(text)
+    frame = records_frame(batch, SSLOG_TIME).drop("asset", "stream_type")
+    frame = frame.with_columns(pl.col(name).cast(pl.Float64)  # BSON has no Python Decimal
+                               for name, dtype in frame.schema.items() if isinstance(dtype, pl.Decimal))
     stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
     fields = [(name, name.replace(".", "_")) for name in frame.columns
               if name not in ("timestamp", "counter")]
