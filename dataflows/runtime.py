@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows.records import Batch, StreamKey
 
@@ -164,3 +165,21 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
             "%s: %s from state %s", stream.key, "resuming" if resume_state is not None else "starting",
             reader.describe())
         return _ReceiverPartition(self._receiver, stream, reader, self._ctx)
+
+
+class TransmitSink(DynamicSink[Batch]):
+    """The bytewax sink of a transmit: one ``partition(config, ctx)`` per worker.
+
+    :param partition: builds a worker's sink partition; its ``write_batch`` returns only
+        once the write is durable.
+    """
+
+    def __init__(self, partition: Callable[[Any, RunContext], StatelessSinkPartition[Batch]],
+                 config: Any, ctx: RunContext) -> None:
+        self._partition = partition
+        self._config = config
+        self._ctx = ctx
+
+    def build(self, step_id: str, worker_index: int,
+              worker_count: int) -> StatelessSinkPartition[Batch]:
+        return self._partition(self._config, self._ctx)

@@ -57,7 +57,7 @@ from dataflows.config import (
 )
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey, json_values, last_timestamp, records_frame
-from dataflows.runtime import RunContext
+from dataflows.runtime import RunContext, TransmitSink
 
 #: librdkafka settings factoryflow sets unless ``options`` says otherwise.
 PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
@@ -170,15 +170,6 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
         self._ledger.close()
 
 
-class _KafkaSink(DynamicSink[Batch]):
-    def __init__(self, config: KafkaTransmit, ctx: RunContext) -> None:
-        self._config = config
-        self._ctx = ctx
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaPartition:
-        return _KafkaPartition(self._config, self._ctx)
-
-
 OptionValue = str | int | float | bool
 
 
@@ -219,7 +210,7 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         return {**PRODUCER_DEFAULTS, **self.options, "bootstrap.servers": self.bootstrap_servers}
 
     def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return _KafkaSink(self, ctx)
+        return TransmitSink(_KafkaPartition, self, ctx)
 
 
 @transmits.register

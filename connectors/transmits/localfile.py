@@ -28,7 +28,7 @@ from connectors.registry import transmits
 from dataflows.config import TransmitConfig
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, last_timestamp, records_frame
-from dataflows.runtime import RunContext
+from dataflows.runtime import RunContext, TransmitSink
 
 
 def file_name(batch: Batch) -> str:
@@ -88,18 +88,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _LocalFileSink(DynamicSink[Batch]):
-    def __init__(self, config: LocalFileTransmit, ctx: RunContext) -> None:
-        self._config = config
-        self._ctx = ctx
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LocalFilePartition:
-        return _LocalFilePartition(self._config, self._ctx)
-
-
 @transmits.register
 class LocalFileTransmit(TransmitConfig, tag="localfile", kw_only=True):
     """Appends records as JSON lines under ``$FACTORYFLOW_HOME/components/<transmit_name>/``."""
 
     def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return _LocalFileSink(self, ctx)
+        return TransmitSink(_LocalFilePartition, self, ctx)

@@ -69,7 +69,7 @@ from connectors.transmits._outbox import Entry, Outbox
 from dataflows.config import JsonPath, TransmitConfig, Violation, describe, error
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, json_values, records_frame
-from dataflows.runtime import RunContext
+from dataflows.runtime import RunContext, TransmitSink
 
 #: ``max_request_size_bytes`` may not exceed this (the Sight Machine ingest limit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -360,15 +360,6 @@ class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
         self._ledger.close()
 
 
-class _RemoteDataPostSink(DynamicSink[Batch]):
-    def __init__(self, config: RemoteDataPost, ctx: RunContext) -> None:
-        self._config = config
-        self._ctx = ctx
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RemoteDataPostPartition:
-        return _RemoteDataPostPartition(self._config, self._ctx)
-
-
 @transmits.register
 class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
     """Posts records to the Sight Machine cloud through a durable outbox; see the module docstring."""
@@ -420,4 +411,4 @@ class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
         return hashlib.sha256(text.encode()).hexdigest()
 
     def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return _RemoteDataPostSink(self, ctx)
+        return TransmitSink(_RemoteDataPostPartition, self, ctx)

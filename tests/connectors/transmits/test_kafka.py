@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
 from tests.conftest import NAB_ROWS
 from tests.nab import expected_utc
-from tests.services.kafka import KafkaBroker, kafka_jars
+from tests.services.kafka import KafkaBroker, kafka_broker
 from tests.services.postgres import free_port
 
 
@@ -182,10 +181,7 @@ def test_broker_down_for_20_seconds_loses_nothing(tmp_path: Path, nab_machine_cs
     data.mkdir()
     target = data / "nab.csv"
     target.write_bytes(header + b"".join(rows[:6000]))
-    root = Path(tempfile.mkdtemp(prefix="factoryflow-kafka-outage-"))
-    broker = KafkaBroker(root, kafka_jars())
-    try:
-        broker.start()
+    with kafka_broker() as broker:  # its own broker: the session's is never stopped
         broker.create_topic("outage", 3)
         config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [],
                   "data_transmit": [{"transmit_name": "kafka", "transmit_type": "kafka",
@@ -207,9 +203,6 @@ def test_broker_down_for_20_seconds_loses_nothing(tmp_path: Path, nab_machine_cs
                       what="every row after the outage")
         assert flow.stop(signal.SIGTERM) == 0
         messages = broker.consume("outage", NAB_ROWS)
-    finally:
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
     values = [json.loads(m.value)["value"] for m in sorted(messages, key=lambda m: m.offset)]
     assert len(messages) == NAB_ROWS  # the idempotent producer's retries added no duplicate
     assert values == nab_values(nab_machine_csv)  # and none is out of order
