@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dataflows.records import Batch, StreamKey
+from dataflows.ledger import Ledger
+from dataflows.records import Batch, StreamKey, last_timestamp
 
 if TYPE_CHECKING:
     from dataflows.config import ReceiverConfig, StreamConfig
@@ -183,3 +184,19 @@ class TransmitSink(DynamicSink[Batch]):
     def build(self, step_id: str, worker_index: int,
               worker_count: int) -> StatelessSinkPartition[Batch]:
         return self._partition(self._config, self._ctx)
+
+
+def record_delivered(ledger: Ledger, transmit: str, items: list[Batch], log: logging.Logger,
+                     noun: str = "records") -> None:
+    """After a durable write of ``items`` by ``transmit``: count each batch in the ledger's
+    progress, acknowledge the batches whose receiver waits for delivery, and log a progress
+    line per non-empty batch (``<stream>: +N <noun>, M delivered, last timestamp T``)."""
+    for batch in items:
+        stream = str(batch.stream)
+        latest = last_timestamp(batch.frame)
+        total = ledger.record_delivery(transmit, stream, batch.frame.height, latest)
+        if batch.ack_key is not None:
+            ledger.ack(batch.receiver, stream, batch.ack_key, transmit)
+        if batch.frame.height:
+            log.info("%s: +%d %s, %d delivered, last timestamp %s", stream, batch.frame.height,
+                     noun, total, latest or "-")

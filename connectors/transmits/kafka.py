@@ -56,8 +56,8 @@ from dataflows.config import (
     warning,
 )
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, StreamKey, json_values, last_timestamp, records_frame
-from dataflows.runtime import RunContext, TransmitSink
+from dataflows.records import Batch, StreamKey, json_values, records_frame
+from dataflows.runtime import RunContext, TransmitSink, record_delivered
 
 #: librdkafka settings factoryflow sets unless ``options`` says otherwise.
 PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
@@ -151,14 +151,7 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
             self._errors = []
             self._ledger.mark_error(self._name, str(failure))
             raise failure
-        for batch in items:  # acknowledged by the broker: count it and acknowledge it
-            stream = str(batch.stream)
-            delivered = self._ledger.record_delivery(self._name, stream, batch.frame.height,
-                                                     last_timestamp(batch.frame))
-            if batch.ack_key is not None:
-                self._ledger.ack(batch.receiver, stream, batch.ack_key, self._name)
-            if batch.frame.height:
-                self._log.info("%s: +%d messages, %d delivered", stream, batch.frame.height, delivered)
+        record_delivered(self._ledger, self._name, items, self._log, "messages")  # all acknowledged
         if total:
             self._ledger.mark_success(self._name)
 

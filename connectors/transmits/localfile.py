@@ -27,8 +27,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.registry import transmits
 from dataflows.config import TransmitConfig
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, last_timestamp, records_frame
-from dataflows.runtime import RunContext, TransmitSink
+from dataflows.records import Batch, records_frame
+from dataflows.runtime import RunContext, TransmitSink, record_delivered
 
 
 def file_name(batch: Batch) -> str:
@@ -63,16 +63,7 @@ class _LocalFilePartition(StatelessSinkPartition[Batch]):
         for handle in self._files.values():
             handle.flush()
             os.fsync(handle.fileno())
-        for batch in items:  # durable now: count it and acknowledge it
-            stream = str(batch.stream)
-            latest = last_timestamp(batch.frame)
-            total = self._ledger.record_delivery(self._config.transmit_name, stream, batch.frame.height,
-                                                 latest)
-            if batch.ack_key is not None:
-                self._ledger.ack(batch.receiver, stream, batch.ack_key, self._config.transmit_name)
-            if batch.frame.height:
-                self._log.info("%s: +%d records, %d delivered, last timestamp %s", stream,
-                               batch.frame.height, total, latest or "-")
+        record_delivered(self._ledger, self._config.transmit_name, items, self._log)  # durable now
 
     def close(self) -> None:
         for handle in self._files.values():
