@@ -283,7 +283,8 @@ def resolve_env(document: Any, environ: Mapping[str, str], path: JsonPath | None
 # --------------------------------------------------------------------------- the schema walker
 
 
-def _unwrap(tp: Any) -> Any:
+def unwrap(tp: Any) -> Any:
+    """``tp`` without its ``Annotated`` layers."""
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
     return tp
@@ -294,7 +295,7 @@ def _is_struct(tp: Any) -> bool:
 
 
 def _holds_struct(tp: Any) -> bool:
-    tp = _unwrap(tp)
+    tp = unwrap(tp)
     if _is_struct(tp):
         return True
     return any(_holds_struct(arg) for arg in get_args(tp))
@@ -312,7 +313,7 @@ class _Walker:
         self.out: list[Violation] = []
 
     def check(self, value: Any, tp: Any, path: JsonPath) -> None:
-        bare = _unwrap(tp)
+        bare = unwrap(tp)
         if _is_struct(bare):
             self.struct(value, bare, path)
         elif get_origin(bare) in (Union, types.UnionType) and _holds_struct(bare):

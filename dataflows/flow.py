@@ -23,6 +23,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from dataflows.config import Config, TransformConfig
+from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch, stream_matches
 from dataflows.runtime import ReceiverSource, RunContext
 
@@ -34,12 +35,15 @@ def step_id(kind: str, name: str) -> str:
 
 
 class _TransformStep:
-    """Applies one transform to the batches its ``filter_stream`` matches, logging its warnings."""
+    """Applies one transform to the batches its ``filter_stream`` matches, logging its warnings
+    and keeping the latest as the stream's ``transform`` warning marker."""
 
-    def __init__(self, transform: TransformConfig) -> None:
+    def __init__(self, transform: TransformConfig, ctx: RunContext) -> None:
         self._transform = transform
+        self._ctx = ctx
         self._log = logging.getLogger(f"transform.{transform.transform_name}")
         self._warned: set[tuple[str, str]] = set()
+        self._ledger: Ledger | None = None
 
     def __call__(self, batch: Batch) -> Batch:
         if not stream_matches(self._transform.filter_stream, batch.stream):
@@ -48,8 +52,16 @@ class _TransformStep:
         for message in warnings:
             key = (str(batch.stream), message)
             level = logging.DEBUG if key in self._warned else logging.WARNING
-            self._warned.add(key)
             self._log.log(level, "%s (%s): %s", batch.stream, batch.source, message)
+            if key not in self._warned:
+                self._warned.add(key)
+                if self._ledger is None:
+                    self._ledger = Ledger(ledger_path(self._ctx.home))
+                self._ledger.set_marker(Marker(
+                    component=self._transform.transform_name, component_type="Transform",
+                    asset=batch.stream.asset, stream_type=batch.stream.stream_type,
+                    category="transform", timestamp=marker_time(self._ctx.now()), level="warning",
+                    message=f"{batch.source}: {message}"))
         return batch.with_frame(frame)
 
 
@@ -73,7 +85,7 @@ def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") ->
     batches = op.merge("merge_receivers", *inputs) if len(inputs) > 1 else inputs[0]
     for transform in config.transforms:
         batches = op.map(step_id("transform", transform.transform_name), batches,
-                         _TransformStep(transform))
+                         _TransformStep(transform, ctx))
     for transmit in config.data_transmit:
         patterns = list(transmit.filter_stream)
         selected = op.filter(step_id("select", transmit.transmit_name), batches,

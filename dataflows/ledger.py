@@ -10,7 +10,12 @@ Transmits write to it only after a durable write (fsync, broker ack, outbox comm
 - ``transmit_status``: each transmit's markers, for the control API: last successful
   delivery (ISO UTC), outbox depth (records, bytes), last error and when, and whether the
   transmit is paused (e.g. credentials refused) with the fingerprint of the settings it
-  was paused under.
+  was paused under;
+- ``markers``: the warning and error markers of ``GET /v1/streams``, one per
+  (component, asset, stream_type, category), replaced by the next marker of the same
+  kind and cleared when the condition ends;
+- ``received`` and ``errors``: records received per receiver and stream, and errors per
+  component, for the control API's Prometheus metrics.
 
 One SQLite file in WAL mode under ``$FACTORYFLOW_HOME/state/``, shared by every worker
 and process on the machine. A :class:`Ledger` object holds one connection: create one
@@ -35,7 +40,40 @@ CREATE TABLE IF NOT EXISTS acks (
 CREATE TABLE IF NOT EXISTS transmit_status (
     transmit TEXT PRIMARY KEY, last_success_at TEXT, outbox_records INTEGER, outbox_bytes INTEGER,
     last_error TEXT, last_error_at TEXT, paused_fingerprint TEXT);
+CREATE TABLE IF NOT EXISTS markers (
+    component TEXT NOT NULL, component_type TEXT NOT NULL, asset TEXT NOT NULL,
+    stream_type TEXT NOT NULL, category TEXT NOT NULL, timestamp TEXT NOT NULL, level TEXT NOT NULL,
+    message TEXT NOT NULL, PRIMARY KEY (component, asset, stream_type, category));
+CREATE TABLE IF NOT EXISTS received (
+    receiver TEXT NOT NULL, stream TEXT NOT NULL, records INTEGER NOT NULL,
+    PRIMARY KEY (receiver, stream));
+CREATE TABLE IF NOT EXISTS errors (
+    component TEXT NOT NULL, component_type TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (component, component_type));
 """
+
+#: Marker timestamps: UTC, as FactoryTX writes them (``2018-05-09 21:39:22.000000``).
+MARKER_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class Marker(msgspec.Struct, frozen=True, kw_only=True):
+    """A warning or error about one stream, as ``GET /v1/streams`` lists it.
+
+    :ivar component: name of the receiver, transform or transmit.
+    :ivar component_type: ``"Receiver"``, ``"Transform"`` or ``"Transmit"``.
+    :ivar category: what went wrong, e.g. ``"query"`` (a SQL stream's query failed).
+    :ivar timestamp: when, UTC, ``%Y-%m-%d %H:%M:%S.%f``.
+    :ivar level: ``"error"`` or ``"warning"``.
+    """
+
+    component: str
+    component_type: str
+    asset: str
+    stream_type: str
+    category: str
+    timestamp: str
+    level: str
+    message: str
 
 
 class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,8 +160,53 @@ class Ledger:
         self._status(transmit, last_success_at=_now(), last_error=None, last_error_at=None)
 
     def mark_error(self, transmit: str, message: str) -> None:
-        """Record ``message`` as the last error of ``transmit``."""
+        """Record ``message`` as the last error of ``transmit`` (and count it)."""
         self._status(transmit, last_error=message, last_error_at=_now())
+        self.count_error(transmit, "Transmit")
+
+    def count_error(self, component: str, component_type: str) -> None:
+        """Add one to the error count of ``component``."""
+        self._db.execute("INSERT INTO errors VALUES (?, ?, 1) ON CONFLICT (component, component_type) "
+                         "DO UPDATE SET count = count + 1", (component, component_type))
+
+    def error_counts(self) -> dict[tuple[str, str], int]:
+        """Errors so far per ``(component, component_type)``."""
+        return {(r[0], r[1]): int(r[2]) for r in self._db.execute("SELECT * FROM errors")}
+
+    def set_marker(self, marker: Marker) -> None:
+        """Store ``marker``, replacing the one of the same component, stream and category;
+        an error-level marker also counts as an error of its component."""
+        self._db.execute("INSERT OR REPLACE INTO markers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (marker.component, marker.component_type, marker.asset, marker.stream_type,
+                          marker.category, marker.timestamp, marker.level, marker.message))
+        if marker.level == "error":
+            self.count_error(marker.component, marker.component_type)
+
+    def clear_marker(self, component: str, asset: str, stream_type: str, category: str) -> None:
+        """The condition behind a marker has ended: drop it."""
+        self._db.execute("DELETE FROM markers WHERE component = ? AND asset = ? AND stream_type = ? "
+                         "AND category = ?", (component, asset, stream_type, category))
+
+    def markers(self) -> list[Marker]:
+        """Every stored marker, oldest first."""
+        rows = self._db.execute("SELECT component, component_type, asset, stream_type, category, "
+                                "timestamp, level, message FROM markers ORDER BY timestamp")
+        return [Marker(component=r[0], component_type=r[1], asset=r[2], stream_type=r[3],
+                       category=r[4], timestamp=r[5], level=r[6], message=r[7]) for r in rows]
+
+    def record_received(self, receiver: str, stream: str, records: int) -> None:
+        """Add ``records`` to the records ``receiver`` has read from ``stream``."""
+        self._db.execute("INSERT INTO received VALUES (?, ?, ?) ON CONFLICT (receiver, stream) "
+                         "DO UPDATE SET records = records + excluded.records", (receiver, stream, records))
+
+    def received(self) -> dict[tuple[str, str], int]:
+        """Records read so far per ``(receiver, stream)``."""
+        return {(r[0], r[1]): int(r[2]) for r in self._db.execute("SELECT * FROM received")}
+
+    def delivered(self) -> dict[tuple[str, str], int]:
+        """Records delivered so far per ``(transmit, stream)``."""
+        return {(r[0], r[1]): int(r[2]) for r in
+                self._db.execute("SELECT transmit, stream, records FROM progress")}
 
     def mark_outbox(self, transmit: str, records: int, size: int) -> None:
         """The outbox of ``transmit`` now holds ``records`` records of ``size`` bytes."""
@@ -138,6 +221,10 @@ class Ledger:
         row = self._db.execute("SELECT paused_fingerprint FROM transmit_status WHERE transmit = ?",
                                (transmit,)).fetchone()
         return row[0] if row else None
+
+    def transmits(self) -> list[str]:
+        """Names of the transmits with stored markers."""
+        return [r[0] for r in self._db.execute("SELECT transmit FROM transmit_status ORDER BY transmit")]
 
     def transmit_status(self, transmit: str) -> TransmitStatus:
         """The markers of ``transmit`` (defaults when it never ran)."""
@@ -159,3 +246,8 @@ class Ledger:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def marker_time(moment: datetime | None = None) -> str:
+    """``moment`` (default now) as a marker timestamp: UTC, :data:`MARKER_TIME`."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime(MARKER_TIME)

@@ -3,8 +3,8 @@
 Runs the config at ``$FACTORYFLOW_CONFIG`` (default ``$FACTORYFLOW_HOME/conf.d/config.json``,
 with ``FACTORYFLOW_HOME`` defaulting to ``./.factoryflow``). Logs go to stderr and to
 ``$FACTORYFLOW_HOME/log/factorytx_core.log`` in FactoryTX's line format
-(``2017-11-09 23:18:05,699 <thread> <component> INFO <message>``); the level is
-``$FACTORYFLOW_LOG_LEVEL`` (default INFO).
+(``2017-11-09 23:18:05,699 <thread> <component> INFO <message>``), with the config's
+secrets replaced by ``********``; the level is ``$FACTORYFLOW_LOG_LEVEL`` (default INFO).
 
 With recovery (``-r DIR -s SECONDS -b 0``; create DIR first with ``mkdir DIR &&
 python -m bytewax.recovery DIR 1``) each stream resumes from its last snapshot.
@@ -27,9 +27,10 @@ from types import FrameType
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import init_db_dir
 
-from dataflows.config import ConfigError, load_file
+from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
 from dataflows.runtime import RunContext
+from dataflows.secrets import RedactingFilter, secret_values
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
@@ -56,18 +57,25 @@ def init_recovery(directory: Path) -> Path:
     return directory
 
 
-def configure_logging(home: Path) -> None:
-    """Log to stderr and to ``<home>/log/factorytx_core.log`` (10 MB x 5 files)."""
+def configure_logging(home: Path, filename: str = "factorytx_core.log") -> RedactingFilter:
+    """Log to stderr and to ``<home>/log/<filename>`` (10 MB x 5 files) in the FactoryTX
+    line format.
+
+    :returns: the filter that scrubs secrets from every line; set its ``secrets``.
+    """
     (home / "log").mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(LOG_FORMAT)
+    redacting = RedactingFilter()
     root = logging.getLogger()
     root.setLevel(os.environ.get("FACTORYFLOW_LOG_LEVEL", "INFO").upper())
     for handler in (logging.StreamHandler(),
-                    logging.handlers.RotatingFileHandler(home / "log" / "factorytx_core.log",
+                    logging.handlers.RotatingFileHandler(home / "log" / filename,
                                                          maxBytes=10_000_000, backupCount=5)):
         handler.setFormatter(formatter)
+        handler.addFilter(redacting)
         root.addHandler(handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
+    return redacting
 
 
 def install_signal_handlers(shutdown: threading.Event) -> None:
@@ -89,7 +97,7 @@ def flow() -> Dataflow:
     :raises SystemExit: status 2 when the config is missing or invalid.
     """
     home = home_dir()
-    configure_logging(home)
+    redacting = configure_logging(home)
     shutdown = threading.Event()
     install_signal_handlers(shutdown)
     path = config_path(home)
@@ -99,6 +107,7 @@ def flow() -> Dataflow:
         for violation in exc.violations:
             _log.error("config %s at %s: %s", path, violation.json_path, violation.description)
         raise SystemExit(2) from None
+    redacting.secrets = {v for v in secret_values(read_document(path)) if len(v) >= 4}
     streams = sum(len(r.stream_list) for r in config.data_receiver)
     _log.info("config %s: %d receivers with %d streams, %d transforms, %d transmits; home %s", path,
               len(config.data_receiver), streams, len(config.transforms), len(config.data_transmit), home)

@@ -12,10 +12,15 @@ with one partition per stream, keyed ``asset:stream_type``. A connector supplies
   ``poll_interval`` doubled per consecutive failure, capped at :data:`MAX_BACKOFF`
   seconds, with up to 10 % jitter; the other streams keep running;
 - when shutdown is requested (SIGTERM/SIGINT) it ends the stream after the batch in
-  hand, so bytewax takes a final snapshot and the process exits 0.
+  hand, so bytewax takes a final snapshot and the process exits 0;
+- at least every :data:`CONTROL_INTERVAL` seconds it looks in the control store
+  (:mod:`dataflows.control`) for a restream request and applies it;
+- it writes an error marker (``GET /v1/streams``) while the stream fails, and counts
+  the records it reads, in the ledger.
 
-Partition state is what the reader's ``snapshot()`` returns: small, picklable values
-(cursor values, seen-file metadata) that bytewax stores in its recovery snapshots.
+Partition state is a :class:`PartitionState`: what the reader's ``snapshot()`` returns
+(small, picklable values: cursor values, seen-file metadata) and the id of the last
+restream request applied, stored by bytewax in its recovery snapshots.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +38,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dataflows.ledger import Ledger
+from dataflows.control import ControlStore, control_path
+from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch, StreamKey, last_timestamp
 
 if TYPE_CHECKING:
@@ -40,6 +47,8 @@ if TYPE_CHECKING:
 
 #: Longest wait between retries of a failing stream, in seconds.
 MAX_BACKOFF = 300.0
+#: Longest time between two looks at the control store, in seconds.
+CONTROL_INTERVAL = 1.0
 
 
 def utcnow() -> datetime:
@@ -71,7 +80,9 @@ class RunContext:
 class StreamReader(Protocol):
     """Reads one stream of a receiver; built by ``ReceiverConfig.open_stream``.
 
-    Readers do no I/O in their constructor and never sleep.
+    Readers do no I/O in their constructor and never sleep. They may set
+    ``marker_category`` (e.g. ``"query"``) and ``failure_text`` (e.g. ``"Query failed"``)
+    for the error markers of their failures.
     """
 
     #: Exceptions that mean "try again later" (connection refused, file busy, ...).
@@ -104,51 +115,127 @@ def backoff_seconds(poll_interval: float, failures: int, jitter: float) -> float
     return base * (1 + 0.1 * jitter)
 
 
+@dataclass
+class PartitionState:
+    """The recoverable state of one stream's partition.
+
+    :ivar reader: what the reader's ``snapshot()`` returned (cursor values, seen files).
+    :ivar restream_id: the last restream request the stream applied (see
+        :mod:`dataflows.control`).
+    """
+
+    reader: Any
+    restream_id: int = 0
+
+
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
-    def __init__(self, receiver: ReceiverConfig, stream: StreamConfig, reader: StreamReader,
-                 ctx: RunContext) -> None:
+    def __init__(self, receiver: ReceiverConfig, stream: StreamConfig, resume_state: Any,
+                 ctx: RunContext, shared: dict[str, Any]) -> None:
         self._receiver = receiver
         self._stream = stream
-        self._reader = reader
         self._ctx = ctx
-        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
+        self._shared = shared
+        self._name = receiver.data_receiver_name
+        self._key = str(stream.key)
+        self._log = logging.getLogger(f"receiver.{self._name}")
+        self._ledger = Ledger(ledger_path(ctx.home))
+        self._control = ControlStore(control_path(ctx.home))
+        if isinstance(resume_state, PartitionState):
+            reader_state, self._restream_id = resume_state.reader, resume_state.restream_id
+        else:  # first run (None), or the bare reader state of an earlier version
+            reader_state, self._restream_id = resume_state, 0
+        if resume_state is None:  # starting from scratch already does what any restream asks
+            self._restream_id = self._control.pending(self._name, self._key)
+            self._control.mark_applied(self._name, self._key, self._restream_id)
+        self._reader = receiver.open_stream(stream, reader_state, ctx, shared)
+        self._log.info("%s: %s from state %s", self._key,
+                       "resuming" if resume_state is not None else "starting", self._reader.describe())
         self._failures = 0
-        self._next_awake: datetime | None = None
+        self._poll_at: datetime | None = None
+        self._control_checked = 0.0
         self._random = random.Random()
+
+    @property
+    def _category(self) -> str:
+        return getattr(self._reader, "marker_category", "read")
 
     def next_batch(self) -> list[Batch]:
         if self._ctx.shutdown.is_set():
-            self._log.info("%s: stopping, state %s", self._stream.key, self._reader.describe())
+            self._log.info("%s: stopping, state %s", self._key, self._reader.describe())
             raise StopIteration
+        now = self._ctx.now()
+        if time.monotonic() - self._control_checked >= CONTROL_INTERVAL:
+            self._apply_control()
+        if self._poll_at is not None and now < self._poll_at:
+            return []  # woken early to look at the control store only
         try:
             batches, more = self._reader.read()
         except self._reader.retryable as exc:
-            self._failures += 1
-            delay = backoff_seconds(self._receiver.poll_interval, self._failures, self._random.random())
-            self._log.error("%s: read failed (attempt %d, retrying in %.1f s): %s. Current state: %s",
-                            self._stream.key, self._failures, delay, exc, self._reader.describe())
-            self._reader.abandon()
-            self._next_awake = self._ctx.now() + timedelta(seconds=delay)
+            self._failed(exc, now)
             return []
         if self._failures:
-            self._log.info("%s: recovered after %d failed attempts", self._stream.key, self._failures)
+            self._log.info("%s: recovered after %d failed attempts", self._key, self._failures)
             self._failures = 0
-        self._next_awake = None if more else self._ctx.now() + timedelta(
-            seconds=self._receiver.poll_interval)
+            self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type,
+                                      self._category)
+        for batch in batches:
+            if batch.frame.height:
+                self._ledger.record_received(self._name, self._key, batch.frame.height)
+        self._poll_at = None if more else now + timedelta(seconds=self._receiver.poll_interval)
         return batches
 
-    def next_awake(self) -> datetime | None:
-        return self._next_awake
+    def _failed(self, exc: BaseException, now: datetime) -> None:
+        self._failures += 1
+        delay = backoff_seconds(self._receiver.poll_interval, self._failures, self._random.random())
+        state = self._reader.describe()
+        self._log.error("%s: read failed (attempt %d, retrying in %.1f s): %s. Current state: %s",
+                        self._key, self._failures, delay, exc, state)
+        failure = getattr(self._reader, "failure_text", "Read failed")
+        self._ledger.set_marker(Marker(
+            component=self._name, component_type="Receiver", asset=self._stream.asset,
+            stream_type=self._stream.stream_type, category=self._category,
+            timestamp=marker_time(now), level="error",
+            message=f"{failure}: {exc}. Current state: {state}"))
+        self._reader.abandon()
+        self._poll_at = now + timedelta(seconds=delay)
 
-    def snapshot(self) -> Any:
-        return self._reader.snapshot()
+    def _apply_control(self) -> None:
+        self._control_checked = time.monotonic()
+        pending = self._control.pending(self._name, self._key)
+        if pending <= self._restream_id:
+            return
+        self._log.info("%s: restream request %d: state %s goes back to the start", self._key,
+                       pending, self._reader.describe())
+        self._reader.close()
+        self._reader = self._receiver.open_stream(self._stream, None, self._ctx, self._shared)
+        self._restream_id = pending
+        self._poll_at = None  # read again now
+        self._control.mark_applied(self._name, self._key, pending)
+
+    @property
+    def next_poll(self) -> datetime | None:
+        """When the stream reads next (UTC; None: at once)."""
+        return self._poll_at
+
+    def next_awake(self) -> datetime | None:
+        if self._poll_at is None:
+            return None
+        return min(self._poll_at, self._ctx.now() + timedelta(seconds=CONTROL_INTERVAL))
+
+    def snapshot(self) -> PartitionState:
+        return PartitionState(self._reader.snapshot(), self._restream_id)
 
     def close(self) -> None:
         self._reader.close()
+        self._ledger.close()
+        self._control.close()
 
 
 class ReceiverSource(FixedPartitionedSource[Batch, Any]):
-    """A receiver as a bytewax source: one partition per stream, keyed ``asset:stream_type``."""
+    """A receiver as a bytewax source: one partition per stream, keyed ``asset:stream_type``.
+
+    Partition state is a :class:`PartitionState`.
+    """
 
     def __init__(self, receiver: ReceiverConfig, ctx: RunContext) -> None:
         self._receiver = receiver
@@ -160,12 +247,8 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
         return list(self._streams)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ReceiverPartition:
-        stream = self._streams[for_part]
-        reader = self._receiver.open_stream(stream, resume_state, self._ctx, self._shared)
-        logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
-            "%s: %s from state %s", stream.key, "resuming" if resume_state is not None else "starting",
-            reader.describe())
-        return _ReceiverPartition(self._receiver, stream, reader, self._ctx)
+        return _ReceiverPartition(self._receiver, self._streams[for_part], resume_state, self._ctx,
+                                  self._shared)
 
 
 class TransmitSink(DynamicSink[Batch]):

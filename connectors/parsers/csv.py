@@ -29,7 +29,7 @@ import csv as pycsv
 import io
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 import polars as pl
@@ -248,6 +248,8 @@ class _CsvLike:
 @parsers.register
 class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
     """Delimited text, one record per line."""
+
+    title: ClassVar[str] = "CSV"
 
     file_format: Annotated[str, describe("Only 'csv'.")] = "csv"
     file_encoding: Annotated[str | None, describe("Python codec name; utf-8 by default.")] = None

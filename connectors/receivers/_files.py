@@ -140,6 +140,8 @@ class FileStreamReader:
     """Reads one stream of a file receiver; see the module docstring."""
 
     retryable = (OSError,)
+    marker_category = "files"
+    failure_text = "Reading files failed"
 
     def __init__(self, receiver: FileReceiver, stream: FileStream, fs: fsspec.AbstractFileSystem,
                  resume_state: dict[str, Any] | None, ctx: RunContext) -> None:

@@ -20,7 +20,7 @@ Localfile template of ``shared/specs/factorytx-rest-api.txt``.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import fsspec
 import msgspec
@@ -46,6 +46,8 @@ class LocalConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
 @receivers.register
 class LocalFileReceiver(FileReceiver, tag="localfile", kw_only=True):
     """Reads files from local directories."""
+
+    title: ClassVar[str] = "Local File"
 
     connections: Annotated[list[LocalConnection], describe("Directories.", min_length=1)]
 

@@ -42,6 +42,8 @@ class OpcUaStream(StreamConfig, kw_only=True):
 class OpcUaReceiver(ReceiverConfig, tag="opcua", kw_only=True):
     """Reads tags from an OPC UA server (config only in this version)."""
 
+    title: ClassVar[str] = "OPC UA"
+
     runnable: ClassVar[bool] = False
     connections: Annotated[list[OpcUaConnection], describe("Servers.", min_length=1)]
     streams: Annotated[list[OpcUaStream], describe("Streams.", min_length=1)]

@@ -65,6 +65,8 @@ class AzureDataLakeGen2Connection(_Connection, kw_only=True):
 class SmbReceiver(FileReceiver, tag="smb", kw_only=True):
     """Files on a Windows share (config only in this version)."""
 
+    title: ClassVar[str] = "SMB"
+
     runnable: ClassVar[bool] = False
     connections: Annotated[list[SmbConnection], describe("Shares.", min_length=1)]
 

@@ -31,7 +31,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import polars as pl
@@ -150,6 +150,8 @@ def _params(query: str) -> set[str]:
 class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
     """Polls SQL databases with incremental queries."""
 
+    title: ClassVar[str] = "SQL"
+
     connections: Annotated[list[SqlConnection], describe("Databases.", min_length=1)]
     streams: Annotated[list[SqlStream], describe("Queries.", min_length=1)]
     chunk_size: Annotated[int, describe("Rows per batch read from a result.", ge=1)] = 10_000
@@ -216,6 +218,8 @@ class QueryError(RuntimeError):
 
 class _SqlStreamReader:
     retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
+    marker_category = "query"
+    failure_text = "Query failed"
 
     def __init__(self, receiver: SqlReceiver, stream: SqlStream, engine: sa.Engine,
                  resume_state: dict[str, Any] | None) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -170,6 +170,8 @@ OptionValue = str | int | float | bool
 class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
     """Produces one Kafka message per record (confluent-kafka); see the module docstring."""
 
+    title: ClassVar[str] = "Kafka"
+
     bootstrap_servers: Annotated[NonEmptyStr, describe("Kafka brokers, 'host:port,host:port'.")]
     topic: Annotated[NonEmptyStr | None, describe("One fixed topic for every record.")] = None
     topic_prefix: Annotated[
@@ -209,3 +211,5 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
 @transmits.register
 class RdpV3Transmit(KafkaTransmit, tag="rdpv3", kw_only=True):
     """FactoryTX's ``rdpv3`` transmit: the ``kafka`` transmit under FactoryTX's name."""
+
+    title: ClassVar[str] = "Sight Machine RDPv3 (Kafka)"

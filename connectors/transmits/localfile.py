@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -82,6 +82,8 @@ def _fsync_dir(path: Path) -> None:
 @transmits.register
 class LocalFileTransmit(TransmitConfig, tag="localfile", kw_only=True):
     """Appends records as JSON lines under ``$FACTORYFLOW_HOME/components/<transmit_name>/``."""
+
+    title: ClassVar[str] = "Local File"
 
     def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
         return TransmitSink(_LocalFilePartition, self, ctx)

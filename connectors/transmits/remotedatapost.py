@@ -55,7 +55,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, ClassVar, Literal
 
 import bson
 import httpx
@@ -363,6 +363,8 @@ class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
 @transmits.register
 class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
     """Posts records to the Sight Machine cloud through a durable outbox; see the module docstring."""
+
+    title: ClassVar[str] = "Sight Machine (remotedatapost)"
 
     base_url: Annotated[
         str | None, describe("Sight Machine tenant URL; default $SIGHT_MACHINE_BASE_URL.")] = None

@@ -176,15 +176,17 @@ def test_missing_directory_is_retried_with_backoff(tmp_path: Path, caplog: pytes
     clock = Clock()
     rec = receiver(tmp_path / "not-yet")
     ctx = context(tmp_path / "home", clock)
-    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
     with caplog.at_level(logging.ERROR):
         assert partition.next_batch() == []
-    first = (partition.next_awake() - clock.now).total_seconds()
+    first = (partition.next_poll - clock.now).total_seconds()
+    clock.now = partition.next_poll
     assert partition.next_batch() == []
-    second = (partition.next_awake() - clock.now).total_seconds()
+    second = (partition.next_poll - clock.now).total_seconds()
     assert 2 <= first <= 2.2 and 4 <= second <= 4.4  # poll_interval 2 s, doubled, <= 10 % jitter
     assert "does not exist" in caplog.text and "Current state: 0 files seen" in caplog.text
     (tmp_path / "not-yet").mkdir()
     (tmp_path / "not-yet" / "a.csv").write_bytes(b"ts\n1\n")
+    clock.now = partition.next_poll
     assert [b.frame.height for b in partition.next_batch()] == [1]
-    assert partition.next_awake() == clock.now + timedelta(seconds=2)
+    assert partition.next_poll == clock.now + timedelta(seconds=2)

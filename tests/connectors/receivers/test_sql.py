@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from dataflows.config import load
-from dataflows.runtime import RunContext, _ReceiverPartition
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.runtime import PartitionState, RunContext, _ReceiverPartition
 from tests.flowrun import drain
 from tests.services.postgres import Postgres, free_port, postgres_server
 
@@ -156,18 +157,23 @@ def test_state_columns_match_case_insensitively(postgres: Postgres) -> None:
     assert reader.snapshot() == {"ID": 3}
 
 
-def test_bad_query_is_logged_and_retried_with_state_kept(database: Database,
+def test_bad_query_is_logged_and_retried_with_state_kept(database: Database, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     rec = receiver(database.connection, "SELECT * FROM no_such_table WHERE ts > :ts")
     now = datetime.now(UTC)
-    ctx = RunContext(home=Path("/nonexistent"), now=lambda: now)
-    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    ctx = RunContext(home=tmp_path, now=lambda: now)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
     with caplog.at_level(logging.ERROR):
         assert partition.next_batch() == []
     assert "line1:readings: read failed (attempt 1, retrying in 3." in caplog.text
     assert "no_such_table" in caplog.text
     assert "Current state: {'ts': datetime.datetime(2000, 1, 1, 0, 0)}" in caplog.text
-    assert partition.snapshot() == {"ts": datetime(2000, 1, 1)}
+    assert partition.snapshot() == PartitionState({"ts": datetime(2000, 1, 1)}, 0)
+    (marker,) = Ledger(ledger_path(tmp_path)).markers()
+    assert (marker.component, marker.component_type, marker.asset, marker.stream_type, marker.category,
+            marker.level) == ("db", "Receiver", "line1", "readings", "query", "error")
+    assert marker.message.startswith("Query failed: (") and "no_such_table" in marker.message
+    assert marker.message.endswith("Current state: {'ts': datetime.datetime(2000, 1, 1, 0, 0)}")
 
 
 def test_connection_refused_then_recovered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -177,18 +183,25 @@ def test_connection_refused_then_recovered(tmp_path: Path, caplog: pytest.LogCap
     rec = receiver(connection)
     clock = [datetime.now(UTC)]
     ctx = RunContext(home=tmp_path, now=lambda: clock[0])
-    partition = _ReceiverPartition(rec, rec.streams[0], rec.open_stream(rec.streams[0], None, ctx, {}), ctx)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
     caplog.set_level(logging.INFO)
     assert partition.next_batch() == []
+    clock[0] = partition.next_poll
     assert partition.next_batch() == []
     assert "Connection refused" in caplog.text
-    assert partition.next_awake() > clock[0] + timedelta(seconds=5.9)  # 3 s, then 6 s
+    assert partition.next_poll > clock[0] + timedelta(seconds=5.9)  # 3 s, then 6 s
+    assert partition.next_awake() == clock[0] + timedelta(seconds=1)  # the control store is watched
+    ledger = Ledger(ledger_path(tmp_path))
+    assert [m.level for m in ledger.markers()] == ["error"]
     with postgres_server(port) as server:
         Database(server.connection(), server.url).insert(rows(1, 4))
-        clock[0] = partition.next_awake()
+        clock[0] = partition.next_poll
         assert ids(partition.next_batch()) == [1, 2, 3, 4]
         partition.close()
     assert "line1:readings: recovered after 2 failed attempts" in caplog.text
+    assert ledger.markers() == []  # cleared once the stream recovers
+    assert ledger.received() == {("db", "line1:readings"): 4}
+    assert ledger.error_counts() == {("db", "Receiver"): 2}
 
 
 @pytest.mark.parametrize(("connection", "expected"), [

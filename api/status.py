@@ -1,0 +1,194 @@
+"""What ``GET /v1/status``, ``GET /v1/streams``, ``GET /v1/log/stream`` and ``/metrics`` read.
+
+Everything here reads state the dataflow writes (the ledger under
+``$FACTORYFLOW_HOME/state``, its log files) or the machine (psutil); nothing here
+talks to the dataflow process.
+
+Implements the ``status``, ``streams`` and ``log/stream`` responses of
+``shared/specs/factorytx-rest-api.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dataflows.config import Config
+from dataflows.ledger import Ledger, ledger_path
+
+GIB = 1024.0**3
+#: The log files ``GET /v1/log/stream/<log_filename>`` serves; any other name is a 404.
+LOG_FILES = ("factorytx_core.log", "factorytx_web.log")
+
+
+def machine_info(path: Path) -> dict[str, Any]:
+    """CPU, memory and disk (of the file system holding ``path``) in FactoryTX's units:
+    sizes in GiB as floats, percentages 0-100, ``cpu_count`` a float."""
+    disk = psutil.disk_usage(str(path))
+    memory = psutil.virtual_memory()
+    return {
+        "disk": {"total_gb": disk.total / GIB, "percent_free": 100.0 - disk.percent,
+                 "percent_used": float(disk.percent), "used_gb": disk.used / GIB,
+                 "available_gb": disk.free / GIB},
+        "cpu": {"percent": float(psutil.cpu_percent(interval=None)),
+                "cpu_count": float(psutil.cpu_count() or 0)},
+        "memory": {"total_gb": memory.total / GIB, "percent_free": 100.0 - memory.percent,
+                   "percent_used": float(memory.percent),
+                   "used_gb": (memory.total - memory.available) / GIB,
+                   "available_gb": memory.available / GIB},
+    }
+
+
+def services(config: Config | None, running: bool, ledger: Ledger) -> dict[str, Any]:
+    """``factorytx.services``: per receiver and transmit, its type and ``status``
+    (``running``, ``stopped``, or ``unknown`` when the config cannot be read), and for
+    receivers the streams and their error markers."""
+    if config is None:
+        return {}
+    state = "running" if running else "stopped"
+    errors: dict[str, int] = {}
+    for marker in ledger.markers():
+        if marker.level == "error":
+            errors[marker.component] = errors.get(marker.component, 0) + 1
+    out: dict[str, Any] = {}
+    for receiver in config.data_receiver:
+        name = receiver.data_receiver_name
+        out[name] = {"component_type": "Receiver", "protocol": type(receiver).__struct_config__.tag,
+                     "status": state, "streams": len(receiver.stream_list),
+                     "streams_failing": errors.get(name, 0)}
+    for transmit in config.data_transmit:
+        status = ledger.transmit_status(transmit.transmit_name)
+        out[transmit.transmit_name] = {
+            "component_type": "Transmit", "transmit_type": type(transmit).__struct_config__.tag,
+            "status": "stopped" if status.paused or not running else "running",
+            "paused": status.paused}
+    return out
+
+
+def last_data_transmit(config: Config | None, ledger: Ledger) -> dict[str, Any]:
+    """Per transmit: records delivered, last success and last error (ISO UTC), outbox depth."""
+    if config is None:
+        return {}
+    out = {}
+    for transmit in config.data_transmit:
+        status = ledger.transmit_status(transmit.transmit_name)
+        out[transmit.transmit_name] = {
+            "last_success": status.last_success_at, "records_delivered": status.records_delivered,
+            "outbox_records": status.outbox_records, "outbox_bytes": status.outbox_bytes,
+            "last_error": status.last_error, "last_error_at": status.last_error_at,
+            "paused": status.paused}
+    return out
+
+
+def streams(document_config: Config | None, ledger: Ledger) -> list[dict[str, Any]]:
+    """``GET /v1/streams``: every configured stream with its markers."""
+    if document_config is None:
+        return []
+    markers = ledger.markers()
+    out = []
+    for receiver, stream in document_config.streams():
+        name = receiver.data_receiver_name
+        mine = [m for m in markers if m.asset == stream.asset and m.stream_type == stream.stream_type
+                and (m.component == name or m.component_type != "Receiver")]
+        out.append({
+            "stream": str(stream.key), "asset": stream.asset, "stream_type": stream.stream_type,
+            "data_receiver": name,
+            "markers": [{"component": m.component, "component_type": m.component_type,
+                         "asset": m.asset, "stream_type": m.stream_type, "category": m.category,
+                         "timestamp": m.timestamp, "level": m.level, "message": m.message}
+                        for m in mine]})
+    return out
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of the file at ``path`` ([] when it does not exist), read
+    backwards in blocks so a big log is never read whole."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return []
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        data = b""
+        position = end
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(65536, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    text = data.decode("utf-8", errors="replace").splitlines()
+    return text[-lines:]
+
+
+def last_modified(path: Path) -> str | None:
+    """The file's modification time as FactoryTX writes it (UTC, ``%Y-%m-%d %H:%M:%S.%f``)."""
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class LedgerCollector(Collector):
+    """Prometheus metrics read from the ledger at each scrape.
+
+    - ``factoryflow_records_received_total{receiver,stream}``
+    - ``factoryflow_records_delivered_total{transmit,stream}``
+    - ``factoryflow_transmit_outbox_records{transmit}`` and ``..._outbox_bytes{transmit}``
+    - ``factoryflow_transmit_lag_seconds{transmit}``: seconds since the last successful
+      delivery while records wait in the outbox, else 0
+    - ``factoryflow_component_errors_total{component,component_type}``
+    - ``factoryflow_dataflow_up`` and ``factoryflow_dataflow_crash_restarts_total``
+    """
+
+    def __init__(self, home: Path, supervisor: Any) -> None:
+        self._home = home
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Any]:
+        ledger = Ledger(ledger_path(self._home))
+        try:
+            received = CounterMetricFamily("factoryflow_records_received", "Records read per stream",
+                                           labels=["receiver", "stream"])
+            for (receiver, stream), count in sorted(ledger.received().items()):
+                received.add_metric([receiver, stream], count)
+            delivered = CounterMetricFamily("factoryflow_records_delivered",
+                                            "Records durably delivered per transmit and stream",
+                                            labels=["transmit", "stream"])
+            for (transmit, stream), count in sorted(ledger.delivered().items()):
+                delivered.add_metric([transmit, stream], count)
+            errors = CounterMetricFamily("factoryflow_component_errors", "Errors per component",
+                                         labels=["component", "component_type"])
+            for (component, kind), count in sorted(ledger.error_counts().items()):
+                errors.add_metric([component, kind], count)
+            depth = GaugeMetricFamily("factoryflow_transmit_outbox_records",
+                                      "Records waiting in a transmit's outbox", labels=["transmit"])
+            size = GaugeMetricFamily("factoryflow_transmit_outbox_bytes",
+                                     "Bytes waiting in a transmit's outbox", labels=["transmit"])
+            lag = GaugeMetricFamily("factoryflow_transmit_lag_seconds",
+                                    "Seconds since the last delivery while records wait",
+                                    labels=["transmit"])
+            now = datetime.now(UTC)
+            for transmit in sorted({t for t, _ in ledger.delivered()} | set(ledger.transmits())):
+                status = ledger.transmit_status(transmit)
+                waiting = status.outbox_records or 0
+                depth.add_metric([transmit], waiting)
+                size.add_metric([transmit], status.outbox_bytes or 0)
+                since = (now - datetime.fromisoformat(status.last_success_at)).total_seconds() \
+                    if status.last_success_at else 0.0
+                lag.add_metric([transmit], since if waiting else 0.0)
+        finally:
+            ledger.close()
+        up = GaugeMetricFamily("factoryflow_dataflow_up", "1 while the dataflow process runs")
+        up.add_metric([], 1.0 if self._supervisor.status == "running" else 0.0)
+        restarts = CounterMetricFamily("factoryflow_dataflow_crash_restarts",
+                                       "Restarts of the dataflow after a crash")
+        restarts.add_metric([], self._supervisor.info()["crash_restarts"])
+        yield from (received, delivered, errors, depth, size, lag, up, restarts)

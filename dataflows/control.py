@@ -1,0 +1,95 @@
+"""The control store: requests from the control API to the running dataflow.
+
+One SQLite file in WAL mode at ``$FACTORYFLOW_HOME/state/control.sqlite``, written by
+the API (``POST /v1/restream``) and read by the dataflow's receiver partitions:
+
+- ``restream``: one row per (request, receiver, stream). Request ids grow; a stream's
+  pending request is the highest id naming it.
+- ``applied``: per (receiver, stream), the highest request id the stream has applied.
+
+A partition keeps the id of the last request it applied in its own recoverable state
+(:class:`~dataflows.runtime.PartitionState`). At each poll it compares that id with the
+stream's pending one; when a newer request is waiting it resets the stream to its
+first-run state, stores the new id in its state and marks it applied here. A crash
+before the next snapshot restores the old id, so the reset is applied again to the
+restored state: never lost, and never applied twice to the same state.
+
+Implements ``POST /v1/restream`` of ``shared/specs/factorytx-rest-api.txt`` (the
+request/acknowledgement half; the endpoint is in :mod:`api.app`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS restream (
+    request_id INTEGER NOT NULL, receiver TEXT NOT NULL, stream TEXT NOT NULL,
+    requested_at TEXT NOT NULL, PRIMARY KEY (request_id, receiver, stream));
+CREATE TABLE IF NOT EXISTS applied (
+    receiver TEXT NOT NULL, stream TEXT NOT NULL, request_id INTEGER NOT NULL,
+    applied_at TEXT NOT NULL, PRIMARY KEY (receiver, stream));
+"""
+
+
+def control_path(home: Path) -> Path:
+    """Where the control store of the installation at ``home`` lives."""
+    return home / "state" / "control.sqlite"
+
+
+class ControlStore:
+    """A connection to the control store at ``path`` (created on first use).
+
+    One connection per thread or partition; SQLite serialises writers across processes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def request_restream(self, streams: Iterable[tuple[str, str]]) -> int:
+        """Record one restream request for ``(receiver name, "asset:stream_type")`` pairs.
+
+        :returns: the request id, higher than every earlier one.
+        """
+        now = datetime.now(UTC).isoformat()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            (last,) = self._db.execute("SELECT coalesce(max(request_id), 0) FROM restream").fetchone()
+            request_id = int(last) + 1
+            self._db.executemany("INSERT OR IGNORE INTO restream VALUES (?, ?, ?, ?)",
+                                 [(request_id, r, s, now) for r, s in streams])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return request_id
+
+    def pending(self, receiver: str, stream: str) -> int:
+        """The highest restream request id naming the stream (0: never requested)."""
+        row = self._db.execute("SELECT max(request_id) FROM restream WHERE receiver = ? AND stream = ?",
+                               (receiver, stream)).fetchone()
+        return int(row[0] or 0)
+
+    def mark_applied(self, receiver: str, stream: str, request_id: int) -> None:
+        """The stream has applied every request up to ``request_id``."""
+        self._db.execute(
+            "INSERT INTO applied VALUES (?, ?, ?, ?) ON CONFLICT (receiver, stream) DO UPDATE "
+            "SET request_id = max(request_id, excluded.request_id), applied_at = excluded.applied_at",
+            (receiver, stream, request_id, datetime.now(UTC).isoformat()))
+
+    def applied(self, receiver: str, stream: str) -> int:
+        """The highest request id the stream has applied (0: none)."""
+        row = self._db.execute("SELECT request_id FROM applied WHERE receiver = ? AND stream = ?",
+                               (receiver, stream)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()

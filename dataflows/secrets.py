@@ -1,0 +1,172 @@
+"""Secrets in config documents: finding, redacting and restoring them, and keeping them out of logs.
+
+A secret is the value of a field declared with ``describe(..., secret=True)`` (passwords,
+API keys, connection strings). The walk follows the raw JSON along the component
+Structs (by each entry's tag), so a new connector's secrets are found without a list
+kept here. Template placeholders (``"<Please input your API key>"``) and ``${NAME}``
+environment references are not secrets and are left as they are.
+
+Implements the redaction rules of the control API (``GET /v1/config``, templates, logs:
+``"********"``; a POSTed ``"********"`` keeps the stored secret).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import types
+from collections.abc import Iterator
+from typing import Any, Union, get_args, get_origin
+
+import msgspec
+
+from connectors import registry
+from dataflows.config import (
+    SECTIONS,
+    JsonPath,
+    Violation,
+    error,
+    is_placeholder,
+    secret_paths,
+    unwrap,
+)
+
+#: What a secret reads as in the API and the logs.
+REDACTED = "********"
+
+_NAME_KEYS = {"data_receiver": "data_receiver_name", "transforms": "transform_name",
+              "data_transmit": "transmit_name"}
+
+
+def _struct_for(value: Any, tp: Any) -> type[msgspec.Struct] | None:
+    """The Struct the raw ``value`` decodes into under type ``tp`` (None: not a Struct)."""
+    bare = unwrap(tp)
+    if isinstance(bare, type) and issubclass(bare, msgspec.Struct):
+        return bare
+    if get_origin(bare) in (Union, types.UnionType) and isinstance(value, dict):
+        structs = [a for a in get_args(bare) if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+        for struct in structs:
+            config = struct.__struct_config__
+            if config.tag_field is None or value.get(config.tag_field) == config.tag:
+                return struct
+    return None
+
+
+def _walk(value: Any, tp: Any, path: JsonPath) -> Iterator[JsonPath]:
+    bare = unwrap(tp)
+    if get_origin(bare) is list and isinstance(value, list):
+        (item_tp,) = get_args(bare)
+        for index, item in enumerate(value):
+            yield from _walk(item, item_tp, [*path, index])
+        return
+    if get_origin(bare) in (Union, types.UnionType) and isinstance(value, list):
+        for arg in get_args(bare):
+            if get_origin(unwrap(arg)) is list:
+                yield from _walk(value, arg, path)
+                return
+    struct = _struct_for(value, tp)
+    if struct is None or not isinstance(value, dict):
+        return
+    secrets = set(secret_paths(struct))
+    for info in msgspec.structs.fields(struct):
+        if info.encode_name not in value:
+            continue
+        field_value = value[info.encode_name]
+        if info.encode_name in secrets:
+            if isinstance(field_value, str) and field_value and not is_placeholder(field_value) \
+                    and not field_value.startswith("${"):
+                yield [*path, info.encode_name]
+        else:
+            yield from _walk(field_value, info.type, [*path, info.encode_name])
+
+
+def secret_locations(document: Any) -> list[JsonPath]:
+    """The ``json_path`` of every secret value in a raw config document."""
+    registry.load_all()
+    if not isinstance(document, dict):
+        return []
+    out: list[JsonPath] = []
+    for section, reg in SECTIONS.items():
+        items = document.get(section)
+        if not isinstance(items, list):
+            continue
+        union = reg.union()
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and reg.default_tag and reg.tag_field not in item:
+                item = {reg.tag_field: reg.default_tag, **item}
+            out.extend(_walk(item, union, [section, index]))
+    return out
+
+
+def _get(document: Any, path: JsonPath) -> Any:
+    for key in path:
+        document = document[key]
+    return document
+
+
+def _set(document: Any, path: JsonPath, value: Any) -> None:
+    _get(document, path[:-1])[path[-1]] = value
+
+
+def redact(document: Any) -> Any:
+    """A copy of ``document`` with every secret replaced by :data:`REDACTED`."""
+    out = copy.deepcopy(document)
+    for path in secret_locations(out):
+        _set(out, path, REDACTED)
+    return out
+
+
+def secret_values(document: Any) -> set[str]:
+    """The secret values of ``document`` (to scrub from log lines)."""
+    return {_get(document, path) for path in secret_locations(document)}
+
+
+def _named(document: Any, path: JsonPath) -> tuple[str, str, JsonPath] | None:
+    """``(section, component name, path inside the component)`` for a path into a component."""
+    section, index, *rest = path
+    try:
+        name = document[section][index][_NAME_KEYS[str(section)]]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return str(section), str(name), rest
+
+
+def restore_secrets(document: Any, stored: Any) -> tuple[Any, list[Violation]]:
+    """``document`` with each :data:`REDACTED` secret replaced by the stored config's value
+    for the same component (by name) and field.
+
+    :returns: the restored copy and an error for each ``"********"`` with no stored secret.
+    """
+    out = copy.deepcopy(document)
+    stored_at: dict[tuple[str, str, str], Any] = {}
+    for path in secret_locations(stored):
+        named = _named(stored, path)
+        if named is not None:
+            stored_at[(named[0], named[1], repr(named[2]))] = _get(stored, path)
+    violations: list[Violation] = []
+    for path in [p for p in secret_locations(out) if _get(out, p) == REDACTED]:
+        named = _named(out, path)
+        key = (named[0], named[1], repr(named[2])) if named else None
+        if key in stored_at:
+            _set(out, path, stored_at[key])
+        else:
+            violations.append(error(f'"{REDACTED}" keeps the stored secret, but the saved config has '
+                                    "no secret here to keep", path))
+    return out, violations
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces each of ``secrets`` in log records by :data:`REDACTED` (install on handlers;
+    leave out values so short that scrubbing them would mangle ordinary words)."""
+
+    def __init__(self, secrets: set[str] | None = None) -> None:
+        super().__init__()
+        self.secrets = secrets or set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, REDACTED)
+            record.msg, record.args = message, None
+        return True
