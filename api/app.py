@@ -28,7 +28,7 @@ from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -160,7 +160,7 @@ def get_config(state: State) -> Any:
 
 
 @post("/v1/config", sync_to_thread=True, status_code=200, operation_id="post_config")
-def post_config(data: dict[str, Any], state: State) -> Any:
+def post_config(data: JSONBody[dict[str, Any]], state: State) -> Any:
     """Validate and save a configuration, then restart the dataflow if it is running.
 
     A ``"********"`` secret keeps the saved one. An invalid config is refused with its
@@ -189,7 +189,7 @@ def post_config(data: dict[str, Any], state: State) -> Any:
 
 
 @post("/v1/config/validate", sync_to_thread=True, status_code=200, operation_id="post_validate")
-def post_validate(data: dict[str, Any], state: State) -> Any:
+def post_validate(data: JSONBody[dict[str, Any]], state: State) -> Any:
     """The violations of a configuration: ``status`` ``passed`` (warnings at most) or ``failed``."""
     inst: Installation = state.inst
     try:
@@ -210,7 +210,7 @@ def get_templates() -> Any:
 
 
 @get("/v1/config/templates/{protocol:str}", sync_to_thread=False, operation_id="get_template")
-def get_template(protocol: str) -> Any:
+def get_template(protocol: FromPath[str]) -> Any:
     """The template for a receiver protocol (``opcua``, ``sql``, ...)."""
     found = template_for(protocol)
     if found is None:
@@ -254,7 +254,7 @@ def ftx_restart(state: State) -> Any:
 # --------------------------------------------------------------------------- logs, meta, status
 
 
-LineCount = Annotated[int, Parameter(ge=1, le=10_000, description="Lines from the end of the log.")]
+LineCount = Annotated[int, QueryParameter(ge=1, le=10_000, description="Lines from the end of the log.")]
 
 
 def _log_lines(inst: Installation, name: str, lines: int) -> list[str]:
@@ -273,7 +273,7 @@ def log_stream(state: State, lines: LineCount = 200) -> Any:
 
 
 @get("/v1/log/stream/{log_filename:str}", sync_to_thread=True, operation_id="log_stream_file")
-def log_stream_file(state: State, log_filename: str, lines: LineCount = 200) -> Any:
+def log_stream_file(state: State, log_filename: FromPath[str], lines: LineCount = 200) -> Any:
     """The tail of ``factorytx_core.log`` or ``factorytx_web.log``; any other name is a 404."""
     if log_filename not in status.LOG_FILES:
         return failure([], 404, f"no log named {log_filename!r}; accepted: "
@@ -288,7 +288,7 @@ def get_meta() -> Any:
 
 
 @get("/v1/meta/{object_id:str}", sync_to_thread=False, operation_id="get_meta_object")
-def get_meta_object(object_id: str, subtype: str | None = None) -> Any:
+def get_meta_object(object_id: FromPath[str], subtype: FromQuery[str | None] = None) -> Any:
     """Schema and empty template of one object subtype (deprecated in FactoryTX)."""
     try:
         return ok(meta.describe_object(object_id, subtype))
@@ -333,7 +333,7 @@ def get_streams(state: State) -> Any:
 
 
 @post("/v1/restream", status_code=200, operation_id="post_restream")
-async def post_restream(data: dict[str, list[StreamRef]], state: State) -> Any:
+async def post_restream(data: JSONBody[dict[str, list[StreamRef]]], state: State) -> Any:
     """Restream the named streams from the start (SQL state back to ``initial_value``, file
     receivers re-read what is there); answers once every stream has applied it.
 
@@ -423,6 +423,7 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
     :param redacting: the web log's secret filter, kept in step with the saved config.
     :param max_body: largest request body in bytes (413 beyond).
     """
+    home.mkdir(parents=True, exist_ok=True)
     inst = Installation(home, supervisor or Supervisor(home), restream_timeout, redacting)
     try:
         document = inst.document()
@@ -455,6 +456,7 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         on_shutdown=[shutdown],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         request_max_body_size=max_body,
+        logging_config=None,  # logging is configured by python -m api (FactoryTX line format)
         openapi_config=OpenAPIConfig(title="factoryflow control API", version="1.0.0", path="/schema"),
     )
 

@@ -272,8 +272,11 @@ class TransmitSink(DynamicSink[Batch]):
 def record_delivered(ledger: Ledger, transmit: str, items: list[Batch], log: logging.Logger,
                      noun: str = "records") -> None:
     """After a durable write of ``items`` by ``transmit``: count each batch in the ledger's
-    progress, acknowledge the batches whose receiver waits for delivery, and log a progress
-    line per non-empty batch (``<stream>: +N <noun>, M delivered, last timestamp T``)."""
+    progress, acknowledge the batches whose receiver waits for delivery, stamp the
+    transmit's last success, and log a progress line per non-empty batch
+    (``<stream>: +N <noun>, M delivered, last timestamp T``)."""
+    if any(batch.frame.height for batch in items):
+        ledger.mark_success(transmit)
     for batch in items:
         stream = str(batch.stream)
         latest = last_timestamp(batch.frame)

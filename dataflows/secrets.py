@@ -3,8 +3,8 @@
 A secret is the value of a field declared with ``describe(..., secret=True)`` (passwords,
 API keys, connection strings). The walk follows the raw JSON along the component
 Structs (by each entry's tag), so a new connector's secrets are found without a list
-kept here. Template placeholders (``"<Please input your API key>"``) and ``${NAME}``
-environment references are not secrets and are left as they are.
+kept here. A value that is only a template placeholder (``"<Please input your API key>"``) or
+only an environment reference (``${NAME}``) is not a secret and is left as it is.
 
 Implements the redaction rules of the control API (``GET /v1/config``, templates, logs:
 ``"********"``; a POSTed ``"********"`` keeps the stored secret).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import types
 from collections.abc import Iterator
 from typing import Any, Union, get_args, get_origin
@@ -26,7 +27,6 @@ from dataflows.config import (
     JsonPath,
     Violation,
     error,
-    is_placeholder,
     secret_paths,
     unwrap,
 )
@@ -34,6 +34,8 @@ from dataflows.config import (
 #: What a secret reads as in the API and the logs.
 REDACTED = "********"
 
+_ONLY_PLACEHOLDER = re.compile(r"<[^<>]*>")  # a template's hint, nothing typed in
+_ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")  # a reference to the environment
 _NAME_KEYS = {"data_receiver": "data_receiver_name", "transforms": "transform_name",
               "data_transmit": "transmit_name"}
 
@@ -73,8 +75,8 @@ def _walk(value: Any, tp: Any, path: JsonPath) -> Iterator[JsonPath]:
             continue
         field_value = value[info.encode_name]
         if info.encode_name in secrets:
-            if isinstance(field_value, str) and field_value and not is_placeholder(field_value) \
-                    and not field_value.startswith("${"):
+            if isinstance(field_value, str) and field_value and not _ONLY_PLACEHOLDER.fullmatch(
+                    field_value) and not _ENV_ONLY.fullmatch(field_value):
                 yield [*path, info.encode_name]
         else:
             yield from _walk(field_value, info.type, [*path, info.encode_name])

@@ -152,8 +152,6 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
             self._ledger.mark_error(self._name, str(failure))
             raise failure
         record_delivered(self._ledger, self._name, items, self._log, "messages")  # all acknowledged
-        if total:
-            self._ledger.mark_success(self._name)
 
     def close(self) -> None:
         left = self._producer.flush(30)
