@@ -27,7 +27,7 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -332,7 +332,10 @@ def get_streams(state: State) -> Any:
 # --------------------------------------------------------------------------- restream
 
 
-@post("/v1/restream", status_code=200, operation_id="post_restream")
+@post("/v1/restream", status_code=200, operation_id="post_restream", responses={
+    500: ResponseSpec(data_container=dict[str, Any], description=(
+        "Restream failed: unknown receiver or stream, or no acknowledgement in time; "
+        "error.text gives the reason"))})
 async def post_restream(data: JSONBody[dict[str, list[StreamRef]]], state: State) -> Any:
     """Restream the named streams from the start (SQL state back to ``initial_value``, file
     receivers re-read what is there); answers once every stream has applied it.
@@ -357,7 +360,7 @@ async def post_restream(data: JSONBody[dict[str, list[StreamRef]]], state: State
                                f"receiver {receiver!r} has no stream {key!r}", 500)
             wanted.append((receiver, key))
     if not wanted:
-        return failure("Restream failed", 500, "the request names no stream", 500)
+        return failure("Restream failed", 400, "the request names no stream", 400)
 
     def request() -> int:
         store = ControlStore(control_path(inst.home))

@@ -8,15 +8,17 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from connectors.receivers.localfile import LocalFileReceiver
 from dataflows.config import load
 from dataflows.control import ControlStore, control_path
 from dataflows.runtime import PartitionState, ReceiverSource, RunContext
-from tests.api.conftest import Api
+from tests.api.conftest import Api, make_api
 from tests.conftest import NAB_ROWS
 from tests.dataflows.test_main import nab_config
 from tests.nab import create_table, insert_lines, nab_lines
@@ -196,20 +198,27 @@ def test_restream_of_unknown_receiver_or_stream_is_a_500(api: Api, nab_machine_c
     assert ControlStore(control_path(api.home)).pending("files", "nab:sql") == 0  # nothing requested
 
 
-def test_restream_without_acknowledgement_is_a_500(tmp_path: Path, nab_machine_csv: Path) -> None:
-    from tests.api.conftest import make_api
+@pytest.fixture
+def impatient_api(tmp_path: Path) -> Iterator[Api]:
+    """An API whose restream waits 1 s for acknowledgements."""
+    yield from make_api(tmp_path / "home", restream_timeout=1)
 
-    for api in make_api(tmp_path / "home", restream_timeout=1):
-        api.ok("POST", "/v1/config", json=files_only(nab_machine_csv.parent))
-        api.ok("POST", "/v1/ftx/start")
-        wait(api, lambda: len(records(api, "nab__csv.jsonl")) >= NAB_ROWS, "every NAB row")
-        os.kill(status(api)["factorytx"]["process"]["pid"], signal.SIGSTOP)  # alive, never polls
-        try:
-            answer = api.client.post("/v1/restream", json={"files": [{"asset": "nab", "stream_type": "csv"}]})
-        finally:
-            os.kill(status(api)["factorytx"]["process"]["pid"], signal.SIGCONT)
-        assert answer.status_code == 500
-        assert "no acknowledgement within 1 s from files nab:csv" in answer.json()["error"]["text"]
+
+def test_restream_without_acknowledgement_is_a_500(impatient_api: Api, nab_machine_csv: Path) -> None:
+    api = impatient_api
+    api.ok("POST", "/v1/config", json=files_only(nab_machine_csv.parent))
+    api.ok("POST", "/v1/ftx/start")
+    wait(api, lambda: len(records(api, "nab__csv.jsonl")) >= NAB_ROWS, "every NAB row")
+    pid = status(api)["factorytx"]["process"]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive, but never polls
+    try:
+        answer = api.client.post("/v1/restream", json={"files": [{"asset": "nab", "stream_type": "csv"}]})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert answer.status_code == 500
+    assert "no acknowledgement within 1 s from files nab:csv" in answer.json()["error"]["text"]
+    wait(api, lambda: ControlStore(control_path(api.home)).applied("files", "nab:csv") == 1,
+         "the late acknowledgement")  # the request stays: the stream applies it when it runs again
 
 
 def test_crash_between_request_and_snapshot_still_resets_exactly_once(tmp_path: Path) -> None:
