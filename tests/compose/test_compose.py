@@ -31,8 +31,8 @@ def volume_targets(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_and_named_volumes() -> None:
     doc = compose()
-    assert set(doc["services"]) == {"kafka", "dataflow"}
-    assert set(doc["volumes"]) == {"kafka-data", "factoryflow-data"}
+    assert set(doc["services"]) == {"kafka", "dataflow", "api"}
+    assert set(doc["volumes"]) == {"kafka-data", "factoryflow-data", "factoryflow-api-data"}
 
 
 def test_kafka_is_a_single_node_kraft_broker() -> None:
@@ -94,3 +94,39 @@ def test_mounted_config_is_runnable_and_reaches_the_compose_broker() -> None:
     assert receiver.connections[0].data_directory in mounts  # the drop folder is mounted
     [kafka] = config.data_transmit
     assert kafka.bootstrap_servers == "kafka:9092"
+
+
+def test_api_service_supervises_its_own_dataflow_on_its_own_volume() -> None:
+    services = compose()["services"]
+    api = services["api"]
+    assert api["profiles"] == ["api"]  # run instead of `dataflow`, never beside it on one home
+    assert api["command"][:3] == ["python", "-m", "api"]
+    assert api["command"][api["command"].index("--port") + 1] == "8090"
+    assert api["ports"] == ["127.0.0.1:8090:8090"]  # published to this host only
+    assert api["image"] == services["dataflow"]["image"]
+    homes = {name: volume_targets(s)["/data"] for name, s in services.items() if name != "kafka"}
+    assert homes == {"dataflow": "factoryflow-data", "api": "factoryflow-api-data"}
+    seed = api["environment"]["FACTORYFLOW_SEED_CONFIG"]
+    assert volume_targets(api)[str(Path(seed).parent)] == "./conf.d"
+    assert api["environment"]["FACTORYFLOW_RECOVERY"].startswith(api["environment"]["FACTORYFLOW_HOME"])
+    entrypoint = (COMPOSE / "entrypoint.sh").read_text()
+    assert 'cp "$FACTORYFLOW_SEED_CONFIG" "$FACTORYFLOW_HOME/conf.d/config.json"' in entrypoint
+    assert '[ ! -e "$FACTORYFLOW_HOME/conf.d/config.json" ]' in entrypoint  # never over a saved config
+
+
+def test_entrypoint_seeds_the_config_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "data"
+    seed = tmp_path / "seed.json"
+    seed.write_text('{"data_receiver": []}')
+    env = {**os.environ, "FACTORYFLOW_HOME": str(home), "FACTORYFLOW_RECOVERY": str(home / "recovery"),
+           "FACTORYFLOW_SEED_CONFIG": str(seed), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(COMPOSE.parent)}
+    subprocess.run(["sh", str(COMPOSE / "entrypoint.sh"), "true"], env=env, check=True)
+    assert (home / "conf.d" / "config.json").read_text() == seed.read_text()
+    assert (home / "recovery").is_dir()
+    (home / "conf.d" / "config.json").write_text('{"saved": "by the API"}')
+    subprocess.run(["sh", str(COMPOSE / "entrypoint.sh"), "true"], env=env, check=True)
+    assert (home / "conf.d" / "config.json").read_text() == '{"saved": "by the API"}'
