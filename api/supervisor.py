@@ -7,7 +7,8 @@ hold) goes to ``<home>/log/dataflow-console.log``; its log proper is
 ``<home>/log/factorytx_core.log``.
 
 - ``start`` checks first that the saved config can run (it refuses with the violations
-  otherwise), then launches the child.
+  otherwise), stops a dataflow an earlier, killed API process left running on the same
+  home (``state/dataflow.pid``), then launches the child.
 - ``stop`` is graceful: SIGTERM (each stream finishes its batch, bytewax takes a final
   snapshot, the child exits 0), then SIGKILL if the child is still alive after
   ``stop_timeout`` seconds.
@@ -32,6 +33,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
 
 from dataflows.config import ConfigError, Violation, load_file
 from dataflows.main import config_path, init_recovery
@@ -166,8 +169,29 @@ class Supervisor:
             self._last_error = f"config {self.config_path} cannot run: {exc}"
             raise CannotStart(exc.violations) from None
 
+    def _stop_orphan(self) -> None:
+        """Stop a dataflow an earlier API process left running on this home (it was killed
+        without stopping its child): two dataflows must never share one recovery store."""
+        try:
+            pid = int((self.home / "state" / "dataflow.pid").read_text())
+            orphan = psutil.Process(pid)
+            ours = "dataflows.main:flow" in orphan.cmdline() and Path(orphan.cwd()) == self.home
+        except (OSError, ValueError, psutil.Error):
+            return
+        if not ours or (self._proc is not None and self._proc.pid == pid):
+            return
+        _log.warning("a dataflow (pid %d) from an earlier API process still runs on %s: stopping it",
+                     pid, self.home)
+        orphan.terminate()
+        try:
+            orphan.wait(self.stop_timeout)
+        except psutil.TimeoutExpired:
+            orphan.kill()
+            orphan.wait(10)
+
     def _launch(self) -> None:
         self._check_config()
+        self._stop_orphan()
         log_dir = self.home / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         recovery = init_recovery(self.home / "recovery")
@@ -184,6 +208,8 @@ class Supervisor:
         finally:
             console.close()
         self._proc = proc
+        (self.home / "state").mkdir(parents=True, exist_ok=True)
+        (self.home / "state" / "dataflow.pid").write_text(str(proc.pid))
         self._started_at = time.time()
         self._last_error = None
         self._wake.clear()

@@ -148,6 +148,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             self._restream_id = self._control.pending(self._name, self._key)
             self._control.mark_applied(self._name, self._key, self._restream_id)
         self._reader = receiver.open_stream(stream, reader_state, ctx, shared)
+        self._ledger.clear_marker(self._name, stream.asset, stream.stream_type, self._category)  # a new run
         self._log.info("%s: %s from state %s", self._key,
                        "resuming" if resume_state is not None else "starting", self._reader.describe())
         self._failures = 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from connectors.receivers.localfile import LocalFileReceiver
@@ -252,3 +253,25 @@ def test_crash_between_request_and_snapshot_still_resets_exactly_once(tmp_path: 
     read, after = rows(durable)  # restarts from the last durable snapshot: the reset is not lost
     assert read == 3 and after.restream_id == request
     assert rows(after)[0] == 0  # once snapshotted, never applied again
+
+
+def test_a_dataflow_left_by_a_killed_api_is_stopped_before_a_new_start(tmp_path: Path,
+                                                                        nab_machine_csv: Path) -> None:
+    from api.supervisor import Supervisor
+
+    home = tmp_path / "home"
+    (home / "conf.d").mkdir(parents=True)
+    (home / "conf.d" / "config.json").write_text(json.dumps(files_only(nab_machine_csv.parent)))
+    first = Supervisor(home, stop_timeout=30)
+    first.start()
+    orphan = first.info()["pid"]
+    first._wanted = False  # the API process dies: nobody stops or watches its child
+    second = Supervisor(home, stop_timeout=30)
+    try:
+        assert second.start() == "running"
+        assert second.info()["pid"] != orphan
+        assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+        assert (home / "state" / "dataflow.pid").read_text() == str(second.info()["pid"])
+    finally:
+        second.stop()
+        first.stop()
