@@ -92,6 +92,7 @@ class Installation:
 
     @property
     def config_path(self) -> Path:
+        """Where the config is saved (the dataflow reads the same file)."""
         return self.supervisor.config_path
 
     def document(self) -> Any | None:
@@ -141,6 +142,7 @@ class Installation:
         self.redacting.secrets = {v for v in secret_values(document) if len(v) >= 4}
 
     def ledger(self) -> Ledger:
+        """A new connection to the installation's ledger; close it after use."""
         return Ledger(ledger_path(self.home))
 
 
