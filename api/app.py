@@ -13,6 +13,7 @@ Implements ``shared/specs/factorytx-rest-api.txt``; see ``docs/api.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -35,10 +36,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from api import meta, status
 from api.supervisor import CannotStart, Supervisor
 from api.templates import template_for, templates
-from dataflows.config import Config, ConfigError, Violation, load, validate
+from dataflows.config import Config, ConfigError, Violation, load, read_document, validate
 from dataflows.control import ControlStore, control_path
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.secrets import RedactingFilter, redact, restore_secrets, secret_values
+from dataflows.secrets import RedactingFilter, redact, restore_secrets
 
 _log = logging.getLogger("api")
 
@@ -100,17 +101,19 @@ class Installation:
 
         :raises ConfigError: unreadable or not JSON.
         """
-        try:
-            text = self.config_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        if not self.config_path.exists():
             return None
-        except OSError as exc:
-            raise ConfigError([Violation(f"cannot read {self.config_path}: {exc.strerror}", [])]) from exc
+        return read_document(self.config_path)
+
+    def check(self, document: Any) -> tuple[Any, list[Violation]]:
+        """``document`` with its ``"********"`` secrets restored from the saved config, and
+        every violation of the result (the restore's and validation's)."""
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError([Violation(f"{self.config_path} is not valid JSON: {exc.msg} at line "
-                                         f"{exc.lineno} column {exc.colno}", [])]) from exc
+            stored = self.document()
+        except ConfigError:
+            stored = None
+        document, violations = restore_secrets(document, stored)
+        return document, violations + validate(document)
 
     def config(self) -> Config | None:
         """The saved config, typed (placeholders allowed), or None when missing or invalid."""
@@ -139,7 +142,7 @@ class Installation:
             os.fsync(directory)
         finally:
             os.close(directory)
-        self.redacting.secrets = {v for v in secret_values(document) if len(v) >= 4}
+        self.redacting.use(document)
 
     def ledger(self) -> Ledger:
         """A new connection to the installation's ledger; close it after use."""
@@ -170,12 +173,7 @@ def post_config(data: JSONBody[dict[str, Any]], state: State) -> Any:
     """
     inst: Installation = state.inst
     with inst.config_lock:
-        try:
-            stored = inst.document()
-        except ConfigError:
-            stored = None
-        document, violations = restore_secrets(data, stored)
-        violations += validate(document)
+        document, violations = inst.check(data)
         if any(v.level == "error" for v in violations):
             return failure({"violations": _violations(violations), "status": "failed"}, 400,
                            _violation_text(violations))
@@ -193,13 +191,7 @@ def post_config(data: JSONBody[dict[str, Any]], state: State) -> Any:
 @post("/v1/config/validate", sync_to_thread=True, status_code=200, operation_id="post_validate")
 def post_validate(data: JSONBody[dict[str, Any]], state: State) -> Any:
     """The violations of a configuration: ``status`` ``passed`` (warnings at most) or ``failed``."""
-    inst: Installation = state.inst
-    try:
-        stored = inst.document()
-    except ConfigError:
-        stored = None
-    document, violations = restore_secrets(data, stored)
-    violations += validate(document)
+    document, violations = state.inst.check(data)
     passed = not any(v.level == "error" for v in violations)
     body = {"violations": _violations(violations), "status": "passed" if passed else "failed"}
     return ok(body) if passed else {"success": False, "response": body}
@@ -260,12 +252,7 @@ LineCount = Annotated[int, QueryParameter(ge=1, le=10_000, description="Lines fr
 
 
 def _log_lines(inst: Installation, name: str, lines: int) -> list[str]:
-    out = status.tail(inst.home / "log" / name, lines)
-    secrets = inst.redacting.secrets
-    if secrets:
-        for secret in secrets:
-            out = [line.replace(secret, "********") for line in out]
-    return out
+    return [inst.redacting.scrub(line) for line in status.tail(inst.home / "log" / name, lines)]
 
 
 @get("/v1/log/stream", sync_to_thread=True, operation_id="log_stream")
@@ -430,11 +417,8 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
     """
     home.mkdir(parents=True, exist_ok=True)
     inst = Installation(home, supervisor or Supervisor(home), restream_timeout, redacting)
-    try:
-        document = inst.document()
-        inst.redacting.secrets = {v for v in secret_values(document) if len(v) >= 4} if document else set()
-    except ConfigError:
-        pass
+    with contextlib.suppress(ConfigError):  # an unreadable config has no secrets to scrub yet
+        inst.redacting.use(inst.document())
 
     def check_key(request: Request[Any, Any, Any]) -> None:
         if api_key and not hmac.compare_digest(request.headers.get("x-api-key", ""), api_key):

@@ -20,10 +20,11 @@ request/acknowledgement half; the endpoint is in :mod:`api.app`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from dataflows.ledger import open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS restream (
@@ -47,11 +48,7 @@ class ControlStore:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(path, _SCHEMA)
 
     def request_restream(self, streams: Iterable[tuple[str, str]]) -> int:
         """Record one restream request for ``(receiver name, "asset:stream_type")`` pairs.

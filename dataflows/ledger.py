@@ -98,6 +98,18 @@ class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool = False
 
 
+def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` (directories and tables created):
+    autocommit, WAL, ``synchronous=FULL`` (a commit is on disk when it returns), shareable
+    across threads one at a time; ``timeout`` seconds of waiting for another writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 def ledger_path(home: Path) -> Path:
     """Where the ledger of the installation at ``home`` lives."""
     return home / "state" / "ledger.sqlite"
@@ -107,11 +119,7 @@ class Ledger:
     """A connection to the delivery ledger at ``path`` (created on first use)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(path, _SCHEMA)
 
     def record_delivery(self, transmit: str, stream: str, records: int,
                         last_timestamp: str | None) -> int:

@@ -30,7 +30,7 @@ from bytewax.recovery import init_db_dir
 from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
 from dataflows.runtime import RunContext
-from dataflows.secrets import RedactingFilter, secret_values
+from dataflows.secrets import RedactingFilter
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
@@ -107,7 +107,7 @@ def flow() -> Dataflow:
         for violation in exc.violations:
             _log.error("config %s at %s: %s", path, violation.json_path, violation.description)
         raise SystemExit(2) from None
-    redacting.secrets = {v for v in secret_values(read_document(path)) if len(v) >= 4}
+    redacting.use(read_document(path))
     streams = sum(len(r.stream_list) for r in config.data_receiver)
     _log.info("config %s: %d receivers with %d streams, %d transforms, %d transmits; home %s", path,
               len(config.data_receiver), streams, len(config.transforms), len(config.data_transmit), home)

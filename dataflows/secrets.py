@@ -157,18 +157,28 @@ def restore_secrets(document: Any, stored: Any) -> tuple[Any, list[Violation]]:
     return out, violations
 
 
+#: Secret values shorter than this are not scrubbed from logs: it would mangle ordinary words.
+MIN_SCRUBBED = 4
+
+
 class RedactingFilter(logging.Filter):
-    """Replaces each of ``secrets`` in log records by :data:`REDACTED` (install on handlers;
-    leave out values so short that scrubbing them would mangle ordinary words)."""
+    """Replaces each of ``secrets`` in log records by :data:`REDACTED` (install on handlers)."""
 
     def __init__(self, secrets: set[str] | None = None) -> None:
         super().__init__()
         self.secrets = secrets or set()
 
+    def use(self, document: Any) -> None:
+        """Scrub the secrets of the config ``document`` from now on (None: none)."""
+        self.secrets = {v for v in secret_values(document) if len(v) >= MIN_SCRUBBED}
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced by :data:`REDACTED`."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, REDACTED)
-            record.msg, record.args = message, None
+            record.msg, record.args = self.scrub(record.getMessage()), None
         return True

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from dataflows.ledger import open_durable
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, timestamp TEXT,
@@ -45,12 +47,8 @@ class Outbox:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(path, _SCHEMA, timeout=60)
 
     def append(self, records: Sequence[tuple[str, str | None, bytes]]) -> None:
         """Store ``(stream, timestamp, body)`` records in one transaction; durable on return."""
