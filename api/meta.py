@@ -17,8 +17,8 @@ from typing import Any, get_args, get_origin
 
 import msgspec
 
-from connectors import registry
-from dataflows.config import unwrap
+from dataflows import registry
+from dataflows.sdk import unwrap
 
 _OBJECTS: list[tuple[str, str, registry.Registry[Any]]] = [
     ("data_receiver", "Data Receiver", registry.receivers),
@@ -33,21 +33,15 @@ class UnknownMeta(LookupError):
     """No such object id or subtype; the message lists what exists."""
 
 
-def title(cls: type[msgspec.Struct]) -> str:
-    """A display name: the Struct's ``title`` class attribute, else its tag in words."""
-    tag = str(cls.__struct_config__.tag)
-    return getattr(cls, "title", None) or tag.replace("_", " ").title()
-
-
 def objects() -> dict[str, Any]:
     """The ``/v1/meta`` response: ``{"objects": [{"id", "name", "subtypes"}, ...]}``."""
     registry.load_all()
-    out = []
+    out: list[dict[str, Any]] = []
     for object_id, name, reg in _OBJECTS:
         subtypes = []
         for cls in reg.structs():
             tag = cls.__struct_config__.tag
-            entry: dict[str, Any] = {"id": tag, "name": title(cls)}
+            entry: dict[str, Any] = {"id": tag, "name": cls.display_name()}
             if object_id == "data_receiver_asset":
                 entry["data_receiver"] = [tag]
             subtypes.append(entry)

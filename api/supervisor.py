@@ -37,7 +37,7 @@ from typing import Any, Literal
 import psutil
 
 from dataflows.config import ConfigError, Violation, load_file
-from dataflows.main import config_path, init_recovery
+from dataflows.home import CONSOLE_LOG, config_path, init_recovery, log_dir, pid_path, recovery_dir
 
 Status = Literal["running", "stopped", "failed"]
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ class Supervisor:
         """Stop a dataflow an earlier API process left running on this home (it was killed
         without stopping its child): two dataflows must never share one recovery store."""
         try:
-            pid = int((self.home / "state" / "dataflow.pid").read_text())
+            pid = int(pid_path(self.home).read_text())
             orphan = psutil.Process(pid)
             ours = "dataflows.main:flow" in orphan.cmdline() and Path(orphan.cwd()) == self.home
         except (OSError, ValueError, psutil.Error):
@@ -192,10 +192,10 @@ class Supervisor:
     def _launch(self) -> None:
         self._check_config()
         self._stop_orphan()
-        log_dir = self.home / "log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        recovery = init_recovery(self.home / "recovery")
-        console = open(log_dir / "dataflow-console.log", "ab")  # noqa: SIM115 - the child holds it
+        logs = log_dir(self.home)
+        logs.mkdir(parents=True, exist_ok=True)
+        recovery = init_recovery(recovery_dir(self.home))
+        console = open(logs / CONSOLE_LOG, "ab")  # noqa: SIM115 - the child holds it
         console.write(f"--- dataflow start {_iso(time.time())}\n".encode())
         console.flush()
         pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -208,8 +208,8 @@ class Supervisor:
         finally:
             console.close()
         self._proc = proc
-        (self.home / "state").mkdir(parents=True, exist_ok=True)
-        (self.home / "state" / "dataflow.pid").write_text(str(proc.pid))
+        pid_path(self.home).parent.mkdir(parents=True, exist_ok=True)
+        pid_path(self.home).write_text(str(proc.pid))
         self._started_at = time.time()
         self._last_error = None
         self._wake.clear()
@@ -244,7 +244,7 @@ class Supervisor:
                     delay = min(delay * 2, self.max_backoff)
 
     def _console_tail(self, lines: int = 20) -> str:
-        path = self.home / "log" / "dataflow-console.log"
+        path = log_dir(self.home) / CONSOLE_LOG
         try:
             text = path.read_bytes()[-20_000:].decode(errors="replace")
         except OSError:

@@ -3,7 +3,8 @@
 A document has three lists: ``data_receiver``, ``transforms`` (applied in list order)
 and ``data_transmit``. Each entry is a Struct chosen by its tag (``protocol``,
 ``transform_type``, ``transmit_type``; parsers inside file receivers by ``parser_type``)
-from the registries in :mod:`connectors.registry`.
+from the registries in :mod:`dataflows.registry`. The component SDK (bases, field
+metadata, hooks) is :mod:`dataflows.sdk`; this module is the document and its checks.
 
 :func:`validate` collects every problem as a :class:`Violation`
 ``{description, json_path, level}`` and never stops at the first. It walks the raw
@@ -31,48 +32,30 @@ import json
 import os
 import re
 import types
-import zoneinfo
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import msgspec
-import polars as pl
 
-from connectors import registry
-from dataflows.records import Batch, StreamKey, pattern_problem, stream_matches
+from dataflows import registry
+from dataflows.records import StreamKey, pattern_problem, stream_matches
+from dataflows.sdk import (
+    JsonPath,
+    ReceiverConfig,
+    StreamConfig,
+    Violation,
+    choice_violations,
+    error,
+    field_meta,
+    is_placeholder,
+    unwrap,
+    warning,
+)
 
-if TYPE_CHECKING:
-    from bytewax.outputs import Sink
-
-    from dataflows.runtime import RunContext, StreamReader
-
-JsonPath = list[str | int]
-Level = Literal["error", "warning"]
-
-
-class Violation(msgspec.Struct, frozen=True):
-    """One problem in a config document.
-
-    :ivar description: what is wrong, for a person.
-    :ivar json_path: where: keys (str) and zero-based list indexes (int) from the root.
-    :ivar level: ``"error"`` (the config cannot run) or ``"warning"``.
-    """
-
-    description: str
-    json_path: JsonPath
-    level: Level = "error"
-
-
-def error(description: str, path: JsonPath) -> Violation:
-    """An error-level :class:`Violation`."""
-    return Violation(description, list(path), "error")
-
-
-def warning(description: str, path: JsonPath) -> Violation:
-    """A warning-level :class:`Violation`."""
-    return Violation(description, list(path), "warning")
+__all__ = ["SECTIONS", "Config", "ConfigError", "JsonPath", "Violation", "error", "load", "load_file",
+           "read_document", "resolve_env", "validate", "warning"]
 
 
 class ConfigError(ValueError):
@@ -82,125 +65,6 @@ class ConfigError(ValueError):
         self.violations = violations
         lines = [f"{'/'.join(map(str, v.json_path)) or '<root>'}: {v.description}" for v in violations]
         super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
-
-
-# --------------------------------------------------------------------------- field metadata
-
-
-def describe(description: str, *, secret: bool = False, **constraints: Any) -> msgspec.Meta:
-    """Field metadata: a description, msgspec constraints, and whether it is a secret.
-
-    Secret fields are redacted by the API and logs (see :func:`secret_paths`).
-    """
-    extra = {"secret": True} if secret else None
-    return msgspec.Meta(description=description, extra=extra, **constraints)
-
-
-NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-FilterStream = Annotated[
-    list[str],
-    describe("Streams this component applies to: '*', 'asset:stream_type', globs on each side."),
-]
-PollInterval = Annotated[
-    float, describe("Seconds between polls (FactoryTX: integer, default 5).", ge=0.05, le=65535)
-]
-
-
-class Component(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Base of every config Struct: strict, keyword-only, immutable.
-
-    Subclasses may override :meth:`violations` to check their own values.
-    """
-
-    #: Whether this version of factoryflow can run the component (config-only otherwise).
-    runnable: ClassVar[bool] = True
-
-    def violations(self, path: JsonPath) -> Iterable[Violation]:
-        """Problems in this component's values; ``path`` is where it sits in the document."""
-        return ()
-
-    def from_environment(self, environ: Mapping[str, str],
-                         path: JsonPath) -> tuple[Component, list[Violation]]:
-        """This component with the settings the config omits taken from ``environ``, and an
-        error for each one missing everywhere (a warning when the config is only validated).
-
-        The default takes nothing from the environment.
-        """
-        return self, []
-
-
-class StreamConfig(Component, kw_only=True):
-    """A stream of a receiver: ``asset`` + ``stream_type`` plus protocol keys."""
-
-    asset: Annotated[NonEmptyStr, describe("Name of the asset, e.g. 'lasercut'.")]
-    stream_type: Annotated[NonEmptyStr, describe("Type of the stream, e.g. 'cycle'.")]
-
-    @property
-    def key(self) -> StreamKey:
-        """This stream's :class:`~dataflows.records.StreamKey`."""
-        return StreamKey(self.asset, self.stream_type)
-
-
-class ReceiverConfig(Component, tag_field="protocol", kw_only=True):
-    """Base of every ``data_receiver`` entry; the subclass's tag is its ``protocol``."""
-
-    data_receiver_name: Annotated[
-        NonEmptyStr, describe("Name of the receiver; unique; keys the progress of its streams.")
-    ]
-    poll_interval: PollInterval = 5.0
-
-    @property
-    def stream_list(self) -> list[StreamConfig]:
-        """The receiver's streams (every protocol has a ``streams`` list)."""
-        return list(getattr(self, "streams", []))
-
-    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
-                    shared: dict[str, Any]) -> StreamReader:
-        """A reader of ``stream`` resuming from ``resume_state`` (``None``: first run).
-
-        No I/O here. ``shared`` is a dict shared by the streams of this receiver on one
-        worker (for engines, file systems).
-
-        :raises NotImplementedError: the protocol is config-only in this version.
-        """
-        raise NotImplementedError(f"protocol {self.__struct_config__.tag!r} cannot run yet")
-
-
-class ParserConfig(Component, tag_field="parser_type", kw_only=True):
-    """Base of every parser of a file receiver; the subclass's tag is its ``parser_type``."""
-
-    parser_name: Annotated[NonEmptyStr, describe("Name streams use to pick this parser.")]
-    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
-
-
-class TransformConfig(Component, tag_field="transform_type", kw_only=True):
-    """Base of every ``transforms`` entry; the subclass's tag is its ``transform_type``."""
-
-    transform_name: Annotated[NonEmptyStr, describe("Name of the transform; unique.")]
-    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
-
-    def apply(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
-        """The transformed frame and warnings about it (pure: no I/O).
-
-        :raises NotImplementedError: the transform is config-only in this version.
-        """
-        raise NotImplementedError(f"transform_type {self.__struct_config__.tag!r} cannot run yet")
-
-
-class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
-    """Base of every ``data_transmit`` entry; the subclass's tag is its ``transmit_type``."""
-
-    transmit_name: Annotated[NonEmptyStr, describe("Name of the transmit; unique.")]
-    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
-
-    def sink(self, ctx: RunContext) -> Sink[Batch]:
-        """The bytewax sink; its ``write_batch`` returns only once the write is durable.
-
-        :raises NotImplementedError: the transmit is config-only in this version.
-        """
-        raise NotImplementedError(f"transmit_type {self.__struct_config__.tag!r} cannot run yet")
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True):
@@ -225,32 +89,7 @@ SECTIONS: dict[str, registry.Registry[Any]] = {
 
 # --------------------------------------------------------------------------- value helpers
 
-_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>]*>")
 _ENV_REF = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def is_placeholder(value: object) -> bool:
-    """True for a template placeholder left unfilled, e.g. ``"<Please input the host>"``."""
-    return isinstance(value, str) and _PLACEHOLDER.search(value) is not None
-
-
-def timezone_violations(value: str | None, path: JsonPath) -> list[Violation]:
-    """An error when ``value`` is not an IANA timezone name (placeholders are left alone)."""
-    if value is None or is_placeholder(value):
-        return []
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return [error(f"{value!r} is not an IANA timezone name (e.g. 'America/Chicago')", path)]
-    return []
-
-
-def choice_violations(value: str, choices: Iterable[str], what: str, path: JsonPath) -> list[Violation]:
-    """An error when ``value`` is not one of ``choices`` (placeholders are left alone)."""
-    accepted = sorted(choices)
-    if is_placeholder(value) or value in accepted:
-        return []
-    return [error(f"unsupported {what} {value!r}; accepted: {', '.join(accepted)}", path)]
 
 
 def resolve_env(document: Any, environ: Mapping[str, str], path: JsonPath | None = None,
@@ -283,13 +122,6 @@ def resolve_env(document: Any, environ: Mapping[str, str], path: JsonPath | None
 # --------------------------------------------------------------------------- the schema walker
 
 
-def unwrap(tp: Any) -> Any:
-    """``tp`` without its ``Annotated`` layers."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    return tp
-
-
 def _is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
@@ -311,6 +143,11 @@ class _Walker:
 
     def __init__(self) -> None:
         self.out: list[Violation] = []
+        self.blocking = 0  # violations that stop a component from decoding (not choices)
+
+    def _block(self, violation: Violation) -> None:
+        self.out.append(violation)
+        self.blocking += 1
 
     def check(self, value: Any, tp: Any, path: JsonPath) -> None:
         bare = unwrap(tp)
@@ -333,41 +170,44 @@ class _Walker:
             msgspec.convert(value, tp)
         except msgspec.ValidationError as exc:
             message = str(exc) if "got" in str(exc) else f"{exc}, got {value!r}"  # name the bad value
-            self.out.append(error(message, path))
+            self._block(error(message, path))
             return False
+        choices = field_meta(tp).get("choices")
+        if choices is not None:  # an enumerated setting: decodes, but only its choices can run
+            self.out.extend(choice_violations(value, choices, str(path[-1]) if path else "value", path))
         return True
 
     def tagged(self, value: Any, structs: list[type[msgspec.Struct]], path: JsonPath) -> None:
         if not isinstance(value, dict):
-            self.out.append(error(f"Expected `object`, got `{_kind(value)}`", path))
+            self._block(error(f"Expected `object`, got `{_kind(value)}`", path))
             return
         tag_field = structs[0].__struct_config__.tag_field
         by_tag = {s.__struct_config__.tag: s for s in structs}
         accepted = ", ".join(sorted(by_tag))
         if tag_field not in value:
-            self.out.append(error(f"missing required key `{tag_field}`; accepted: {accepted}", path))
+            self._block(error(f"missing required key `{tag_field}`; accepted: {accepted}", path))
             return
         tag = value[tag_field]
         if tag not in by_tag:
-            self.out.append(error(f"unknown {tag_field} {tag!r}; accepted: {accepted}", [*path, tag_field]))
+            self._block(error(f"unknown {tag_field} {tag!r}; accepted: {accepted}", [*path, tag_field]))
             return
         self.struct(value, by_tag[tag], path)
 
     def struct(self, value: Any, cls: type[msgspec.Struct], path: JsonPath) -> None:
         if not isinstance(value, dict):
-            self.out.append(error(f"Expected `object`, got `{_kind(value)}`", path))
+            self._block(error(f"Expected `object`, got `{_kind(value)}`", path))
             return
         fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
         tag_field = cls.__struct_config__.tag_field
         for key in value:
             if key not in fields and key != tag_field:
-                self.out.append(error(f"unknown key `{key}`; accepted: {', '.join(sorted(fields))}",
+                self._block(error(f"unknown key `{key}`; accepted: {', '.join(sorted(fields))}",
                                       [*path, key]))
         for name, info in fields.items():
             if name in value:
                 self.check(value[name], info.type, [*path, name])
             elif info.required:
-                self.out.append(error(f"missing required key `{name}`", path))
+                self._block(error(f"missing required key `{name}`", path))
 
 
 # --------------------------------------------------------------------------- validation
@@ -477,9 +317,9 @@ def _validate(document: Any, *, runnable: bool,
             continue
         union = reg.union()
         for index, item in enumerate(items):
-            before = len(walker.out)
+            before = walker.blocking
             walker.check(item, union, [section, index])
-            if len(walker.out) == before:
+            if walker.blocking == before:
                 component = msgspec.convert(item, union)
                 component, missing = component.from_environment(environ_map, [section, index])
                 if not runnable:
@@ -555,14 +395,3 @@ def load_file(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None
     :raises ConfigError: unreadable, not JSON, or invalid.
     """
     return load(read_document(path), runnable=True, environ=environ)
-
-
-def secret_paths(cls: type[msgspec.Struct]) -> list[str]:
-    """Names of the fields of ``cls`` marked secret (``describe(..., secret=True)``)."""
-    names = []
-    for info in msgspec.structs.fields(cls):
-        tp = info.type
-        metas = get_args(tp)[1:] if get_origin(tp) is Annotated else ()
-        if any(isinstance(m, msgspec.Meta) and (m.extra or {}).get("secret") for m in metas):
-            names.append(info.encode_name)
-    return names

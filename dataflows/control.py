@@ -24,7 +24,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dataflows.home import control_path
 from dataflows.ledger import open_durable
+
+__all__ = ["ControlStore", "control_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS restream (
@@ -34,11 +37,6 @@ CREATE TABLE IF NOT EXISTS applied (
     receiver TEXT NOT NULL, stream TEXT NOT NULL, request_id INTEGER NOT NULL,
     applied_at TEXT NOT NULL, PRIMARY KEY (receiver, stream));
 """
-
-
-def control_path(home: Path) -> Path:
-    """Where the control store of the installation at ``home`` lives."""
-    return home / "state" / "control.sqlite"
 
 
 class ControlStore:

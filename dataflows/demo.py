@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from dataflows.main import home_dir, init_recovery
+from dataflows.home import component_dir, default_config_path, home_dir, init_recovery, recovery_dir
 
 PLANTS = {  # table: (timestamp column, IANA zone, machines, value columns)
     "ca_lasercut": ("timestamp", "America/New_York", 6, ("power_kw", "cut_speed_mm_s")),
@@ -130,18 +130,18 @@ class Plant:
 
 def prepare(home: Path) -> Path:
     """Write the demo config (refusing to replace another config) and the recovery directory."""
-    config_file = home / "conf.d" / "config.json"
+    config_file = default_config_path(home)
     config = demo_config(home)
     if config_file.exists() and json.loads(config_file.read_text()) != config:
         raise SystemExit(f"{config_file} holds another configuration; pass --home with a new directory")
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config, indent=2))
-    return init_recovery(home / "recovery")
+    return init_recovery(recovery_dir(home))
 
 
 def summary(home: Path) -> dict[str, int]:
     """Records delivered per output file of the demo transmit."""
-    out = home / "components" / "MyTransmit_1"
+    out = component_dir(home, "MyTransmit_1")
     return {p.name: sum(1 for _ in p.open("rb")) for p in sorted(out.glob("*.jsonl"))} if out.exists() else {}
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     plant.tick()
     env = {**os.environ, "FACTORYFLOW_HOME": str(home)}
     env.pop("FACTORYFLOW_CONFIG", None)
-    print(f"demo plant in {home / 'demo'}; records go to {home / 'components' / 'MyTransmit_1'}; "
+    print(f"demo plant in {home / 'demo'}; records go to {component_dir(home, 'MyTransmit_1')}; "
           "Ctrl-C stops", flush=True)
     flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(recovery),
                              "-s", "5", "-b", "0"], env=env)

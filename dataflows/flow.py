@@ -22,10 +22,11 @@ from dataclasses import replace
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflows.config import Config, TransformConfig
+from dataflows.config import Config
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch, stream_matches
-from dataflows.runtime import ReceiverSource, RunContext
+from dataflows.runtime import ReceiverSource
+from dataflows.sdk import RunContext, TransformConfig
 
 
 def step_id(kind: str, name: str) -> str:

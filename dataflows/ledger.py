@@ -30,6 +30,10 @@ from pathlib import Path
 
 import msgspec
 
+from dataflows.home import ledger_path
+
+__all__ = ["Ledger", "Marker", "TransmitStatus", "ledger_path", "marker_time", "open_durable"]
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS progress (
     transmit TEXT NOT NULL, stream TEXT NOT NULL, records INTEGER NOT NULL,
@@ -108,11 +112,6 @@ def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connec
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(schema)
     return db
-
-
-def ledger_path(home: Path) -> Path:
-    """Where the ledger of the installation at ``home`` lives."""
-    return home / "state" / "ledger.sqlite"
 
 
 class Ledger:

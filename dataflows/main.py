@@ -25,51 +25,33 @@ from pathlib import Path
 from types import FrameType
 
 from bytewax.dataflow import Dataflow
-from bytewax.recovery import init_db_dir
 
 from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
-from dataflows.runtime import RunContext
+from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, log_dir
+from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
+
+__all__ = ["LOG_FORMAT", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
+           "install_signal_handlers"]
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
 
 
-def home_dir() -> Path:
-    """``$FACTORYFLOW_HOME``, default ``./.factoryflow``, absolute."""
-    return Path(os.environ.get("FACTORYFLOW_HOME", ".factoryflow")).resolve()
-
-
-def config_path(home: Path) -> Path:
-    """``$FACTORYFLOW_CONFIG``, default ``<home>/conf.d/config.json``."""
-    return Path(os.environ.get("FACTORYFLOW_CONFIG", home / "conf.d" / "config.json"))
-
-
-def init_recovery(directory: Path) -> Path:
-    """Create and initialise a bytewax recovery directory (one partition) unless it exists.
-
-    The same as ``mkdir DIR && python -m bytewax.recovery DIR 1``.
-    """
-    if not directory.exists():
-        directory.mkdir(parents=True)
-        init_db_dir(directory, 1)
-    return directory
-
-
-def configure_logging(home: Path, filename: str = "factorytx_core.log") -> RedactingFilter:
+def configure_logging(home: Path, filename: str = CORE_LOG) -> RedactingFilter:
     """Log to stderr and to ``<home>/log/<filename>`` (10 MB x 5 files) in the FactoryTX
     line format.
 
     :returns: the filter that scrubs secrets from every line; set its ``secrets``.
     """
-    (home / "log").mkdir(parents=True, exist_ok=True)
+    log_dir(home).mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(LOG_FORMAT)
     redacting = RedactingFilter()
     root = logging.getLogger()
     root.setLevel(os.environ.get("FACTORYFLOW_LOG_LEVEL", "INFO").upper())
     for handler in (logging.StreamHandler(),
-                    logging.handlers.RotatingFileHandler(home / "log" / filename,
+                    logging.handlers.RotatingFileHandler(log_dir(home) / filename,
                                                          maxBytes=10_000_000, backupCount=5)):
         handler.setFormatter(formatter)
         handler.addFilter(redacting)

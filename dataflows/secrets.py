@@ -21,15 +21,9 @@ from typing import Any, Union, get_args, get_origin
 
 import msgspec
 
-from connectors import registry
-from dataflows.config import (
-    SECTIONS,
-    JsonPath,
-    Violation,
-    error,
-    secret_paths,
-    unwrap,
-)
+from dataflows import registry
+from dataflows.config import SECTIONS
+from dataflows.sdk import JsonPath, Violation, error, secret_paths, unwrap
 
 #: What a secret reads as in the API and the logs.
 REDACTED = "********"

@@ -29,37 +29,30 @@ import csv as pycsv
 import io
 import logging
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import polars as pl
 
-from connectors.registry import parsers
-from dataflows.config import (
+from dataflows.registry import parsers
+from dataflows.sdk import (
     JsonPath,
     NonNegativeInt,
+    ParseError,
     ParserConfig,
     Violation,
-    choice_violations,
     describe,
     error,
     timezone_violations,
 )
 from dataflows.timestamps import chrono_format, localize
 
+__all__ = ["CsvParser", "CsvSettings", "ParseError", "SpreadsheetParser", "parse_csv"]
+
 BadLinesAction = Literal["error", "warn", "skip"]
 DAYFIRST_FORMATS = ("%d/%m/%Y %H:%M:%S%.f", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d-%m-%Y %H:%M:%S",
                     "%d.%m.%Y %H:%M:%S", "%d/%m/%Y")
 _log = logging.getLogger("parser.csv")
-
-
-class ParseError(ValueError):
-    """A file cannot be parsed; ``source`` and ``line`` (1-based, when known) say where."""
-
-    def __init__(self, source: str, line: int | None, reason: str) -> None:
-        self.source, self.line, self.reason = source, line, reason
-        where = f"{source}, line {line}" if line is not None else source
-        super().__init__(f"{where}: {reason}")
 
 
 class TimestampField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -235,10 +228,15 @@ def _strict(frame: pl.DataFrame, name: str, formats: list[str | None], source: s
 
 
 class _CsvLike:
-    """What the file receivers call on any CSV-family parser."""
+    """The parser contract (:class:`~dataflows.sdk.ParserConfig`) for CSV-family parsers."""
 
     def settings(self) -> CsvSettings:
         raise NotImplementedError
+
+    def chunk_header_lines(self) -> int | None:
+        """The header lines, or None for encodings that cannot be cut at ``b"\n"`` (UTF-16)."""
+        settings = self.settings()
+        return settings.header_lines if settings.splits_on_newline_byte else None
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int) -> pl.DataFrame:
         """Parse a chunk of a file; see :func:`parse_csv`."""
@@ -250,8 +248,11 @@ class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
     """Delimited text, one record per line."""
 
     title: ClassVar[str] = "CSV"
+    example: ClassVar[dict[str, Any]] = {
+        "parser_name": "csv", "parser_type": "csv", "separator": ";", "bad_lines_action": "warn",
+        "parse_timestamps": [{"field_name": "timestamp", "format": "%d.%m.%Y %H:%M:%S"}]}
 
-    file_format: Annotated[str, describe("Only 'csv'.")] = "csv"
+    file_format: Annotated[str, describe("Only 'csv'.", choices=["csv"])] = "csv"
     file_encoding: Annotated[str | None, describe("Python codec name; utf-8 by default.")] = None
     separator: Annotated[str, describe("Field separator.", min_length=1, max_length=1)] = ","
     header: Annotated[NonNegativeInt | None, describe("Zero-based line of the column names; null: none.")] = 0
@@ -264,7 +265,7 @@ class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
                            bad_lines_action=self.bad_lines_action)
 
     def violations(self, path: JsonPath) -> list[Violation]:
-        out = choice_violations(self.file_format, ["csv"], "file_format", [*path, "file_format"])
+        out: list[Violation] = []
         if self.file_encoding is not None and not self.settings().splits_on_newline_byte:
             try:
                 "".encode(self.file_encoding)
@@ -299,7 +300,11 @@ class SpreadsheetOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unkno
 class SpreadsheetParser(_CsvLike, ParserConfig, tag="spreadsheet", kw_only=True):
     """FactoryTX's legacy spreadsheet parser, for CSV files."""
 
-    file_format: Annotated[str, describe("Only 'csv'.")] = "csv"
+    example: ClassVar[dict[str, Any]] = {
+        "parser_name": "spreadsheet", "parser_type": "spreadsheet", "file_format": "csv",
+        "options": {"localtz": "America/Chicago", "parse": {"parse_dates": ["timestamp"]}}}
+
+    file_format: Annotated[str, describe("Only 'csv'.", choices=["csv"])] = "csv"
     options: SpreadsheetOptions = msgspec.field(default_factory=SpreadsheetOptions)
 
     def settings(self) -> CsvSettings:
@@ -308,8 +313,7 @@ class SpreadsheetParser(_CsvLike, ParserConfig, tag="spreadsheet", kw_only=True)
                            tuple(p.parse_dates), p.dayfirst, self.options.localtz, p.bad_lines_action)
 
     def violations(self, path: JsonPath) -> list[Violation]:
-        out = choice_violations(self.file_format, ["csv"], "file_format", [*path, "file_format"])
-        out += timezone_violations(self.options.localtz, [*path, "options", "localtz"])
+        out = timezone_violations(self.options.localtz, [*path, "options", "localtz"])
         if self.options.counter:
             out.append(error("options.counter=true is not supported", [*path, "options", "counter"]))
         return out

@@ -14,8 +14,11 @@ chunks of at most ``chunk_bytes`` cut at a line end, so a big file never sits in
 memory whole. A last line without a newline is read once the file has been still for
 ``poll_interval`` seconds.
 
-A file that cannot be parsed is logged with file and line, recorded as failed and
-skipped until it changes. With ``delete_completed`` a file is deleted once every
+Any parser works here through the parser contract of :mod:`dataflows.sdk`
+(``chunk_header_lines`` says whether a file may be cut at line ends, ``parse`` turns
+bytes into a frame). A file that cannot be parsed (:class:`~dataflows.sdk.ParseError`)
+marks the stream with file and line, is recorded as failed and skipped until it
+changes; the other files and streams go on. With ``delete_completed`` a file is deleted once every
 transmit its stream reaches has acknowledged its last batch in the delivery ledger.
 
 Implements the file receivers of ``shared/specs/factorytx-digest.md``.
@@ -27,26 +30,31 @@ import logging
 import posixpath
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import fsspec
 import msgspec
 
-from connectors import registry
-from connectors.parsers.csv import ParseError
-from dataflows.config import (
+from dataflows import registry
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import Batch, stream_matches
+from dataflows.sdk import (
     JsonPath,
+    ParseError,
+    ParserConfig,
     ReceiverConfig,
+    RunContext,
     StreamConfig,
+    StreamReader,
+    Template,
     Violation,
     describe,
     error,
 )
-from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, stream_matches
-from dataflows.runtime import RunContext
 
-registry.load_package("connectors.parsers")
+if TYPE_CHECKING:
+    import fsspec
+
+registry.load_package("connectors.parsers")  # file receivers embed the union of the parsers
 _ParserUnion = registry.parsers.union()
 
 
@@ -77,7 +85,7 @@ class FileReceiver(ReceiverConfig, kw_only=True):
                                                           "next connection's.")] = False
     chunk_bytes: Annotated[int, describe("Most bytes parsed per batch.", ge=1024)] = 16 * 1024 * 1024
 
-    def parser_for(self, stream: FileStream) -> Any:
+    def parser_for(self, stream: FileStream) -> ParserConfig | None:
         """The parser ``stream`` uses, or ``None`` when none is named or matches."""
         for parser in self.parsers:
             if stream.parser is None and stream_matches(parser.filter_stream, stream.key):
@@ -105,16 +113,38 @@ class FileReceiver(ReceiverConfig, kw_only=True):
 
     def roots(self) -> list[str]:
         """The directory of each connection, in order."""
-        raise NotImplementedError
+        raise NotImplementedError(f"protocol {self.tag()!r} cannot run yet")
 
     def filesystem(self, shared: dict[str, Any]) -> fsspec.AbstractFileSystem:
         """The fsspec file system the connections live on (no I/O)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"protocol {self.tag()!r} cannot run yet")
 
     def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
                     shared: dict[str, Any]) -> FileStreamReader:
         assert isinstance(stream, FileStream)
         return FileStreamReader(self, stream, self.filesystem(shared), resume_state, ctx)
+
+
+def file_template(protocol: str, name: str, description: str,
+                  connection: dict[str, Any]) -> Template:
+    """The configuration template of a file receiver (FactoryTX's shape): ``connection``
+    with placeholders, a spreadsheet parser, one stream of ``*.csv`` files and the two
+    ``convert_timestamps`` transforms a user fills in."""
+    receiver = {
+        "data_receiver_name": "receiver_0", "protocol": protocol, "delete_completed": False,
+        "poll_interval": 4, "connections": [connection],
+        "parsers": [{"parser_name": "parser_0", "parser_type": "spreadsheet", "filter_stream": ["*"],
+                     "file_format": "csv"}],
+        "streams": [{"asset": "asset_0", "stream_type": "cycle", "file_filter": ["*.csv"]}],
+    }
+    transforms = [
+        {"transform_name": "transform_0", "transform_type": "convert_timestamps", "filter_stream": ["*"],
+         "field_names": "<Please input the names of the fields to convert (e.g. \"datetime\")>",
+         "timezone": "<Please enter the asset timezone>"},
+        {"transform_name": "transform_1", "transform_type": "convert_timestamps", "filter_stream": ["*"],
+         "field_names": "<Please input the name of the timestamp field (e.g. \"datetime\")>"},
+    ]
+    return Template(name, description, receiver, transforms)
 
 
 class SeenFile(msgspec.Struct, kw_only=True):
@@ -136,7 +166,7 @@ class _Candidate:
     mtime: float
 
 
-class FileStreamReader:
+class FileStreamReader(StreamReader):
     """Reads one stream of a file receiver; see the module docstring."""
 
     retryable = (OSError,)
@@ -147,8 +177,10 @@ class FileStreamReader:
                  resume_state: dict[str, Any] | None, ctx: RunContext) -> None:
         self._receiver = receiver
         self._stream = stream
-        self._parser = receiver.parser_for(stream)
-        self._settings = self._parser.settings()
+        parser = receiver.parser_for(stream)
+        assert parser is not None, "validation makes sure every stream has a parser"
+        self._parser = parser
+        self._header_lines = parser.chunk_header_lines()
         self._fs = fs
         self._ctx = ctx
         state = resume_state or {}
@@ -225,7 +257,7 @@ class FileStreamReader:
     def _read_chunk(self, candidate: _Candidate) -> tuple[Batch | None, bool]:
         path = candidate.path
         seen = self._files.get(path) or SeenFile(size=candidate.size, mtime=candidate.mtime)
-        whole = not self._settings.splits_on_newline_byte  # e.g. UTF-16: read the file whole
+        whole = self._header_lines is None  # the parser needs whole files (or UTF-16 text)
         with self._fs.open(path, "rb") as handle:
             if whole:
                 seen.offset = 0
@@ -241,13 +273,14 @@ class FileStreamReader:
             return None, True  # nothing complete yet: try again at the next poll
         try:
             if seen.offset == 0:
-                lines = data.split(b"\n", self._settings.header_lines)
-                seen.prefix = b"".join(line + b"\n" for line in lines[: self._settings.header_lines])
+                if not whole:
+                    head = data.split(b"\n", self._header_lines)[: self._header_lines]
+                    seen.prefix = b"".join(line + b"\n" for line in head)
                 frame = self._parser.parse(b"", data, source=path, first_line=1)
             else:
                 frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1)
         except ParseError as exc:
-            self._log.error("%s: %s; the file is skipped until it changes", self._stream.key, exc)
+            self.report_bad_input(f"{exc}; the file is skipped until it changes")
             self._files[path] = SeenFile(size=candidate.size, mtime=candidate.mtime,
                                          offset=candidate.size, failed=True)
             return None, True

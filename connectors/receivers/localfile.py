@@ -5,13 +5,7 @@ and ``connection_name``. Everything else (filters, parsers, incremental reading,
 ``delete_completed``) is shared by every file receiver: see
 :mod:`connectors.receivers._files`.
 
-Example::
-
-    {"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 5,
-     "connections": [{"data_directory": "/data/spraypaint"}],
-     "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
-     "streams": [{"asset": "spraypaint", "stream_type": "csv", "file_filter": ["*.csv"],
-                  "parser": "csv"}]}
+The worked example is ``LocalFileReceiver.example``.
 
 Implements the localfile receiver of ``shared/specs/factorytx-digest.md`` and the
 Localfile template of ``shared/specs/factorytx-rest-api.txt``.
@@ -20,14 +14,16 @@ Localfile template of ``shared/specs/factorytx-rest-api.txt``.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-import fsspec
 import msgspec
 
-from connectors.receivers._files import FileReceiver
-from connectors.registry import receivers
-from dataflows.config import JsonPath, Violation, describe, error
+from connectors.receivers._files import FileReceiver, file_template
+from dataflows.registry import receivers
+from dataflows.sdk import JsonPath, Template, Violation, describe, error
+
+if TYPE_CHECKING:
+    import fsspec
 
 
 class LocalConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -43,11 +39,30 @@ class LocalConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
         return os.path.abspath(self.data_directory or self.root_path or "")
 
 
+def _localfile_template() -> Template:
+    """FactoryTX's Localfile template: the file template, its first transform's
+    ``field_names`` a list and its second one's the older ``field_name``."""
+    template = file_template("localfile", "Localfile",
+                             "A template for collecting data from the local filesystem",
+                             {"data_directory": "/data/folder_with_data_files"})
+    first, second = template.transforms
+    first["field_names"] = [first["field_names"]]
+    second["field_name"] = second.pop("field_names")
+    return template
+
+
 @receivers.register
 class LocalFileReceiver(FileReceiver, tag="localfile", kw_only=True):
     """Reads files from local directories."""
 
     title: ClassVar[str] = "Local File"
+    example: ClassVar[dict[str, Any]] = {
+        "data_receiver_name": "files", "protocol": "localfile", "poll_interval": 5,
+        "connections": [{"data_directory": "/data/spraypaint"}],
+        "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+        "streams": [{"asset": "spraypaint", "stream_type": "csv", "file_filter": ["*.csv"],
+                     "parser": "csv"}]}
+    template: ClassVar[Template] = _localfile_template()
 
     connections: Annotated[list[LocalConnection], describe("Directories.", min_length=1)]
 
@@ -63,4 +78,6 @@ class LocalFileReceiver(FileReceiver, tag="localfile", kw_only=True):
         return [conn.directory for conn in self.connections]
 
     def filesystem(self, shared: dict[str, Any]) -> fsspec.AbstractFileSystem:
+        import fsspec
+
         return fsspec.filesystem("file")

@@ -7,12 +7,12 @@ Implements the config of the OPCUA template in ``shared/specs/factorytx-rest-api
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from connectors.registry import receivers
-from dataflows.config import NonNegativeInt, ReceiverConfig, StreamConfig, describe
+from dataflows.registry import receivers
+from dataflows.sdk import NonNegativeInt, ReceiverConfig, StreamConfig, Template, describe
 
 
 class OpcUaConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -43,6 +43,22 @@ class OpcUaReceiver(ReceiverConfig, tag="opcua", kw_only=True):
     """Reads tags from an OPC UA server (config only in this version)."""
 
     title: ClassVar[str] = "OPC UA"
+    template: ClassVar[Template] = Template(
+        "OPCUA", "A template for collecting data from an OPC UA server", {
+            "data_receiver_name": "receiver_0", "protocol": "opcua", "poll_interval": 4,
+            "connections": [{"host": "<Please input the hostname or IP address (e.g. 127.0.0.1)>",
+                             "port": 49320, "timeout": 3}],
+            "streams": [
+                {"asset": "asset_1", "stream_type": "cycle",
+                 "opcua_tags": [{"name": "Spraypaint.Drying.Fan.Speed", "exportname": "Spraypaint1"}]},
+                {"asset": "asset_2", "stream_type": "cycle",
+                 "opcua_tags": [{"name": "Blister.Pack.Packaging", "exportname": "BlisterPack1"}]},
+            ]})
+    example: ClassVar[dict[str, Any]] = {
+        "data_receiver_name": "press_opcua", "protocol": "opcua", "poll_interval": 1,
+        "connections": [{"host": "kepware.plant.local", "port": 49320, "timeout": 3}],
+        "streams": [{"asset": "press_1", "stream_type": "cycle", "opcua_tags": [
+            {"name": "Press1.Cycle.Count", "exportname": "cycle_count", "namespace_index": 2}]}]}
 
     runnable: ClassVar[bool] = False
     connections: Annotated[list[OpcUaConnection], describe("Servers.", min_length=1)]

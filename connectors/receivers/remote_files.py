@@ -8,13 +8,19 @@ refuses them with an error naming the protocol. Connection keys follow the table
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from connectors.receivers._files import FileReceiver
-from connectors.registry import receivers
-from dataflows.config import Port, describe
+from connectors.receivers._files import FileReceiver, file_template
+from dataflows.registry import receivers
+from dataflows.sdk import Port, Template, describe
+
+
+def _example(protocol: str, connection: dict[str, Any]) -> dict[str, Any]:
+    return {"data_receiver_name": f"{protocol}_files", "protocol": protocol, "poll_interval": 30,
+            "connections": [connection], "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+            "streams": [{"asset": "spraypaint", "stream_type": "csv", "file_filter": ["*.csv"]}]}
 
 
 class _Connection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -63,9 +69,19 @@ class AzureDataLakeGen2Connection(_Connection, kw_only=True):
 
 @receivers.register
 class SmbReceiver(FileReceiver, tag="smb", kw_only=True):
-    """Files on a Windows share (config only in this version)."""
+    """Reads files from Windows (SMB) shares (config only in this version)."""
 
     title: ClassVar[str] = "SMB"
+    template: ClassVar[Template] = file_template(
+        "smb", "SMB", "A template for collecting data from files on a Microsoft Windows Network", {
+            "host": "<Please input the hostname or IP address (e.g. 127.0.0.1)>",
+            "username": "<Please input the username for login>",
+            "password": "<Please input the password for login>",
+            "shared_folder": "/data/folder-with-files",
+        })
+    example: ClassVar[dict[str, Any]] = _example("smb", {
+        "host": "fileserver.plant.local", "username": "collector", "password": "${SMB_PASSWORD}",
+        "shared_folder": "/exports/spraypaint"})
 
     runnable: ClassVar[bool] = False
     connections: Annotated[list[SmbConnection], describe("Shares.", min_length=1)]
@@ -73,7 +89,18 @@ class SmbReceiver(FileReceiver, tag="smb", kw_only=True):
 
 @receivers.register
 class S3Receiver(FileReceiver, tag="s3", kw_only=True):
-    """Objects in S3 buckets (config only in this version)."""
+    """Reads objects from S3 buckets (config only in this version)."""
+
+    template: ClassVar[Template] = file_template(
+        "s3", "S3", "A template for collecting data from files in Amazon S3 buckets", {
+            "endpoint_url": "<Please input the S3 endpoint (e.g. https://s3.us-east-1.amazonaws.com)>",
+            "access_key_id": "<Please input the access key id>",
+            "secret_access_key": "<Please input the secret access key>",
+            "bucket": "<Please input the bucket name>",
+        })
+    example: ClassVar[dict[str, Any]] = _example("s3", {
+        "endpoint_url": "https://s3.us-east-1.amazonaws.com", "access_key_id": "AKIAEXAMPLE",
+        "secret_access_key": "${AWS_SECRET_ACCESS_KEY}", "bucket": "plant-exports"})
 
     runnable: ClassVar[bool] = False
     connections: Annotated[list[S3Connection], describe("Buckets.", min_length=1)]
@@ -81,7 +108,21 @@ class S3Receiver(FileReceiver, tag="s3", kw_only=True):
 
 @receivers.register
 class AzureDataLakeReceiver(FileReceiver, tag="azure_data_lake", kw_only=True):
-    """Files in Azure Data Lake gen1 (config only in this version)."""
+    """Reads files from Azure Data Lake Storage Gen1 (config only in this version)."""
+
+    template: ClassVar[Template] = file_template(
+        "azure_data_lake", "Azure Data Lake",
+        "A template for collecting data from files in Azure Data Lake Storage Gen1", {
+            "tenant_id": "<Please input the Azure AD tenant id>",
+            "client_id": "<Please input the service principal's client id>",
+            "client_secret": "<Please input the service principal's secret>",
+            "store_name": "<Please input the Data Lake store name>",
+            "data_directory": "/",
+        })
+    example: ClassVar[dict[str, Any]] = _example("azure_data_lake", {
+        "tenant_id": "00000000-0000-0000-0000-000000000000",
+        "client_id": "11111111-1111-1111-1111-111111111111", "client_secret": "${AZURE_CLIENT_SECRET}",
+        "store_name": "plantlake", "data_directory": "/spraypaint"})
 
     runnable: ClassVar[bool] = False
     connections: Annotated[list[AzureDataLakeConnection], describe("Stores.", min_length=1)]
@@ -89,7 +130,18 @@ class AzureDataLakeReceiver(FileReceiver, tag="azure_data_lake", kw_only=True):
 
 @receivers.register
 class AzureDataLakeGen2Receiver(FileReceiver, tag="azure_data_lake_gen2", kw_only=True):
-    """Files in Azure Data Lake gen2 (config only in this version)."""
+    """Reads files from Azure Data Lake Storage Gen2 (config only in this version)."""
+
+    template: ClassVar[Template] = file_template(
+        "azure_data_lake_gen2", "Azure Data Lake Gen2",
+        "A template for collecting data from files in Azure Data Lake Storage Gen2", {
+            "connection_str": "<Please input the storage account connection string>",
+            "storage_container_name": "<Please input the container name>",
+            "data_directory": "/",
+        })
+    example: ClassVar[dict[str, Any]] = _example("azure_data_lake_gen2", {
+        "connection_str": "${AZURE_STORAGE_CONNECTION_STRING}", "storage_container_name": "exports",
+        "data_directory": "/spraypaint"})
 
     runnable: ClassVar[bool] = False
     connections: Annotated[list[AzureDataLakeGen2Connection], describe("Containers.", min_length=1)]

@@ -31,29 +31,32 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 import polars as pl
-import sqlalchemy as sa
-from sqlalchemy.engine import URL
 
-from connectors.registry import receivers
-from dataflows.config import (
+from dataflows.records import Batch
+from dataflows.registry import receivers
+from dataflows.sdk import (
     JsonPath,
     NonEmptyStr,
     Port,
     ReceiverConfig,
+    RunContext,
     StreamConfig,
+    StreamReader,
+    Template,
     Violation,
-    choice_violations,
     describe,
     error,
     is_placeholder,
     warning,
 )
-from dataflows.records import Batch
-from dataflows.runtime import RunContext
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a stream opens, not when the config does
+    import sqlalchemy as sa
+    from sqlalchemy.engine import URL
 
 DRIVERS = {
     "mssql": "mssql+pyodbc",
@@ -76,7 +79,7 @@ DEFAULT_INITIAL: dict[str, Any] = {
 class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """How to reach one database."""
 
-    database_type: Annotated[str, describe("One of mssql, postgresql, mysql, mariadb, sqlite.")]
+    database_type: Annotated[str, describe("The database.", choices=list(DRIVERS))]
     host: Annotated[str | None, describe("Hostname or IP address of the server.")] = None
     port: Annotated[Port | None, describe("TCP port of the server.")] = None
     username: Annotated[str | None, describe("User to log in as.")] = None
@@ -88,6 +91,8 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
     def url(self) -> URL:
         """The SQLAlchemy URL (password included; never log it, log :meth:`describe` instead)."""
+        from sqlalchemy.engine import URL
+
         query: dict[str, str] = {}
         if self.database_type == "postgresql" and self.ssl:
             query["sslmode"] = "require"
@@ -107,7 +112,7 @@ class StateField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     """One column of a stream's cursor."""
 
     column_name: Annotated[NonEmptyStr, describe("Result column, also the bind parameter :name.")]
-    data_type: Annotated[str, describe("One of timestamp, integer, float, string.")]
+    data_type: Annotated[str, describe("Type of the column's values.", choices=DATA_TYPES)]
     initial_value: Annotated[str | int | float | None, describe("Value on the first run.")] = None
 
     def initial(self) -> Any:
@@ -148,9 +153,46 @@ def _params(query: str) -> set[str]:
 
 @receivers.register
 class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
-    """Polls SQL databases with incremental queries."""
+    """Polls SQL databases (mssql, postgresql, mysql, mariadb, sqlite) with incremental queries."""
 
     title: ClassVar[str] = "SQL"
+    template: ClassVar[Template] = Template(
+        "SQL", "A template for collecting data from a SQL server", {
+            "data_receiver_name": "receiver_0", "protocol": "sql", "poll_interval": 10,
+            "connections": [{
+                "host": "<Please input the hostname or IP address (e.g. 127.0.0.1)>",
+                "port": 5432,
+                "username": "<Please input the username for login>",
+                "password": "<Please input the password for login>",
+                "database_type": "<Please specify the type of database (e.g. postgresql)>",
+                "database_name": "<Please specify the name of the database to access>",
+                "ssl": False,
+            }],
+            "streams": [{
+                "asset": "<Please input the asset name (e.g. BoltMech)>",
+                "stream_type": "<Please input the stream type (e.g. bolts)>",
+                "query": "<Please input the SQL query (e.g. SELECT * FROM boltmech WHERE id > :id "
+                         "ORDER BY id ASC LIMIT 100)>",
+                "state_fields": [{
+                    "column_name": "<Please input the column name (e.g. id)>",
+                    "data_type": "<Please input the data type (e.g. integer)>",
+                }],
+            }],
+        }, [{"transform_name": "transform_1", "transform_type": "convert_timestamps",
+             "filter_stream": ["*"],
+             "field_names": "<Please input the name of the timestamp field (e.g. \"datetime\")>"}])
+    example: ClassVar[dict[str, Any]] = {
+        "data_receiver_name": "SQL Plugin 1", "protocol": "sql", "poll_interval": 5,
+        "connections": [{"database_type": "postgresql", "host": "db.plant.local", "port": 5432,
+                         "username": "collector", "password": "${PG_PASSWORD}",
+                         "database_name": "mes"}],
+        "streams": [{"asset": "lasercut", "stream_type": "cycle",
+                     "query": "SELECT * FROM lasercut WHERE timestamp > :timestamp "
+                              "OR (timestamp = :timestamp AND id > :id) ORDER BY timestamp, id",
+                     "state_fields": [
+                         {"column_name": "timestamp", "data_type": "timestamp",
+                          "initial_value": "2024-01-01 00:00:00"},
+                         {"column_name": "id", "data_type": "integer", "initial_value": 0}]}]}
 
     connections: Annotated[list[SqlConnection], describe("Databases.", min_length=1)]
     streams: Annotated[list[SqlStream], describe("Queries.", min_length=1)]
@@ -161,8 +203,6 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
         names = {c.connection_name for c in self.connections}
         for c_index, conn in enumerate(self.connections):
             c_path = [*path, "connections", c_index]
-            out += choice_violations(conn.database_type, DRIVERS, "database_type",
-                                     [*c_path, "database_type"])
             if conn.database_type == "sqlite" and not conn.database_name:
                 out.append(error("sqlite needs database_name (the database file path)", c_path))
         for s_index, stream in enumerate(self.streams):
@@ -176,8 +216,6 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
                 columns.add(state_field.column_name)
                 if is_placeholder(state_field.data_type) or is_placeholder(state_field.column_name):
                     continue
-                out += choice_violations(state_field.data_type, DATA_TYPES, "data_type",
-                                         [*f_path, "data_type"])
                 if state_field.data_type in DATA_TYPES:
                     try:
                         state_field.initial()
@@ -207,6 +245,8 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
         conn = self.connection_for(stream)
         key = f"engine:{self.connections.index(conn)}"
         if key not in shared:  # one engine per connection, shared by the streams on this worker
+            import sqlalchemy as sa
+
             shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
             logging.getLogger(f"receiver.{self.data_receiver_name}").info("database %s", conn.describe())
         return _SqlStreamReader(self, stream, shared[key], resume_state)
@@ -216,13 +256,16 @@ class QueryError(RuntimeError):
     """A query ran but its result cannot advance the stream's state."""
 
 
-class _SqlStreamReader:
-    retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
+class _SqlStreamReader(StreamReader):
     marker_category = "query"
     failure_text = "Query failed"
 
     def __init__(self, receiver: SqlReceiver, stream: SqlStream, engine: sa.Engine,
                  resume_state: dict[str, Any] | None) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        self.retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
         self._receiver = receiver
         self._stream = stream
         self._engine = engine
@@ -236,7 +279,7 @@ class _SqlStreamReader:
             self._conn = self._engine.connect().execution_options(
                 stream_results=True, max_row_buffer=self._receiver.chunk_size)
             self._chunks = pl.read_database(
-                sa.text(self._stream.query), self._conn, iter_batches=True,
+                self._sa.text(self._stream.query), self._conn, iter_batches=True,
                 batch_size=self._receiver.chunk_size,
                 execute_options={"parameters": dict(self._state)})
         frame = next(self._chunks, None)
@@ -269,7 +312,7 @@ class _SqlStreamReader:
         self._chunks = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            with contextlib.suppress(sa.exc.SQLAlchemyError):  # already broken: the pool discards it
+            with contextlib.suppress(self._sa.exc.SQLAlchemyError):  # broken: the pool discards it
                 conn.close()
 
     def close(self) -> None:

@@ -27,11 +27,7 @@ within ``message.timeout.ms``, or that the broker refused, raises
 advances past an undelivered record, and a restart resends from the last snapshot
 (at-least-once; a graceful stop leaves no duplicates).
 
-Example::
-
-    {"transmit_name": "kafka", "transmit_type": "kafka",
-     "bootstrap_servers": "kafka:9092", "topic_prefix": "plant1",
-     "options": {"compression.type": "zstd"}}
+The worked example is ``KafkaTransmit.example``.
 """
 
 from __future__ import annotations
@@ -39,25 +35,28 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
 
-from connectors.registry import transmits
-from dataflows.config import (
+from dataflows.records import Batch, StreamKey, json_values, records_frame
+from dataflows.registry import transmits
+from dataflows.sdk import (
     JsonPath,
     NonEmptyStr,
+    RunContext,
     TransmitConfig,
     Violation,
+    Written,
     describe,
     error,
     warning,
 )
-from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, StreamKey, json_values, records_frame
-from dataflows.runtime import RunContext, TransmitSink, record_delivered
+
+if TYPE_CHECKING:  # confluent-kafka loads when the transmit runs, not when the config does
+    from confluent_kafka import KafkaError, Message
+
+    from dataflows.delivery import TransmitReport
 
 #: librdkafka settings factoryflow sets unless ``options`` says otherwise.
 PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
@@ -101,13 +100,14 @@ class KafkaDeliveryError(RuntimeError):
         self.first = first
 
 
-class _KafkaPartition(StatelessSinkPartition[Batch]):
-    def __init__(self, config: KafkaTransmit, ctx: RunContext) -> None:
+class _KafkaWriter:
+    def __init__(self, config: KafkaTransmit) -> None:
+        from confluent_kafka import Producer
+
         self._config = config
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
         self._producer = Producer({**config.producer_config(), "logger": self._log})
-        self._ledger = Ledger(ledger_path(ctx.home))
         self._pending = 0
         self._errors: list[KafkaError] = []
 
@@ -136,8 +136,8 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
                 count += 1
         return count
 
-    def write_batch(self, items: list[Batch]) -> None:
-        total = sum(self._produce(batch) for batch in items)
+    def write(self, batches: list[Batch]) -> Written:
+        total = sum(self._produce(batch) for batch in batches)
         started = time.monotonic()
         last_log = started
         while self._pending > 0:
@@ -149,16 +149,14 @@ class _KafkaPartition(StatelessSinkPartition[Batch]):
         if self._errors:
             failure = KafkaDeliveryError(self._name, len(self._errors), total, self._errors[0])
             self._errors = []
-            self._ledger.mark_error(self._name, str(failure))
             raise failure
-        record_delivered(self._ledger, self._name, items, self._log, "messages")  # all acknowledged
+        return "delivered"  # every message acknowledged
 
     def close(self) -> None:
         left = self._producer.flush(30)
         if left:
             self._log.warning("closing with %d messages unacknowledged (they are resent on restart)",
                               left)
-        self._ledger.close()
 
 
 OptionValue = str | int | float | bool
@@ -166,9 +164,13 @@ OptionValue = str | int | float | bool
 
 @transmits.register
 class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
-    """Produces one Kafka message per record (confluent-kafka); see the module docstring."""
+    """Produces one Kafka message per record (confluent-kafka), acknowledged by the broker."""
 
     title: ClassVar[str] = "Kafka"
+    record_noun: ClassVar[str] = "messages"
+    example: ClassVar[dict[str, Any]] = {
+        "transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": "kafka:9092",
+        "topic_prefix": "plant1", "options": {"compression.type": "zstd"}}
 
     bootstrap_servers: Annotated[NonEmptyStr, describe("Kafka brokers, 'host:port,host:port'.")]
     topic: Annotated[NonEmptyStr | None, describe("One fixed topic for every record.")] = None
@@ -202,12 +204,15 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         """The librdkafka settings of the producer: defaults, then ``options``."""
         return {**PRODUCER_DEFAULTS, **self.options, "bootstrap.servers": self.bootstrap_servers}
 
-    def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return TransmitSink(_KafkaPartition, self, ctx)
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> _KafkaWriter:
+        return _KafkaWriter(self)
 
 
 @transmits.register
 class RdpV3Transmit(KafkaTransmit, tag="rdpv3", kw_only=True):
-    """FactoryTX's ``rdpv3`` transmit: the ``kafka`` transmit under FactoryTX's name."""
+    """The ``kafka`` transmit under FactoryTX's name for it."""
 
     title: ClassVar[str] = "Sight Machine RDPv3 (Kafka)"
+    example: ClassVar[dict[str, Any]] = {
+        "transmit_name": "rdpv3", "transmit_type": "rdpv3", "bootstrap_servers": "kafka:9092",
+        "topic": "factoryflow"}

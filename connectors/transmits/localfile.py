@@ -11,24 +11,22 @@ read and appended again (duplicates, never gaps). A graceful stop (SIGTERM) leav
 duplicates. Each write logs a progress line per stream: records in the batch, records
 delivered in all, last ``timestamp``; the totals live in the delivery ledger.
 
-Example: ``{"transmit_name": "local", "transmit_type": "localfile"}``.
+The worked example is ``LocalFileTransmit.example``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-
-from connectors.registry import transmits
-from dataflows.config import TransmitConfig
-from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, records_frame
-from dataflows.runtime import RunContext, TransmitSink, record_delivered
+from dataflows.registry import transmits
+from dataflows.sdk import RunContext, TransmitConfig, Written
+
+if TYPE_CHECKING:
+    from dataflows.delivery import TransmitReport
 
 
 def file_name(batch: Batch) -> str:
@@ -37,15 +35,11 @@ def file_name(batch: Batch) -> str:
     return f"{safe.sub('_', batch.stream.asset)}__{safe.sub('_', batch.stream.stream_type)}.jsonl"
 
 
-class _LocalFilePartition(StatelessSinkPartition[Batch]):
+class _LocalFileWriter:
     def __init__(self, config: LocalFileTransmit, ctx: RunContext) -> None:
-        self._config = config
-        self._ctx = ctx
         self._dir = ctx.component_dir(config.transmit_name)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[bytes]] = {}
-        self._ledger = Ledger(ledger_path(ctx.home))
-        self._log = logging.getLogger(f"transmit.{config.transmit_name}")
 
     def _file(self, name: str) -> IO[bytes]:
         if name not in self._files:
@@ -56,19 +50,18 @@ class _LocalFilePartition(StatelessSinkPartition[Batch]):
                 _fsync_dir(self._dir)
         return self._files[name]
 
-    def write_batch(self, items: list[Batch]) -> None:
-        for batch in items:
+    def write(self, batches: list[Batch]) -> Written:
+        for batch in batches:
             if batch.frame.height:
                 records_frame(batch).write_ndjson(self._file(file_name(batch)))
         for handle in self._files.values():
             handle.flush()
             os.fsync(handle.fileno())
-        record_delivered(self._ledger, self._config.transmit_name, items, self._log)  # durable now
+        return "delivered"  # on disk
 
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
-        self._ledger.close()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,6 +77,7 @@ class LocalFileTransmit(TransmitConfig, tag="localfile", kw_only=True):
     """Appends records as JSON lines under ``$FACTORYFLOW_HOME/components/<transmit_name>/``."""
 
     title: ClassVar[str] = "Local File"
+    example: ClassVar[dict[str, Any]] = {"transmit_name": "local", "transmit_type": "localfile"}
 
-    def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return TransmitSink(_LocalFilePartition, self, ctx)
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> _LocalFileWriter:
+        return _LocalFileWriter(self, ctx)

@@ -36,11 +36,7 @@ change, across restarts. When the outbox holds ``outbox_max_bytes``, ``write_bat
 resumes with what the outbox holds; a crash between a 2xx and the delete resends that post
 (at-least-once).
 
-Example::
-
-    {"transmit_name": "sight_machine", "transmit_type": "remotedatapost",
-     "base_url": "https://plant.sightmachine.io", "API_key_ID": "factory-edge",
-     "API_key": "${SM_API_KEY}", "poll_interval": 5}
+The worked example is ``RemoteDataPost.example``.
 """
 
 from __future__ import annotations
@@ -55,26 +51,27 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, Annotated, Any, ClassVar, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import bson
-import httpx
 import msgspec
 import polars as pl
 import tenacity
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.registry import transmits
 from connectors.transmits._outbox import Entry, Outbox
-from dataflows.config import JsonPath, TransmitConfig, Violation, describe, error
+from dataflows.backoff import Backoff
+from dataflows.delivery import TransmitReport
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, json_values, records_frame
-from dataflows.runtime import RunContext, TransmitSink
+from dataflows.registry import transmits
+from dataflows.sdk import JsonPath, RunContext, TransmitConfig, Violation, Written, describe, error
+
+if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config does
+    import httpx
 
 #: ``max_request_size_bytes`` may not exceed this (the Sight Machine ingest limit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-#: The longest wait between retries, seconds.
-MAX_BACKOFF = 300.0
+#: The sender's retries: 1 s doubling, up to 1 s of jitter, capped at 300 s.
+SENDER_BACKOFF = Backoff(initial=1.0, jitter=1.0)
 #: Where settings the config omits come from.
 ENVIRONMENT = {"base_url": "SIGHT_MACHINE_BASE_URL", "API_key": "SIGHT_MACHINE_API_KEY",
                "API_key_ID": "SIGHT_MACHINE_API_KEY_ID"}
@@ -90,6 +87,8 @@ def sslogs(batch: Batch, now: datetime) -> list[tuple[str | None, bytes]]:
     A record without a ``timestamp`` (no column, or null) is stamped ``now`` (UTC-aware).
     See the module docstring for the document's shape.
     """
+    import bson
+
     frame = records_frame(batch, SSLOG_TIME).drop("asset", "stream_type")
     frame = frame.with_columns(pl.col(name).cast(pl.Float64)  # BSON has no Python Decimal
                                for name, dtype in frame.schema.items() if isinstance(dtype, pl.Decimal))
@@ -144,7 +143,9 @@ class Sender:
 
     :param config: the transmit (credentials already taken from the environment).
     :param outbox: the outbox connection this sender (thread) owns.
-    :param ledger: the ledger connection this sender (thread) owns.
+    :param ledger: the ledger connection this sender (thread) owns; deliveries, errors,
+        the outbox depth and pauses go through a :class:`~dataflows.delivery.TransmitReport`
+        over it, as every transmit's do.
     :param sleep: waits the given seconds or until stopped; returns whether stopped.
         Tests inject their own to observe backoff without waiting.
     :param clock: monotonic seconds, for ``poll_interval``.
@@ -155,9 +156,12 @@ class Sender:
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  client: httpx.Client | None = None) -> None:
+        import httpx
+
         self.config = config
         self.outbox = outbox
         self.ledger = ledger
+        self.report = TransmitReport(ledger, config.transmit_name, config.record_noun)
         self.stop = stop or threading.Event()
         self.wake = wake or threading.Event()
         self._sleep = sleep or self.stop.wait
@@ -170,14 +174,14 @@ class Sender:
 
     def resume_or_stay_paused(self) -> None:
         """At start: stay paused if paused under the same settings, else clear the pause."""
-        paused_under = self.ledger.paused_fingerprint(self._name)
+        paused_under = self.report.paused_fingerprint()
         if paused_under == self.config.fingerprint():
             self.paused = True
             self._log.error("paused: the endpoint refused these credentials before; change "
                             "base_url, API_key or API_key_ID to resume (%d records wait in the "
                             "outbox)", self.outbox.depth()[0])
         elif paused_under is not None:
-            self.ledger.pause(self._name, None)
+            self.report.pause(None)
             self._log.info("settings changed since the endpoint refused them: resuming")
 
     def run(self) -> None:
@@ -197,7 +201,7 @@ class Sender:
                 break  # stopped while retrying; the outbox keeps the records
             except Exception as exc:  # a dead sender would stall delivery silently: log, go on
                 self._log.exception("sender failed; trying again in 10 s")
-                self.ledger.mark_error(self._name, f"sender failed: {exc!r}")
+                self.report.failed(f"sender failed: {exc!r}")
                 self.stop.wait(10.0)
 
     def send_once(self, force: bool = False) -> bool:
@@ -218,8 +222,8 @@ class Sender:
             self._post_with_retries(entries)
         except PostRefused as refused:
             self.paused = True
-            self.ledger.pause(self._name, config.fingerprint())
-            self.ledger.mark_error(self._name, str(refused))
+            self.report.pause(config.fingerprint())
+            self.report.failed(str(refused))
             self._log.error("%s; the transmit is paused until its settings change (%d records "
                             "wait in the outbox)", refused, self.outbox.depth()[0])
             return True
@@ -230,17 +234,14 @@ class Sender:
             per_stream[entry.stream].append(entry)
         for stream, part in per_stream.items():
             latest = max((e.timestamp for e in part if e.timestamp), default=None)
-            total = self.ledger.record_delivery(self._name, stream, len(part), latest)
-            self._log.info("%s: +%d sslogs posted, %d delivered", stream, len(part), total)
-        depth = self.outbox.depth()
-        self.ledger.mark_success(self._name)
-        self.ledger.mark_outbox(self._name, *depth)
+            self.report.delivered(stream, len(part), latest)
+        self.report.outbox(*self.outbox.depth())
         return True
 
     def _post_with_retries(self, entries: list[Entry]) -> None:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(PostFailed),
-            wait=tenacity.wait_exponential_jitter(initial=1, max=MAX_BACKOFF, jitter=1),
+            wait=SENDER_BACKOFF.wait(),
             stop=lambda _state: self.stop.is_set(),
             sleep=self._sleep,
             before_sleep=self._before_retry,
@@ -251,7 +252,7 @@ class Sender:
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        self.ledger.mark_error(self._name, str(failure))
+        self.report.failed(str(failure))
         self._log.warning("%s; retry %d in %.1f s (%d records wait in the outbox)", failure,
                           state.attempt_number, wait, self.outbox.depth()[0])
 
@@ -261,6 +262,8 @@ class Sender:
         :raises PostRefused: 401 or 403.
         :raises PostFailed: any other non-2xx, a timeout, a transport error.
         """
+        import httpx
+
         config = self.config
         url = f"{(config.base_url or '').rstrip('/')}{SSLOG_PATH}"
         headers = {"X-SM-API-Key-ID": config.API_key_ID or "", "X-SM-API-Key": config.API_key or ""}
@@ -282,14 +285,16 @@ class Sender:
         self._client.close()
 
 
-class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
-    def __init__(self, config: RemoteDataPost, ctx: RunContext) -> None:
+class _RemoteDataPostWriter:
+    """Stores batches in the outbox; one sender thread per outbox drains it."""
+
+    def __init__(self, config: RemoteDataPost, ctx: RunContext, report: TransmitReport) -> None:
         self._config = config
         self._ctx = ctx
+        self._report = report
         self._name = config.transmit_name
         directory = ctx.component_dir(self._name)
         self._outbox = Outbox(directory / "outbox.sqlite")
-        self._ledger = Ledger(ledger_path(ctx.home))
         self._log = logging.getLogger(f"transmit.{self._name}")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -317,10 +322,10 @@ class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
             sender.outbox.close()
             sender.ledger.close()
 
-    def write_batch(self, items: list[Batch]) -> None:
+    def write(self, batches: list[Batch]) -> Written:
         now = self._ctx.now()
         rows: list[tuple[str, str | None, bytes]] = []
-        for batch in items:
+        for batch in batches:
             if not batch.frame.height:
                 continue
             stream = str(batch.stream)
@@ -328,13 +333,10 @@ class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
             rows.extend((stream, timestamp, body) for timestamp, body in encoded)
         self._wait_for_room(sum(len(body) for _, _, body in rows))
         self._outbox.append(rows)
-        records, size = self._outbox.depth()
-        self._ledger.mark_outbox(self._name, records, size)
-        for batch in items:  # stored durably: the receiver may act on it
-            if batch.ack_key is not None:
-                self._ledger.ack(batch.receiver, str(batch.stream), batch.ack_key, self._name)
+        self._report.outbox(*self._outbox.depth())
         if rows:
             self._wake.set()
+        return "stored"  # durably in the outbox: the receiver may act on it
 
     def _wait_for_room(self, size: int) -> None:
         budget = self._config.outbox_max_bytes
@@ -357,14 +359,24 @@ class _RemoteDataPostPartition(StatelessSinkPartition[Batch]):
         if self._lock is not None:
             self._lock.close()
         self._outbox.close()
-        self._ledger.close()
 
 
 @transmits.register
 class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
-    """Posts records to the Sight Machine cloud through a durable outbox; see the module docstring."""
+    """Posts records to the Sight Machine cloud (RDPv2) through a durable outbox."""
 
     title: ClassVar[str] = "Sight Machine (remotedatapost)"
+    record_noun: ClassVar[str] = "sslogs"
+    template: ClassVar[dict[str, Any]] = {
+        "transmit_name": "transmit_0",
+        "base_url": "https://<tenant name>.sightmachine.io",
+        "API_key_ID": "<Please input your API key ID>",
+        "API_key": "<Please input your API key>",
+    }
+    example: ClassVar[dict[str, Any]] = {
+        "transmit_name": "sight_machine", "transmit_type": "remotedatapost",
+        "base_url": "https://plant.sightmachine.io", "API_key_ID": "factory-edge",
+        "API_key": "${SM_API_KEY}", "poll_interval": 5}
 
     base_url: Annotated[
         str | None, describe("Sight Machine tenant URL; default $SIGHT_MACHINE_BASE_URL.")] = None
@@ -412,5 +424,5 @@ class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
         text = "\0".join([self.base_url or "", self.API_key_ID or "", self.API_key or ""])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def sink(self, ctx: RunContext) -> DynamicSink[Batch]:
-        return TransmitSink(_RemoteDataPostPartition, self, ctx)
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> _RemoteDataPostWriter:
+        return _RemoteDataPostWriter(self, ctx, report)

@@ -15,12 +15,12 @@ Implements ``convert_timestamps`` of ``shared/specs/factorytx-digest.md``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import polars as pl
 
-from connectors.registry import transforms
-from dataflows.config import (
+from dataflows.registry import transforms
+from dataflows.sdk import (
     JsonPath,
     TransformConfig,
     Violation,
@@ -34,6 +34,10 @@ from dataflows.timestamps import EpochUnit, TimestampError, to_utc
 @transforms.register
 class ConvertTimestamps(TransformConfig, tag="convert_timestamps", kw_only=True):
     """Converts timestamp columns to UTC."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "transform_name": "plant time", "transform_type": "convert_timestamps",
+        "field_names": ["timestamp"], "timezone": "America/Chicago"}
 
     field_names: Annotated[str | list[str] | None, describe("Columns to convert.")] = None
     field_name: Annotated[str | None, describe("Older single-column form of field_names.")] = None

@@ -7,13 +7,13 @@ quickstart's "Rename 1" / "Rename 2").
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import polars as pl
 
-from connectors.registry import transforms
-from dataflows.config import TransformConfig, describe
+from dataflows.registry import transforms
+from dataflows.sdk import TransformConfig, describe
 
 
 class Rename(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -26,6 +26,10 @@ class Rename(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 @transforms.register
 class RenameTransform(TransformConfig, tag="rename", kw_only=True):
     """Renames columns."""
+
+    example: ClassVar[dict[str, Any]] = {
+        "transform_name": "Rename 1", "transform_type": "rename",
+        "renames": [{"from": "machine", "to": "machine_name"}]}
 
     renames: Annotated[list[Rename], describe("Renames, applied in order.", min_length=1)]
 

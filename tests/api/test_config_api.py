@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connectors import registry
+from dataflows import registry
 from dataflows.config import validate
 from tests.api.conftest import Api, make_api
 from tests.specs import rest_examples, spec_text

@@ -9,7 +9,7 @@ import msgspec
 import psutil
 import pytest
 
-from connectors import registry
+from dataflows import registry
 from dataflows.ledger import Ledger, Marker, ledger_path
 from dataflows.main import LOG_FORMAT
 from dataflows.secrets import RedactingFilter

@@ -11,7 +11,8 @@ import pytest
 
 from connectors.receivers.sql import SqlConnection, SqlReceiver
 from dataflows import config as cfg
-from dataflows.config import ConfigError, Violation, load, read_document, secret_paths, validate
+from dataflows.config import ConfigError, Violation, load, read_document, validate
+from dataflows.sdk import secret_paths
 from tests.specs import quickstart, rest_examples, templates
 
 

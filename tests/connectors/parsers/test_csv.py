@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
 from connectors.parsers.csv import CsvParser, ParseError, SpreadsheetParser
 from dataflows.config import load
+from tests.connectors.conformance import ParserHarness, parser_harness
 
 
 def parser(parser_type: str = "csv", **keys: object):
@@ -140,3 +142,26 @@ def test_spreadsheet_legacy_options() -> None:
 
 def test_parser_types_are_registered() -> None:
     assert isinstance(parser(), CsvParser)
+
+
+@parser_harness
+class CsvHarness(ParserHarness):
+    """Comma-separated text with a header; bad input has a line with too few fields."""
+
+    parser_type = "csv"
+
+    def parser(self) -> dict[str, Any]:
+        return {"parser_name": "conformance", "parser_type": self.parser_type}
+
+    def good(self, seqs: range) -> bytes:
+        return ("seq,value\n" + "".join(f"{s},{s / 2}\n" for s in seqs)).encode()
+
+    def bad(self) -> bytes:
+        return b"seq,value\n1,0.5\n2\n"
+
+
+@parser_harness
+class SpreadsheetHarness(CsvHarness):
+    """The legacy spreadsheet parser on the same files."""
+
+    parser_type = "spreadsheet"

@@ -15,6 +15,7 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import StreamKey
 from dataflows.runtime import RunContext, _ReceiverPartition
+from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
 
 STREAM = StreamKey("machine", "temperature")
@@ -142,9 +143,9 @@ def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Pat
     (inbox / "good.csv").write_bytes(b"a,b\n5,6\n")
     os.utime(bad, (1, 1))
     reader = open_reader(tmp_path)
-    with caplog.at_level(logging.ERROR):
-        assert [Path(b.source).name for b in drain(reader)] == ["good.csv"]
-    assert f"machine:temperature: {bad}, line 3: expected 2 fields, found 1; the file is skipped" in caplog.text
+    assert [Path(b.source).name for b in drain(reader)] == ["good.csv"]
+    assert reader.take_bad_input() == [
+        f"{bad}, line 3: expected 2 fields, found 1; the file is skipped until it changes"]
     assert drain(reader) == []
     bad.write_bytes(b"a,b\n1,2\n3,4\n")
     assert [b.frame["a"].to_list() for b in drain(reader)] == [[1, 3]]
@@ -190,3 +191,34 @@ def test_missing_directory_is_retried_with_backoff(tmp_path: Path, caplog: pytes
     clock.now = partition.next_poll
     assert [b.frame.height for b in partition.next_batch()] == [1]
     assert partition.next_poll == clock.now + timedelta(seconds=2)
+
+
+@receiver_harness
+class LocalFileHarness(ReceiverHarness):
+    """CSV files appearing in a directory, one file per :meth:`add`, oldest first."""
+
+    protocol = "localfile"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.directory = tmp_path / "files"
+        self.directory.mkdir()
+        self.files = 0
+
+    def _write(self, name: str, text: str) -> None:
+        self.files += 1
+        path = self.directory / name
+        path.write_text(text)
+        os.utime(path, (1_000_000 + self.files, 1_000_000 + self.files))  # mtime order = write order
+
+    def receiver(self) -> dict[str, Any]:
+        return {"data_receiver_name": "conformance", "protocol": "localfile", "poll_interval": 1,
+                "connections": [{"data_directory": str(self.directory)}],
+                "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+                "streams": [{"asset": "conformance", "stream_type": "test", "file_filter": ["*.csv"]}]}
+
+    def add(self, seqs: range) -> None:
+        self._write(f"part-{self.files:04d}.csv", "seq,value\n" + "".join(f"{s},{s / 2}\n" for s in seqs))
+
+    def break_input(self) -> None:
+        self._write(f"bad-{self.files:04d}.csv", "seq,value\n1,2\n3\n")

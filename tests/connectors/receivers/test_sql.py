@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.runtime import PartitionState, RunContext, _ReceiverPartition
+from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
 from tests.services.postgres import Postgres, free_port, postgres_server
 
@@ -221,3 +222,46 @@ def test_connection_urls_per_database_type(connection: dict[str, Any], expected:
     conn = receiver(connection).connections[0]
     assert conn.describe() == expected  # the password never appears in what is logged
     assert "islaNublar93" not in conn.describe()
+
+
+@receiver_harness
+class SqlHarness(ReceiverHarness):
+    """A table in a SQLite file, read by ``seq``; bad input is the table gone (the query fails)."""
+
+    protocol = "sql"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.path = tmp_path / "conformance.sqlite"
+        self.engine = sa.create_engine(f"sqlite:///{self.path}")
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE readings (seq INTEGER PRIMARY KEY, value FLOAT)"))
+
+    def receiver(self) -> dict[str, Any]:
+        return {"data_receiver_name": "conformance", "protocol": "sql", "poll_interval": 1,
+                "connections": [{"database_type": "sqlite", "database_name": str(self.path)}],
+                "streams": [{"asset": "conformance", "stream_type": "test",
+                             "query": "SELECT * FROM readings WHERE seq > :seq ORDER BY seq",
+                             "state_fields": [{"column_name": "seq", "data_type": "integer",
+                                               "initial_value": -1}]}]}
+
+    def add(self, seqs: range) -> None:
+        table = "readings_away" if self._broken() else "readings"
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {table} VALUES (:seq, :value)"),
+                         [{"seq": s, "value": s / 2} for s in seqs])
+
+    def _broken(self) -> bool:
+        return "readings_away" in sa.inspect(self.engine).get_table_names()
+
+    def break_input(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE readings RENAME TO readings_away"))
+
+    def heal(self) -> None:
+        if self._broken():
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE readings_away RENAME TO readings"))
+
+    def close(self) -> None:
+        self.engine.dispose()

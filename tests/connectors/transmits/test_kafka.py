@@ -24,6 +24,7 @@ from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
 from tests.conftest import NAB_ROWS
+from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.nab import expected_utc
 from tests.services.kafka import KafkaBroker, kafka_broker
 from tests.services.postgres import free_port
@@ -206,3 +207,31 @@ def test_broker_down_for_20_seconds_loses_nothing(tmp_path: Path, nab_machine_cs
     values = [json.loads(m.value)["value"] for m in sorted(messages, key=lambda m: m.offset)]
     assert len(messages) == NAB_ROWS  # the idempotent producer's retries added no duplicate
     assert values == nab_values(nab_machine_csv)  # and none is out of order
+
+
+@transmit_harness
+class KafkaHarness(TransmitHarness):
+    """A topic of the session's broker, read back with a fresh consumer."""
+
+    transmit_type = "kafka"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.broker: KafkaBroker = request.getfixturevalue("kafka")
+        self.topic = f"conformance-{self.transmit_type}-{tmp_path.name}"
+        self.broker.create_topic(self.topic, 1)
+
+    def transmit(self, home: Path) -> dict[str, Any]:
+        return {"transmit_name": "conformance", "transmit_type": self.transmit_type,
+                "bootstrap_servers": self.broker.bootstrap, "topic": self.topic}
+
+    def durable_seqs(self, home: Path, expected: int) -> list[int]:
+        messages = self.broker.consume(self.topic, expected, timeout=10, idle=0.5)
+        return [json.loads(m.value)["seq"] for m in messages]
+
+
+@transmit_harness
+class RdpV3Harness(KafkaHarness):
+    """The same under FactoryTX's name."""
+
+    transmit_type = "rdpv3"

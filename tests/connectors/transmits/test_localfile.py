@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -14,6 +15,7 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
+from tests.connectors.conformance import TransmitHarness, transmit_harness
 
 
 def transmit() -> LocalFileTransmit:
@@ -56,3 +58,17 @@ def test_appends_across_batches_and_restarts(tmp_path: Path) -> None:
     lines = (tmp_path / "components" / "local out" / "a__s.jsonl").read_text().splitlines()
     assert [json.loads(line)["v"] for line in lines] == [1, 2, 1, 2]
     assert Ledger(ledger_path(tmp_path)).progress("local out", "a:s") == (4, None)
+
+
+@transmit_harness
+class LocalFileTransmitHarness(TransmitHarness):
+    """JSON lines under the transmit's component directory."""
+
+    transmit_type = "localfile"
+
+    def transmit(self, home: Path) -> dict[str, Any]:
+        return {"transmit_name": "conformance", "transmit_type": "localfile"}
+
+    def durable_seqs(self, home: Path, expected: int) -> list[int]:
+        path = home / "components" / "conformance" / "conformance__test.jsonl"
+        return [json.loads(line)["seq"] for line in path.read_text().splitlines()] if path.exists() else []

@@ -25,6 +25,7 @@ from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
 from tests.conftest import NAB_ROWS
+from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.simulators.sightmachine import SightMachineSimulator
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -284,3 +285,27 @@ def test_outbox_survives_sigkill_of_the_dataflow(tmp_path: Path, nab_machine_csv
     duplicates = sum(received.values()) - sum(expected.values())
     assert duplicates >= 0
     print(f"outbox after SIGKILL: {sum(received.values())} sslogs received, {duplicates} duplicates")
+
+
+@transmit_harness
+class RemoteDataPostHarness(TransmitHarness):
+    """The Sight Machine simulator, and the transmit's outbox for what is not posted yet."""
+
+    transmit_type = "remotedatapost"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.simulator: SightMachineSimulator = request.getfixturevalue("sight_machine")
+
+    def transmit(self, home: Path) -> dict[str, Any]:
+        return {**self.simulator.transmit(), "transmit_name": "conformance", "poll_interval": 0.2}
+
+    def durable_seqs(self, home: Path, expected: int) -> list[int]:
+        # the outbox first: a record posted meanwhile is then on the simulator, never missed
+        outbox = Outbox(home / "components" / "conformance" / "outbox.sqlite")
+        try:
+            stored = [bson.decode(e.body)["fieldvalues"]["seq"]["value"]
+                      for e in outbox.peek(1_000_000, 1 << 40)]
+        finally:
+            outbox.close()
+        return seqs(self.simulator) + stored

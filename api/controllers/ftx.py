@@ -1,0 +1,42 @@
+"""``/v1/ftx/start``, ``/v1/ftx/stop`` and ``/v1/ftx/restart``: the dataflow process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, post
+
+from api.errors import NotRunning, ok
+from api.installation import Inst, Installation
+
+
+def _control(inst: Installation, action: str) -> Any:
+    with inst.config_lock:
+        result = getattr(inst.supervisor, action)()  # CannotStart: mapped in api.errors
+    if action != "stop" and result != "running":
+        raise NotRunning(result)
+    return ok(result)
+
+
+class FtxController(Controller):
+    """Start, stop and restart the supervised dataflow."""
+
+    path = "/v1/ftx"
+
+    @post("/start", sync_to_thread=True, status_code=200, operation_id="ftx_start",
+          summary="Start the dataflow")
+    def start(self, inst: Inst) -> Any:
+        """Start the dataflow (``"running"``)."""
+        return _control(inst, "start")
+
+    @post("/stop", sync_to_thread=True, status_code=200, operation_id="ftx_stop",
+          summary="Stop the dataflow")
+    def stop(self, inst: Inst) -> Any:
+        """Stop the dataflow gracefully (``"stopped"``)."""
+        return _control(inst, "stop")
+
+    @post("/restart", sync_to_thread=True, status_code=200, operation_id="ftx_restart",
+          summary="Restart the dataflow")
+    def restart(self, inst: Inst) -> Any:
+        """Stop, then start the dataflow (``"running"``)."""
+        return _control(inst, "restart")

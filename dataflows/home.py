@@ -1,0 +1,89 @@
+"""The layout of an installation, ``$FACTORYFLOW_HOME``, in one place.
+
+::
+
+    $FACTORYFLOW_HOME/                   default ./.factoryflow
+      conf.d/config.json                 the config ($FACTORYFLOW_CONFIG overrides it)
+      recovery/                          bytewax's recovery store (one partition)
+      log/factorytx_core.log             the dataflow's log (factorytx_web.log: the API's)
+      log/dataflow-console.log           the supervised dataflow's console output
+      state/ledger.sqlite                delivery ledger, markers, counts
+      state/control.sqlite               requests from the API to the dataflow (restream)
+      state/dataflow.pid                 the pid of the dataflow the API supervises
+      components/<name>/                 a component's own data (outbox, JSON lines, ...)
+
+Every path here is absolute when ``home`` is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: The log files of an installation: the dataflow's and the control API's.
+CORE_LOG = "factorytx_core.log"
+WEB_LOG = "factorytx_web.log"
+CONSOLE_LOG = "dataflow-console.log"
+
+
+def home_dir() -> Path:
+    """``$FACTORYFLOW_HOME``, default ``./.factoryflow``, absolute."""
+    return Path(os.environ.get("FACTORYFLOW_HOME", ".factoryflow")).resolve()
+
+
+def default_config_path(home: Path) -> Path:
+    """``<home>/conf.d/config.json``: where the config lives unless ``$FACTORYFLOW_CONFIG`` says."""
+    return home / "conf.d" / "config.json"
+
+
+def config_path(home: Path) -> Path:
+    """``$FACTORYFLOW_CONFIG``, default ``<home>/conf.d/config.json``."""
+    return Path(os.environ.get("FACTORYFLOW_CONFIG", default_config_path(home)))
+
+
+def recovery_dir(home: Path) -> Path:
+    """``<home>/recovery``: bytewax's recovery store."""
+    return home / "recovery"
+
+
+def log_dir(home: Path) -> Path:
+    """``<home>/log``: the log files."""
+    return home / "log"
+
+
+def state_dir(home: Path) -> Path:
+    """``<home>/state``: the ledger, the control store and the pid file."""
+    return home / "state"
+
+
+def ledger_path(home: Path) -> Path:
+    """``<home>/state/ledger.sqlite``: the delivery ledger (:mod:`dataflows.ledger`)."""
+    return state_dir(home) / "ledger.sqlite"
+
+
+def control_path(home: Path) -> Path:
+    """``<home>/state/control.sqlite``: the control store (:mod:`dataflows.control`)."""
+    return state_dir(home) / "control.sqlite"
+
+
+def pid_path(home: Path) -> Path:
+    """``<home>/state/dataflow.pid``: the pid of the supervised dataflow."""
+    return state_dir(home) / "dataflow.pid"
+
+
+def component_dir(home: Path, name: str) -> Path:
+    """``<home>/components/<name>``: the data directory of the component ``name``."""
+    return home / "components" / name
+
+
+def init_recovery(directory: Path) -> Path:
+    """Create and initialise a bytewax recovery directory (one partition) unless it exists.
+
+    The same as ``mkdir DIR && python -m bytewax.recovery DIR 1``.
+    """
+    if not directory.exists():
+        from bytewax.recovery import init_db_dir
+
+        directory.mkdir(parents=True)
+        init_db_dir(directory, 1)
+    return directory

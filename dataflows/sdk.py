@@ -1,0 +1,453 @@
+"""The component SDK: what a receiver, parser, transform or transmit is made of.
+
+A component is one module holding a config Struct registered with its kind's registry
+(:mod:`dataflows.registry`), a worked ``example``, for receivers a ``template``, and
+the code it runs. The Struct subclasses one of the bases here and fills in its hook:
+
+================  ====================  ==============================================
+kind              base                  hook (no I/O in the Struct or in the hook call)
+================  ====================  ==============================================
+receiver          :class:`ReceiverConfig`  ``open_stream(...)`` -> a :class:`StreamReader`
+parser            :class:`ParserConfig`    ``parse(prefix, body, ...)`` -> a frame, or
+                                           :class:`ParseError`
+transform         :class:`TransformConfig` ``apply(frame)`` -> (frame, warnings)
+transmit          :class:`TransmitConfig`  ``open_writer(ctx, report)`` -> a
+                                           :class:`TransmitWriter`
+================  ====================  ==============================================
+
+The runtime (:mod:`dataflows.runtime`, :mod:`dataflows.delivery`) does the rest: polling,
+backoff, markers, state and restream for receivers; the ledger, delivered counts,
+acknowledgements, error markers and progress lines for transmits.
+
+Fields are declared with :func:`describe` (description, constraints, ``secret``,
+``choices``), so validation, redaction, ``/v1/meta`` and the docs read one source.
+
+Implements the component model of ``shared/specs/factorytx-digest.md``; see
+``docs/connectors.md`` ("Writing a connector").
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    get_args,
+    get_origin,
+)
+
+import msgspec
+
+from dataflows import home as layout
+from dataflows.records import Batch, StreamKey
+
+if TYPE_CHECKING:
+    import polars as pl
+    from bytewax.outputs import Sink
+
+    from dataflows.delivery import TransmitReport
+
+JsonPath = list[str | int]
+Level = Literal["error", "warning"]
+
+
+# --------------------------------------------------------------------------- violations
+
+
+class Violation(msgspec.Struct, frozen=True):
+    """One problem in a config document.
+
+    :ivar description: what is wrong, for a person.
+    :ivar json_path: where: keys (str) and zero-based list indexes (int) from the root.
+    :ivar level: ``"error"`` (the config cannot run) or ``"warning"``.
+    """
+
+    description: str
+    json_path: JsonPath
+    level: Level = "error"
+
+
+def error(description: str, path: JsonPath) -> Violation:
+    """An error-level :class:`Violation`."""
+    return Violation(description, list(path), "error")
+
+
+def warning(description: str, path: JsonPath) -> Violation:
+    """A warning-level :class:`Violation`."""
+    return Violation(description, list(path), "warning")
+
+
+# --------------------------------------------------------------------------- field metadata
+
+
+def describe(description: str, *, secret: bool = False, choices: Sequence[str] | None = None,
+             **constraints: Any) -> msgspec.Meta:
+    """Field metadata: a description, msgspec constraints, whether it is a secret, and the
+    accepted values of an enumerated setting.
+
+    Secret fields are redacted by the API and logs (see :func:`secret_paths`). ``choices``
+    appear as ``enum`` in the JSON schema (``/v1/meta``) and are checked by validation,
+    which lets template placeholders (``"<Please ...>"``) through as warnings.
+    """
+    extra: dict[str, Any] = {}
+    if secret:
+        extra["secret"] = True
+    if choices is not None:
+        extra["choices"] = list(choices)
+        constraints["extra_json_schema"] = {"enum": list(choices)}
+    return msgspec.Meta(description=description, extra=extra or None, **constraints)
+
+
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+FilterStream = Annotated[
+    list[str],
+    describe("Streams this component applies to: '*', 'asset:stream_type', globs on each side."),
+]
+PollInterval = Annotated[
+    float, describe("Seconds between polls (FactoryTX: integer, default 5).", ge=0.05, le=65535)
+]
+
+
+def unwrap(tp: Any) -> Any:
+    """``tp`` without its ``Annotated`` layers."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def field_meta(tp: Any) -> dict[str, Any]:
+    """The merged ``extra`` of the :func:`describe` metadata on a field type."""
+    out: dict[str, Any] = {}
+    while get_origin(tp) is Annotated:
+        for meta in get_args(tp)[1:]:
+            if isinstance(meta, msgspec.Meta) and meta.extra:
+                out.update(meta.extra)
+        tp = get_args(tp)[0]
+    return out
+
+
+def secret_paths(cls: type[msgspec.Struct]) -> list[str]:
+    """Names of the fields of ``cls`` marked secret (``describe(..., secret=True)``)."""
+    return [info.encode_name for info in msgspec.structs.fields(cls)
+            if field_meta(info.type).get("secret")]
+
+
+_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>]*>")
+
+
+def is_placeholder(value: object) -> bool:
+    """True for a template placeholder left unfilled, e.g. ``"<Please input the host>"``."""
+    return isinstance(value, str) and _PLACEHOLDER.search(value) is not None
+
+
+def timezone_violations(value: str | None, path: JsonPath) -> list[Violation]:
+    """An error when ``value`` is not an IANA timezone name (placeholders are left alone)."""
+    if value is None or is_placeholder(value):
+        return []
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return [error(f"{value!r} is not an IANA timezone name (e.g. 'America/Chicago')", path)]
+    return []
+
+
+def choice_violations(value: object, choices: Iterable[str], what: str,
+                      path: JsonPath) -> list[Violation]:
+    """An error when ``value`` is not one of ``choices`` (placeholders are left alone)."""
+    accepted = sorted(choices)
+    if value is None or is_placeholder(value) or value in accepted:
+        return []
+    return [error(f"unsupported {what} {value!r}; accepted: {', '.join(accepted)}", path)]
+
+
+# --------------------------------------------------------------------------- run time
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What components need from the running installation.
+
+    :ivar home: ``$FACTORYFLOW_HOME``: component data and state live below it.
+    :ivar shutdown: set when the dataflow should stop gracefully.
+    :ivar now: the clock (UTC-aware); tests inject their own.
+    :ivar expected_transmits: for ``(receiver name, stream)``, the transmits its records
+        reach; a receiver waiting for delivery needs an acknowledgement from each.
+    """
+
+    home: Path
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    now: Callable[[], datetime] = utcnow
+    expected_transmits: Mapping[tuple[str, StreamKey], frozenset[str]] = field(default_factory=dict)
+
+    def component_dir(self, name: str) -> Path:
+        """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""
+        return layout.component_dir(self.home, name)
+
+
+class ParseError(ValueError):
+    """Input cannot be parsed; ``source`` (file name) and ``line`` (1-based, when known) say where.
+
+    Raised by parsers; the file receivers mark the stream with it and skip the file until
+    it changes.
+    """
+
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        self.source, self.line, self.reason = source, line, reason
+        where = f"{source}, line {line}" if line is not None else source
+        super().__init__(f"{where}: {reason}")
+
+
+class StreamReader:
+    """Reads one stream of a receiver; built by :meth:`ReceiverConfig.open_stream`.
+
+    Readers do no I/O in their constructor and never sleep: :meth:`read` returns what is
+    ready and the runtime polls again ``poll_interval`` seconds later. The runtime
+    retries the exceptions in :attr:`retryable` with backoff, marking the stream (category
+    :attr:`marker_category`, message starting with :attr:`failure_text`) while it fails.
+    Input that is bad but skipped (a malformed file) is reported with
+    :meth:`report_bad_input`: the stream is marked and reading goes on.
+    """
+
+    #: Exceptions that mean "try again later" (connection refused, file busy, ...).
+    retryable: tuple[type[BaseException], ...] = (OSError,)
+    #: The ``category`` of the stream's error marker while reads fail.
+    marker_category: str = "read"
+    #: How the marker's message starts, e.g. ``"Query failed"``.
+    failure_text: str = "Read failed"
+
+    def read(self) -> tuple[list[Batch], bool]:
+        """The batches ready now, and whether more are ready without waiting for a poll."""
+        raise NotImplementedError
+
+    def snapshot(self) -> Any:
+        """The state after the last batch returned by :meth:`read` (small, picklable)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The state in a few words, for logs and markers (``{'id': 0}``, ``3 files seen``)."""
+        return repr(self.snapshot())
+
+    def abandon(self) -> None:
+        """Drop work in hand after a failure; the next :meth:`read` starts from the state."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+    def report_bad_input(self, message: str) -> None:
+        """Bad input was skipped (``message`` names it: file and line, row); the runtime
+        logs it and marks the stream after this :meth:`read`."""
+        self.__dict__.setdefault("_bad_input", []).append(message)
+
+    def take_bad_input(self) -> list[str]:
+        """The bad-input reports since the last call (for the runtime)."""
+        return self.__dict__.pop("_bad_input", [])
+
+
+#: What a transmit's write did: ``"delivered"`` (the endpoint has the records) or
+#: ``"stored"`` (a durable outbox has them; its sender reports deliveries later).
+Written = Literal["delivered", "stored"]
+
+
+class TransmitWriter(Protocol):
+    """Writes batches for one transmit on one worker; built by :meth:`TransmitConfig.open_writer`."""
+
+    def write(self, batches: list[Batch]) -> Written:
+        """Write ``batches`` durably (fsync, broker acknowledgement, outbox commit) before
+        returning. Raise when the write failed: the dataflow stops before its next
+        snapshot, so no receiver state runs ahead of delivery."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release connections."""
+        ...
+
+
+@dataclass(frozen=True)
+class Template:
+    """A receiver's configuration template for ``GET /v1/config/templates``.
+
+    :ivar name: the template's name, e.g. ``"SQL"``.
+    :ivar description: one sentence.
+    :ivar receiver: the ``data_receiver`` entry, with ``<Please ...>`` placeholders.
+    :ivar transforms: the ``transforms`` the template suggests.
+    """
+
+    name: str
+    description: str
+    receiver: dict[str, Any]
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- config bases
+
+
+class Component(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Base of every config Struct: strict, keyword-only, immutable.
+
+    Class attributes a component sets: ``title`` (display name), ``example`` (a worked
+    config entry that validates; for runnable components one that runs), ``runnable``.
+    Subclasses may override :meth:`violations` to check their own values.
+    """
+
+    #: Whether this version of factoryflow can run the component (config-only otherwise).
+    runnable: ClassVar[bool] = True
+    #: Display name (``/v1/meta``, the README); default: the tag in words.
+    title: ClassVar[str | None] = None
+    #: A worked example of the component's config entry.
+    example: ClassVar[dict[str, Any] | None] = None
+
+    @classmethod
+    def tag(cls) -> str:
+        """The component's tag value (``protocol``, ``transmit_type``, ...)."""
+        return str(cls.__struct_config__.tag)
+
+    @classmethod
+    def display_name(cls) -> str:
+        """:attr:`title`, else the tag in words."""
+        return cls.title or cls.tag().replace("_", " ").title()
+
+    def violations(self, path: JsonPath) -> Iterable[Violation]:
+        """Problems in this component's values; ``path`` is where it sits in the document."""
+        return ()
+
+    def from_environment(self, environ: Mapping[str, str],
+                         path: JsonPath) -> tuple[Component, list[Violation]]:
+        """This component with the settings the config omits taken from ``environ``, and an
+        error for each one missing everywhere (a warning when the config is only validated).
+
+        The default takes nothing from the environment.
+        """
+        return self, []
+
+
+class StreamConfig(Component, kw_only=True):
+    """A stream of a receiver: ``asset`` + ``stream_type`` plus protocol keys."""
+
+    asset: Annotated[NonEmptyStr, describe("Name of the asset, e.g. 'lasercut'.")]
+    stream_type: Annotated[NonEmptyStr, describe("Type of the stream, e.g. 'cycle'.")]
+
+    @property
+    def key(self) -> StreamKey:
+        """This stream's :class:`~dataflows.records.StreamKey`."""
+        return StreamKey(self.asset, self.stream_type)
+
+
+class ReceiverConfig(Component, tag_field="protocol", kw_only=True):
+    """Base of every ``data_receiver`` entry; the subclass's tag is its ``protocol``.
+
+    A receiver also carries its :class:`Template` (``template``).
+    """
+
+    #: The receiver's configuration template (``GET /v1/config/templates``).
+    template: ClassVar[Template | None] = None
+
+    data_receiver_name: Annotated[
+        NonEmptyStr, describe("Name of the receiver; unique; keys the progress of its streams.")
+    ]
+    poll_interval: PollInterval = 5.0
+
+    @property
+    def stream_list(self) -> list[StreamConfig]:
+        """The receiver's streams (every protocol has a ``streams`` list)."""
+        return list(getattr(self, "streams", []))
+
+    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
+                    shared: dict[str, Any]) -> StreamReader:
+        """A reader of ``stream`` resuming from ``resume_state`` (``None``: first run, or a
+        restream). No I/O here. ``shared`` is a dict shared by the streams of this receiver
+        on one worker (for engines, file systems).
+
+        :raises NotImplementedError: the protocol is config-only in this version.
+        """
+        raise NotImplementedError(f"protocol {self.tag()!r} cannot run yet")
+
+
+class ParserConfig(Component, tag_field="parser_type", kw_only=True):
+    """Base of every parser of a file receiver; the subclass's tag is its ``parser_type``.
+
+    Parsers are pure: bytes in, a frame out. The file receivers call
+    :meth:`chunk_header_lines` once per file and :meth:`parse` per chunk.
+    """
+
+    parser_name: Annotated[NonEmptyStr, describe("Name streams use to pick this parser.")]
+    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
+
+    def chunk_header_lines(self) -> int | None:
+        """How a file may be cut: ``None``, the parser needs the whole file at once (the
+        default: Excel, Parquet, JSON documents); ``N``, at line ends (``b"\\n"``), each
+        later chunk parsed under the file's first ``N`` lines (CSV: its header)."""
+        return None
+
+    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int) -> pl.DataFrame:
+        """One row per record of ``body``.
+
+        :param prefix: the file's first ``chunk_header_lines()`` lines when ``body`` is a
+            later chunk; empty when ``body`` starts the file (or is the whole file).
+        :param source: the file's path, for errors.
+        :param first_line: the 1-based file line ``body`` starts at.
+        :raises ParseError: the input cannot be parsed, naming ``source`` and the line.
+        """
+        raise NotImplementedError(f"parser_type {self.tag()!r} cannot run yet")
+
+
+class TransformConfig(Component, tag_field="transform_type", kw_only=True):
+    """Base of every ``transforms`` entry; the subclass's tag is its ``transform_type``."""
+
+    transform_name: Annotated[NonEmptyStr, describe("Name of the transform; unique.")]
+    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
+
+    def apply(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+        """The transformed frame and warnings about it (pure: no I/O).
+
+        :raises NotImplementedError: the transform is config-only in this version.
+        """
+        raise NotImplementedError(f"transform_type {self.tag()!r} cannot run yet")
+
+
+class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
+    """Base of every ``data_transmit`` entry; the subclass's tag is its ``transmit_type``.
+
+    A transmit implements :meth:`open_writer`; the runtime wraps the writer in a bytewax
+    sink (:meth:`sink`) that keeps the ledger for it.
+    """
+
+    #: The transmit's entry in receivers' templates (placeholders for what a user types).
+    template: ClassVar[dict[str, Any] | None] = None
+    #: What a record is called in progress lines (``+12 messages, ...``).
+    record_noun: ClassVar[str] = "records"
+
+    transmit_name: Annotated[NonEmptyStr, describe("Name of the transmit; unique.")]
+    filter_stream: FilterStream = msgspec.field(default_factory=lambda: ["*"])
+
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> TransmitWriter:
+        """The writer of one worker. It may start threads and open files (it runs in the
+        worker, not at config load); ``report`` is the transmit's ledger handle, for
+        writers whose sender reports deliveries on its own (an outbox).
+
+        :raises NotImplementedError: the transmit is config-only in this version.
+        """
+        raise NotImplementedError(f"transmit_type {self.tag()!r} cannot run yet")
+
+    def sink(self, ctx: RunContext) -> Sink[Batch]:
+        """The bytewax sink: its ``write_batch`` returns only once the write is durable, then
+        counts, acknowledges and logs the batches (:mod:`dataflows.delivery`). No I/O here."""
+        from dataflows.delivery import TransmitSink
+
+        return TransmitSink(self, ctx)

@@ -1,0 +1,72 @@
+"""The layers hold: arrows point down only (api -> connectors -> dataflows), connectors use
+only the core's public SDK, config loads without client libraries, and the README's
+"What runs" table is the registry's."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from dataflows.registry import update_readme
+
+REPO = Path(__file__).resolve().parents[1]
+#: The core modules a connector may import: the SDK and what it hands out.
+PUBLIC_SDK = {"dataflows.sdk", "dataflows.registry", "dataflows.records", "dataflows.backoff",
+              "dataflows.delivery", "dataflows.ledger", "dataflows.timestamps"}
+CLIENTS = ("sqlalchemy", "confluent_kafka", "httpx", "bson", "fsspec", "litestar", "uvicorn")
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    """Per module of ``package``: the modules it imports (absolute), including lazy imports."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.split(".")[0] in ("connectors", "api", "dataflows") \
+                    and node.value.replace(".", "").replace("_", "").isalnum():
+                found.add(node.value)  # a module named by string, e.g. for importlib
+        out[module] = found
+    return out
+
+
+def test_the_core_imports_no_connector_and_no_api() -> None:
+    upward = {m: sorted(i for i in found if i.split(".")[0] in ("connectors", "api"))
+              for m, found in imports("dataflows").items()}
+    assert {m: i for m, i in upward.items() if i} == {}
+
+
+def test_connectors_import_only_the_public_sdk_of_the_core() -> None:
+    wrong = {}
+    for module, found in imports("connectors").items():
+        bad = sorted(i for i in found if (i.startswith("dataflows") and i not in PUBLIC_SDK
+                                          and i != "dataflows") or i.split(".")[0] == "api")
+        if bad:
+            wrong[module] = bad
+    assert wrong == {}
+
+
+def test_the_api_names_no_connector() -> None:
+    assert {m: sorted(i for i in f if i.startswith("connectors")) for m, f in imports("api").items()
+            if any(i.startswith("connectors") for i in f)} == {}
+
+
+def test_a_config_loads_without_client_libraries() -> None:
+    code = ("import sys; from dataflows.registry import load_all; from dataflows.config import validate; "
+            "load_all(); validate({'data_receiver': [], 'transforms': [], 'data_transmit': []}); "
+            f"print(','.join(m for m in {CLIENTS!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_readme_what_runs_table_is_generated_from_the_registry() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert update_readme(readme) == readme, "run: .venv/bin/python -m dataflows.registry --update README.md"
