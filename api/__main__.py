@@ -19,7 +19,8 @@ import uvicorn
 
 from api.app import create_app
 from api.supervisor import Supervisor
-from dataflows.main import configure_logging, home_dir
+from dataflows.home import WEB_LOG, home_dir
+from dataflows.main import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds a restream waits for every stream to apply it")
     args = parser.parse_args(argv)
     home = home_dir()
-    redacting = configure_logging(home, "factorytx_web.log")
+    redacting = configure_logging(home, WEB_LOG)
     app = create_app(home, supervisor=Supervisor(home, stop_timeout=args.stop_timeout),
                      api_key=os.environ.get("FACTORYFLOW_API_KEY") or None,
                      restream_timeout=args.restream_timeout, autostart=not args.no_start,

@@ -21,11 +21,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dataflows.config import Config
+from dataflows.home import CORE_LOG, WEB_LOG
 from dataflows.ledger import Ledger, ledger_path
 
 GIB = 1024.0**3
 #: The log files ``GET /v1/log/stream/<log_filename>`` serves; any other name is a 404.
-LOG_FILES = ("factorytx_core.log", "factorytx_web.log")
+LOG_FILES = (CORE_LOG, WEB_LOG)
 
 
 def machine_info(path: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import psutil
 
+from dataflows.backoff import Backoff
 from dataflows.config import ConfigError, Violation, load_file
 from dataflows.home import CONSOLE_LOG, config_path, init_recovery, log_dir, pid_path, recovery_dir
 
@@ -226,7 +227,9 @@ class Supervisor:
             ran = time.time() - (self._started_at or time.time())
             self._crashes = 1 if ran > self.max_backoff else self._crashes + 1
             self._last_exit = {"exit_status": code, "at": _iso(time.time()), "ran_seconds": round(ran, 1)}
-            delay = min(2.0 ** (self._crashes - 1), self.max_backoff)
+            policy = Backoff(initial=1.0, maximum=self.max_backoff, jitter=0.0)
+            attempt = self._crashes
+            delay = policy.delay(attempt)
             _log.error("dataflow exited unexpectedly (exit status %d after %.1f s); restarting in "
                        "%.0f s. Last console lines:\n%s", code, ran, delay, self._console_tail())
         while True:
@@ -241,7 +244,8 @@ class Supervisor:
                     return
                 except CannotStart as exc:
                     _log.error("dataflow cannot restart: %s; trying again in %.0f s", exc, delay)
-                    delay = min(delay * 2, self.max_backoff)
+                    attempt += 1
+                    delay = policy.delay(attempt)
 
     def _console_tail(self, lines: int = 20) -> str:
         path = log_dir(self.home) / CONSOLE_LOG

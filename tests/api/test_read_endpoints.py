@@ -94,6 +94,22 @@ def test_meta_object_gives_schema_and_new_template(api: Api) -> None:
     assert missing.status_code == 404 and "unknown subtype 'tacomania'" in missing.json()["error"]["text"]
 
 
+def test_meta_shows_the_choices_of_enumerated_settings(api: Api) -> None:
+    sql = api.ok("GET", "/v1/meta/data_receiver", params={"subtype": "sql"})["schema"]["schema"]["$defs"]
+    assert sql["SqlConnection"]["properties"]["database_type"]["enum"] == [
+        "mssql", "postgresql", "mysql", "mariadb", "sqlite"]
+    assert sql["StateField"]["properties"]["data_type"]["enum"] == ["timestamp", "integer", "float", "string"]
+    csv = api.ok("GET", "/v1/meta/parsers", params={"subtype": "csv"})["schema"]["schema"]
+    assert csv["$defs"]["CsvParser"]["properties"]["file_format"]["enum"] == ["csv"]
+    # the SQL template's placeholder in database_type is still a warning, not an error
+    template = api.ok("GET", "/v1/config/templates/sql")
+    placeholder = template["data_receiver"][0]["connections"][0]["database_type"]
+    violations = api.client.post("/v1/config/validate", json=template).json()["response"]["violations"]
+    assert {"description": f"template placeholder not filled in: {placeholder!r}", "level": "warning",
+            "json_path": ["data_receiver", 0, "connections", 0, "database_type"]} in violations
+    assert all(v["level"] == "warning" for v in violations)
+
+
 def test_status_shape_and_units(api: Api) -> None:
     api.ok("POST", "/v1/config", json=rest_examples()["GET /v1/config"])
     body = api.client.get("/v1/status").json()

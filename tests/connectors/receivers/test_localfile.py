@@ -151,6 +151,25 @@ def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Pat
     assert [b.frame["a"].to_list() for b in drain(reader)] == [[1, 3]]
 
 
+def test_unparseable_file_is_logged_and_marks_the_stream(tmp_path: Path, inbox: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    bad = inbox / "bad.csv"
+    bad.write_bytes(b"a,b\n1,2\n3\n")
+    (inbox / "good.csv").write_bytes(b"a,b\n5,6\n")
+    os.utime(bad, (1, 1))
+    rec = receiver(inbox)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, context(tmp_path / "home"), {})
+    with caplog.at_level(logging.ERROR):
+        assert partition.next_batch() == []  # bad.csv, the oldest, is skipped
+    assert f"machine:temperature: {bad}, line 3: expected 2 fields, found 1; the file is skipped" in caplog.text
+    (marker,) = Ledger(ledger_path(tmp_path / "home")).markers()
+    assert (marker.component, marker.component_type, marker.category, marker.level) == (
+        "files", "Receiver", "input", "error")
+    assert marker.message == f"{bad}, line 3: expected 2 fields, found 1; the file is skipped until it changes"
+    assert [Path(b.source).name for b in partition.next_batch()] == ["good.csv"]  # and goes on
+    partition.close()
+
+
 def test_utf16_file_is_read_whole(tmp_path: Path, inbox: Path) -> None:
     (inbox / "w.csv").write_bytes("ts,Zone\n1,Süd\n".encode("utf-16"))
     parser = {"parser_name": "csv", "parser_type": "csv", "file_encoding": "utf-16"}
