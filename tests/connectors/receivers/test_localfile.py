@@ -136,12 +136,17 @@ def test_only_filtered_files(tmp_path: Path, inbox: Path) -> None:
     assert sorted(Path(b.source).name for b in drain(open_reader(tmp_path))) == ["a.csv", "b.csv"]
 
 
-def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def bad_then_good(inbox: Path) -> Path:
+    """``bad.csv`` (its line 3 lacks a field; the oldest file) and ``good.csv``; returns the bad one."""
     bad = inbox / "bad.csv"
     bad.write_bytes(b"a,b\n1,2\n3\n")
     (inbox / "good.csv").write_bytes(b"a,b\n5,6\n")
     os.utime(bad, (1, 1))
+    return bad
+
+
+def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Path) -> None:
+    bad = bad_then_good(inbox)
     reader = open_reader(tmp_path)
     assert [Path(b.source).name for b in drain(reader)] == ["good.csv"]
     assert reader.take_bad_input() == [
@@ -153,10 +158,7 @@ def test_unparseable_file_is_skipped_until_it_changes(tmp_path: Path, inbox: Pat
 
 def test_unparseable_file_is_logged_and_marks_the_stream(tmp_path: Path, inbox: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    bad = inbox / "bad.csv"
-    bad.write_bytes(b"a,b\n1,2\n3\n")
-    (inbox / "good.csv").write_bytes(b"a,b\n5,6\n")
-    os.utime(bad, (1, 1))
+    bad = bad_then_good(inbox)
     rec = receiver(inbox)
     partition = _ReceiverPartition(rec, rec.streams[0], None, context(tmp_path / "home"), {})
     with caplog.at_level(logging.ERROR):
