@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from dataflows.ledger import Ledger, ledger_path  # noqa: E402
 
-NAB = REPO.parent / "shared" / "data" / "nab" / "machine_temperature_system_failure.csv"
+NAB = REPO / "data" / "nab" / "machine_temperature_system_failure.csv"
 
 
 def make_csv(path: Path, rows: int) -> None:

@@ -1,6 +1,6 @@
 """NAB machine temperatures through the main job, clean and with a SIGKILL halfway.
 
-A localfile receiver on ``../shared/data/nab/machine_temperature_system_failure.csv``
+A localfile receiver on ``data/nab/machine_temperature_system_failure.csv``
 and a sql receiver on a PostgreSQL table loaded from the same file (a throwaway server
 this script starts), each with ``convert_timestamps`` (America/Chicago), into the
 localfile transmit. Run 1 goes to the end. Run 2 is killed with SIGKILL once half the

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test suite: real services, the shared sensor data, flow runs."""
+"""Fixtures shared by the test suite: real services, the NAB sensor data, flow runs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from tests.services.kafka import KafkaBroker, kafka_broker
 from tests.services.postgres import Postgres, postgres_server
 from tests.simulators.sightmachine import SightMachineSimulator
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NAB = SHARED / "data" / "nab"
+#: The NAB series the project ships (MIT, LICENSE.txt beside it).
+NAB = Path(__file__).resolve().parents[1] / "data" / "nab"
 NAB_ROWS = 22_695  # rows of machine_temperature_system_failure.csv (header excluded)
 
 
@@ -59,5 +59,5 @@ def flows() -> Iterator[Any]:
 def nab_machine_csv() -> Path:
     """The NAB machine temperature series: ``timestamp,value``, 22,695 rows."""
     path = NAB / "machine_temperature_system_failure.csv"
-    assert path.exists(), f"{path} is missing: the tests read ../shared/data beside the repo"
+    assert path.exists(), f"{path} is missing from the repository"
     return path

@@ -70,3 +70,16 @@ def test_a_config_loads_without_client_libraries() -> None:
 def test_readme_what_runs_table_is_generated_from_the_registry() -> None:
     readme = (REPO / "README.md").read_text()
     assert update_readme(readme) == readme, "run: .venv/bin/python -m dataflows.registry --update README.md"
+
+
+def test_the_suite_and_benchmarks_read_nothing_beside_the_repository() -> None:
+    beside = "".join(["sha", "red"])  # ../shared: the developers' folder, absent from a user's clone
+    offenders = []
+    for path in [*REPO.glob("tests/**/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("scripts/*")]:
+        text = path.read_text()
+        constants = {node.value for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Constant)} \
+            if path.suffix == ".py" else set()
+        if beside in constants or f"../{beside}/" in text.replace("``", ""):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+    assert (REPO / "data" / "nab" / "LICENSE.txt").exists()
