@@ -188,7 +188,7 @@ class _Walker:
             self._block(error(f"missing required key `{tag_field}`; accepted: {accepted}", path))
             return
         tag = value[tag_field]
-        if tag not in by_tag:
+        if not isinstance(tag, str) or tag not in by_tag:  # a list or object is no tag either
             self._block(error(f"unknown {tag_field} {tag!r}; accepted: {accepted}", [*path, tag_field]))
             return
         self.struct(value, by_tag[tag], path)

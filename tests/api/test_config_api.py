@@ -153,3 +153,12 @@ def test_api_key_is_required_when_set(keyed_api: Api) -> None:
         assert keyed_api.client.get(path, headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert keyed_api.client.post("/v1/config", json=rest_examples()["GET /v1/config"]).status_code == 401
     assert not (keyed_api.home / "conf.d" / "config.json").exists()
+
+
+def test_a_config_with_a_list_for_a_tag_is_refused_not_a_500(api: Api) -> None:
+    for path in ("/v1/config", "/v1/config/validate"):
+        answer = api.client.post(path, json={"data_receiver": [{"protocol": []}]})
+        assert answer.status_code == 200 and answer.json()["success"] is False, answer.text
+        violations = answer.json()["response"]["violations"]
+        assert violations[0]["json_path"] == ["data_receiver", 0, "protocol"]
+        assert violations[0]["description"].startswith("unknown protocol []; accepted: ")
