@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv as pycsv
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -105,7 +106,24 @@ def _decode(data: bytes, settings: CsvSettings, source: str, first_line: int) ->
         raise ParseError(source, line, f"cannot decode as {settings.file_encoding}: {exc.reason}") from exc
 
 
-def _field_counts(body: str, separator: str) -> tuple[list[int], list[int]]:
+def _records(body: str, separator: str, source: str, first_line: int) -> Iterator[tuple[int, list[str]]]:
+    """``(1-based line in body, fields)`` of every record of ``body`` (quoted fields may span
+    lines: the csv module knows where records end).
+
+    :raises ParseError: the csv module refuses the text (a field over its size limit).
+    """
+    reader = pycsv.reader(io.StringIO(body, newline=""), delimiter=separator)
+    start = 1
+    try:
+        for record in reader:
+            yield start, record
+            start = reader.line_num + 1
+    except pycsv.Error as exc:
+        raise ParseError(source, first_line + start - 1, f"not readable as CSV: {exc}") from exc
+
+
+def _field_counts(body: str, separator: str, source: str,
+                  first_line: int) -> tuple[list[int], list[int]]:
     """Field count of every non-blank record of ``body`` and its 1-based line in ``body``."""
     if '"' not in body:
         lines = pl.Series(body.split("\n")).str.strip_suffix("\r")
@@ -113,27 +131,21 @@ def _field_counts(body: str, separator: str) -> tuple[list[int], list[int]]:
         counts = frame["line"].str.count_matches(separator, literal=True) + 1
         return counts.to_list(), frame["n"].to_list()
     counts, numbers = [], []
-    reader = pycsv.reader(io.StringIO(body, newline=""), delimiter=separator)
-    start = 1
-    for record in reader:  # quoted fields may span lines: the csv module knows where records end
+    for start, record in _records(body, separator, source, first_line):
         if record:
             counts.append(len(record))
             numbers.append(start)
-        start = reader.line_num + 1
     return counts, numbers
 
 
-def _drop_lines(body: str, separator: str, bad: set[int]) -> str:
+def _drop_lines(body: str, separator: str, bad: set[int], source: str, first_line: int) -> str:
     if '"' not in body:
         return "\n".join(line for n, line in enumerate(body.split("\n"), 1) if n not in bad)
     out = io.StringIO()
     writer = pycsv.writer(out, delimiter=separator, lineterminator="\n")
-    reader = pycsv.reader(io.StringIO(body, newline=""), delimiter=separator)
-    start = 1
-    for record in reader:
+    for start, record in _records(body, separator, source, first_line):
         if record and start not in bad:
             writer.writerow(record)
-        start = reader.line_num + 1
     return out.getvalue()
 
 
@@ -158,12 +170,13 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
     header_line = head[settings.header] if settings.header is not None and len(head) > settings.header else None
     if settings.header is not None and header_line is None:
         raise ParseError(source, settings.header + 1, "the header line is missing")
+    columns = None
     if header_line is not None:
-        columns = next(pycsv.reader([header_line], delimiter=settings.separator))
-    else:
-        columns = None
+        assert settings.header is not None
+        records = _records(header_line, settings.separator, source, settings.header + 1)
+        columns = next((fields for _, fields in records), [])
 
-    counts, numbers = _field_counts(text, settings.separator)
+    counts, numbers = _field_counts(text, settings.separator, source, first_line)
     expected = len(columns) if columns is not None else (counts[0] if counts else 0)
     bad = [(n, c) for n, c in zip(numbers, counts, strict=True) if c != expected]
     if bad:
@@ -177,7 +190,7 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
                              source, first_line + n - 1, expected, c)
             if len(bad) > 10:
                 _log.warning("%s: %d more bad lines dropped", source, len(bad) - 10)
-        text = _drop_lines(text, settings.separator, {n for n, _ in bad})
+        text = _drop_lines(text, settings.separator, {n for n, _ in bad}, source, first_line)
 
     explicit = {t.field_name for t in settings.parse_timestamps} | set(settings.parse_dates)
     payload = ((header_line + "\n") if header_line is not None else "") + text

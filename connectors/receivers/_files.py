@@ -268,7 +268,12 @@ class FileStreamReader(StreamReader):
         at_end = seen.offset + len(data) >= candidate.size
         still = (self._ctx.now().timestamp() - candidate.mtime) >= self._receiver.poll_interval
         if not whole and not (at_end and still):
-            data = data[: data.rfind(b"\n") + 1]  # complete lines only; the rest waits for its newline
+            complete = data[: data.rfind(b"\n") + 1]  # complete lines; the rest waits for its newline
+            if not complete and len(data) >= self._receiver.chunk_bytes:
+                return self._skip(candidate, ParseError(
+                    path, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
+                    f"bytes) starts at byte {seen.offset}")), True
+            data = complete
         if not data:
             return None, True  # nothing complete yet: try again at the next poll
         try:
@@ -280,10 +285,12 @@ class FileStreamReader(StreamReader):
             else:
                 frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1)
         except ParseError as exc:
-            self.report_bad_input(f"{exc}; the file is skipped until it changes")
-            self._files[path] = SeenFile(size=candidate.size, mtime=candidate.mtime,
-                                         offset=candidate.size, failed=True)
-            return None, True
+            return self._skip(candidate, exc), True
+        except Exception as exc:  # a parser that fails otherwise must not stop the stream either
+            self._log.debug("%s: parser %r failed on %s", self._stream.key, self._parser.parser_name, path,
+                            exc_info=True)
+            return self._skip(candidate, ParseError(
+                path, None, f"the {self._parser.tag()} parser failed: {type(exc).__name__}: {exc}")), True
         seen.offset += len(data)
         seen.line += data.count(b"\n")
         seen.size, seen.mtime = max(candidate.size, seen.offset), candidate.mtime
@@ -296,6 +303,12 @@ class FileStreamReader(StreamReader):
         if frame.height == 0 and ack_key is None:
             return None, finished
         return Batch(self._receiver.data_receiver_name, self._stream.key, frame, path, ack_key), finished
+
+    def _skip(self, candidate: _Candidate, exc: ParseError) -> None:
+        """Mark the stream with ``exc`` and skip the file until it changes."""
+        self.report_bad_input(f"{exc}; the file is skipped until it changes")
+        self._files[candidate.path] = SeenFile(size=candidate.size, mtime=candidate.mtime,
+                                               offset=candidate.size, failed=True)
 
     def _delete_delivered(self) -> None:
         if self._ledger is None:

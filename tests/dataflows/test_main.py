@@ -7,12 +7,14 @@ into the localfile transmit.
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dataflows.ledger import Ledger, ledger_path
 from tests.conftest import NAB_ROWS
 from tests.nab import QUERY, STATE_FIELDS, create_table, expected_utc, insert_lines, nab_lines
 from tests.services.postgres import Postgres
@@ -21,7 +23,10 @@ CSV_FILE = "nab__csv.jsonl"
 SQL_FILE = "nab__sql.jsonl"
 
 
-def nab_config(directory: Path, postgres: Postgres, **receiver_keys: Any) -> dict[str, Any]:
+def nab_config(directory: Path, postgres: Postgres | None, **receiver_keys: Any) -> dict[str, Any]:
+    """The NAB file through ``files`` and the NAB table through ``db`` (a connection that
+    goes nowhere without ``postgres``), into the ``local`` transmit."""
+    connection = postgres.connection() if postgres else {"database_type": "sqlite", "database_name": "/none"}
     return {
         "data_receiver": [
             {"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 1,
@@ -31,7 +36,7 @@ def nab_config(directory: Path, postgres: Postgres, **receiver_keys: Any) -> dic
                           "file_filter": ["machine_temperature_system_failure.csv"]}],
              **receiver_keys.get("files", {})},
             {"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
-             "connections": [postgres.connection()],
+             "connections": [connection],
              "streams": [{"asset": "nab", "stream_type": "sql", "query": QUERY, "state_fields": STATE_FIELDS}],
              **receiver_keys.get("db", {})},
         ],
@@ -139,3 +144,35 @@ def test_invalid_config_exits_2_naming_every_violation(tmp_path: Path, flows: An
     assert "at ['data_receiver', 0, 'poll_interval']: Expected `float`, got `str`" in log
     assert "at ['data_receiver', 0]: missing required key `connections`" in log
     assert "at ['data_transmit', 0, 'transmit_type']: unknown transmit_type 'kafka2'" in log
+
+
+def test_poison_files_mark_their_stream_and_stop_nothing(tmp_path: Path, flows: Any,
+                                                         nab_machine_csv: Path) -> None:
+    """Random bytes and a 10 MB line without a newline used to raise ``_csv.Error`` and make
+    the job exit 1 on every start, a healthy receiver delivering nothing."""
+    poison = tmp_path / "poison"
+    poison.mkdir()
+    noise = bytes(b if b not in b'\n\r",' else 0x41 for b in random.Random(7).randbytes(300_000))
+    (poison / "random.csv").write_bytes(b'"' + noise)  # one 300 KB quoted field: over the csv limit
+    (poison / "long_line.csv").write_bytes(b"x" * 10_000_000)
+    healthy = nab_config(nab_machine_csv.parent, None)["data_receiver"][0]
+    config = {
+        "data_receiver": [healthy, {
+            "data_receiver_name": "poisoned", "protocol": "localfile", "poll_interval": 1,
+            "chunk_bytes": 4 * 1024 * 1024,  # the long line spans chunks
+            "connections": [{"data_directory": str(poison)}],
+            "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+            "streams": [{"asset": "bad", "stream_type": "csv"}]}],
+        "transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    flow.wait_for(lambda: len(flow.output("local", CSV_FILE)) >= NAB_ROWS, what="the healthy stream")
+    flow.wait_for(lambda: "long_line.csv" in flow.log() and "random.csv" in flow.log(), what="both marked")
+    assert flow.proc is not None and flow.proc.poll() is None  # still running
+    assert flow.stop() == 0
+    log = flow.log()
+    assert f"bad:csv: {poison / 'random.csv'}, line 1: not readable as CSV: field larger than field limit" in log
+    assert f"bad:csv: {poison / 'long_line.csv'}" in log and "the file is skipped until it changes" in log
+    markers = Ledger(ledger_path(tmp_path / "home")).markers()
+    assert [(m.component, m.asset, m.category, m.level) for m in markers] == [("poisoned", "bad", "input", "error")]
+    assert len(flow.output("local", CSV_FILE)) == NAB_ROWS
