@@ -47,8 +47,8 @@ class _TransformStep:
         self._ledger: Ledger | None = None
 
     def __call__(self, batch: Batch) -> Batch:
-        if not stream_matches(self._transform.filter_stream, batch.stream):
-            return batch
+        if batch.frame.width == 0 or not stream_matches(self._transform.filter_stream, batch.stream):
+            return batch  # an empty file's batch (it only carries its acknowledgement) or not ours
         frame, warnings = self._transform.apply(batch.frame)
         for message in warnings:
             key = (str(batch.stream), message)

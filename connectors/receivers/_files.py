@@ -33,6 +33,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
+import polars as pl
 
 from dataflows import registry
 from dataflows.ledger import Ledger, ledger_path
@@ -274,6 +275,8 @@ class FileStreamReader(StreamReader):
                     path, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
                     f"bytes) starts at byte {seen.offset}")), True
             data = complete
+        if candidate.size == 0 and still:  # an empty file is seen (and deleted) like any other
+            return self._read(candidate, seen, b"", pl.DataFrame())
         if not data:
             return None, True  # nothing complete yet: try again at the next poll
         try:
@@ -291,6 +294,13 @@ class FileStreamReader(StreamReader):
                             exc_info=True)
             return self._skip(candidate, ParseError(
                 path, None, f"the {self._parser.tag()} parser failed: {type(exc).__name__}: {exc}")), True
+        return self._read(candidate, seen, data, frame)
+
+    def _read(self, candidate: _Candidate, seen: SeenFile, data: bytes,
+              frame: pl.DataFrame) -> tuple[Batch | None, bool]:
+        """Record ``data`` (parsed into ``frame``) as read: the batch to hand on, and whether
+        the file is read to its end."""
+        path = candidate.path
         seen.offset += len(data)
         seen.line += data.count(b"\n")
         seen.size, seen.mtime = max(candidate.size, seen.offset), candidate.mtime

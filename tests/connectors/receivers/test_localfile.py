@@ -243,3 +243,30 @@ class LocalFileHarness(ReceiverHarness):
 
     def break_input(self) -> None:
         self._write(f"bad-{self.files:04d}.csv", "seq,value\n1,2\n3\n")
+
+
+def test_an_empty_file_is_seen_once_not_listed_at_every_poll(tmp_path: Path, inbox: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    (inbox / "empty.csv").write_bytes(b"")
+    os.utime(inbox / "empty.csv", (1, 1))
+    reader = open_reader(tmp_path)
+    caplog.set_level(logging.INFO)
+    assert drain(reader) == []
+    assert reader.snapshot()["files"][str(inbox / "empty.csv")].size == 0
+    caplog.clear()
+    assert drain(reader) == [] and drain(reader) == []
+    assert "new or changed files" not in caplog.text  # not listed again
+    (inbox / "empty.csv").write_bytes(b"a,b\n1,2\n")  # it fills up: read from the top
+    os.utime(inbox / "empty.csv", (2, 2))
+    assert [b.frame.to_dicts() for b in drain(reader)] == [[{"a": 1, "b": 2}]]
+
+
+def test_an_empty_file_is_deleted_once_delivered(tmp_path: Path, inbox: Path) -> None:
+    (inbox / "empty.csv").write_bytes(b"")
+    os.utime(inbox / "empty.csv", (1, 1))
+    reader = open_reader(tmp_path, delete_completed=True)
+    (batch,) = drain(reader)
+    assert batch.frame.height == 0 and batch.ack_key is not None
+    Ledger(ledger_path(tmp_path / "home")).ack("files", str(STREAM), batch.ack_key, "local")
+    assert drain(reader) == []
+    assert not (inbox / "empty.csv").exists()
