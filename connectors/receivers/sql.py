@@ -269,10 +269,30 @@ class _SqlStreamReader(StreamReader):
         self._receiver = receiver
         self._stream = stream
         self._engine = engine
-        self._state: dict[str, Any] = dict(resume_state) if resume_state is not None else {
-            f.column_name: f.initial() for f in stream.state_fields}
+        self._state = self._reconcile(resume_state)
         self._conn: sa.Connection | None = None
         self._chunks: Iterator[pl.DataFrame] | None = None
+
+    def _reconcile(self, saved: dict[str, Any] | None) -> dict[str, Any]:
+        """The state to start from: the saved values of the configured ``state_fields``; a
+        field added since the state was saved starts at its ``initial_value``, one removed
+        from the config is dropped (both logged)."""
+        fields = {f.column_name: f for f in self._stream.state_fields}
+        if saved is None:
+            return {name: f.initial() for name, f in fields.items()}
+        log = logging.getLogger(f"receiver.{self._receiver.data_receiver_name}")
+        state = {}
+        for name, state_field in fields.items():
+            if name in saved:
+                state[name] = saved[name]
+            else:
+                state[name] = state_field.initial()
+                log.info("%s: state field %r is new since the state was saved: it starts at %r",
+                         self._stream.key, name, state[name])
+        for name in saved.keys() - fields.keys():
+            log.info("%s: state field %r is no longer configured: its saved value %r is dropped",
+                     self._stream.key, name, saved[name])
+        return state
 
     def read(self) -> tuple[list[Batch], bool]:
         if self._chunks is None:

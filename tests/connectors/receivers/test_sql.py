@@ -265,3 +265,17 @@ class SqlHarness(ReceiverHarness):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def test_state_fields_changed_in_the_config_are_reconciled_with_the_saved_state(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    database.insert(rows(1, 6, per_timestamp=2))  # ts 0, 1, 1, 2, 2, 3 seconds past the base
+    saved = {"ts": datetime(2024, 1, 1, 0, 0, 0), "gone": 7}  # saved under [ts, gone]; now [ts, id]
+    caplog.set_level(logging.INFO)
+    reader = open_reader(receiver(database.connection, COMPOSITE, [TS, ID]), saved)
+    assert reader.snapshot() == {"ts": datetime(2024, 1, 1, 0, 0, 0), "id": 0}
+    assert "line1:readings: state field 'id' is new since the state was saved: it starts at 0" in caplog.text
+    assert "line1:readings: state field 'gone' is no longer configured: its saved value 7 is dropped" \
+        in caplog.text
+    assert ids(drain(reader)) == [1, 2, 3, 4, 5, 6]  # :id is bound, the query runs
+    assert {k: str(v) for k, v in reader.snapshot().items()} == {"ts": "2024-01-01 00:00:03", "id": "6"}
