@@ -339,11 +339,18 @@ class _RemoteDataPostWriter:
         return "stored"  # durably in the outbox: the receiver may act on it
 
     def _wait_for_room(self, size: int) -> None:
+        """Wait until ``size`` more bytes fit the outbox's budget. When the dataflow is asked
+        to stop meanwhile, store them over the budget: a graceful stop must not wait for an
+        endpoint that may be down or refusing for good, and nothing may be dropped."""
         budget = self._config.outbox_max_bytes
         waited = 0.0
         while True:
             records, stored = self._outbox.depth()
             if records == 0 or stored + size <= budget:
+                return
+            if self._ctx.shutdown.is_set():
+                self._log.warning("stopping with the outbox full (%d records, %d of %d bytes): storing "
+                                  "%d more bytes over its budget", records, stored, budget, size)
                 return
             if waited % 30 == 0:
                 self._log.warning("outbox full (%d records, %d of %d bytes): waiting for the sender "

@@ -309,3 +309,27 @@ class RemoteDataPostHarness(TransmitHarness):
         finally:
             outbox.close()
         return seqs(self.simulator) + stored
+
+
+def test_a_stop_does_not_hang_on_a_full_outbox_of_a_paused_transmit(tmp_path: Path,
+                                                                    sight_machine: SightMachineSimulator) -> None:
+    ctx = RunContext(home=tmp_path)
+    config = rdp(sight_machine.transmit(API_key="revoked", outbox_max_bytes=4 * 1024 * 1024,
+                                        poll_interval=0))  # the endpoint answers 401
+    partition = config.sink(ctx).build("step", 0, 1)
+    n = 60_000
+    frame = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * n, "seq": list(range(n))})
+    partition.write_batch([Batch("r", STREAM, frame, "q")])  # fills the budget; the endpoint says 401
+    second = threading.Thread(target=partition.write_batch,
+                              args=([Batch("r", STREAM, frame.with_columns(pl.col("seq") + n), "q")],))
+    second.start()
+    time.sleep(1.0)
+    assert second.is_alive()  # waiting for room that a paused transmit never makes
+    stopped_at = time.monotonic()
+    ctx.shutdown.set()  # SIGTERM
+    second.join(10)
+    partition.close()
+    assert not second.is_alive() and time.monotonic() - stopped_at < 5
+    outbox = Outbox(tmp_path / "components" / "sight_machine" / "outbox.sqlite")
+    assert outbox.depth()[0] == 2 * n  # stored over the budget, nothing dropped
+    assert Ledger(ledger_path(tmp_path)).transmit_status("sight_machine").paused
