@@ -9,7 +9,8 @@ One row per record: the stream (``asset:stream_type``), the record's timestamp (
 for progress lines) and its encoded body (one BSON sslog or one JSON object). A one-row
 ``depth`` table keeps the record count and byte total in the same transactions, so the
 depth costs nothing to read. Several connections (threads, processes) may share a file;
-each :class:`Outbox` object is one connection, used by one thread at a time.
+each :class:`Outbox` object is one connection, used by one thread at a time. Once drained,
+the sender gives the disk space back (:meth:`Outbox.reclaim`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dataflows.ledger import open_durable
+
+#: Disk use of a drained outbox above which :meth:`Outbox.reclaim` gives the space back.
+RECLAIM_BYTES = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -85,6 +89,25 @@ class Outbox:
                 (entries[0].id, entries[-1].id)).fetchall()
             self._db.execute("UPDATE depth SET records = records - ?, bytes = bytes - ?",
                              (len(removed), sum(r[0] for r in removed)))
+
+    def disk_bytes(self) -> int:
+        """Bytes the outbox takes on disk: the database file and its write-ahead log."""
+        return sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal"))
+                   if p.exists())
+
+    def reclaim(self, threshold: int = RECLAIM_BYTES) -> int | None:
+        """Give disk space back once the outbox is drained: ``VACUUM`` and truncate the
+        write-ahead log, when the files take more than ``threshold`` bytes and no record
+        is stored. Cheap when it runs: an empty database is copied in no time.
+
+        :returns: the bytes on disk before, or None when nothing was done.
+        """
+        before = self.disk_bytes()
+        if before <= threshold or self.depth()[0]:
+            return None
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before
 
     def depth(self) -> tuple[int, int]:
         """(records, bytes of bodies) stored now."""

@@ -235,7 +235,13 @@ class Sender:
         for stream, part in per_stream.items():
             latest = max((e.timestamp for e in part if e.timestamp), default=None)
             self.report.delivered(stream, len(part), latest)
-        self.report.outbox(*self.outbox.depth())
+        depth = self.outbox.depth()
+        self.report.outbox(*depth)
+        if depth[0] == 0:
+            reclaimed = self.outbox.reclaim()
+            if reclaimed is not None:
+                self._log.info("outbox drained: %.1f MB on disk given back (%.1f MB now)",
+                               reclaimed / 1e6, self.outbox.disk_bytes() / 1e6)
         return True
 
     def _post_with_retries(self, entries: list[Entry]) -> None:

@@ -333,3 +333,16 @@ def test_a_stop_does_not_hang_on_a_full_outbox_of_a_paused_transmit(tmp_path: Pa
     outbox = Outbox(tmp_path / "components" / "sight_machine" / "outbox.sqlite")
     assert outbox.depth()[0] == 2 * n  # stored over the budget, nothing dropped
     assert Ledger(ledger_path(tmp_path)).transmit_status("sight_machine").paused
+
+
+def test_a_drained_outbox_gives_its_disk_space_back(tmp_path: Path,
+                                                    sight_machine: SightMachineSimulator) -> None:
+    sender = make_sender(tmp_path, rdp(sight_machine.transmit(max_request_records=20_000)))
+    for start in range(0, 200_000, 20_000):
+        fill(sender, 20_000, start=start)
+    full = sender.outbox.disk_bytes()
+    assert full > 20_000_000
+    while sender.send_once(force=True):
+        pass
+    assert sender.outbox.depth() == (0, 0) and len(sight_machine.sslogs) == 200_000
+    assert sender.outbox.disk_bytes() < 1024 * 1024, (full, sender.outbox.disk_bytes())
