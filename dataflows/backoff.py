@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import tenacity
 
-#: Longest wait between two retries, in seconds.
-MAX_BACKOFF = 300.0
+#: Longest wait between two retries, in seconds: a down endpoint is probed at least this often,
+#: so delivery resumes within it once the endpoint is back.
+MAX_BACKOFF = 30.0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ the rest:
   stream and the current state, asks the reader to drop the work in hand (the state
   stays at the last batch handed on) and retries with the one backoff policy
   (:func:`dataflows.backoff.stream_backoff`: the ``poll_interval`` doubled per
-  consecutive failure, capped at 300 s, with up to 10 % jitter); the other streams keep
+  consecutive failure, capped at 30 s, with up to 10 % jitter); the other streams keep
   running;
 - when the reader reports bad input it skipped (a malformed file), it logs it and marks
   the stream (category ``input``), and reading goes on;

@@ -29,7 +29,7 @@ before returning; the outbox is what "delivered" means for the receiver's state 
 ``max_request_records`` and ``max_request_size_bytes``: a full post goes at once, a partial
 one ``poll_interval`` seconds after the previous post. Records are deleted only after a
 2xx. Every other answer, a timeout or a refused or dropped connection is retried with
-exponential backoff and jitter (1 s doubling, capped at 300 s); 401 and 403 pause the
+exponential backoff and jitter (1 s doubling, capped at 30 s); 401 and 403 pause the
 transmit with an error marker until its settings (``base_url``, ``API_key``, ``API_key_ID``)
 change, across restarts. When the outbox holds ``outbox_max_bytes``, ``write_batch`` waits
 (backpressure, the receivers stop reading) rather than drop. After a restart the sender
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config doe
 
 #: ``max_request_size_bytes`` may not exceed this (the Sight Machine ingest limit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-#: The sender's retries: 1 s doubling, up to 1 s of jitter, capped at 300 s.
+#: The sender's retries: 1 s doubling, up to 1 s of jitter, capped at 30 s.
 SENDER_BACKOFF = Backoff(initial=1.0, jitter=1.0)
 #: Where settings the config omits come from.
 ENVIRONMENT = {"base_url": "SIGHT_MACHINE_BASE_URL", "API_key": "SIGHT_MACHINE_API_KEY",
