@@ -19,6 +19,9 @@ Producer defaults (``options`` override them, key by key, as librdkafka settings
 ``message.timeout.ms`` 300000 (librdkafka retries a broker that is
 down for up to 5 minutes).
 
+librdkafka's own log lines go to ``transmit.<transmit_name>.librdkafka``, each message at
+most once per 30 s with a count of the repeats held back (:class:`RepeatFilter`).
+
 ``write_batch`` produces straight from the polars frame, waits on a full local queue
 (``BufferError``) by serving delivery reports, and returns only when the broker
 acknowledged every message of the batch. A message that librdkafka could not deliver
@@ -33,8 +36,10 @@ The worked example is ``KafkaTransmit.example``.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -74,6 +79,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
 #: Rows encoded at a time: bounds the Python objects alive for a big batch.
 _ENCODE_ROWS = 20_000
 _ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
+_DIGITS = re.compile(r"\d+")
 _MAX_TOPIC = 249
 
 
@@ -100,6 +106,36 @@ class KafkaDeliveryError(RuntimeError):
         self.first = first
 
 
+class RepeatFilter(logging.Filter):
+    """Lets each message through once per ``window`` seconds: librdkafka logs a broker
+    outage about twice a second. Repeats within the window (messages equal but for
+    their numbers) are held back and counted; the next one let through says how many.
+
+    :param clock: monotonic seconds (tests inject their own).
+    """
+
+    def __init__(self, window: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._window = window
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}  # shape -> (let through at, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shape = _DIGITS.sub("#", message)
+        now = self._clock()
+        passed, held = self._seen.get(shape, (-math.inf, 0))
+        if now - passed < self._window:
+            self._seen[shape] = (passed, held + 1)
+            return False
+        if held:
+            record.msg, record.args = f"{message} ({held} more like it in the last {now - passed:.0f} s)", None
+        if len(self._seen) > 1000:  # bounded: forget shapes not seen for a window
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._window}
+        self._seen[shape] = (now, 0)
+        return True
+
+
 class _KafkaWriter:
     def __init__(self, config: KafkaTransmit) -> None:
         from confluent_kafka import Producer
@@ -107,7 +143,10 @@ class _KafkaWriter:
         self._config = config
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
-        self._producer = Producer({**config.producer_config(), "logger": self._log})
+        client_log = logging.getLogger(f"transmit.{self._name}.librdkafka")
+        if not any(isinstance(f, RepeatFilter) for f in client_log.filters):
+            client_log.addFilter(RepeatFilter())
+        self._producer = Producer({**config.producer_config(), "logger": client_log})
         self._pending = 0
         self._errors: list[KafkaError] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import time
@@ -17,6 +18,7 @@ from connectors.transmits.kafka import (
     PRODUCER_DEFAULTS,
     KafkaDeliveryError,
     KafkaTransmit,
+    RepeatFilter,
     topic_name,
 )
 from dataflows.config import load, validate
@@ -235,3 +237,36 @@ class RdpV3Harness(KafkaHarness):
     """The same under FactoryTX's name."""
 
     transmit_type = "rdpv3"
+
+
+def test_a_broker_outage_logs_each_librdkafka_message_once_per_30_seconds(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="nowhere",
+                      options={"message.timeout.ms": 6000})
+    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    caplog.set_level(logging.DEBUG, logger="transmit.kafka.librdkafka")
+    with pytest.raises(KafkaDeliveryError):
+        partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(5), "query")])
+    partition.close()
+    lines = [r for r in caplog.records if r.name == "transmit.kafka.librdkafka"]
+    assert lines and "Connection refused" in lines[0].getMessage()
+    assert len(lines) <= 3, [r.getMessage() for r in lines]  # was about 2 lines a second
+
+
+def test_repeat_filter_counts_what_it_held_back() -> None:
+    now = [0.0]
+    repeat = RepeatFilter(window=30, clock=lambda: now[0])
+
+    def passes(message: str) -> str | None:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, message, None, None)
+        return record.getMessage() if repeat.filter(record) else None
+
+    assert passes("broker 1: refused after 3ms") == "broker 1: refused after 3ms"
+    for step in range(1, 20):
+        now[0] = step
+        assert passes(f"broker 1: refused after {step}ms") is None
+    assert passes("another message") == "another message"
+    now[0] = 31
+    assert passes("broker 1: refused after 9ms") == "broker 1: refused after 9ms (19 more like it in the last 31 s)"
+    now[0] = 62
+    assert passes("broker 1: refused after 9ms") == "broker 1: refused after 9ms"
