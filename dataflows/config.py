@@ -54,7 +54,7 @@ from dataflows.sdk import (
     warning,
 )
 
-__all__ = ["SECTIONS", "Config", "ConfigError", "JsonPath", "Violation", "error", "load", "load_file",
+__all__ = ["SECTIONS", "Config", "ConfigError", "JsonPath", "Violation", "error", "leaves", "load", "load_file",
            "read_document", "resolve_env", "validate", "warning"]
 
 
@@ -227,15 +227,24 @@ def _normalise(document: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _placeholders(document: Any, path: JsonPath) -> Iterator[Violation]:
+def leaves(document: Any, path: JsonPath | None = None) -> Iterator[tuple[JsonPath, Any]]:
+    """``(json_path, value)`` of every value of ``document`` that is neither an object nor a
+    list, in document order."""
+    path = [] if path is None else path
     if isinstance(document, dict):
         for key, value in document.items():
-            yield from _placeholders(value, [*path, key])
+            yield from leaves(value, [*path, key])
     elif isinstance(document, list):
         for index, value in enumerate(document):
-            yield from _placeholders(value, [*path, index])
-    elif is_placeholder(document):
-        yield warning(f"template placeholder not filled in: {document!r}", path)
+            yield from leaves(value, [*path, index])
+    else:
+        yield path, document
+
+
+def _placeholders(document: Any, path: JsonPath) -> Iterator[Violation]:
+    for where, value in leaves(document, path):
+        if is_placeholder(value):
+            yield warning(f"template placeholder not filled in: {value!r}", where)
 
 
 def _duplicates(names: list[tuple[str, JsonPath]], what: str) -> Iterator[Violation]:

@@ -91,17 +91,21 @@ def warning(description: str, path: JsonPath) -> Violation:
 
 
 def describe(description: str, *, secret: bool = False, choices: Sequence[str] | None = None,
-             **constraints: Any) -> msgspec.Meta:
+             secret_keys: str | None = None, **constraints: Any) -> msgspec.Meta:
     """Field metadata: a description, msgspec constraints, whether it is a secret, and the
     accepted values of an enumerated setting.
 
-    Secret fields are redacted by the API and logs (see :func:`secret_paths`). ``choices``
-    appear as ``enum`` in the JSON schema (``/v1/meta``) and are checked by validation,
-    which lets template placeholders (``"<Please ...>"``) through as warnings.
+    Secret fields are redacted by the API and logs (see :func:`secret_paths`); for a field
+    holding an object of settings, ``secret_keys`` (a regular expression) marks the keys
+    whose values are secrets. ``choices`` appear as ``enum`` in the JSON schema
+    (``/v1/meta``) and are checked by validation, which lets template placeholders
+    (``"<Please ...>"``) through as warnings.
     """
     extra: dict[str, Any] = {}
     if secret:
         extra["secret"] = True
+    if secret_keys is not None:
+        extra["secret_keys"] = secret_keys
     if choices is not None:
         extra["choices"] = list(choices)
         constraints["extra_json_schema"] = {"enum": list(choices)}

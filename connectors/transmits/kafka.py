@@ -76,6 +76,11 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "partitioner": "murmur2_random",
 }
 
+#: librdkafka settings whose values are secrets (redacted in the API and the logs):
+#: ``sasl.password``, ``ssl.key.password``, ``ssl.keystore.password``,
+#: ``sasl.oauthbearer.client.secret``, ``ssl.key.pem``, ``sasl.oauthbearer.config``, ...
+SECRET_OPTIONS = r"(?i)(password|secret|ssl\.key\.pem|sasl\.oauthbearer\.config|sasl\.jaas\.config)"
+
 #: Rows encoded at a time: bounds the Python objects alive for a big batch.
 _ENCODE_ROWS = 20_000
 _ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
@@ -217,7 +222,8 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         NonEmptyStr | None, describe("Topic per stream: '<topic_prefix>.<asset>.<stream_type>'.")
     ] = None
     options: Annotated[
-        dict[str, OptionValue], describe("librdkafka producer settings, passed through.")
+        dict[str, OptionValue], describe("librdkafka producer settings, passed through.",
+                                         secret_keys=SECRET_OPTIONS)
     ] = msgspec.field(default_factory=dict)
 
     def violations(self, path: JsonPath) -> list[Violation]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -162,3 +163,43 @@ def test_a_config_with_a_list_for_a_tag_is_refused_not_a_500(api: Api) -> None:
         violations = answer.json()["response"]["violations"]
         assert violations[0]["json_path"] == ["data_receiver", 0, "protocol"]
         assert violations[0]["description"].startswith("unknown protocol []; accepted: ")
+
+
+KAFKA_SECRETS = {"sasl.password": "kafka-pass-1", "ssl.key.password": "key-pass-2",
+                 "sasl.oauthbearer.client.secret": "oauth-secret-3", "sasl.username": "collector",
+                 "linger.ms": 5}
+
+
+def secret_config() -> dict[str, Any]:
+    """A config with librdkafka secrets in ``options`` and credentials inside a URL."""
+    config = copy.deepcopy(rest_examples()["GET /v1/config"])
+    config["data_transmit"] = [
+        {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": "broker:9092",
+         "topic": "plant", "options": KAFKA_SECRETS},
+        {**config["data_transmit"][0], "base_url": "https://edge:url-pass-4@plant.sightmachine.io"}]
+    return config
+
+
+def test_kafka_option_secrets_and_url_passwords_are_redacted_and_kept(api: Api) -> None:
+    api.ok("POST", "/v1/config", json=secret_config())
+    shown = api.ok("GET", "/v1/config")
+    assert shown["data_transmit"][0]["options"] == {
+        "sasl.password": "********", "ssl.key.password": "********",
+        "sasl.oauthbearer.client.secret": "********", "sasl.username": "collector", "linger.ms": 5}
+    assert shown["data_transmit"][1]["base_url"] == "https://edge:********@plant.sightmachine.io"
+    text = json.dumps(shown)
+    assert not any(secret in text for secret in ("kafka-pass-1", "key-pass-2", "oauth-secret-3", "url-pass-4"))
+    shown["data_transmit"][0]["options"]["linger.ms"] = 10
+    api.ok("POST", "/v1/config", json=shown)  # posting the redacted config back keeps every secret
+    expected = secret_config()
+    expected["data_transmit"][0]["options"]["linger.ms"] = 10
+    assert saved(api) == expected
+    logging.getLogger("api.test").warning("connecting with kafka-pass-1 to https://edge:url-pass-4@plant")
+    web_log = (api.home / "log" / "factorytx_web.log").read_text()
+    assert "connecting with ******** to https://edge:********@plant" in web_log
+    assert "kafka-pass-1" not in web_log and "url-pass-4" not in web_log
+    # a URL password where none is stored is refused, naming where
+    shown["data_transmit"][1]["transmit_name"] = "renamed"
+    body = api.client.post("/v1/config", json=shown).json()
+    assert body["success"] is False
+    assert ["data_transmit", 1, "base_url"] in [v["json_path"] for v in body["response"]["violations"]]

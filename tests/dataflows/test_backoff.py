@@ -3,7 +3,7 @@ least every 30 s by a failing stream (fake clock) and by the Sight Machine sende
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from connectors.transmits.remotedatapost import SENDER_BACKOFF
