@@ -73,7 +73,7 @@ def test_readme_what_runs_table_is_generated_from_the_registry() -> None:
 
 
 def test_the_suite_and_benchmarks_read_nothing_beside_the_repository() -> None:
-    beside = "sha" + "red"  # noqa: ISC003 - ../shared, the developers' folder, absent from a user's clone
+    beside = "sha" + "red"  # ../shared, the developers' folder, absent from a user's clone
     offenders = []
     for path in [*REPO.glob("tests/**/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("scripts/*")]:
         text = path.read_text()
