@@ -311,15 +311,33 @@ class _SqlStreamReader(StreamReader):
         return [batch], True
 
     def _advance(self, frame: pl.DataFrame) -> dict[str, Any]:
-        last = frame.row(-1, named=True)
-        lowered = {name.lower(): name for name in last}
-        state = {}
+        """The state after ``frame``: the state columns' values in its last row where none is
+        NULL. The cursor never moves to NULL: rows with NULL in a state column are handed on,
+        reported as bad input (the count per column), and the state stays at the last
+        non-NULL values (see ``docs/sql.md`` for query shapes that need no NULL handling).
+
+        :raises QueryError: a state column is not in the result.
+        """
+        lowered = {name.lower(): name for name in frame.columns}
+        names = {}
         for column in self._state:
-            name = column if column in last else lowered.get(column.lower())
+            name = column if column in frame.columns else lowered.get(column.lower())
             if name is None:
                 raise QueryError(f"state column {column!r} is not in the query result "
-                                 f"(columns: {', '.join(last)})")
-            state[column] = last[name]
+                                 f"(columns: {', '.join(frame.columns)})")
+            names[column] = name
+        nulls = {column: frame[name].null_count() for column, name in names.items()}
+        if not any(nulls.values()):
+            last = frame.row(-1, named=True)
+            return {column: last[name] for column, name in names.items()}
+        complete = frame.filter(pl.all_horizontal(pl.col(n).is_not_null() for n in names.values()))
+        state = dict(self._state)
+        if complete.height:
+            last = complete.row(-1, named=True)
+            state = {column: last[name] for column, name in names.items()}
+        counts = ", ".join(f"{count} in {column!r}" for column, count in nulls.items() if count)
+        self.report_bad_input(f"rows with NULL in a state column ({counts}) were delivered; the "
+                              f"cursor stays at the last non-NULL values {state!r} (see docs/sql.md)")
         return state
 
     def snapshot(self) -> dict[str, Any]:
