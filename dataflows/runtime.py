@@ -51,6 +51,8 @@ __all__ = ["CONTROL_INTERVAL", "PartitionState", "ReceiverSource", "RunContext",
 
 #: Longest time between two looks at the control store, in seconds.
 CONTROL_INTERVAL = 1.0
+#: The marker category of input read with a problem (``StreamReader.report_warning``).
+INPUT_WARNING = "input warning"
 
 
 @dataclass
@@ -86,7 +88,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             self._restream_id = self._control.pending(self._name, self._key)
             self._control.mark_applied(self._name, self._key, self._restream_id)
         self._reader = receiver.open_stream(stream, reader_state, ctx, shared)
-        for category in (self._category, "input"):  # a new run
+        for category in (self._category, "input", INPUT_WARNING):  # a new run
             self._ledger.clear_marker(self._name, stream.asset, stream.stream_type, category)
         self._log.info("%s: %s from state %s", self._key,
                        "resuming" if resume_state is not None else "starting", self._reader.describe())
@@ -127,12 +129,15 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         return batches
 
     def _bad_input(self, now: datetime) -> None:
-        for message in self._reader.take_bad_input():
-            self._log.error("%s: %s", self._key, message)
+        reports = [("input", "error", m) for m in self._reader.take_bad_input()]
+        reports += [(INPUT_WARNING, "warning", m) for m in self._reader.take_warnings()]
+        for category, level, message in reports:
+            self._log.log(logging.ERROR if level == "error" else logging.WARNING, "%s: %s", self._key,
+                          message)
             self._ledger.set_marker(Marker(
                 component=self._name, component_type="Receiver", asset=self._stream.asset,
-                stream_type=self._stream.stream_type, category="input", timestamp=marker_time(now),
-                level="error", message=message))
+                stream_type=self._stream.stream_type, category=category, timestamp=marker_time(now),
+                level=level, message=message))
 
     def _failed(self, exc: BaseException, now: datetime) -> None:
         self._failures += 1
@@ -160,7 +165,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._reader = self._receiver.open_stream(self._stream, None, self._ctx, self._shared)
         self._restream_id = pending
         self._poll_at = None  # read again now
-        self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type, "input")
+        for category in ("input", INPUT_WARNING):
+            self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type, category)
         self._control.mark_applied(self._name, self._key, pending)
 
     @property

@@ -256,12 +256,21 @@ class StreamReader:
 
     def report_bad_input(self, message: str) -> None:
         """Bad input was skipped (``message`` names it: file and line, row); the runtime
-        logs it and marks the stream after this :meth:`read`."""
+        logs it and marks the stream (category ``input``, error) after this :meth:`read`."""
         self.__dict__.setdefault("_bad_input", []).append(message)
+
+    def report_warning(self, message: str) -> None:
+        """Input was read with a problem (lines dropped, values that did not fit); the
+        runtime logs it and marks the stream (category ``input warning``, warning)."""
+        self.__dict__.setdefault("_warnings", []).append(message)
 
     def take_bad_input(self) -> list[str]:
         """The bad-input reports since the last call (for the runtime)."""
         return self.__dict__.pop("_bad_input", [])
+
+    def take_warnings(self) -> list[str]:
+        """The warnings since the last call (for the runtime)."""
+        return self.__dict__.pop("_warnings", [])
 
 
 #: What a transmit's write did: ``"delivered"`` (the endpoint has the records) or
@@ -399,13 +408,20 @@ class ParserConfig(Component, tag_field="parser_type", kw_only=True):
         later chunk parsed under the file's first ``N`` lines (CSV: its header)."""
         return None
 
-    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int) -> pl.DataFrame:
+    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
+              warn: Callable[[str], None] | None = None,
+              text_columns: Iterable[str] = ()) -> pl.DataFrame:
         """One row per record of ``body``.
 
         :param prefix: the file's first ``chunk_header_lines()`` lines when ``body`` is a
             later chunk; empty when ``body`` starts the file (or is the whole file).
         :param source: the file's path, for errors.
         :param first_line: the 1-based file line ``body`` starts at.
+        :param warn: takes warnings about input parsed anyway (lines dropped, a guessed
+            setting), naming file and line; the file receiver marks the stream with them.
+        :param text_columns: columns the stream declares as strings: read them as text,
+            as written (``007`` stays ``007``). The file receiver casts every other column
+            to the stream's type.
         :raises ParseError: the input cannot be parsed, naming ``source`` and the line.
         """
         raise NotImplementedError(f"parser_type {self.tag()!r} cannot run yet")

@@ -2,16 +2,23 @@
 
 Both read delimited text into one row per record:
 
-- ``separator`` (default ``,``), ``file_encoding`` (utf-8 by default, with or without a
-  BOM; any Python codec name is decoded; unset and not utf-8, the file is read as
-  cp1252, the usual Windows export, and a warning is logged);
+- ``separator``: ``,`` by default; when none is set and the first line holds no ``,``
+  but ``;``, TAB or ``|``, the most frequent of those, with a warning;
+- ``file_encoding``: utf-8 by default, with or without a BOM; any Python codec name is
+  decoded. Unset, a line that is not utf-8 is read as cp1252 (the usual Windows export)
+  and named in a warning; the other lines stay utf-8;
+- a file holding NUL bytes or many control characters is refused as binary;
 - ``header``: zero-based line of the column names (default 0; lines above it are
   skipped); ``null`` for files without one (columns ``column_1``, ``column_2``, ...);
 - ``parse_timestamps: [{field_name, format}]`` parses those columns with a strftime
   format; other ISO-looking columns are recognised as datetimes automatically;
 - ``bad_lines_action``: a line with more or fewer fields than the header is ``error``
-  (the file is rejected, naming file and line), ``warn`` (logged with file and line,
-  then dropped) or ``skip`` (dropped silently).
+  (the file is rejected, naming file and line), ``warn`` (every dropped line counted and
+  named in one warning) or ``skip`` (dropped silently). A quoted field that spans lines
+  with the wrong field count (an unbalanced quote) is taken apart into its lines, so
+  only the broken line is dropped.
+
+Warnings go to the ``warn`` callback the file receiver passes (they mark the stream).
 
 The legacy ``spreadsheet`` parser takes the same settings under ``options.parse``, plus
 ``parse_dates`` (columns parsed by guessing the format; ``dayfirst`` for day-first
@@ -28,7 +35,7 @@ from __future__ import annotations
 import csv as pycsv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -51,6 +58,7 @@ from dataflows.timestamps import chrono_format, localize
 __all__ = ["CsvParser", "CsvSettings", "ParseError", "SpreadsheetParser", "parse_csv"]
 
 BadLinesAction = Literal["error", "warn", "skip"]
+OneCharacter = Annotated[str, msgspec.Meta(min_length=1, max_length=1)]
 DAYFIRST_FORMATS = ("%d/%m/%Y %H:%M:%S%.f", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d-%m-%Y %H:%M:%S",
                     "%d.%m.%Y %H:%M:%S", "%d/%m/%Y")
 _log = logging.getLogger("parser.csv")
@@ -67,7 +75,7 @@ class TimestampField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 class CsvSettings:
     """Everything :func:`parse_csv` needs, whichever parser config it came from."""
 
-    separator: str = ","
+    separator: str | None = None
     file_encoding: str | None = None
     header: int | None = 0
     parse_timestamps: tuple[TimestampField, ...] = ()
@@ -95,72 +103,147 @@ class CsvSettings:
             return False
 
 
-def _decode(data: bytes, settings: CsvSettings, source: str, first_line: int) -> str:
+Warn = Callable[[str], None]
+#: Separators tried when the configured one (``,`` by default) is not in the header.
+OTHER_SEPARATORS = (";", "\t", "|")
+#: Most control characters (other than tab, CR, LF) a text chunk may hold, as a fraction.
+BINARY_CONTROL_FRACTION = 0.01
+
+
+def _decode(data: bytes, settings: CsvSettings, source: str, first_line: int, warn: Warn) -> str:
+    """``data`` as text. Unset ``file_encoding``: UTF-8 (with or without a BOM), each line
+    that is not UTF-8 read as cp1252 (the usual Windows export) with a warning naming it.
+
+    :raises ParseError: ``file_encoding`` is set and the bytes are not in it.
+    """
     try:
         return data.decode(settings.encoding)
     except UnicodeDecodeError as exc:
-        line = first_line + data[: exc.start].count(b"\n")
-        if settings.file_encoding is None:
-            _log.warning("%s, line %d: not utf-8, read as cp1252", source, line)
-            return data.decode("cp1252", errors="replace")
-        raise ParseError(source, line, f"cannot decode as {settings.file_encoding}: {exc.reason}") from exc
+        if settings.file_encoding is not None:
+            line = first_line + data[: exc.start].count(b"\n")
+            raise ParseError(source, line, f"cannot decode as {settings.file_encoding}: {exc.reason}") from exc
+    lines = data.split(b"\n")
+    out, fallback = [], []
+    for index, raw in enumerate(lines):
+        try:
+            out.append(raw.decode("utf-8-sig" if index == 0 else "utf-8"))
+        except UnicodeDecodeError:
+            out.append(raw.decode("cp1252", errors="replace"))
+            fallback.append(first_line + index)
+    if fallback:
+        warn(f"{source}, {_line_list(fallback)}: not utf-8, read as cp1252")
+    return "\n".join(out)
 
 
-def _records(body: str, separator: str, source: str, first_line: int) -> Iterator[tuple[int, list[str]]]:
-    """``(1-based line in body, fields)`` of every record of ``body`` (quoted fields may span
-    lines: the csv module knows where records end).
+def _line_list(numbers: list[int], most: int = 100) -> str:
+    """``line 3, lines 7-9, ...``: every number, runs as ranges, at most ``most`` entries."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+    more = f" and {len(text) - most} more runs" if len(text) > most else ""
+    return ("line " if len(numbers) == 1 else "lines ") + ", ".join(text[:most]) + more
+
+
+def _refuse_binary(text: str, source: str, first_line: int) -> None:
+    """:raises ParseError: ``text`` holds a NUL or more control characters than text does."""
+    sample = text[:65536]
+    nul = sample.find("\x00")
+    controls = sum(1 for c in sample if c < " " and c not in "\t\r\n")
+    if nul >= 0 or controls > BINARY_CONTROL_FRACTION * max(len(sample), 1):
+        at = nul if nul >= 0 else next(i for i, c in enumerate(sample) if c < " " and c not in "\t\r\n")
+        raise ParseError(source, first_line + sample[:at].count("\n"),
+                         f"binary data, not CSV text ({controls} control characters in the first "
+                         f"{len(sample)} characters{', a NUL byte' if nul >= 0 else ''})")
+
+
+def _separator(settings: CsvSettings, sample: str | None, source: str, warn: Warn) -> str:
+    """The separator: the configured one, or (when none is set and the header, or the first
+    line, holds none of the default ``,``) the most frequent of ``; TAB |`` in it, with a
+    warning."""
+    if settings.separator is not None or not sample or "," in sample:
+        return settings.separator or ","
+    counts = {sep: sample.count(sep) for sep in OTHER_SEPARATORS}
+    best = max(counts, key=lambda sep: counts[sep])
+    if not counts[best]:
+        return ","
+    warn(f"{source}: no ',' in the first line but {counts[best]} {best!r}: read with separator "
+         f"{best!r} (set `separator` to choose)")
+    return best
+
+
+def _lines(text: str) -> list[str]:
+    """The physical lines of ``text`` as the csv module sees them (endings kept)."""
+    return list(io.StringIO(text, newline=""))
+
+
+def _units(lines: list[str], separator: str, source: str, first_line: int,
+           expected: int | None) -> list[tuple[int, int, int]]:
+    """``(first line, last line, field count)`` (0-based in ``lines``) of every non-blank
+    record. A record spanning several lines (a quoted field with newlines) whose count is
+    wrong, e.g. after an unbalanced quote, is taken apart into its lines, each counted
+    alone, so one bad quote costs its line, not the rest of the chunk."""
+    if not any('"' in line for line in lines):
+        stripped = pl.Series([line.rstrip("\r\n") for line in lines], dtype=pl.String)
+        counts = (stripped.str.count_matches(separator, literal=True) + 1).to_list()
+        return [(i, i, c) for i, (c, line) in enumerate(zip(counts, stripped, strict=True)) if line]
+    out: list[tuple[int, int, int]] = []
+    for start, end, fields in _records(lines, separator, source, first_line):
+        if not fields:
+            continue
+        if expected is not None and len(fields) != expected and end > start:
+            for index in range(start, end + 1):
+                alone = next((f for _, _, f in _records(lines[index:index + 1], separator, source,
+                                                         first_line + index)), [])
+                if alone:
+                    out.append((index, index, len(alone)))
+        else:
+            out.append((start, end, len(fields)))
+    return out
+
+
+def _records(lines: list[str], separator: str, source: str,
+             first_line: int) -> Iterator[tuple[int, int, list[str]]]:
+    """``(first line, last line, fields)`` (0-based in ``lines``) of every record.
 
     :raises ParseError: the csv module refuses the text (a field over its size limit).
     """
-    reader = pycsv.reader(io.StringIO(body, newline=""), delimiter=separator)
-    start = 1
+    reader = pycsv.reader(iter(lines), delimiter=separator)
+    start = 0
     try:
         for record in reader:
-            yield start, record
-            start = reader.line_num + 1
+            yield start, reader.line_num - 1, record
+            start = reader.line_num
     except pycsv.Error as exc:
-        raise ParseError(source, first_line + start - 1, f"not readable as CSV: {exc}") from exc
-
-
-def _field_counts(body: str, separator: str, source: str,
-                  first_line: int) -> tuple[list[int], list[int]]:
-    """Field count of every non-blank record of ``body`` and its 1-based line in ``body``."""
-    if '"' not in body:
-        lines = pl.Series(body.split("\n")).str.strip_suffix("\r")
-        frame = pl.DataFrame({"line": lines}).with_row_index("n", offset=1).filter(pl.col("line") != "")
-        counts = frame["line"].str.count_matches(separator, literal=True) + 1
-        return counts.to_list(), frame["n"].to_list()
-    counts, numbers = [], []
-    for start, record in _records(body, separator, source, first_line):
-        if record:
-            counts.append(len(record))
-            numbers.append(start)
-    return counts, numbers
-
-
-def _drop_lines(body: str, separator: str, bad: set[int], source: str, first_line: int) -> str:
-    if '"' not in body:
-        return "\n".join(line for n, line in enumerate(body.split("\n"), 1) if n not in bad)
-    out = io.StringIO()
-    writer = pycsv.writer(out, delimiter=separator, lineterminator="\n")
-    for start, record in _records(body, separator, source, first_line):
-        if record and start not in bad:
-            writer.writerow(record)
-    return out.getvalue()
+        raise ParseError(source, first_line + start, f"not readable as CSV: {exc}") from exc
 
 
 def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
-              first_line: int) -> pl.DataFrame:
+              first_line: int, warn: Warn | None = None, text_columns: Iterable[str] = ()) -> pl.DataFrame:
     """Parse ``body`` (complete lines starting at file line ``first_line``) under the header in ``prefix``.
 
     With an empty ``prefix`` the body starts the file and holds the header lines itself.
+    Warnings (lines read as cp1252, a detected separator, dropped lines) go to ``warn``
+    (logged when it is None). ``text_columns`` are read as text, as written.
 
     :returns: one row per record; columns named by the header.
-    :raises ParseError: undecodable bytes, or a bad line with ``bad_lines_action: error``.
+    :raises ParseError: binary data, undecodable bytes in a set ``file_encoding``, text the
+        csv module refuses, or a bad line with ``bad_lines_action: error``.
     """
-    text = _decode(body, settings, source, first_line)
+    def report(message: str) -> None:
+        (warn or _log.warning)(message)
+
+    nul = body.find(b"\x00", 0, 65536) if settings.splits_on_newline_byte else -1  # UTF-16 has NULs
+    if nul >= 0:
+        raise ParseError(source, first_line + body[:nul].count(b"\n"),
+                         f"binary data, not CSV text (a NUL byte at byte {nul} of the chunk)")
+    text = _decode(body, settings, source, first_line, report)
+    _refuse_binary(text, source, first_line)
     if prefix:
-        head = _decode(prefix, settings, source, 1).splitlines()
+        head = _decode(prefix, settings, source, 1, report).splitlines()
     else:  # the chunk starts the file: its first lines are the header lines
         parts = text.split("\n", settings.header_lines)
         head, text = parts[: settings.header_lines], (parts[settings.header_lines]
@@ -170,33 +253,37 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
     header_line = head[settings.header] if settings.header is not None and len(head) > settings.header else None
     if settings.header is not None and header_line is None:
         raise ParseError(source, settings.header + 1, "the header line is missing")
+    lines = _lines(text)
+    separator = _separator(settings, header_line if header_line is not None else (lines or [""])[0],
+                           source, report if not prefix else (lambda _: None))
     columns = None
     if header_line is not None:
         assert settings.header is not None
-        records = _records(header_line, settings.separator, source, settings.header + 1)
-        columns = next((fields for _, fields in records), [])
+        records = _records([header_line], separator, source, settings.header + 1)
+        columns = next((fields for _, _, fields in records), [])
 
-    counts, numbers = _field_counts(text, settings.separator, source, first_line)
-    expected = len(columns) if columns is not None else (counts[0] if counts else 0)
-    bad = [(n, c) for n, c in zip(numbers, counts, strict=True) if c != expected]
+    units = _units(lines, separator, source, first_line, len(columns) if columns is not None else None)
+    expected = len(columns) if columns is not None else (units[0][2] if units else 0)
+    bad = [(start, count) for start, _, count in units if count != expected]
     if bad:
-        line, count = first_line + bad[0][0] - 1, bad[0][1]
+        numbers = [first_line + start for start, _ in bad]
         if settings.bad_lines_action == "error":
-            raise ParseError(source, line, f"expected {expected} fields, found {count}"
+            raise ParseError(source, numbers[0], f"expected {expected} fields, found {bad[0][1]}"
                              + (f" ({len(bad)} bad lines in all)" if len(bad) > 1 else ""))
         if settings.bad_lines_action == "warn":
-            for n, c in bad[:10]:
-                _log.warning("%s, line %d: expected %d fields, found %d; line dropped",
-                             source, first_line + n - 1, expected, c)
-            if len(bad) > 10:
-                _log.warning("%s: %d more bad lines dropped", source, len(bad) - 10)
-        text = _drop_lines(text, settings.separator, {n for n, _ in bad}, source, first_line)
+            for number, (_, count) in list(zip(numbers, bad, strict=True))[:10]:
+                report(f"{source}, line {number}: expected {expected} fields, found {count}; line dropped")
+            if len(bad) > 1:  # every dropped line named, runs as ranges
+                report(f"{source}, {_line_list(numbers)}: {len(bad)} lines dropped in all, not "
+                       f"{expected} fields")
+        text = "".join(line for start, end, count in units if count == expected
+                       for line in lines[start:end + 1])
 
-    explicit = {t.field_name for t in settings.parse_timestamps} | set(settings.parse_dates)
+    explicit = {t.field_name for t in settings.parse_timestamps} | set(settings.parse_dates) | set(text_columns)
     payload = ((header_line + "\n") if header_line is not None else "") + text
     try:
         frame = pl.read_csv(
-            io.BytesIO(payload.encode("utf-8")), separator=settings.separator,
+            io.BytesIO(payload.encode("utf-8")), separator=separator,
             has_header=header_line is not None, try_parse_dates=True, infer_schema_length=10_000,
             schema_overrides={c: pl.String for c in explicit if columns and c in columns} or None,
             raise_if_empty=False)
@@ -251,9 +338,12 @@ class _CsvLike:
         settings = self.settings()
         return settings.header_lines if settings.splits_on_newline_byte else None
 
-    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int) -> pl.DataFrame:
+    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
+              warn: Callable[[str], None] | None = None,
+              text_columns: Iterable[str] = ()) -> pl.DataFrame:
         """Parse a chunk of a file; see :func:`parse_csv`."""
-        return parse_csv(prefix, body, self.settings(), source=source, first_line=first_line)
+        return parse_csv(prefix, body, self.settings(), source=source, first_line=first_line, warn=warn,
+                         text_columns=text_columns)
 
 
 @parsers.register
@@ -267,7 +357,9 @@ class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
 
     file_format: Annotated[str, describe("Only 'csv'.", choices=["csv"])] = "csv"
     file_encoding: Annotated[str | None, describe("Python codec name; utf-8 by default.")] = None
-    separator: Annotated[str, describe("Field separator.", min_length=1, max_length=1)] = ","
+    separator: Annotated[OneCharacter | None, describe(
+        "Field separator; by default ',', or ';', TAB or '|' when the first line holds no ',' "
+        "but one of them (with a warning).")] = None
     header: Annotated[NonNegativeInt | None, describe("Zero-based line of the column names; null: none.")] = 0
     parse_timestamps: Annotated[list[TimestampField], describe("Columns with explicit formats.")] = (
         msgspec.field(default_factory=list))
@@ -290,7 +382,9 @@ class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
 class SpreadsheetParse(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``options.parse`` of the legacy spreadsheet parser."""
 
-    separator: Annotated[str, describe("Field separator.", min_length=1, max_length=1)] = ","
+    separator: Annotated[OneCharacter | None, describe(
+        "Field separator; by default ',', or ';', TAB or '|' when the first line holds no ',' "
+        "but one of them (with a warning).")] = None
     header: Annotated[NonNegativeInt | None, describe("Zero-based line of the column names.")] = 0
     dayfirst: Annotated[bool, describe("Dates in parse_dates are day-first.")] = False
     parse_dates: Annotated[list[str], describe("Columns parsed as dates, format guessed.")] = (

@@ -48,12 +48,17 @@ from dataflows.sdk import (
     StreamReader,
     Template,
     Violation,
+    choice_violations,
     describe,
     error,
 )
 
 if TYPE_CHECKING:
     import fsspec
+
+#: The types a stream's ``dtypes`` may name.
+DTYPES: dict[str, pl.DataType] = {"string": pl.String(), "integer": pl.Int64(), "float": pl.Float64(),
+                                  "boolean": pl.Boolean(), "datetime": pl.Datetime("us"), "date": pl.Date()}
 
 registry.load_package("connectors.parsers")  # file receivers embed the union of the parsers
 _ParserUnion = registry.parsers.union()
@@ -64,6 +69,9 @@ class FileStream(StreamConfig, kw_only=True):
 
     file_filter: Annotated[list[str] | None, describe("Globs on file names, e.g. ['*.csv'].")] = None
     path_filter: Annotated[list[str] | None, describe("Globs on paths below the directory.")] = None
+    dtypes: Annotated[dict[str, str] | None, describe(
+        "Column types the stream keeps, e.g. {'temp': 'float'}: string, integer, float, boolean, "
+        "datetime or date. Other columns keep the type they had in the stream's first file.")] = None
     parser: Annotated[str | None, describe("parser_name; by default the first parser whose "
                                                  "filter_stream matches the stream.")] = None
 
@@ -103,6 +111,8 @@ class FileReceiver(ReceiverConfig, kw_only=True):
                 out.append(error(f"duplicate parser_name {name!r}", [*path, "parsers", index, "parser_name"]))
         for index, stream in enumerate(self.streams):
             s_path = [*path, "streams", index]
+            for column, dtype in (stream.dtypes or {}).items():
+                out += choice_violations(dtype, DTYPES, "dtype", [*s_path, "dtypes", column])
             if stream.file_filter is not None and stream.path_filter is not None:
                 out.append(error("use file_filter or path_filter, not both", s_path))
             if stream.parser is not None and stream.parser not in names:
@@ -187,6 +197,9 @@ class FileStreamReader(StreamReader):
         state = resume_state or {}
         self._files: dict[str, SeenFile] = dict(state.get("files", {}))
         self._pending_delete: dict[str, str] = dict(state.get("pending_delete", {}))
+        declared = {c: DTYPES[t] for c, t in (stream.dtypes or {}).items() if t in DTYPES}
+        self._schema: dict[str, pl.DataType] = {**dict(state.get("schema", {})), **declared}
+        self._text_columns = frozenset(c for c, t in declared.items() if t == pl.String)
         self._queue: list[_Candidate] = []
         self._ledger: Ledger | None = None
         self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
@@ -196,7 +209,7 @@ class FileStreamReader(StreamReader):
 
     def snapshot(self) -> dict[str, Any]:
         return {"files": {p: msgspec.structs.replace(f) for p, f in self._files.items()},
-                "pending_delete": dict(self._pending_delete)}
+                "pending_delete": dict(self._pending_delete), "schema": dict(self._schema)}
 
     def describe(self) -> str:
         done = sum(1 for f in self._files.values() if f.offset >= f.size)
@@ -284,9 +297,11 @@ class FileStreamReader(StreamReader):
                 if not whole:
                     head = data.split(b"\n", self._header_lines)[: self._header_lines]
                     seen.prefix = b"".join(line + b"\n" for line in head)
-                frame = self._parser.parse(b"", data, source=path, first_line=1)
+                frame = self._parser.parse(b"", data, source=path, first_line=1, warn=self.report_warning,
+                                           text_columns=self._text_columns)
             else:
-                frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1)
+                frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1,
+                                           warn=self.report_warning, text_columns=self._text_columns)
         except ParseError as exc:
             return self._skip(candidate, exc), True
         except Exception as exc:  # a parser that fails otherwise must not stop the stream either
@@ -294,7 +309,36 @@ class FileStreamReader(StreamReader):
                             exc_info=True)
             return self._skip(candidate, ParseError(
                 path, None, f"the {self._parser.tag()} parser failed: {type(exc).__name__}: {exc}")), True
-        return self._read(candidate, seen, data, frame)
+        return self._read(candidate, seen, data, self._conform(frame, path))
+
+    def _conform(self, frame: pl.DataFrame, path: str) -> pl.DataFrame:
+        """``frame`` with each column in the stream's type: declared (``dtypes``), or the
+        type it had when the stream first saw it. A value that does not fit becomes null,
+        with a warning naming file, column and examples."""
+        fixed = []
+        for name, dtype in frame.schema.items():
+            target = self._schema.get(name)
+            if target is None:
+                if dtype != pl.Null:
+                    self._schema[name] = dtype
+                continue
+            if dtype == pl.Null:  # no value at all in this chunk
+                fixed.append(pl.col(name).cast(target))
+                continue
+            if dtype == target:
+                continue
+            column = frame[name]
+            cast = column.cast(target, strict=False)
+            lost = cast.is_null() & column.is_not_null()
+            if dtype.is_numeric() and target.is_numeric():  # 1.5 into an integer column does not fit
+                lost = lost | (cast.cast(dtype, strict=False) != column).fill_null(False)
+            if lost.any():
+                examples = ", ".join(repr(v) for v in column.filter(lost).unique(maintain_order=True)
+                                     .head(3).to_list())
+                self.report_warning(f"{path}: {lost.sum()} values of column {name!r} do not fit its "
+                                    f"type {target} and became null (e.g. {examples})")
+            fixed.append(pl.when(lost).then(None).otherwise(cast).alias(name))
+        return frame.with_columns(fixed) if fixed else frame
 
     def _read(self, candidate: _Candidate, seen: SeenFile, data: bytes,
               frame: pl.DataFrame) -> tuple[Batch | None, bool]:

@@ -152,8 +152,8 @@ def test_poison_files_mark_their_stream_and_stop_nothing(tmp_path: Path, flows: 
     the job exit 1 on every start, a healthy receiver delivering nothing."""
     poison = tmp_path / "poison"
     poison.mkdir()
-    noise = bytes(b if b not in b'\n\r",' else 0x41 for b in random.Random(7).randbytes(300_000))
-    (poison / "random.csv").write_bytes(b'"' + noise)  # one 300 KB quoted field: over the csv limit
+    (poison / "random.csv").write_bytes(random.Random(7).randbytes(300_000))
+    (poison / "long_field.csv").write_bytes(b'"' + b"x" * 300_000)  # one quoted field over the csv limit
     (poison / "long_line.csv").write_bytes(b"x" * 10_000_000)
     healthy = nab_config(nab_machine_csv.parent, None)["data_receiver"][0]
     config = {
@@ -167,11 +167,14 @@ def test_poison_files_mark_their_stream_and_stop_nothing(tmp_path: Path, flows: 
     flow = flows(tmp_path / "home", config)
     flow.start()
     flow.wait_for(lambda: len(flow.output("local", CSV_FILE)) >= NAB_ROWS, what="the healthy stream")
-    flow.wait_for(lambda: "long_line.csv" in flow.log() and "random.csv" in flow.log(), what="both marked")
+    flow.wait_for(lambda: all(f"{name}.csv" in flow.log() for name in ("long_line", "long_field", "random")),
+                  what="every poison file marked")
     assert flow.proc is not None and flow.proc.poll() is None  # still running
     assert flow.stop() == 0
     log = flow.log()
-    assert f"bad:csv: {poison / 'random.csv'}, line 1: not readable as CSV: field larger than field limit" in log
+    assert f"bad:csv: {poison / 'long_field.csv'}, line 1: not readable as CSV: field larger than field limit" \
+        in log
+    assert f"bad:csv: {poison / 'random.csv'}, line 1: binary data, not CSV text" in log
     assert f"bad:csv: {poison / 'long_line.csv'}" in log and "the file is skipped until it changes" in log
     markers = Ledger(ledger_path(tmp_path / "home")).markers()
     assert [(m.component, m.asset, m.category, m.level) for m in markers] == [("poisoned", "bad", "input", "error")]

@@ -165,3 +165,42 @@ class SpreadsheetHarness(CsvHarness):
     """The legacy spreadsheet parser on the same files."""
 
     parser_type = "spreadsheet"
+
+
+def test_an_unbalanced_quote_costs_its_line_not_the_rest_of_the_file() -> None:
+    lines = [f"{i},{i * 10},ok" for i in range(1, 11)]
+    lines.insert(3, '99,"broken quote,x')  # line 5 of the file (the header is line 1)
+    warnings: list[str] = []
+    frame = parser(bad_lines_action="warn").parse(
+        b"", ("a,b,c\n" + "\n".join(lines) + "\n").encode(), source="f.csv", first_line=1,
+        warn=warnings.append)
+    assert frame["a"].to_list() == list(range(1, 11))  # the 10 good rows
+    assert warnings == ["f.csv, line 5: expected 3 fields, found 2; line dropped"]
+
+
+def test_one_cp1252_line_leaves_the_utf8_lines_alone() -> None:
+    data = "name,t\ncafé,1\n".encode() + "Température,2\n".encode("cp1252") + "naïve,3\n".encode()
+    warnings: list[str] = []
+    frame = parser().parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
+    assert frame["name"].to_list() == ["café", "Température", "naïve"]
+    assert warnings == ["f.csv, line 3: not utf-8, read as cp1252"]
+
+
+def test_a_binary_file_is_refused_not_delivered_as_garbage() -> None:
+    data = bytes(range(256)) * 40  # NUL and control bytes, a few newlines
+    with pytest.raises(ParseError, match=r"^f\.bin, line 1: binary data, not CSV text"):
+        parser().parse(b"", data, source="f.bin", first_line=1)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(1000)
+    with pytest.raises(ParseError, match="binary data"):
+        parser().parse(b"", png, source="f.png", first_line=1)
+
+
+def test_a_semicolon_file_is_read_with_a_warning_unless_a_separator_is_set() -> None:
+    data = b"ts;temp;zone\n1;20.5;A\n2;21.0;B\n"
+    warnings: list[str] = []
+    frame = parser().parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
+    assert frame.columns == ["ts", "temp", "zone"] and frame["temp"].to_list() == [20.5, 21.0]
+    assert warnings == ["f.csv: no ',' in the first line but 2 ';': read with separator ';' "
+                        "(set `separator` to choose)"]
+    explicit = parser(separator=",").parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
+    assert explicit.columns == ["ts;temp;zone"] and len(warnings) == 1

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
-from dataflows.config import load
+from dataflows.config import load, validate
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import StreamKey
 from dataflows.runtime import RunContext, _ReceiverPartition
@@ -31,14 +32,17 @@ class Clock:
         return self.now
 
 
-def receiver(directory: Path, **keys: Any):
+def document(directory: Path, **keys: Any) -> dict[str, Any]:
     parser = keys.pop("parser", {"parser_name": "csv", "parser_type": "csv"})
-    doc = {"transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}],
-           "data_receiver": [{"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 2,
-                              "connections": [{"data_directory": str(directory)}], "parsers": [parser],
-                              "streams": [{"asset": "machine", "stream_type": "temperature",
-                                           "file_filter": ["*.csv"], "parser": "csv"}], **keys}]}
-    return load(doc).data_receiver[0]
+    return {"transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}],
+            "data_receiver": [{"data_receiver_name": "files", "protocol": "localfile", "poll_interval": 2,
+                               "connections": [{"data_directory": str(directory)}], "parsers": [parser],
+                               "streams": [{"asset": "machine", "stream_type": "temperature",
+                                            "file_filter": ["*.csv"], "parser": "csv"}], **keys}]}
+
+
+def receiver(directory: Path, **keys: Any):
+    return load(document(directory, **keys)).data_receiver[0]
 
 
 def context(home: Path, clock: Clock | None = None) -> RunContext:
@@ -190,7 +194,7 @@ def test_delete_completed_waits_for_every_transmit(tmp_path: Path, inbox: Path) 
     ledger.ack("files", str(STREAM), batch.ack_key, "local")
     assert drain(reader) == []
     assert not path.exists()
-    assert reader.snapshot() == {"files": {}, "pending_delete": {}}
+    assert reader.snapshot() == {"files": {}, "pending_delete": {}, "schema": {"ts": pl.Int64, "v": pl.Int64}}
     assert ledger.acked_by("files", str(STREAM), batch.ack_key) == set()
 
 
@@ -270,3 +274,40 @@ def test_an_empty_file_is_deleted_once_delivered(tmp_path: Path, inbox: Path) ->
     Ledger(ledger_path(tmp_path / "home")).ack("files", str(STREAM), batch.ack_key, "local")
     assert drain(reader) == []
     assert not (inbox / "empty.csv").exists()
+
+
+def test_a_stream_keeps_its_column_types_from_file_to_file(tmp_path: Path, inbox: Path) -> None:
+    files = {"1.csv": b"ts,temp,count\n1,20.5,3\n2,21.0,4\n",
+             "2.csv": b"ts,temp,count\n3,n/a,5\n4,22.5,6.5\n",  # a string in temp, a float in count
+             "3.csv": b"ts,temp,count\n5,23,7\n"}  # integers where the stream has floats: they fit
+    for mtime, (name, data) in enumerate(files.items(), 1):
+        (inbox / name).write_bytes(data)
+        os.utime(inbox / name, (mtime, mtime))
+    reader = open_reader(tmp_path)
+    batches = drain(reader)
+    assert [b.frame.schema for b in batches] == [{"ts": pl.Int64, "temp": pl.Float64, "count": pl.Int64}] * 3
+    assert [b.frame.to_dicts() for b in batches][1] == [{"ts": 3, "temp": None, "count": 5},
+                                                        {"ts": 4, "temp": 22.5, "count": None}]
+    assert batches[2].frame.row(0) == (5, 23.0, 7)
+    assert reader.take_warnings() == [
+        f"{inbox / '2.csv'}: 1 values of column 'temp' do not fit its type Float64 and became null (e.g. 'n/a')",
+        f"{inbox / '2.csv'}: 1 values of column 'count' do not fit its type Int64 and became null (e.g. 6.5)"]
+    state = reader.snapshot()
+    assert state["schema"] == {"ts": pl.Int64, "temp": pl.Float64, "count": pl.Int64}
+    (inbox / "4.csv").write_bytes(b"ts,temp,count\n6,x,8\n")
+    os.utime(inbox / "4.csv", (9, 9))
+    resumed = open_reader(tmp_path, state)  # the types survive a restart
+    assert [b.frame.row(0) for b in drain(resumed)] == [(6, None, 8)]
+
+
+def test_declared_dtypes_win_over_the_first_file(tmp_path: Path, inbox: Path) -> None:
+    (inbox / "1.csv").write_bytes(b"id,temp\n007,20\n")
+    streams = [{"asset": "machine", "stream_type": "temperature", "file_filter": ["*.csv"], "parser": "csv",
+                "dtypes": {"id": "string", "temp": "float"}}]
+    reader = open_reader(tmp_path, streams=streams)
+    (batch,) = drain(reader)
+    assert batch.frame.schema == {"id": pl.String, "temp": pl.Float64}
+    assert batch.frame.row(0) == ("007", 20.0)  # as written: a string column is read as text
+    bad = {**streams[0], "dtypes": {"id": "text"}}
+    assert [v.description for v in validate(document(inbox, streams=[bad]))] == [
+        "unsupported dtype 'text'; accepted: boolean, date, datetime, float, integer, string"]
