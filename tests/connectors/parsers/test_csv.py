@@ -200,7 +200,7 @@ def test_a_semicolon_file_is_read_with_a_warning_unless_a_separator_is_set() -> 
     warnings: list[str] = []
     frame = parser().parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
     assert frame.columns == ["ts", "temp", "zone"] and frame["temp"].to_list() == [20.5, 21.0]
-    assert warnings == ["f.csv: no ',' in the first line but 2 ';': read with separator ';' "
-                        "(set `separator` to choose)"]
+    assert warnings == [("f.csv: no ',' in the first line but 2 ';': read with separator ';' "
+                         "(set `separator` to choose)")]
     explicit = parser(separator=",").parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
     assert explicit.columns == ["ts;temp;zone"] and len(warnings) == 1

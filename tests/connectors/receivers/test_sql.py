@@ -289,9 +289,9 @@ def test_the_cursor_never_advances_to_null(database: Database) -> None:
     reader = open_reader(receiver(database.connection, query))
     assert ids(drain(reader)) == [1, 2, 3, 4, 5, 6]  # the NULL rows are delivered, not lost
     assert str(reader.snapshot()["ts"]) == "2024-01-01 00:00:04"  # never None
-    assert reader.take_bad_input() == [
+    assert reader.take_bad_input() == [(
         "rows with NULL in a state column (2 in 'ts') were delivered; the cursor stays at the last "
-        f"non-NULL values {reader.snapshot()!r} (see docs/sql.md)"]
+        f"non-NULL values {reader.snapshot()!r} (see docs/sql.md)")]
     database.insert(rows(7, 1))
     assert ids(drain(reader)) == [7, 5, 6]  # this query shape re-reads NULL rows: docs/sql.md says why
     assert str(reader.snapshot()["ts"]) == "2024-01-01 00:00:07"
