@@ -6,7 +6,8 @@ stderr and ``$FACTORYFLOW_HOME/log/factorytx_web.log`` in the FactoryTX line for
 starts the dataflow when a config is saved (``--no-start`` leaves it stopped). With
 ``FACTORYFLOW_API_KEY`` set, every request needs that key in ``X-API-Key``.
 
-SIGTERM or Ctrl-C stops the dataflow gracefully, then the API.
+SIGTERM or Ctrl-C stops the dataflow gracefully, then the API, and one line logs the
+records delivered per stream; the exit status is 0.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import uvicorn
 from api.app import create_app
 from api.supervisor import Supervisor
 from dataflows.home import WEB_LOG, home_dir
-from dataflows.main import configure_logging
+from dataflows.main import configure_logging, log_summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m api") -> None:
+    """Parse the command line and serve until interrupted; then log one line with the
+    records delivered per stream."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("FACTORYFLOW_API_HOST", "127.0.0.1"),
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("FACTORYFLOW_API_PORT", 8090)))
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                      redacting=redacting)
     logging.getLogger("api").info("control API on http://%s:%d, home %s", args.host, args.port, home)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
+    log_summary(home, "control API stopped, the dataflow with it")
 
 
 if __name__ == "__main__":

@@ -16,15 +16,16 @@
   whose log shows a progress line per stream at each delivery (records delivered, last
   timestamp), into ``<home>/components/MyTransmit_1/<asset>__<stream_type>.jsonl``.
 
-It runs until Ctrl-C (or for ``--seconds``), then stops the dataflow gracefully and prints
-the records delivered per stream. ``--home`` defaults to ``$FACTORYFLOW_HOME`` or
-``./.factoryflow``, the main job's own default, so the same installation can be run again
-with ``python -m bytewax.run dataflows.main:flow``.
+It runs until Ctrl-C (or for ``--seconds``), then the dataflow stops gracefully and logs
+one line with the records delivered per stream. ``--home`` defaults to
+``$FACTORYFLOW_HOME`` or ``./.factoryflow``, the main job's own default, so the same
+installation can be run again with ``python -m dataflows run``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -164,20 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     flow = subprocess.Popen([sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(recovery),
                              "-s", "5", "-b", "0"], env=env)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())  # the dataflow gets Ctrl-C itself
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: (interrupted.set(), stop.set()))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     deadline = time.monotonic() + args.seconds if args.seconds else None
     while not stop.wait(args.interval) and flow.poll() is None:
         plant.tick()
         if deadline is not None and time.monotonic() >= deadline:
             break
+    if interrupted.is_set():  # Ctrl-C reached the dataflow too: let it stop on its own
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            flow.wait(10)
     if flow.poll() is None:
         flow.send_signal(signal.SIGTERM)
-    code = flow.wait()
-    counts = summary(home)
-    for name, records in counts.items():
-        print(f"{name}: {records} records", flush=True)
-    return 0 if code == 0 and len(counts) == 4 else 1
+    code = flow.wait()  # the job logs one line with the records delivered per stream
+    return 0 if code == 0 and len(summary(home)) == 4 else 1
 
 
 if __name__ == "__main__":

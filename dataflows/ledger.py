@@ -215,6 +215,14 @@ class Ledger:
         return {(r[0], r[1]): int(r[2]) for r in
                 self._db.execute("SELECT transmit, stream, records FROM progress")}
 
+    def delivery_summary(self) -> str:
+        """Records delivered so far per transmit and stream, in one line:
+        ``local: lasercut:mssql 24, fusion:mssql 4; kafka: ...`` (``nothing delivered yet``)."""
+        per_transmit: dict[str, list[str]] = {}
+        for (transmit, stream), records in sorted(self.delivered().items()):
+            per_transmit.setdefault(transmit, []).append(f"{stream} {records}")
+        return "; ".join(f"{t}: {', '.join(s)}" for t, s in per_transmit.items()) or "nothing delivered yet"
+
     def mark_outbox(self, transmit: str, records: int, size: int) -> None:
         """The outbox of ``transmit`` now holds ``records`` records of ``size`` bytes."""
         self._status(transmit, outbox_records=records, outbox_bytes=size)

@@ -10,16 +10,20 @@ With recovery (``-r DIR -s SECONDS -b 0``; create DIR first with ``mkdir DIR &&
 python -m bytewax.recovery DIR 1``) each stream resumes from its last snapshot.
 
 SIGTERM or SIGINT stops it gracefully: each stream finishes the batch in hand, bytewax
-takes a final snapshot and the process exits 0. A second signal interrupts at once.
-An invalid config logs every violation and exits with status 2.
+takes a final snapshot, one line logs the records delivered per stream, and the process
+exits 0. A second signal interrupts at once. An invalid config logs every violation and
+exits with status 2; so does a recovery directory that is not initialised, in one line
+naming the command that fixes it. ``python -m dataflows run`` initialises it for you.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -28,12 +32,13 @@ from bytewax.dataflow import Dataflow
 
 from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
-from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, log_dir
+from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, ledger_path, log_dir
+from dataflows.ledger import Ledger
 from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
 
-__all__ = ["LOG_FORMAT", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
-           "install_signal_handlers"]
+__all__ = ["LOG_FORMAT", "Stop", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
+           "install_signal_handlers", "log_summary", "recovery_problem"]
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
@@ -60,17 +65,62 @@ def configure_logging(home: Path, filename: str = CORE_LOG) -> RedactingFilter:
     return redacting
 
 
-def install_signal_handlers(shutdown: threading.Event) -> None:
-    """First SIGTERM/SIGINT: set ``shutdown`` (graceful stop); a second one: interrupt now."""
+class Stop:
+    """Why the job stops: set by the first SIGTERM/SIGINT (see :func:`install_signal_handlers`).
+
+    :ivar event: set when the dataflow should stop gracefully.
+    :ivar signal: the name of the signal that asked, or None.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: str | None = None
+
+
+def install_signal_handlers(stop: Stop) -> None:
+    """First SIGTERM/SIGINT: set ``stop.event`` (graceful stop); a second one: exit at once
+    with status 128 + the signal number (nothing is lost: what was read since the last
+    snapshot is read again)."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if shutdown.is_set():
-            raise KeyboardInterrupt
-        _log.info("%s received: stopping after the batches in hand", signal.Signals(signum).name)
-        shutdown.set()
+        if stop.event.is_set():  # asked twice: stop now, without a traceback
+            _log.warning("%s received again: stopping at once; what was read since the last snapshot "
+                         "is read again at the next start", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        stop.signal = signal.Signals(signum).name
+        _log.info("%s received: stopping after the batches in hand", stop.signal)
+        stop.event.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def log_summary(home: Path, what: str) -> None:
+    """Log one line: ``<what>: records delivered per stream: <transmit>: <stream> N, ...``."""
+    ledger = Ledger(ledger_path(home))
+    try:
+        _log.info("%s: records delivered per stream: %s", what, ledger.delivery_summary())
+    finally:
+        ledger.close()
+
+
+def recovery_problem(argv: list[str]) -> str | None:
+    """What is wrong with the recovery directory named by ``-r``/``--recovery-directory``
+    in a ``bytewax.run`` command line, or None (none named, or initialised)."""
+    for index, arg in enumerate(argv):
+        value = None
+        if arg in ("-r", "--recovery-directory") and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--recovery-directory="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            directory = Path(value)
+            if not any(directory.glob("part-*.sqlite3")):
+                return (f"the recovery directory {directory} is not initialised: run the job with "
+                        f"`python -m dataflows run` (it initialises it), or first "
+                        f"`mkdir -p {directory} && python -m bytewax.recovery {directory} 1`")
+    return None
 
 
 def flow() -> Dataflow:
@@ -78,10 +128,14 @@ def flow() -> Dataflow:
 
     :raises SystemExit: status 2 when the config is missing or invalid.
     """
+    problem = recovery_problem(sys.argv)
+    if problem is not None:
+        print(f"factoryflow: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     home = home_dir()
     redacting = configure_logging(home)
-    shutdown = threading.Event()
-    install_signal_handlers(shutdown)
+    stop = Stop()
+    install_signal_handlers(stop)
     path = config_path(home)
     try:
         config = load_file(path)
@@ -93,4 +147,5 @@ def flow() -> Dataflow:
     streams = sum(len(r.stream_list) for r in config.data_receiver)
     _log.info("config %s: %d receivers with %d streams, %d transforms, %d transmits; home %s", path,
               len(config.data_receiver), streams, len(config.transforms), len(config.data_transmit), home)
-    return build_flow(config, RunContext(home=home, shutdown=shutdown))
+    atexit.register(lambda: log_summary(home, f"stopped on {stop.signal}" if stop.signal else "stopped"))
+    return build_flow(config, RunContext(home=home, shutdown=stop.event))

@@ -45,4 +45,8 @@ def test_demo_runs_and_output_grows(tmp_path: Path) -> None:
     assert record["timestamp"].endswith("Z")
     for stream in ("lasercut:mssql", "diecast:mssql", "fusion:mssql", "spraypaint:azure_lake"):
         assert re.search(rf"{stream}: \+\d+ records, \d+ delivered, last timestamp 20", done.stderr), stream
-    assert f"{counts['lasercut__mssql.jsonl']} records" in done.stdout
+    assert (f"stopped on SIGTERM: records delivered per stream: MyTransmit_1: diecast:mssql "
+            f"{counts['diecast__mssql.jsonl']}, fusion:mssql {counts['fusion__mssql.jsonl']}, lasercut:mssql "
+            f"{counts['lasercut__mssql.jsonl']}, spraypaint:azure_lake {counts['spraypaint__azure_lake.jsonl']}"
+            ) in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

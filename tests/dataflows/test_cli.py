@@ -1,0 +1,107 @@
+"""The commands a person runs: ``python -m dataflows run|validate``, ``factoryflow``, and
+``bytewax.run`` on a recovery directory nobody initialised; stops end with one summary
+line, status 0 and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import NAB_ROWS
+from tests.dataflows.test_main import nab_config
+from tests.flowrun import REPO
+from tests.services.postgres import free_port
+
+FACTORYFLOW = Path(sys.executable).parent / "factoryflow"
+
+
+def files_config(directory: Path) -> dict:
+    config = nab_config(directory, None)
+    config["data_receiver"] = config["data_receiver"][:1]
+    return config
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_run_initialises_recovery_and_a_sigint_ends_with_one_summary_line(tmp_path: Path,
+                                                                          nab_machine_csv: Path) -> None:
+    home = tmp_path / "home"
+    (home / "conf.d").mkdir(parents=True)
+    (home / "conf.d" / "config.json").write_text(json.dumps(files_config(nab_machine_csv.parent)))
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        job = subprocess.Popen([sys.executable, "-m", "dataflows", "run", "--home", str(home)], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out)
+        output = home / "components" / "local" / "nab__csv.jsonl"
+        wait_for(lambda: output.exists() and len(output.read_bytes().splitlines()) == NAB_ROWS)
+        job.send_signal(signal.SIGINT)
+        assert job.wait(60) == 0
+    text = log.read_text()
+    assert "factoryflow INFO SIGINT received: stopping after the batches in hand" in text
+    summaries = [line for line in text.splitlines() if "records delivered per stream" in line]
+    assert len(summaries) == 1
+    assert summaries[0].endswith(f"stopped on SIGINT: records delivered per stream: local: nab:csv {NAB_ROWS}")
+    assert "Traceback" not in text
+    assert any((home / "recovery").glob("part-*.sqlite3"))
+
+
+def test_bytewax_run_on_an_uninitialised_recovery_directory_says_so_in_one_line(tmp_path: Path,
+                                                                                nab_machine_csv: Path) -> None:
+    home = tmp_path / "home"
+    (home / "conf.d").mkdir(parents=True)
+    (home / "conf.d" / "config.json").write_text(json.dumps(files_config(nab_machine_csv.parent)))
+    recovery = home / "recovery"
+    done = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(recovery),
+                           "-s", "5", "-b", "0"], cwd=home, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FACTORYFLOW_HOME": str(home), "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2
+    assert (done.stdout + done.stderr).splitlines() == [
+        f"factoryflow: the recovery directory {recovery} is not initialised: run the job with "
+        f"`python -m dataflows run` (it initialises it), or first `mkdir -p {recovery} && "
+        f"python -m bytewax.recovery {recovery} 1`"]
+
+
+def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(files_config(tmp_path)))
+    config = files_config(tmp_path)
+    config["data_receiver"][0]["poll_interval"] = 0
+    config["data_transmit"][0]["transmit_type"] = "ftp"
+    bad.write_text(json.dumps(config))
+    ok = subprocess.run([str(FACTORYFLOW), "validate", str(good)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.splitlines() == [f"{good}: 0 errors, 0 warnings"]
+    failed = subprocess.run([sys.executable, "-m", "dataflows", "validate", str(bad)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    assert failed.stdout.splitlines() == [
+        "error: data_receiver/0/poll_interval: Expected `float` >= 0.05, got 0",
+        "error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: kafka, localfile, "
+        "rdpv3, remotedatapost",
+        f"{bad}: 2 errors, 0 warnings"]
+
+
+def test_the_api_ends_on_sigint_with_status_0_and_a_summary(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = free_port()
+    log = tmp_path / "api.log"
+    with log.open("wb") as out:
+        api = subprocess.Popen([str(FACTORYFLOW), "api", "--port", str(port), "--no-start"], cwd=tmp_path,
+                               env={**os.environ, "FACTORYFLOW_HOME": str(home)}, stdout=out, stderr=out)
+        wait_for(lambda: f"127.0.0.1:{port}" in log.read_text())
+        time.sleep(0.5)
+        api.send_signal(signal.SIGINT)
+        assert api.wait(60) == 0
+    text = log.read_text()
+    assert "control API stopped, the dataflow with it: records delivered per stream: nothing delivered yet" \
+        in text
+    assert "Traceback" not in text
