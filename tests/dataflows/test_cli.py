@@ -26,6 +26,14 @@ def files_config(directory: Path) -> dict:
     return config
 
 
+def nab_home(tmp_path: Path, nab_machine_csv: Path) -> Path:
+    """An installation whose config reads the NAB file into the ``local`` transmit."""
+    home = tmp_path / "home"
+    (home / "conf.d").mkdir(parents=True)
+    (home / "conf.d" / "config.json").write_text(json.dumps(files_config(nab_machine_csv.parent)))
+    return home
+
+
 def wait_for(condition, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -35,9 +43,7 @@ def wait_for(condition, timeout: float = 60) -> None:
 
 def test_run_initialises_recovery_and_a_sigint_ends_with_one_summary_line(tmp_path: Path,
                                                                           nab_machine_csv: Path) -> None:
-    home = tmp_path / "home"
-    (home / "conf.d").mkdir(parents=True)
-    (home / "conf.d" / "config.json").write_text(json.dumps(files_config(nab_machine_csv.parent)))
+    home = nab_home(tmp_path, nab_machine_csv)
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         job = subprocess.Popen([sys.executable, "-m", "dataflows", "run", "--home", str(home)], cwd=tmp_path,
@@ -57,18 +63,16 @@ def test_run_initialises_recovery_and_a_sigint_ends_with_one_summary_line(tmp_pa
 
 def test_bytewax_run_on_an_uninitialised_recovery_directory_says_so_in_one_line(tmp_path: Path,
                                                                                 nab_machine_csv: Path) -> None:
-    home = tmp_path / "home"
-    (home / "conf.d").mkdir(parents=True)
-    (home / "conf.d" / "config.json").write_text(json.dumps(files_config(nab_machine_csv.parent)))
+    home = nab_home(tmp_path, nab_machine_csv)
     recovery = home / "recovery"
     done = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(recovery),
                            "-s", "5", "-b", "0"], cwd=home, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "FACTORYFLOW_HOME": str(home), "PYTHONPATH": str(REPO)})
     assert done.returncode == 2
-    assert (done.stdout + done.stderr).splitlines() == [
+    assert (done.stdout + done.stderr).splitlines() == [(
         f"factoryflow: the recovery directory {recovery} is not initialised: run the job with "
         f"`python -m dataflows run` (it initialises it), or first `mkdir -p {recovery} && "
-        f"python -m bytewax.recovery {recovery} 1`"]
+        f"python -m bytewax.recovery {recovery} 1`")]
 
 
 def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> None:
@@ -85,8 +89,8 @@ def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> N
     assert failed.returncode == 2
     assert failed.stdout.splitlines() == [
         "error: data_receiver/0/poll_interval: Expected `float` >= 0.05, got 0",
-        "error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: kafka, localfile, "
-        "rdpv3, remotedatapost",
+        ("error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: kafka, localfile, "
+         "rdpv3, remotedatapost"),
         f"{bad}: 2 errors, 0 warnings"]
 
 
