@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 
 from litestar import Litestar, Request
 from litestar.di import Provide
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from api import status
 from api.controllers import CONTROLLERS
@@ -33,6 +37,33 @@ _log = logging.getLogger("api")
 
 #: Largest request body accepted, in bytes (``FACTORYFLOW_API_MAX_BODY``).
 MAX_BODY = int(os.environ.get("FACTORYFLOW_API_MAX_BODY", 1024 * 1024))
+
+
+#: Where Swagger UI's files (from the swagger-ui-bundle-v2 package) are served: no CDN.
+SCHEMA_ASSETS = "/schema/assets"
+
+
+def openapi_config() -> OpenAPIConfig:
+    """OpenAPI at ``/schema/openapi.json`` and Swagger UI at ``/schema``, every asset served
+    by factoryflow itself, so the page works in a plant without internet."""
+    swagger = SwaggerRenderPlugin(
+        path="/", js_url=f"{SCHEMA_ASSETS}/swagger-ui-bundle.js", css_url=f"{SCHEMA_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{SCHEMA_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{SCHEMA_ASSETS}/favicon-32x32.png'>")
+    return OpenAPIConfig(title="factoryflow control API", version="1.0.0", path="/schema",
+                         render_plugins=[swagger, JsonRenderPlugin()])
+
+
+def check_json(body: bytes) -> None:
+    """:raises ClientException: ``body`` is not JSON (400, naming line, column and why)."""
+    if not body.strip():
+        return
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ClientException(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ClientException(f"invalid JSON: not UTF-8 at byte {exc.start}") from None
 
 
 def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str | None = None,
@@ -51,9 +82,11 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
     with contextlib.suppress(ConfigError):  # an unreadable config has no secrets to scrub yet
         inst.redacting.use(inst.document())
 
-    def check_key(request: Request[Any, Any, Any]) -> None:
+    async def before_request(request: Request[Any, Any, Any]) -> None:
         if api_key and not hmac.compare_digest(request.headers.get("x-api-key", ""), api_key):
             raise NotAuthorizedException("missing or wrong X-API-Key")
+        if request.method in ("POST", "PUT") and "json" in request.headers.get("content-type", ""):
+            check_json(await request.body())  # cached: the handler decodes the same bytes
 
     def startup() -> None:
         status.machine_info(home)  # the first cpu_percent() reading is meaningless; take it now
@@ -67,17 +100,18 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         return inst
 
     return Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, create_static_files_router(
+            path=SCHEMA_ASSETS, directories=[swagger_ui_path], include_in_schema=False)],
         dependencies={
             "inst": Provide(provide_installation, sync_to_thread=False),
             "ledger": Provide(provide_ledger),
             "control": Provide(provide_control),
         },
-        before_request=check_key,
+        before_request=before_request,
         on_startup=[startup],
         on_shutdown=[inst.supervisor.close],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         request_max_body_size=max_body,
         logging_config=None,  # logging is configured by python -m api (FactoryTX line format)
-        openapi_config=OpenAPIConfig(title="factoryflow control API", version="1.0.0", path="/schema"),
+        openapi_config=openapi_config(),
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -249,7 +250,8 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
 
             shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
             logging.getLogger(f"receiver.{self.data_receiver_name}").info("database %s", conn.describe())
-        return _SqlStreamReader(self, stream, shared[key], resume_state)
+        sqlite_file = conn.database_name if conn.database_type == "sqlite" else None
+        return _SqlStreamReader(self, stream, shared[key], resume_state, sqlite_file)
 
 
 class QueryError(RuntimeError):
@@ -261,7 +263,7 @@ class _SqlStreamReader(StreamReader):
     failure_text = "Query failed"
 
     def __init__(self, receiver: SqlReceiver, stream: SqlStream, engine: sa.Engine,
-                 resume_state: dict[str, Any] | None) -> None:
+                 resume_state: dict[str, Any] | None, sqlite_file: str | None = None) -> None:
         import sqlalchemy as sa
 
         self._sa = sa
@@ -270,6 +272,7 @@ class _SqlStreamReader(StreamReader):
         self._stream = stream
         self._engine = engine
         self._state = self._reconcile(resume_state)
+        self._sqlite_file = sqlite_file if sqlite_file not in (None, "", ":memory:") else None
         self._conn: sa.Connection | None = None
         self._chunks: Iterator[pl.DataFrame] | None = None
 
@@ -296,6 +299,9 @@ class _SqlStreamReader(StreamReader):
 
     def read(self) -> tuple[list[Batch], bool]:
         if self._chunks is None:
+            if self._sqlite_file is not None and not os.path.exists(self._sqlite_file):
+                # sqlite3 would create an empty database there and fail with "no such table"
+                raise FileNotFoundError(f"the SQLite database file {self._sqlite_file!r} does not exist")
             self._conn = self._engine.connect().execution_options(
                 stream_results=True, max_row_buffer=self._receiver.chunk_size)
             self._chunks = pl.read_database(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import hypothesis
 import schemathesis
 from hypothesis import given, settings
+from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
@@ -58,3 +60,34 @@ def fuzz(operation: schemathesis.APIOperation, label: str, seen: Counter[int]) -
         case.validate_response(response, checks=[not_a_server_error])
 
     call()
+
+
+def test_the_schema_page_loads_nothing_from_the_internet(tmp_path: Path) -> None:
+    app = create_app(tmp_path / "home", supervisor=Supervisor(tmp_path / "home"))
+    with TestClient(app) as client:
+        page = client.get("/schema")
+        assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+        assert re.findall(r"https?://", page.text.split("<script>")[0]) == []  # head: no remote asset
+        assets = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", page.text)
+        assert sorted(assets) == ["/schema/assets/favicon-32x32.png", "/schema/assets/swagger-ui-bundle.js",
+                                  "/schema/assets/swagger-ui-standalone-preset.js",
+                                  "/schema/assets/swagger-ui.css"]
+        for asset in assets:
+            answer = client.get(asset)
+            assert answer.status_code == 200 and len(answer.content) > 100, asset
+        operations = [(method, path, op) for path, item in client.get("/schema/openapi.json").json()["paths"].items()
+                      for method, op in item.items()]
+    assert len(operations) == 16
+    summaries = {f"{m.upper()} {p}": op.get("summary") for m, p, op in operations}
+    assert all(s and s[0].isupper() and "callable" not in s.lower() for s in summaries.values()), summaries
+    assert summaries["GET /v1/config"] == "Read the configuration"
+
+
+def test_invalid_json_is_refused_naming_line_and_column(tmp_path: Path) -> None:
+    with TestClient(create_app(tmp_path / "home", supervisor=Supervisor(tmp_path / "home"))) as client:
+        for path in ("/v1/config", "/v1/config/validate", "/v1/restream"):
+            answer = client.post(path, content=b'{"data_receiver": [],\n  "transforms": [\n  ],, "x": 1}',
+                                 headers={"content-type": "application/json"})
+            assert answer.status_code == 400
+            assert answer.json()["error"]["text"] == ("invalid JSON at line 3 column 5: Expecting property "
+                                                      "name enclosed in double quotes")

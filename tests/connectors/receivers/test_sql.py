@@ -295,3 +295,15 @@ def test_the_cursor_never_advances_to_null(database: Database) -> None:
     database.insert(rows(7, 1))
     assert ids(drain(reader)) == [7, 5, 6]  # this query shape re-reads NULL rows: docs/sql.md says why
     assert str(reader.snapshot()["ts"]) == "2024-01-01 00:00:07"
+
+
+def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "plant.sqlite"
+    rec = receiver({"database_type": "sqlite", "database_name": str(path)})
+    now = datetime.now(UTC)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, RunContext(home=tmp_path / "home", now=lambda: now), {})
+    assert partition.next_batch() == []
+    (marker,) = Ledger(ledger_path(tmp_path / "home")).markers()
+    assert marker.message.startswith(f"Query failed: the SQLite database file {str(path)!r} does not exist")
+    assert not path.exists()  # sqlite3 would have created an empty file
+    partition.close()
