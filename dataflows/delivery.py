@@ -15,24 +15,94 @@ each write:
   re-raises, so the dataflow stops before its next snapshot and no receiver state runs
   ahead of delivery.
 
+A transmit whose endpoint can be down for long (Kafka) declares a spool
+(:meth:`~dataflows.sdk.TransmitConfig.spool_bytes`). Its sink is then store-and-forward,
+so one transmit's outage never holds back the others beyond a bounded buffer:
+
+- ``write_batch`` stores the batches in the transmit's spool
+  (``$FACTORYFLOW_HOME/components/<transmit_name>/spool.sqlite``, one row per batch:
+  its Arrow IPC frame and where it came from), commits, acknowledges them and returns;
+  when the spool holds its budget of bytes, it waits (backpressure) unless the dataflow
+  is stopping;
+- one forwarder thread per spool hands the oldest batches to the connector's writer and
+  deletes them only once the writer returned (the endpoint has them), then counts and
+  logs them; a failed write is recorded as the transmit's last error and retried with
+  the one backoff policy, the batches kept;
+- at a stop, the forwarder drains what it can for up to :data:`DRAIN_SECONDS`; what is
+  left is sent at the next start. Nothing is lost: at-least-once, as everywhere.
+
 Implements the delivery guarantee of ``shared/specs/factorytx-digest.md`` ("Operation");
 see ``docs/delivery.md``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
+import time
 from typing import TYPE_CHECKING
 
+import msgspec
+import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from dataflows.backoff import Backoff
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.records import Batch, last_timestamp
+from dataflows.outbox import Entry, Outbox, start_drainer
+from dataflows.records import Batch, StreamKey, last_timestamp
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dataflows.sdk import RunContext, TransmitConfig, TransmitWriter
 
-__all__ = ["TransmitReport", "TransmitSink"]
+__all__ = ["DRAIN_SECONDS", "TransmitReport", "TransmitSink", "spooled_batches"]
+
+#: Longest time a stopping forwarder spends draining its spool, in seconds.
+DRAIN_SECONDS = 20.0
+#: Most bytes of spooled batches handed to the writer at once.
+_FORWARD_BYTES = 64 * 1024 * 1024
+#: The forwarder's retries of a failed write.
+_FORWARD_BACKOFF = Backoff(initial=1.0, jitter=1.0)
+
+
+class _SpooledBatch(msgspec.Struct, array_like=True):
+    receiver: str
+    asset: str
+    stream_type: str
+    source: str
+    ack_key: str | None
+    frame: bytes  # Arrow IPC
+
+
+def _encode(batch: Batch) -> bytes:
+    buffer = io.BytesIO()
+    batch.frame.write_ipc(buffer)
+    return msgspec.msgpack.encode(_SpooledBatch(batch.receiver, batch.stream.asset, batch.stream.stream_type,
+                                                batch.source, batch.ack_key, buffer.getvalue()))
+
+
+def _decode(body: bytes) -> Batch:
+    stored = msgspec.msgpack.decode(body, type=_SpooledBatch)
+    return Batch(stored.receiver, StreamKey(stored.asset, stored.stream_type),
+                 pl.read_ipc(io.BytesIO(stored.frame)), stored.source, stored.ack_key)
+
+
+def spool_path(ctx: RunContext, transmit: str) -> Path:
+    """Where the spool of ``transmit`` lives."""
+    return ctx.component_dir(transmit) / "spool.sqlite"
+
+
+def spooled_batches(path: Path) -> list[Batch]:
+    """The batches waiting in the spool file at ``path``, oldest first (for tests and tools)."""
+    if not path.exists():
+        return []
+    spool = Outbox(path)
+    try:
+        return [_decode(entry.body) for entry in spool.peek(1 << 62, 1 << 62)]
+    finally:
+        spool.close()
 
 
 class TransmitReport:
@@ -123,9 +193,108 @@ class _TransmitPartition(StatelessSinkPartition[Batch]):
             self._report.close()
 
 
+class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
+    """Store-and-forward for a transmit with a spool; see the module docstring."""
+
+    def __init__(self, config: TransmitConfig, ctx: RunContext, budget: int) -> None:
+        self._config = config
+        self._ctx = ctx
+        self._budget = budget
+        self._name = config.transmit_name
+        self._log = logging.getLogger(f"transmit.{self._name}")
+        path = spool_path(ctx, self._name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._spool = Outbox(path)
+        self._report = TransmitReport(Ledger(ledger_path(ctx.home)), self._name, config.record_noun)
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._lock, self._thread = start_drainer(path.with_name("forwarder.lock"), self._forward,
+                                                 f"forwarder-{self._name}")
+
+    def write_batch(self, items: list[Batch]) -> None:
+        rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
+        self._spool.wait_for_room(sum(len(body) for _, _, body in rows), self._budget, self._ctx.shutdown,
+                                  self._log)
+        self._spool.append(rows)
+        self._report.outbox(*self._spool.depth())
+        self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
+        if rows:
+            self._wake.set()
+
+    def _forward(self) -> None:
+        spool = Outbox(self._spool.path)
+        report = TransmitReport(Ledger(ledger_path(self._ctx.home)), self._name, self._config.record_noun)
+        writer: TransmitWriter | None = None
+        failures = 0
+        drain_until: float | None = None
+        try:
+            writer = self._config.open_writer(self._ctx, report)
+            while True:
+                if self._closing.is_set() and drain_until is None:
+                    drain_until = time.monotonic() + DRAIN_SECONDS
+                entries = spool.peek(1000, _FORWARD_BYTES)
+                if not entries:
+                    if drain_until is not None:
+                        return
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                if drain_until is not None and time.monotonic() > drain_until:
+                    self._log.info("stopping with %d batches in the spool: they are sent at the next "
+                                   "start", spool.depth()[0])
+                    return
+                if self._send(writer, spool, report, entries):
+                    failures = 0
+                    continue
+                failures += 1
+                if drain_until is not None:
+                    return  # stopping: the endpoint is down, the spool keeps the batches
+                delay = _FORWARD_BACKOFF.delay(failures)
+                self._log.warning("retry %d in %.1f s (%d batches wait in the spool)", failures, delay,
+                                  spool.depth()[0])
+                self._closing.wait(delay)
+        finally:
+            if writer is not None:
+                writer.close()
+            spool.close()
+            report.close()
+
+    def _send(self, writer: TransmitWriter, spool: Outbox, report: TransmitReport,
+              entries: list[Entry]) -> bool:
+        batches = [_decode(entry.body) for entry in entries]
+        try:
+            writer.write(batches)
+        except Exception as exc:  # the endpoint failed: keep the batches, say why, retry
+            report.failed(str(exc))
+            self._log.error("%s", exc)
+            return False
+        spool.delete(entries)
+        for batch in batches:
+            report.delivered(str(batch.stream), batch.frame.height, last_timestamp(batch.frame))
+        depth = spool.depth()
+        report.outbox(*depth)
+        if depth[0] == 0:
+            spool.reclaim()
+        return True
+
+    def close(self) -> None:
+        self._closing.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(DRAIN_SECONDS + 5)
+            if self._thread.is_alive():
+                self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
+                                  "sent again at the next start")
+        if self._lock is not None:
+            self._lock.close()
+        self._spool.close()
+        self._report.close()
+
+
 class TransmitSink(DynamicSink[Batch]):
     """The bytewax sink of a transmit: one writer per worker, wrapped with the accounting
-    above. Building it does no I/O; each worker's partition opens its writer."""
+    above (store-and-forward through a spool when the transmit declares one). Building it
+    does no I/O; each worker's partition opens its writer."""
 
     def __init__(self, config: TransmitConfig, ctx: RunContext) -> None:
         self._config = config
@@ -133,4 +302,7 @@ class TransmitSink(DynamicSink[Batch]):
 
     def build(self, step_id: str, worker_index: int,
               worker_count: int) -> StatelessSinkPartition[Batch]:
+        budget = self._config.spool_bytes()
+        if budget is not None:
+            return _SpooledTransmitPartition(self._config, self._ctx, budget)
         return _TransmitPartition(self._config, self._ctx)

@@ -465,6 +465,14 @@ class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
         """
         raise NotImplementedError(f"transmit_type {self.tag()!r} cannot run yet")
 
+    def spool_bytes(self) -> int | None:
+        """The disk budget, in bytes, of the transmit's spool, or None (the default) for a
+        transmit whose ``write`` is quick enough to run in the dataflow (local files) or
+        that keeps its own outbox. A transmit with a spool is store-and-forward: an outage
+        of its endpoint holds back the other transmits only once the spool is full
+        (:mod:`dataflows.delivery`)."""
+        return None
+
     def sink(self, ctx: RunContext) -> Sink[Batch]:
         """The bytewax sink: its ``write_batch`` returns only once the write is durable, then
         counts, acknowledges and logs the batches (:mod:`dataflows.delivery`). No I/O here."""

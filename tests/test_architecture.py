@@ -13,7 +13,7 @@ from dataflows.registry import update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 #: The core modules a connector may import: the SDK and what it hands out.
-PUBLIC_SDK = {"dataflows.sdk", "dataflows.registry", "dataflows.records", "dataflows.backoff",
+PUBLIC_SDK = {"dataflows.sdk", "dataflows.registry", "dataflows.records", "dataflows.backoff", "dataflows.outbox",
               "dataflows.delivery", "dataflows.ledger", "dataflows.timestamps"}
 CLIENTS = ("sqlalchemy", "confluent_kafka", "httpx", "bson", "fsspec", "litestar", "uvicorn")
 

@@ -22,13 +22,16 @@ down for up to 5 minutes).
 librdkafka's own log lines go to ``transmit.<transmit_name>.librdkafka``, each message at
 most once per 30 s with a count of the repeats held back (:class:`RepeatFilter`).
 
-``write_batch`` produces straight from the polars frame, waits on a full local queue
-(``BufferError``) by serving delivery reports, and returns only when the broker
-acknowledged every message of the batch. A message that librdkafka could not deliver
-within ``message.timeout.ms``, or that the broker refused, raises
-:class:`KafkaDeliveryError`: the dataflow stops before snapshotting, so no receiver state
-advances past an undelivered record, and a restart resends from the last snapshot
-(at-least-once; a graceful stop leaves no duplicates).
+Store-and-forward (:mod:`dataflows.delivery`): ``write_batch`` stores the batches in the
+transmit's spool (``$FACTORYFLOW_HOME/components/<transmit_name>/spool.sqlite``, at most
+``spool_max_bytes``, 1 GiB by default) and returns, so a broker outage holds back the
+other transmits only once the spool is full. The spool's forwarder produces straight
+from the polars frames, waits on a full local queue (``BufferError``) by serving
+delivery reports, and deletes batches from the spool only when the broker acknowledged
+every message of them. A message that librdkafka could not deliver within
+``message.timeout.ms``, or that the broker refused, raises :class:`KafkaDeliveryError` in
+the forwarder: the transmit's last error, then a retry with backoff, nothing dropped
+(at-least-once; the batch in flight at a crash is produced again).
 
 The worked example is ``KafkaTransmit.example``.
 """
@@ -225,6 +228,12 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         dict[str, OptionValue], describe("librdkafka producer settings, passed through.",
                                          secret_keys=SECRET_OPTIONS)
     ] = msgspec.field(default_factory=dict)
+    spool_max_bytes: Annotated[int, describe(
+        "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
+        "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)] = 1024 ** 3
+
+    def spool_bytes(self) -> int:
+        return self.spool_max_bytes
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out = []

@@ -41,7 +41,6 @@ The worked example is ``RemoteDataPost.example``.
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import logging
@@ -51,16 +50,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 import polars as pl
 import tenacity
 
-from connectors.transmits._outbox import Entry, Outbox
 from dataflows.backoff import Backoff
 from dataflows.delivery import TransmitReport
 from dataflows.ledger import Ledger, ledger_path
+from dataflows.outbox import Entry, Outbox, start_drainer
 from dataflows.records import Batch, json_values, records_frame
 from dataflows.registry import transmits
 from dataflows.sdk import JsonPath, RunContext, TransmitConfig, Violation, Written, describe, error
@@ -304,17 +303,9 @@ class _RemoteDataPostWriter:
         self._log = logging.getLogger(f"transmit.{self._name}")
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock: IO[bytes] | None = open(directory / "sender.lock", "wb")  # noqa: SIM115
-        try:  # one sender per outbox, whatever the number of workers and processes
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
-        else:
-            self._thread = threading.Thread(target=self._send, name=f"sender-{self._name}",
-                                            daemon=True)
-            self._thread.start()
+        self._lock, self._thread = start_drainer(directory / "sender.lock", self._send,
+                                                 f"sender-{self._name}")
+        if self._thread is not None:
             self._log.info("sending to %s%s (outbox: %d records)", config.base_url, SSLOG_PATH,
                            self._outbox.depth()[0])
 
@@ -337,32 +328,13 @@ class _RemoteDataPostWriter:
             stream = str(batch.stream)
             encoded = sslogs(batch, now) if self._config.format == "bson" else json_records(batch)
             rows.extend((stream, timestamp, body) for timestamp, body in encoded)
-        self._wait_for_room(sum(len(body) for _, _, body in rows))
+        self._outbox.wait_for_room(sum(len(body) for _, _, body in rows), self._config.outbox_max_bytes,
+                                   self._ctx.shutdown, self._log)
         self._outbox.append(rows)
         self._report.outbox(*self._outbox.depth())
         if rows:
             self._wake.set()
         return "stored"  # durably in the outbox: the receiver may act on it
-
-    def _wait_for_room(self, size: int) -> None:
-        """Wait until ``size`` more bytes fit the outbox's budget. When the dataflow is asked
-        to stop meanwhile, store them over the budget: a graceful stop must not wait for an
-        endpoint that may be down or refusing for good, and nothing may be dropped."""
-        budget = self._config.outbox_max_bytes
-        waited = 0.0
-        while True:
-            records, stored = self._outbox.depth()
-            if records == 0 or stored + size <= budget:
-                return
-            if self._ctx.shutdown.is_set():
-                self._log.warning("stopping with the outbox full (%d records, %d of %d bytes): storing "
-                                  "%d more bytes over its budget", records, stored, budget, size)
-                return
-            if waited % 30 == 0:
-                self._log.warning("outbox full (%d records, %d of %d bytes): waiting for the sender "
-                                  "before storing %d more bytes", records, stored, budget, size)
-            time.sleep(0.5)
-            waited += 0.5
 
     def close(self) -> None:
         self._stop.set()

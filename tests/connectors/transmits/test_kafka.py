@@ -16,12 +16,12 @@ import pytest
 
 from connectors.transmits.kafka import (
     PRODUCER_DEFAULTS,
-    KafkaDeliveryError,
     KafkaTransmit,
     RepeatFilter,
     topic_name,
 )
 from dataflows.config import load, validate
+from dataflows.delivery import spooled_batches
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
@@ -30,6 +30,7 @@ from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.nab import expected_utc
 from tests.services.kafka import KafkaBroker, kafka_broker
 from tests.services.postgres import free_port
+from tests.simulators.sightmachine import SightMachineSimulator
 
 
 def transmit(**keys: Any) -> KafkaTransmit:
@@ -105,23 +106,50 @@ def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: P
     assert status.records_delivered == 3000 and status.last_success_at and status.last_error is None
 
 
-def test_undeliverable_batch_raises_and_advances_nothing(tmp_path: Path) -> None:
-    config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="nowhere",
+def wait_until(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes_it(
+        tmp_path: Path, kafka: KafkaBroker) -> None:
+    config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="spooled",
                       options={"message.timeout.ms": 1500})
-    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    ctx = RunContext(home=tmp_path)
+    partition = config.sink(ctx).build("step", 0, 1)
     batch = Batch("r", StreamKey("press", "cycle"), frame(10), "query", ack_key="k1")
-    with pytest.raises(KafkaDeliveryError, match="10 of 10 messages not delivered"):
-        partition.write_batch([batch])
-    partition.close()
+    partition.write_batch([batch])  # returns at once: the batch is durable in the spool
     ledger = Ledger(ledger_path(tmp_path))
-    assert ledger.progress("kafka", "press:cycle") == (0, None)
-    assert ledger.acked_by("r", "press:cycle", "k1") == set()
-    assert "not delivered" in (ledger.transmit_status("kafka").last_error or "")
+    assert ledger.acked_by("r", "press:cycle", "k1") == {"kafka"}
+    wait_until(lambda: "10 of 10 messages not delivered" in (ledger.transmit_status("kafka").last_error or ""))
+    partition.close()
+    assert ledger.progress("kafka", "press:cycle") == (0, None)  # nothing counted as delivered
+    spool = ctx.component_dir("kafka") / "spool.sqlite"
+    assert [b.frame["seq"].to_list() for b in spooled_batches(spool)] == [list(range(10))]  # kept
+    kafka.create_topic("spooled", 1)
+    back = transmit(bootstrap_servers=kafka.bootstrap, topic="spooled")  # the broker is back
+    partition = back.sink(ctx).build("step", 0, 1)
+    wait_until(lambda: ledger.progress("kafka", "press:cycle")[0] == 10)
+    partition.close()
+    assert [json.loads(m.value)["seq"] for m in kafka.consume("spooled", 10)] == list(range(10))
+    assert spooled_batches(spool) == [] and ledger.transmit_status("kafka").last_error is None
 
 
 def nab_values(path: Path) -> list[float]:
     """The ``value`` column of a NAB file, in file order."""
     return [float(line.split(b",")[1]) for line in path.read_bytes().splitlines()[1:]]
+
+
+def growing_nab(tmp_path: Path, nab_csv: Path, first: int) -> tuple[Path, Path, list[bytes]]:
+    """A directory holding ``nab.csv`` with its header and first ``first`` rows: (directory,
+    file, every data line) so a test can append the rest as it goes."""
+    header, *rows = nab_csv.read_bytes().splitlines(keepends=True)
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "nab.csv").write_bytes(header + b"".join(rows[:first]))
+    return data, data / "nab.csv", rows
 
 
 def nab_receiver(directory: Path, assets: list[str]) -> dict[str, Any]:
@@ -178,12 +206,7 @@ def test_dataflow_to_a_fixed_topic_and_per_stream_topics(tmp_path: Path, kafka: 
 def test_broker_down_for_20_seconds_loses_nothing(tmp_path: Path, nab_machine_csv: Path,
                                                   flows: Any) -> None:
     """The broker stops mid-run while rows keep arriving, and comes back 20 s later."""
-    lines = nab_machine_csv.read_bytes().splitlines(keepends=True)
-    header, rows = lines[0], lines[1:]
-    data = tmp_path / "in"
-    data.mkdir()
-    target = data / "nab.csv"
-    target.write_bytes(header + b"".join(rows[:6000]))
+    data, target, rows = growing_nab(tmp_path, nab_machine_csv, 6000)
     with kafka_broker() as broker:  # its own broker: the session's is never stopped
         broker.create_topic("outage", 3)
         config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [],
@@ -228,8 +251,11 @@ class KafkaHarness(TransmitHarness):
                 "bootstrap_servers": self.broker.bootstrap, "topic": self.topic}
 
     def durable_seqs(self, home: Path, expected: int) -> list[int]:
-        messages = self.broker.consume(self.topic, expected, timeout=10, idle=0.5)
-        return [json.loads(m.value)["seq"] for m in messages]
+        # the spool first: a batch produced meanwhile is then in the topic, never missed
+        spooled = [s for b in spooled_batches(home / "components" / "conformance" / "spool.sqlite")
+                   for s in b.frame["seq"].to_list()]
+        messages = self.broker.consume(self.topic, expected - len(spooled), timeout=10, idle=0.5)
+        return spooled + [json.loads(m.value)["seq"] for m in messages]
 
 
 @transmit_harness
@@ -245,8 +271,9 @@ def test_a_broker_outage_logs_each_librdkafka_message_once_per_30_seconds(
                       options={"message.timeout.ms": 6000})
     partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
     caplog.set_level(logging.DEBUG, logger="transmit.kafka.librdkafka")
-    with pytest.raises(KafkaDeliveryError):
-        partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(5), "query")])
+    partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(5), "query")])
+    ledger = Ledger(ledger_path(tmp_path))
+    wait_until(lambda: "not delivered" in (ledger.transmit_status("kafka").last_error or ""))
     partition.close()
     lines = [r for r in caplog.records if r.name == "transmit.kafka.librdkafka"]
     assert lines and "Connection refused" in lines[0].getMessage()
@@ -270,3 +297,43 @@ def test_repeat_filter_counts_what_it_held_back() -> None:
     assert passes("broker 1: refused after 9ms") == "broker 1: refused after 9ms (19 more like it in the last 31 s)"
     now[0] = 62
     assert passes("broker 1: refused after 9ms") == "broker 1: refused after 9ms"
+
+
+def test_a_kafka_outage_holds_back_no_other_transmit(tmp_path: Path, nab_machine_csv: Path, flows: Any,
+                                                     sight_machine: SightMachineSimulator) -> None:
+    """Kafka down 30 s while rows keep arriving: the Sight Machine transmit keeps delivering,
+    and Kafka catches up from its spool afterwards with every row once, in order."""
+    data, target, rows = growing_nab(tmp_path, nab_machine_csv, 3000)
+    with kafka_broker() as broker:  # its own broker: the session's is never stopped
+        broker.create_topic("isolated", 1)
+        config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [], "data_transmit": [
+            {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": broker.bootstrap,
+             "topic": "isolated"},
+            sight_machine.transmit()]}
+        flow = flows(tmp_path / "home", config)
+        flow.start()
+        ledger = Ledger(ledger_path(flow.home))
+
+        def delivered(transmit: str) -> int:
+            return ledger.progress(transmit, "nab:csv")[0]
+
+        flow.wait_for(lambda: delivered("kafka") == delivered("sight_machine") == 3000, what="first rows")
+        broker.stop()
+        down_at = time.monotonic()
+        for start, end in ((3000, 9000), (9000, 12000)):  # rows keep arriving while Kafka is down
+            with target.open("ab") as out:
+                out.write(b"".join(rows[start:end]))
+            flow.wait_for(lambda end=end: delivered("sight_machine") == end, timeout=20,
+                          what=f"Sight Machine at {end} rows while Kafka is down")
+            assert delivered("kafka") == 3000
+        seconds_down = time.monotonic() - down_at
+        time.sleep(max(0.0, 30 - seconds_down))
+        assert delivered("kafka") == 3000 and delivered("sight_machine") == 12000
+        broker.start()
+        flow.wait_for(lambda: delivered("kafka") == 12000, timeout=120, what="Kafka catching up")
+        assert flow.stop(signal.SIGTERM) == 0
+        messages = broker.consume("isolated", 12000)
+    print(f"Sight Machine delivered 9000 rows during the first {seconds_down:.1f} s of a 30 s Kafka outage")
+    assert [json.loads(m.value)["value"] for m in messages] == nab_values(nab_machine_csv)[:12000]
+    assert [s["fieldvalues"]["value"]["value"] for s in sight_machine.sslogs] == \
+        nab_values(nab_machine_csv)[:12000]

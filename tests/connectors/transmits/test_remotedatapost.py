@@ -18,10 +18,10 @@ import bson
 import polars as pl
 import pytest
 
-from connectors.transmits._outbox import Outbox
 from connectors.transmits.remotedatapost import RemoteDataPost, Sender, json_records, sslogs
 from dataflows.config import ConfigError, load, validate
 from dataflows.ledger import Ledger, ledger_path
+from dataflows.outbox import Outbox
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
 from tests.conftest import NAB_ROWS

@@ -6,7 +6,8 @@ them oldest first, posts them and deletes them only after the endpoint acknowled
 them. The file survives restarts and SIGKILL (``synchronous=FULL``).
 
 One row per record: the stream (``asset:stream_type``), the record's timestamp (ISO UTC,
-for progress lines) and its encoded body (one BSON sslog or one JSON object). A one-row
+for progress lines) and its encoded body (one BSON sslog or one JSON object); in a
+transmit's spool (:mod:`dataflows.delivery`), one row per batch. A one-row
 ``depth`` table keeps the record count and byte total in the same transactions, so the
 depth costs nothing to read. Several connections (threads, processes) may share a file;
 each :class:`Outbox` object is one connection, used by one thread at a time. Once drained,
@@ -15,10 +16,14 @@ the sender gives the disk space back (:meth:`Outbox.reclaim`).
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import sqlite3
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from dataflows.ledger import open_durable
 
@@ -109,6 +114,26 @@ class Outbox:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before
 
+    def wait_for_room(self, size: int, budget: int, stopping: threading.Event, log: logging.Logger) -> None:
+        """Wait until ``size`` more bytes fit ``budget`` (an empty outbox takes anything),
+        warning every 30 s. When ``stopping`` is set meanwhile, return anyway: the bytes are
+        then stored over the budget, since a graceful stop must not wait for an endpoint
+        that may be down or refusing for good, and nothing may be dropped."""
+        waited = 0.0
+        while True:
+            records, stored = self.depth()
+            if records == 0 or stored + size <= budget:
+                return
+            if stopping.is_set():
+                log.warning("stopping with %s full (%d of %d bytes): storing %d more bytes over its "
+                            "budget", self.path.name, stored, budget, size)
+                return
+            if waited % 30 == 0:
+                log.warning("%s full (%d entries, %d of %d bytes): waiting for the endpoint before "
+                            "storing %d more bytes", self.path.name, records, stored, budget, size)
+            time.sleep(0.5)
+            waited += 0.5
+
     def depth(self) -> tuple[int, int]:
         """(records, bytes of bodies) stored now."""
         records, size = self._db.execute("SELECT records, bytes FROM depth").fetchone()
@@ -131,3 +156,23 @@ class _Transaction:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def start_drainer(lock_path: Path, target: Callable[[], None],
+                  name: str) -> tuple[IO[bytes] | None, threading.Thread | None]:
+    """Run ``target`` (the loop that drains an outbox) in a daemon thread, unless another
+    worker or process already drains it: one drainer per outbox, held by a lock on
+    ``lock_path`` (``flock``).
+
+    :returns: (the lock file, to close after the thread ends; the thread), or
+        ``(None, None)`` when another holds the lock.
+    """
+    lock: IO[bytes] = open(lock_path, "wb")  # noqa: SIM115 - closed by the caller, or below
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None, None
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return lock, thread
