@@ -228,22 +228,29 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         failures = 0
         drain_until: float | None = None
         try:
-            writer = self._config.open_writer(self._ctx, report)
             while True:
                 if self._closing.is_set() and drain_until is None:
                     drain_until = time.monotonic() + DRAIN_SECONDS
-                entries = spool.peek(1000, _FORWARD_BYTES)
-                if not entries:
-                    if drain_until is not None:
+                try:
+                    if writer is None:
+                        writer = self._config.open_writer(self._ctx, report)
+                    entries = spool.peek(1000, _FORWARD_BYTES)
+                    if not entries:
+                        if drain_until is not None:
+                            return
+                        self._wake.wait(1.0)
+                        self._wake.clear()
+                        continue
+                    if drain_until is not None and time.monotonic() > drain_until:
+                        self._log.info("stopping with %d batches in the spool: they are sent at the "
+                                       "next start", spool.depth()[0])
                         return
-                    self._wake.wait(1.0)
-                    self._wake.clear()
-                    continue
-                if drain_until is not None and time.monotonic() > drain_until:
-                    self._log.info("stopping with %d batches in the spool: they are sent at the next "
-                                   "start", spool.depth()[0])
-                    return
-                if self._send(writer, spool, report, entries):
+                    sent = self._send(writer, spool, report, entries)
+                except Exception as exc:  # a dead forwarder would stall the transmit silently
+                    self._log.exception("the forwarder failed")
+                    report.failed(f"forwarder failed: {exc!r}")
+                    sent = False
+                if sent:
                     failures = 0
                     continue
                 failures += 1

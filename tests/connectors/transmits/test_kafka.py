@@ -337,3 +337,16 @@ def test_a_kafka_outage_holds_back_no_other_transmit(tmp_path: Path, nab_machine
     assert [json.loads(m.value)["value"] for m in messages] == nab_values(nab_machine_csv)[:12000]
     assert [s["fieldvalues"]["value"]["value"] for s in sight_machine.sslogs] == \
         nab_values(nab_machine_csv)[:12000]
+
+
+def test_a_producer_that_cannot_start_is_reported_and_the_spool_kept(tmp_path: Path) -> None:
+    config = transmit(bootstrap_servers="127.0.0.1:9", topic="t", options={"compression.type": "nonsense"})
+    ctx = RunContext(home=tmp_path)
+    partition = config.sink(ctx).build("step", 0, 1)
+    partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(3), "query")])
+    ledger = Ledger(ledger_path(tmp_path))
+    wait_until(lambda: "forwarder failed" in (ledger.transmit_status("kafka").last_error or ""))
+    assert "Invalid value \"nonsense\"" in (ledger.transmit_status("kafka").last_error or "")
+    partition.close()
+    assert [b.frame["seq"].to_list() for b in spooled_batches(ctx.component_dir("kafka") / "spool.sqlite")] \
+        == [[0, 1, 2]]
