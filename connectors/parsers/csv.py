@@ -180,29 +180,66 @@ def _lines(text: str) -> list[str]:
     return list(io.StringIO(text, newline=""))
 
 
-def _units(lines: list[str], separator: str, source: str, first_line: int,
-           expected: int | None) -> list[tuple[int, int, int]]:
-    """``(first line, last line, field count)`` (0-based in ``lines``) of every non-blank
-    record. A record spanning several lines (a quoted field with newlines) whose count is
-    wrong, e.g. after an unbalanced quote, is taken apart into its lines, each counted
-    alone, so one bad quote costs its line, not the rest of the chunk."""
-    if not any('"' in line for line in lines):
-        stripped = pl.Series([line.rstrip("\r\n") for line in lines], dtype=pl.String)
-        counts = (stripped.str.count_matches(separator, literal=True) + 1).to_list()
-        return [(i, i, c) for i, (c, line) in enumerate(zip(counts, stripped, strict=True)) if line]
-    out: list[tuple[int, int, int]] = []
+def _bad(numbers: list[int], counts: list[int], expected: int, settings: CsvSettings, source: str,
+         report: Warn) -> None:
+    """Act on the bad lines (1-based file ``numbers`` with their field ``counts``) as
+    ``bad_lines_action`` says: raise, warn naming every one, or nothing."""
+    if settings.bad_lines_action == "error":
+        raise ParseError(source, numbers[0], f"expected {expected} fields, found {counts[0]}"
+                         + (f" ({len(numbers)} bad lines in all)" if len(numbers) > 1 else ""))
+    if settings.bad_lines_action == "warn":
+        for number, count in list(zip(numbers, counts, strict=True))[:10]:
+            report(f"{source}, line {number}: expected {expected} fields, found {count}; line dropped")
+        if len(numbers) > 1:  # every dropped line named, runs as ranges
+            report(f"{source}, {_line_list(numbers)}: {len(numbers)} lines dropped in all, not "
+                   f"{expected} fields")
+
+
+def _drop_bad_lines(text: str, separator: str, columns: list[str] | None, settings: CsvSettings,
+                    source: str, first_line: int, report: Warn) -> str:
+    """``text`` (no quotes in it: one record per line) without its lines of the wrong field
+    count, counted column-wise by polars."""
+    lines = pl.Series(text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
+    frame = pl.DataFrame({"line": lines}).with_row_index("n").filter(pl.col("line") != "")
+    frame = frame.with_columns(count=pl.col("line").str.count_matches(separator, literal=True) + 1)
+    expected = len(columns) if columns is not None else (frame["count"][0] if frame.height else 0)
+    bad = frame.filter(pl.col("count") != expected)
+    if not bad.height:
+        return text
+    _bad([first_line + n for n in bad["n"].to_list()], bad["count"].to_list(), expected, settings,
+         source, report)
+    dropped = set(bad["n"].to_list())
+    return "\n".join(line for n, line in enumerate(text.split("\n")) if n not in dropped)
+
+
+def _drop_bad_records(text: str, separator: str, columns: list[str] | None, settings: CsvSettings,
+                      source: str, first_line: int, report: Warn) -> str:
+    """``text`` without its records of the wrong field count. A record spanning several
+    lines (a quoted field with newlines) whose count is wrong, e.g. after an unbalanced
+    quote, is taken apart into its lines, each counted alone, so one bad quote costs its
+    line, not the rest of the chunk."""
+    lines = _lines(text)
+    expected = len(columns) if columns is not None else None
+    units: list[tuple[int, int, int]] = []  # (first line, last line, field count), 0-based
     for start, end, fields in _records(lines, separator, source, first_line):
         if not fields:
             continue
-        if expected is not None and len(fields) != expected and end > start:
+        if expected is None:
+            expected = len(fields)
+        if len(fields) != expected and end > start:
             for index in range(start, end + 1):
                 alone = next((f for _, _, f in _records(lines[index:index + 1], separator, source,
                                                          first_line + index)), [])
                 if alone:
-                    out.append((index, index, len(alone)))
+                    units.append((index, index, len(alone)))
         else:
-            out.append((start, end, len(fields)))
-    return out
+            units.append((start, end, len(fields)))
+    bad = [(start, count) for start, _, count in units if count != expected]
+    if not bad:
+        return text
+    _bad([first_line + start for start, _ in bad], [count for _, count in bad], expected or 0, settings,
+         source, report)
+    return "".join(line for start, end, count in units if count == expected for line in lines[start:end + 1])
 
 
 def _records(lines: list[str], separator: str, source: str,
@@ -253,31 +290,18 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
     header_line = head[settings.header] if settings.header is not None and len(head) > settings.header else None
     if settings.header is not None and header_line is None:
         raise ParseError(source, settings.header + 1, "the header line is missing")
-    lines = _lines(text)
-    separator = _separator(settings, header_line if header_line is not None else (lines or [""])[0],
-                           source, report if not prefix else (lambda _: None))
+    first_data = text[: text.find("\n")] if header_line is None and "\n" in text else (header_line or text)
+    separator = _separator(settings, first_data, source, report if not prefix else (lambda _: None))
     columns = None
     if header_line is not None:
         assert settings.header is not None
         records = _records([header_line], separator, source, settings.header + 1)
         columns = next((fields for _, _, fields in records), [])
 
-    units = _units(lines, separator, source, first_line, len(columns) if columns is not None else None)
-    expected = len(columns) if columns is not None else (units[0][2] if units else 0)
-    bad = [(start, count) for start, _, count in units if count != expected]
-    if bad:
-        numbers = [first_line + start for start, _ in bad]
-        if settings.bad_lines_action == "error":
-            raise ParseError(source, numbers[0], f"expected {expected} fields, found {bad[0][1]}"
-                             + (f" ({len(bad)} bad lines in all)" if len(bad) > 1 else ""))
-        if settings.bad_lines_action == "warn":
-            for number, (_, count) in list(zip(numbers, bad, strict=True))[:10]:
-                report(f"{source}, line {number}: expected {expected} fields, found {count}; line dropped")
-            if len(bad) > 1:  # every dropped line named, runs as ranges
-                report(f"{source}, {_line_list(numbers)}: {len(bad)} lines dropped in all, not "
-                       f"{expected} fields")
-        text = "".join(line for start, end, count in units if count == expected
-                       for line in lines[start:end + 1])
+    if '"' in text:  # quoted fields may span lines: the csv module knows where records end
+        text = _drop_bad_records(text, separator, columns, settings, source, first_line, report)
+    else:
+        text = _drop_bad_lines(text, separator, columns, settings, source, first_line, report)
 
     explicit = {t.field_name for t in settings.parse_timestamps} | set(settings.parse_dates) | set(text_columns)
     payload = ((header_line + "\n") if header_line is not None else "") + text
