@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -149,9 +148,6 @@ class CsvHarness(ParserHarness):
     """Comma-separated text with a header; bad input has a line with too few fields."""
 
     parser_type = "csv"
-
-    def parser(self) -> dict[str, Any]:
-        return {"parser_name": "conformance", "parser_type": self.parser_type}
 
     def good(self, seqs: range) -> bytes:
         return ("seq,value\n" + "".join(f"{s},{s / 2}\n" for s in seqs)).encode()

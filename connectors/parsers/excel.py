@@ -1,0 +1,58 @@
+"""The ``excel`` parser: one sheet of an Excel workbook (xlsx, xlsm, xlsb, xls, ods) per
+file, read by polars with the calamine engine (fastexcel).
+
+Keys: ``sheet`` (a sheet name, or its zero-based index; the first sheet by default),
+``header_row`` (zero-based row of the column names, after ``skip_rows``; ``null`` for
+none: columns ``column_1``, ...), ``skip_rows`` (rows above the table). A file that is not
+a workbook, or lacks the sheet, is refused with the file name: the file receiver marks
+the stream and reads it again once it changes.
+
+Implements the ``excel`` parser of issue 11 ("Parsers").
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, ClassVar
+
+import polars as pl
+
+from dataflows.registry import parsers
+from dataflows.sdk import NonNegativeInt, ParseError, ParserConfig, describe
+
+
+@parsers.register
+class ExcelParser(ParserConfig, tag="excel", kw_only=True):
+    """One sheet of an Excel workbook per file."""
+
+    title: ClassVar[str] = "Excel"
+    example: ClassVar[dict[str, Any]] = {"parser_name": "excel", "parser_type": "excel",
+                                         "sheet": "Readings", "skip_rows": 2}
+
+    sheet: Annotated[str | NonNegativeInt, describe("Sheet name, or zero-based index.")] = 0
+    header_row: Annotated[NonNegativeInt | None, describe(
+        "Zero-based row of the column names below skip_rows; null: no header.")] = 0
+    skip_rows: Annotated[NonNegativeInt, describe("Rows above the table.")] = 0
+
+    def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
+              warn: Callable[[str], None] | None = None,
+              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+        """Read the sheet of a whole workbook.
+
+        :raises ParseError: not a workbook, or no such sheet.
+        """
+        where = {"sheet_name": self.sheet} if isinstance(self.sheet, str) else {"sheet_id": self.sheet + 1}
+        skip = self.skip_rows + (self.header_row or 0)
+        try:
+            frame = pl.read_excel(io.BytesIO(body), engine="calamine", has_header=self.header_row is not None,
+                                  read_options={"header_row": None if self.header_row is None else skip,
+                                                **({"skip_rows": skip} if self.header_row is None else {})},
+                                  raise_if_empty=False, **where)  # type: ignore[arg-type]
+        except Exception as exc:  # fastexcel raises its own error types; name the file either way
+            raise ParseError(source, None, f"cannot read the Excel sheet {self.sheet!r}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        assert isinstance(frame, pl.DataFrame)
+        if self.header_row is None:
+            frame = frame.rename({c: f"column_{i}" for i, c in enumerate(frame.columns, 1)})
+        return frame.with_columns(pl.col(c).cast(pl.String) for c in text_columns if c in frame.columns)

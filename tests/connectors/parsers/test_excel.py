@@ -1,0 +1,73 @@
+"""The excel parser on workbooks written by xlsxwriter (through polars), and on broken ones."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import msgspec
+import polars as pl
+import pytest
+import xlsxwriter
+
+from dataflows import registry
+from dataflows.sdk import ParseError
+from tests.connectors.conformance import ParserHarness, parser_harness
+
+
+def parser(**keys: Any) -> Any:
+    return msgspec.convert({"parser_name": "p", "parser_type": "excel", **keys}, registry.parsers.union())
+
+
+def workbook(sheets: dict[str, list[list[Any]]]) -> bytes:
+    """A workbook written by xlsxwriter: each sheet's rows from A1."""
+    buffer = io.BytesIO()
+    book = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    for name, rows in sheets.items():
+        sheet = book.add_worksheet(name)
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                if value is not None:
+                    sheet.write(r, c, value)
+    book.close()
+    return buffer.getvalue()
+
+
+BOOK = workbook({"Summary": [["nothing here"]],
+                 "Readings": [["Line 4 export", None], [None, None], ["seq", "temp"], [1, 20.5], [2, 21.0]]})
+
+
+def test_a_sheet_by_name_or_index_below_skipped_rows() -> None:
+    by_name = parser(sheet="Readings", skip_rows=2).parse(b"", BOOK, source="w.xlsx", first_line=1)
+    assert by_name.to_dict(as_series=False) == {"seq": [1, 2], "temp": [20.5, 21.0]}
+    by_index = parser(sheet=1, skip_rows=2).parse(b"", BOOK, source="w.xlsx", first_line=1)
+    assert by_index.equals(by_name)
+    headless = parser(sheet="Readings", skip_rows=3, header_row=None).parse(b"", BOOK, source="w.xlsx",
+                                                                             first_line=1)
+    assert headless.columns == ["column_1", "column_2"] and headless.height == 2
+
+
+@pytest.mark.parametrize(("keys", "data"), [({}, b"PK\x03\x04 not really a zip"),
+                                            ({"sheet": "Nope"}, BOOK)])
+def test_a_broken_workbook_or_a_missing_sheet_is_refused_naming_the_file(keys: dict[str, Any],
+                                                                         data: bytes) -> None:
+    with pytest.raises(ParseError, match=r"^w\.xlsx: cannot read the Excel sheet"):
+        parser(**keys).parse(b"", data, source="w.xlsx", first_line=1)
+
+
+@parser_harness
+class ExcelHarness(ParserHarness):
+    """A workbook of one sheet; bad input is a workbook cut short."""
+
+    parser_type = "excel"
+
+    def good(self, seqs: range) -> bytes:
+        return workbook({"Sheet1": [["seq", "value"], *([s, s / 2] for s in seqs)]})
+
+    def bad(self) -> bytes:
+        return self.good(range(5))[:300]
+
+
+def test_frames_from_excel_keep_numbers_numbers() -> None:
+    frame = parser().parse(b"", ExcelHarness().good(range(3)), source="w.xlsx", first_line=1)
+    assert frame.schema == {"seq": pl.Int64, "value": pl.Float64}
