@@ -440,6 +440,12 @@ class TransformConfig(Component, tag_field="transform_type", kw_only=True):
         """
         raise NotImplementedError(f"transform_type {self.tag()!r} cannot run yet")
 
+    def apply_to(self, batch: Batch) -> tuple[pl.DataFrame, list[str]]:
+        """Like :meth:`apply`, for a transform that needs the batch's stream (``asset``,
+        ``stream_type``) or source too; the runtime calls this one. The default applies
+        :meth:`apply` to the frame."""
+        return self.apply(batch.frame)
+
 
 class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
     """Base of every ``data_transmit`` entry; the subclass's tag is its ``transmit_type``.
