@@ -94,7 +94,11 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms=0",
             "",
         ]))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # Kafka's form (base64url of 16 bytes), never starting with "-": the tool would read
+        # such an id as an option and fail (a random id does about once in 64 runs)
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
                                   str(root / "server.properties")), check=True, capture_output=True)
 
