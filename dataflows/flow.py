@@ -49,7 +49,7 @@ class _TransformStep:
     def __call__(self, batch: Batch) -> Batch:
         if batch.frame.width == 0 or not stream_matches(self._transform.filter_stream, batch.stream):
             return batch  # an empty file's batch (it only carries its acknowledgement) or not ours
-        frame, warnings = self._transform.apply_to(batch)
+        frame, warnings = self._transform.apply_to(batch, self._ctx)
         for message in warnings:
             key = (str(batch.stream), message)
             level = logging.DEBUG if key in self._warned else logging.WARNING

@@ -440,10 +440,11 @@ class TransformConfig(Component, tag_field="transform_type", kw_only=True):
         """
         raise NotImplementedError(f"transform_type {self.tag()!r} cannot run yet")
 
-    def apply_to(self, batch: Batch) -> tuple[pl.DataFrame, list[str]]:
+    def apply_to(self, batch: Batch, ctx: RunContext | None = None) -> tuple[pl.DataFrame, list[str]]:
         """Like :meth:`apply`, for a transform that needs the batch's stream (``asset``,
-        ``stream_type``) or source too; the runtime calls this one. The default applies
-        :meth:`apply` to the frame."""
+        ``stream_type``) or source, or the installation (``ctx``: the ``tap`` writes below
+        its home); the runtime calls this one. The default applies :meth:`apply` to the
+        frame."""
         return self.apply(batch.frame)
 
 

@@ -22,7 +22,7 @@ import polars as pl
 
 from dataflows.records import Batch, records_frame
 from dataflows.registry import transforms
-from dataflows.sdk import TransformConfig, describe
+from dataflows.sdk import RunContext, TransformConfig, describe
 
 #: The column the digest is written to.
 CHECKSUM = "factorytx_checksum"
@@ -41,7 +41,7 @@ class ChecksumRecord(TransformConfig, tag="checksum_record", kw_only=True):
     record_keys: Annotated[list[RecordKey], describe("What the digest covers.", min_length=1)] = (
         msgspec.field(default_factory=lambda: list(RECORD_KEYS)))
 
-    def apply_to(self, batch: Batch) -> tuple[pl.DataFrame, list[str]]:
+    def apply_to(self, batch: Batch, ctx: RunContext | None = None) -> tuple[pl.DataFrame, list[str]]:
         records = records_frame(batch.with_frame(batch.frame.drop(CHECKSUM, strict=False)))
         parts = []
         for key in sorted(set(self.record_keys)):
