@@ -44,6 +44,11 @@ class Backoff:
         return float(self.wait()(state))
 
 
+#: Retries of a failed delivery to an endpoint (the Sight Machine sender, a spool's
+#: forwarder): 1 s doubling, up to 1 s of jitter, capped at :data:`MAX_BACKOFF`.
+ENDPOINT_BACKOFF = Backoff(initial=1.0, jitter=1.0)
+
+
 def stream_backoff(poll_interval: float) -> Backoff:
     """A failing stream's policy: the poll interval doubled per failure, capped at
     :data:`MAX_BACKOFF`, with up to 10 % jitter."""

@@ -47,7 +47,7 @@ import msgspec
 import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from dataflows.backoff import Backoff
+from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, start_drainer
 from dataflows.records import Batch, StreamKey, last_timestamp
@@ -63,8 +63,6 @@ __all__ = ["DRAIN_SECONDS", "TransmitReport", "TransmitSink", "spooled_batches"]
 DRAIN_SECONDS = 20.0
 #: Most bytes of spooled batches handed to the writer at once.
 _FORWARD_BYTES = 64 * 1024 * 1024
-#: The forwarder's retries of a failed write.
-_FORWARD_BACKOFF = Backoff(initial=1.0, jitter=1.0)
 
 
 class _SpooledBatch(msgspec.Struct, array_like=True):
@@ -132,10 +130,14 @@ class TransmitReport:
                           total, last or "-")
         return total
 
-    def batches_delivered(self, batches: list[Batch]) -> None:
-        """Every record of ``batches`` reached the endpoint: count, acknowledge and log them."""
+    def count(self, batches: list[Batch]) -> None:
+        """Every record of ``batches`` reached the endpoint: count and log them, per batch."""
         for batch in batches:
             self.delivered(str(batch.stream), batch.frame.height, last_timestamp(batch.frame))
+
+    def batches_delivered(self, batches: list[Batch]) -> None:
+        """Every record of ``batches`` reached the endpoint: count, acknowledge and log them."""
+        self.count(batches)
         self.acknowledge(batches)
 
     def acknowledge(self, batches: list[Batch]) -> None:
@@ -151,6 +153,17 @@ class TransmitReport:
     def outbox(self, records: int, size: int) -> None:
         """The transmit's outbox holds ``records`` records of ``size`` bytes."""
         self.ledger.mark_outbox(self.transmit, records, size)
+
+    def drained(self, outbox: Outbox) -> None:
+        """After a delivery out of ``outbox``: record its depth, and once it is empty give
+        its disk space back (:meth:`~dataflows.outbox.Outbox.reclaim`), saying how much."""
+        depth = outbox.depth()
+        self.outbox(*depth)
+        if depth[0] == 0:
+            reclaimed = outbox.reclaim()
+            if reclaimed is not None:
+                self.log.info("%s drained: %.1f MB on disk given back (%.1f MB now)", outbox.path.name,
+                              reclaimed / 1e6, outbox.disk_bytes() / 1e6)
 
     def pause(self, fingerprint: str | None) -> None:
         """Pause delivery under the settings ``fingerprint`` (``None``: resume)."""
@@ -256,7 +269,7 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
                 failures += 1
                 if drain_until is not None:
                     return  # stopping: the endpoint is down, the spool keeps the batches
-                delay = _FORWARD_BACKOFF.delay(failures)
+                delay = ENDPOINT_BACKOFF.delay(failures)
                 self._log.warning("retry %d in %.1f s (%d batches wait in the spool)", failures, delay,
                                   spool.depth()[0])
                 self._closing.wait(delay)
@@ -276,12 +289,8 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
             self._log.error("%s", exc)
             return False
         spool.delete(entries)
-        for batch in batches:
-            report.delivered(str(batch.stream), batch.frame.height, last_timestamp(batch.frame))
-        depth = spool.depth()
-        report.outbox(*depth)
-        if depth[0] == 0:
-            spool.reclaim()
+        report.count(batches)  # acknowledged already, when they were spooled
+        report.drained(spool)
         return True
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ import msgspec
 import polars as pl
 import tenacity
 
-from dataflows.backoff import Backoff
+from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.delivery import TransmitReport
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, start_drainer
@@ -69,8 +69,6 @@ if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config doe
 
 #: ``max_request_size_bytes`` may not exceed this (the Sight Machine ingest limit).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-#: The sender's retries: 1 s doubling, up to 1 s of jitter, capped at 30 s.
-SENDER_BACKOFF = Backoff(initial=1.0, jitter=1.0)
 #: Where settings the config omits come from.
 ENVIRONMENT = {"base_url": "SIGHT_MACHINE_BASE_URL", "API_key": "SIGHT_MACHINE_API_KEY",
                "API_key_ID": "SIGHT_MACHINE_API_KEY_ID"}
@@ -234,19 +232,13 @@ class Sender:
         for stream, part in per_stream.items():
             latest = max((e.timestamp for e in part if e.timestamp), default=None)
             self.report.delivered(stream, len(part), latest)
-        depth = self.outbox.depth()
-        self.report.outbox(*depth)
-        if depth[0] == 0:
-            reclaimed = self.outbox.reclaim()
-            if reclaimed is not None:
-                self._log.info("outbox drained: %.1f MB on disk given back (%.1f MB now)",
-                               reclaimed / 1e6, self.outbox.disk_bytes() / 1e6)
+        self.report.drained(self.outbox)
         return True
 
     def _post_with_retries(self, entries: list[Entry]) -> None:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(PostFailed),
-            wait=SENDER_BACKOFF.wait(),
+            wait=ENDPOINT_BACKOFF.wait(),
             stop=lambda _state: self.stop.is_set(),
             sleep=self._sleep,
             before_sleep=self._before_retry,

@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from connectors.transmits.remotedatapost import SENDER_BACKOFF
-from dataflows.backoff import MAX_BACKOFF, Backoff, stream_backoff
+from dataflows.backoff import ENDPOINT_BACKOFF, MAX_BACKOFF, Backoff, stream_backoff
 from dataflows.config import load
 from dataflows.runtime import _ReceiverPartition
 from dataflows.sdk import RunContext
@@ -20,7 +19,7 @@ def test_delays_double_with_jitter_up_to_the_cap() -> None:
         assert 2.0 * 2 ** (attempt - 1) <= policy.delay(attempt) <= 2.0 * 2 ** (attempt - 1) + 0.5
     assert {policy.delay(attempt) for attempt in range(5, 40)} == {30.0}
     assert MAX_BACKOFF == 30.0
-    assert max(SENDER_BACKOFF.delay(n) for n in range(1, 40)) == 30.0
+    assert max(ENDPOINT_BACKOFF.delay(n) for n in range(1, 40)) == 30.0
     assert max(stream_backoff(5.0).delay(n) for n in range(1, 40)) == 30.0
     assert Backoff(1.0, 60.0, 0.0).delay(3) == 4.0  # no jitter: exact
 
