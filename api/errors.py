@@ -61,8 +61,7 @@ def violations_json(violations: list[Violation]) -> list[dict[str, Any]]:
 
 def violation_text(violations: list[Violation]) -> str:
     """The error-level violations in one line: ``json/path: description; ...``."""
-    return "; ".join(f"{'/'.join(map(str, v.json_path)) or '<root>'}: {v.description}"
-                     for v in violations if v.level == "error")
+    return "; ".join(str(v) for v in violations if v.level == "error")
 
 
 class InvalidConfig(Exception):

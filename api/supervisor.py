@@ -50,8 +50,7 @@ class CannotStart(RuntimeError):
 
     def __init__(self, violations: list[Violation]) -> None:
         self.violations = violations
-        super().__init__("; ".join(f"{'/'.join(map(str, v.json_path)) or '<root>'}: {v.description}"
-                                   for v in violations))
+        super().__init__("; ".join(map(str, violations)))
 
 
 class Supervisor:

@@ -50,7 +50,7 @@ def check(args: argparse.Namespace) -> int:
         return 2
     violations = validate(document, runnable=args.runnable)
     for v in violations:
-        print(f"{v.level}: {'/'.join(map(str, v.json_path)) or '<root>'}: {v.description}")
+        print(f"{v.level}: {v}")
     errors = sum(v.level == "error" for v in violations)
     print(f"{args.file}: {errors} errors, {len(violations) - errors} warnings")
     return 2 if errors else 0

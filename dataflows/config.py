@@ -63,7 +63,7 @@ class ConfigError(ValueError):
 
     def __init__(self, violations: list[Violation]) -> None:
         self.violations = violations
-        lines = [f"{'/'.join(map(str, v.json_path)) or '<root>'}: {v.description}" for v in violations]
+        lines = [str(v) for v in violations]
         super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
 
 

@@ -76,6 +76,10 @@ class Violation(msgspec.Struct, frozen=True):
     json_path: JsonPath
     level: Level = "error"
 
+    def __str__(self) -> str:
+        """``json/path/0: description`` (``<root>: ...`` for the whole document)."""
+        return f"{'/'.join(map(str, self.json_path)) or '<root>'}: {self.description}"
+
 
 def error(description: str, path: JsonPath) -> Violation:
     """An error-level :class:`Violation`."""
