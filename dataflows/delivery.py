@@ -41,6 +41,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -117,23 +118,23 @@ class TransmitReport:
         self.noun = noun
         self.log = logging.getLogger(f"transmit.{transmit}")
 
-    def delivered(self, stream: str, records: int, last: str | None) -> int:
-        """``records`` of ``stream`` (latest timestamp ``last``, ISO UTC) reached the endpoint:
-        count them, stamp the last success and log a progress line.
-
-        :returns: the records of ``stream`` delivered in all.
-        """
-        total = self.ledger.record_delivery(self.transmit, stream, records, last)
-        if records:
+    def delivered(self, parts: Iterable[tuple[str, int, str | None]]) -> None:
+        """``(stream, records, latest timestamp)`` parts reached the endpoint in one delivery:
+        count each in the ledger and log a progress line per part with records, then stamp
+        the transmit's last success once (one ledger write, not one per part)."""
+        success = False
+        for stream, records, last in parts:
+            total = self.ledger.record_delivery(self.transmit, stream, records, last)
+            if records:
+                success = True
+                self.log.info("%s: +%d %s, %d delivered, last timestamp %s", stream, records, self.noun,
+                              total, last or "-")
+        if success:
             self.ledger.mark_success(self.transmit)
-            self.log.info("%s: +%d %s, %d delivered, last timestamp %s", stream, records, self.noun,
-                          total, last or "-")
-        return total
 
     def count(self, batches: list[Batch]) -> None:
         """Every record of ``batches`` reached the endpoint: count and log them, per batch."""
-        for batch in batches:
-            self.delivered(str(batch.stream), batch.frame.height, last_timestamp(batch.frame))
+        self.delivered((str(b.stream), b.frame.height, last_timestamp(b.frame)) for b in batches)
 
     def batches_delivered(self, batches: list[Batch]) -> None:
         """Every record of ``batches`` reached the endpoint: count, acknowledge and log them."""

@@ -229,9 +229,8 @@ class Sender:
         per_stream: dict[str, list[Entry]] = defaultdict(list)
         for entry in entries:
             per_stream[entry.stream].append(entry)
-        for stream, part in per_stream.items():
-            latest = max((e.timestamp for e in part if e.timestamp), default=None)
-            self.report.delivered(stream, len(part), latest)
+        self.report.delivered((stream, len(part), max((e.timestamp for e in part if e.timestamp), default=None))
+                              for stream, part in per_stream.items())
         self.report.drained(self.outbox)
         return True
 
