@@ -209,6 +209,24 @@ class RunContext:
         return layout.component_dir(self.home, name)
 
 
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """The file a parser is given, as the file receiver listed it.
+
+    :ivar path: the file's name in logs and records: the store's URL and path
+        (``s3://bucket/key``, ``smb://host:445/share/dir/file``; a plain path for local files).
+    :ivar size: its size in bytes when listed.
+    :ivar modified: its last modification time (UTC-aware).
+    :ivar store: the parser's own data directory (``$FACTORYFLOW_HOME/components/<parser_name>``),
+        for a parser that keeps bytes (``attachment``); created by the parser when needed.
+    """
+
+    path: str
+    size: int
+    modified: datetime
+    store: Path
+
+
 class ParseError(ValueError):
     """Input cannot be parsed; ``source`` (file name) and ``line`` (1-based, when known) say where.
 
@@ -414,7 +432,7 @@ class ParserConfig(Component, tag_field="parser_type", kw_only=True):
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """One row per record of ``body``.
 
         :param prefix: the file's first ``chunk_header_lines()`` lines when ``body`` is a
@@ -426,6 +444,8 @@ class ParserConfig(Component, tag_field="parser_type", kw_only=True):
         :param text_columns: columns the stream declares as strings: read them as text,
             as written (``007`` stays ``007``). The file receiver casts every other column
             to the stream's type.
+        :param file: the file ``body`` comes from (size, modification time, the parser's
+            data directory); the file receivers always pass it, tests may not.
         :raises ParseError: the input cannot be parsed, naming ``source`` and the line.
         """
         raise NotImplementedError(f"parser_type {self.tag()!r} cannot run yet")

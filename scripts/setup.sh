@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up factoryflow in this checkout: a Python 3.11/3.12 virtualenv in .venv with the project.
 #   --test      also the test dependencies
-#   --services  also the real services the tests start: PostgreSQL (Debian's packages) and
-#               Apache Kafka (its jars from Maven Central, run with the machine's Java)
+#   --services  also the real services the tests start: PostgreSQL and Samba (Debian's
+#               packages), Apache Kafka and S3Proxy (their jars from Maven Central, run with
+#               the machine's Java) and Azurite (npm, run with the machine's Node.js)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +44,23 @@ if [ "$want_services" = 1 ]; then
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres  # initdb refuses to run as root
   fi
+  if ! command -v smbd >/dev/null && [ ! -x /usr/sbin/smbd ]; then
+    echo "setup.sh: installing Samba from Debian's packages" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq samba >/dev/null
+  fi
+  if ! command -v npm >/dev/null; then
+    echo "setup.sh: installing Node.js and npm from Debian's packages" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
   if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
     echo "setup.sh: installing Java and Maven from Debian's packages" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq default-jre-headless maven >/dev/null
   fi
-  # the Kafka broker's jars, fetched once into .cache/kafka/ (see tests/services/kafka.py)
+  # fetched once into .cache/: the Kafka broker's and S3Proxy's jars, Azurite from npm
   .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'
+  .venv/bin/python -c 'from tests.services.s3proxy import s3proxy_jars; print("setup.sh: S3Proxy jars in", s3proxy_jars())'
+  .venv/bin/python -c 'from tests.services.azurite import azurite_bin; print("setup.sh: Azurite in", azurite_bin())'
 fi

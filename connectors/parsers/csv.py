@@ -48,6 +48,7 @@ from dataflows.sdk import (
     NonNegativeInt,
     ParseError,
     ParserConfig,
+    SourceFile,
     Violation,
     describe,
     error,
@@ -364,7 +365,7 @@ class _CsvLike:
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Parse a chunk of a file; see :func:`parse_csv`."""
         return parse_csv(prefix, body, self.settings(), source=source, first_line=first_line, warn=warn,
                          text_columns=text_columns)

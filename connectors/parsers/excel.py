@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar
 import polars as pl
 
 from dataflows.registry import parsers
-from dataflows.sdk import NonNegativeInt, ParseError, ParserConfig, describe
+from dataflows.sdk import NonNegativeInt, ParseError, ParserConfig, SourceFile, describe
 
 
 @parsers.register
@@ -37,7 +37,7 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Read the sheet of a whole workbook.
 
         :raises ParseError: not a workbook, or no such sheet.

@@ -25,7 +25,7 @@ import msgspec
 import polars as pl
 
 from dataflows.registry import parsers
-from dataflows.sdk import ParseError, ParserConfig, describe
+from dataflows.sdk import ParseError, ParserConfig, SourceFile, describe
 
 
 def _frame(records: list[Any], source: str, where: str) -> pl.DataFrame:
@@ -57,7 +57,7 @@ class JsonParser(ParserConfig, tag="json", kw_only=True):
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Parse a whole JSON document (the file receiver hands it over whole).
 
         :raises ParseError: not JSON (with line and column), a missing ``record_path``
@@ -94,7 +94,7 @@ class JsonLinesParser(ParserConfig, tag="jsonl", kw_only=True):
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Parse complete lines starting at file line ``first_line``; blank lines are skipped.
 
         :raises ParseError: a line that is not a JSON object, naming it.

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 import polars as pl
 
 from dataflows.registry import parsers
-from dataflows.sdk import ParseError, ParserConfig, describe
+from dataflows.sdk import ParseError, ParserConfig, SourceFile, describe
 
 
 @parsers.register
@@ -29,7 +29,7 @@ class ParquetParser(ParserConfig, tag="parquet", kw_only=True):
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
-              text_columns: Iterable[str] = ()) -> pl.DataFrame:
+              text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Read the whole file.
 
         :raises ParseError: not a (complete) Parquet file, or a named column is missing.

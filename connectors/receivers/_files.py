@@ -26,9 +26,13 @@ Implements the file receivers of ``shared/specs/factorytx-digest.md``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import posixpath
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,6 +48,7 @@ from dataflows.sdk import (
     ParserConfig,
     ReceiverConfig,
     RunContext,
+    SourceFile,
     StreamConfig,
     StreamReader,
     Template,
@@ -122,18 +127,25 @@ class FileReceiver(ReceiverConfig, kw_only=True):
                                  "with `parser`", s_path))
         return out
 
-    def roots(self) -> list[str]:
-        """The directory of each connection, in order."""
+    def connect(self, index: int) -> Location:
+        """Where connection ``index`` keeps its files: an fsspec file system built from
+        the connection's keys, the directory on it, and the URL naming its files. The
+        one hook a file protocol implements; no I/O (clients connect on first use)."""
         raise NotImplementedError(f"protocol {self.tag()!r} cannot run yet")
 
-    def filesystem(self, shared: dict[str, Any]) -> fsspec.AbstractFileSystem:
-        """The fsspec file system the connections live on (no I/O)."""
-        raise NotImplementedError(f"protocol {self.tag()!r} cannot run yet")
+    def client_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors of the protocol's client library (besides ``OSError``) that mean the
+        store is unreachable or refused us: the stream is marked and retried with backoff."""
+        return ()
+
+    def files_per_poll(self, index: int) -> int | None:
+        """Most new or changed files of connection ``index`` taken per poll (``None``: all)."""
+        return None
 
     def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
                     shared: dict[str, Any]) -> FileStreamReader:
         assert isinstance(stream, FileStream)
-        return FileStreamReader(self, stream, self.filesystem(shared), resume_state, ctx)
+        return FileStreamReader(self, stream, resume_state, ctx)
 
 
 def file_template(protocol: str, name: str, description: str,
@@ -158,11 +170,78 @@ def file_template(protocol: str, name: str, description: str,
     return Template(name, description, receiver, transforms)
 
 
+def file_example(protocol: str, connection: dict[str, Any]) -> dict[str, Any]:
+    """A worked example of a file receiver reading ``*.csv`` files through ``connection``."""
+    return {"data_receiver_name": f"{protocol}_files", "protocol": protocol, "poll_interval": 30,
+            "connections": [connection], "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+            "streams": [{"asset": "spraypaint", "stream_type": "csv", "file_filter": ["*.csv"]}]}
+
+
+class Connection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Keys every remote file connection has."""
+
+    connection_name: Annotated[str | None, describe("Name of the connection.")] = None
+    retrieve_ordered_files: Annotated[bool, describe(
+        "Accepted for FactoryTX configs: files are always taken oldest first (by path with "
+        "process_files_alphabetically).")] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """One connection's files, as :meth:`FileReceiver.connect` returns them.
+
+    :ivar fs: the fsspec file system.
+    :ivar directory: the directory on ``fs`` holding the files (searched recursively).
+    :ivar url: prefix naming the files in state, logs and records: the file's fsspec path
+        follows it (``""`` for local files, ``"s3://"`` for S3, whose paths start with the
+        bucket).
+    :ivar container: for object stores, the bucket or container, which must exist; the
+        directory below it is only a key prefix and may hold nothing yet. ``None``: the
+        directory itself must exist.
+    :ivar key_filter: a regular expression the path below ``container`` must match
+        (``re.search``), or ``None``.
+    """
+
+    fs: fsspec.AbstractFileSystem
+    directory: str
+    url: str = ""
+    container: str | None = None
+    key_filter: re.Pattern[str] | None = None
+
+
+def modified_time(info: Mapping[str, Any]) -> float:
+    """The modification time of an fsspec ``info`` entry, in seconds since the epoch:
+    ``mtime`` (local, SMB), ``LastModified`` (S3) or ``last_modified`` (Azure); 0 when
+    the store gives none."""
+    for key in ("mtime", "LastModified", "last_modified"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return 0.0
+
+
+def is_missing(exc: OSError) -> bool:
+    """Whether ``exc`` says the file does not exist (clients that do not raise
+    ``FileNotFoundError`` still give ``ENOENT``: smbprotocol's ``SMBOSError``)."""
+    return isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT
+
+
+def identity(info: Mapping[str, Any]) -> tuple[int, float, str | None]:
+    """What tells versions of a file apart, from its fsspec ``info`` entry: size in bytes,
+    modification time (:func:`modified_time`) and the store's ETag (``None`` without one)."""
+    etag = info.get("ETag") or info.get("etag")
+    return int(info["size"]), modified_time(info), str(etag) if etag else None
+
+
 class SeenFile(msgspec.Struct, kw_only=True):
-    """State of one file: what was seen and how far it was read."""
+    """State of one file: what was seen and how far it was read. ``etag`` is the object
+    store's entity tag when it gives one: a changed tag is a changed file."""
 
     size: int
     mtime: float
+    etag: str | None = None
     offset: int = 0
     line: int = 0
     prefix: bytes = b""
@@ -171,28 +250,32 @@ class SeenFile(msgspec.Struct, kw_only=True):
 
 @dataclass(slots=True)
 class _Candidate:
+    key: str  # the location's url + path: names the file in state, logs and batches
+    location: Location
     path: str
     order: tuple[Any, ...]
     size: int
     mtime: float
+    etag: str | None
 
 
 class FileStreamReader(StreamReader):
     """Reads one stream of a file receiver; see the module docstring."""
 
-    retryable = (OSError,)
     marker_category = "files"
     failure_text = "Reading files failed"
 
-    def __init__(self, receiver: FileReceiver, stream: FileStream, fs: fsspec.AbstractFileSystem,
-                 resume_state: dict[str, Any] | None, ctx: RunContext) -> None:
+    def __init__(self, receiver: FileReceiver, stream: FileStream, resume_state: dict[str, Any] | None,
+                 ctx: RunContext) -> None:
         self._receiver = receiver
         self._stream = stream
         parser = receiver.parser_for(stream)
         assert parser is not None, "validation makes sure every stream has a parser"
         self._parser = parser
         self._header_lines = parser.chunk_header_lines()
-        self._fs = fs
+        self.retryable = (OSError, *receiver.client_errors())
+        self._locations: list[Location] | None = None
+        self._where: dict[str, tuple[Location, str]] | None = None  # key -> where, as last listed
         self._ctx = ctx
         state = resume_state or {}
         self._files: dict[str, SeenFile] = dict(state.get("files", {}))
@@ -218,6 +301,7 @@ class FileStreamReader(StreamReader):
 
     def abandon(self) -> None:
         self._queue = []
+        self._locations = self._where = None  # connect again: a client may hold a dead connection
 
     def close(self) -> None:
         if self._ledger is not None:
@@ -238,79 +322,124 @@ class FileStreamReader(StreamReader):
             self._queue.pop(0)
         return ([batch] if batch is not None else []), bool(self._queue)
 
+    def _connected(self) -> list[Location]:
+        if self._locations is None:
+            self._locations = [self._receiver.connect(i) for i in range(len(self._receiver.connections))]
+        return self._locations
+
+    def _listing(self) -> dict[str, tuple[Location, str, int, float, str | None, int]]:
+        """Every file the stream selects, by key: location, path, size, mtime, etag and the
+        connection's index."""
+        listing: dict[str, tuple[Location, str, int, float, str | None, int]] = {}
+        for index, location in enumerate(self._connected()):
+            fs, root = location.fs, location.directory
+            fs.invalidate_cache()  # object stores cache listings; each poll must see the store now
+            if location.container is None and not fs.isdir(root):
+                raise FileNotFoundError(f"data directory {location.url}{root} does not exist")
+            if location.container is not None and not fs.isdir(location.container):
+                raise FileNotFoundError(f"{location.url}{location.container} does not exist")
+            top = root.rstrip("/") or "/"
+            for path, info in fs.find(root, detail=True).items():
+                if info.get("type", "file") != "file":
+                    continue
+                relative = posixpath.relpath(path, top)
+                if not self._stream.selects(relative):
+                    continue
+                if location.key_filter is not None and location.container is not None and \
+                        not location.key_filter.search(posixpath.relpath(path, location.container)):
+                    continue
+                listing[location.url + path] = (location, path, *identity(info), index)
+        self._where = {key: (entry[0], entry[1]) for key, entry in listing.items()}
+        return listing
+
     def _candidates(self) -> list[_Candidate]:
-        listing: dict[str, tuple[int, float, int]] = {}
-        for index, root in enumerate(self._receiver.roots()):
-            if not self._fs.isdir(root):
-                raise FileNotFoundError(f"data directory {root!r} does not exist")
-            for path, info in self._fs.find(root, detail=True).items():
-                relative = posixpath.relpath(path, root.rstrip("/") or "/")
-                if info.get("type", "file") == "file" and self._stream.selects(relative):
-                    listing[path] = (int(info["size"]), float(info.get("mtime", 0.0)), index)
-        for path in [p for p in self._files if p not in listing and p not in self._pending_delete]:
-            del self._files[path]  # keep only files still present: the state stays bounded
+        listing = self._listing()
+        for key in [k for k in self._files if k not in listing and k not in self._pending_delete]:
+            del self._files[key]  # keep only files still present: the state stays bounded
         out = []
-        for path, (size, mtime, index) in listing.items():
-            seen = self._files.get(path)
-            if path in self._pending_delete:
+        for key, (location, path, size, mtime, etag, index) in listing.items():
+            seen = self._files.get(key)
+            if key in self._pending_delete:
                 continue
-            changed = seen is not None and (size, mtime) != (seen.size, seen.mtime)
+            changed = seen is not None and (size, mtime, etag) != (seen.size, seen.mtime, seen.etag)
             if changed and (seen.failed or size < seen.offset or size == seen.size):
-                self._log.info("%s: %s was rewritten; reading it again", self._stream.key, path)
-                seen = self._files[path] = SeenFile(size=size, mtime=mtime)
+                self._log.info("%s: %s was rewritten; reading it again", self._stream.key, key)
+                seen = self._files[key] = SeenFile(size=size, mtime=mtime, etag=etag)
             if seen is None or (size > seen.offset and not seen.failed):
-                key = path if self._receiver.process_files_alphabetically else (mtime, path)
-                order = (index if self._receiver.process_ordered_connections else 0, key)
-                out.append(_Candidate(path, order, size, mtime))
+                order_key = path if self._receiver.process_files_alphabetically else (mtime, path)
+                order = (index if self._receiver.process_ordered_connections else 0, order_key)
+                out.append(_Candidate(key, location, path, order, size, mtime, etag))
         out.sort(key=lambda c: c.order)
-        if out:
-            self._log.info("%s: %d new or changed files of %d present", self._stream.key, len(out),
-                           len(listing))
-        return out
+        taken: dict[int, int] = {}
+        kept = []
+        for candidate in out:  # at most files_per_poll() of each connection
+            index = listing[candidate.key][5]
+            limit = self._receiver.files_per_poll(index)
+            if limit is None or taken.get(index, 0) < limit:
+                taken[index] = taken.get(index, 0) + 1
+                kept.append(candidate)
+        if kept:
+            more = f"; {len(out) - len(kept)} wait for the next polls" if len(kept) < len(out) else ""
+            self._log.info("%s: %d new or changed files of %d present%s", self._stream.key, len(out),
+                           len(listing), more)
+        return kept
 
     def _read_chunk(self, candidate: _Candidate) -> tuple[Batch | None, bool]:
-        path = candidate.path
-        seen = self._files.get(path) or SeenFile(size=candidate.size, mtime=candidate.mtime)
+        key = candidate.key
+        seen = self._files.get(key) or SeenFile(size=candidate.size, mtime=candidate.mtime,
+                                                etag=candidate.etag)
         whole = self._header_lines is None  # the parser needs whole files (or UTF-16 text)
-        with self._fs.open(path, "rb") as handle:
-            if whole:
-                seen.offset = 0
-                data = handle.read()
-            else:
-                handle.seek(seen.offset)
-                data = handle.read(self._receiver.chunk_bytes)
-        at_end = seen.offset + len(data) >= candidate.size
         still = (self._ctx.now().timestamp() - candidate.mtime) >= self._receiver.poll_interval
+        if whole and not still:
+            return None, True  # still being written: read it whole once it is still
+        try:
+            with candidate.location.fs.open(candidate.path, "rb") as handle:
+                if whole:
+                    seen.offset = 0
+                    data = handle.read()
+                else:
+                    handle.seek(seen.offset)
+                    data = handle.read(self._receiver.chunk_bytes)
+        except OSError as exc:
+            if not is_missing(exc):
+                raise
+            self.report_warning(f"{key} vanished between listing and reading; it is read again "
+                                "if it comes back")
+            self._files.pop(key, None)
+            return None, True
+        at_end = seen.offset + len(data) >= candidate.size
         if not whole and not (at_end and still):
             complete = data[: data.rfind(b"\n") + 1]  # complete lines; the rest waits for its newline
             if not complete and len(data) >= self._receiver.chunk_bytes:
                 return self._skip(candidate, ParseError(
-                    path, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
+                    key, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
                     f"bytes) starts at byte {seen.offset}")), True
             data = complete
         if candidate.size == 0 and still:  # an empty file is seen (and deleted) like any other
             return self._read(candidate, seen, b"", pl.DataFrame())
         if not data:
             return None, True  # nothing complete yet: try again at the next poll
+        file = SourceFile(key, candidate.size, datetime.fromtimestamp(candidate.mtime, UTC),
+                          self._ctx.component_dir(self._parser.parser_name))
         try:
             if seen.offset == 0:
                 if not whole:
                     head = data.split(b"\n", self._header_lines)[: self._header_lines]
                     seen.prefix = b"".join(line + b"\n" for line in head)
-                frame = self._parser.parse(b"", data, source=path, first_line=1, warn=self.report_warning,
-                                           text_columns=self._text_columns)
+                frame = self._parser.parse(b"", data, source=key, first_line=1, warn=self.report_warning,
+                                           text_columns=self._text_columns, file=file)
             else:
-                frame = self._parser.parse(seen.prefix, data, source=path, first_line=seen.line + 1,
-                                           warn=self.report_warning, text_columns=self._text_columns)
+                frame = self._parser.parse(seen.prefix, data, source=key, first_line=seen.line + 1,
+                                           warn=self.report_warning, text_columns=self._text_columns,
+                                           file=file)
         except ParseError as exc:
             return self._skip(candidate, exc), True
         except Exception as exc:  # a parser that fails otherwise must not stop the stream either
-            self._log.debug("%s: parser %r failed on %s", self._stream.key, self._parser.parser_name, path,
+            self._log.debug("%s: parser %r failed on %s", self._stream.key, self._parser.parser_name, key,
                             exc_info=True)
             return self._skip(candidate, ParseError(
-                path, None, f"the {self._parser.tag()} parser failed: {type(exc).__name__}: {exc}")), True
-        return self._read(candidate, seen, data, self._conform(frame, path))
-
+                key, None, f"the {self._parser.tag()} parser failed: {type(exc).__name__}: {exc}")), True
+        return self._read(candidate, seen, data, self._conform(frame, key))
     def _conform(self, frame: pl.DataFrame, path: str) -> pl.DataFrame:
         """``frame`` with each column in the stream's type: declared (``dtypes``), or the
         type it had when the stream first saw it. A value that does not fit becomes null,
@@ -344,37 +473,56 @@ class FileStreamReader(StreamReader):
               frame: pl.DataFrame) -> tuple[Batch | None, bool]:
         """Record ``data`` (parsed into ``frame``) as read: the batch to hand on, and whether
         the file is read to its end."""
-        path = candidate.path
+        key = candidate.key
         seen.offset += len(data)
         seen.line += data.count(b"\n")
-        seen.size, seen.mtime = max(candidate.size, seen.offset), candidate.mtime
-        self._files[path] = seen
+        seen.size, seen.mtime, seen.etag = max(candidate.size, seen.offset), candidate.mtime, candidate.etag
+        self._files[key] = seen
         finished = seen.offset >= candidate.size
         ack_key = None
         if finished and self._receiver.delete_completed:
-            ack_key = f"{path}|{seen.size}|{seen.mtime}"
-            self._pending_delete[path] = ack_key
+            ack_key = f"{key}|{seen.size}|{seen.mtime}"
+            self._pending_delete[key] = ack_key
         if frame.height == 0 and ack_key is None:
             return None, finished
-        return Batch(self._receiver.data_receiver_name, self._stream.key, frame, path, ack_key), finished
+        return Batch(self._receiver.data_receiver_name, self._stream.key, frame, key, ack_key), finished
 
     def _skip(self, candidate: _Candidate, exc: ParseError) -> None:
         """Mark the stream with ``exc`` and skip the file until it changes."""
         self.report_bad_input(f"{exc}; the file is skipped until it changes")
-        self._files[candidate.path] = SeenFile(size=candidate.size, mtime=candidate.mtime,
-                                               offset=candidate.size, failed=True)
+        self._files[candidate.key] = SeenFile(size=candidate.size, mtime=candidate.mtime,
+                                              etag=candidate.etag, offset=candidate.size, failed=True)
 
     def _delete_delivered(self) -> None:
         if self._ledger is None:
             self._ledger = Ledger(ledger_path(self._ctx.home))
         stream = str(self._stream.key)
         name = self._receiver.data_receiver_name
-        for path, ack_key in list(self._pending_delete.items()):
+        for key, ack_key in list(self._pending_delete.items()):
             if not self._expected <= self._ledger.acked_by(name, stream, ack_key):
                 continue
-            if self._fs.exists(path):
-                self._fs.rm(path)
-                self._log.info("%s: deleted %s, its records are delivered", self._stream.key, path)
+            if self._where is None:
+                self._listing()  # after a restart: find which connection holds the file
+            where = self._where.get(key) if self._where is not None else None
+            if where is not None:
+                location, path = where
+                try:
+                    info = location.fs.info(path)
+                except OSError as exc:
+                    if not is_missing(exc):
+                        raise
+                    info = None
+                seen = self._files.get(key)
+                if info is not None and seen is not None and identity(info) != (seen.size, seen.mtime,
+                                                                                 seen.etag):
+                    self._log.info("%s: %s changed after it was read; reading on before deleting it",
+                                   self._stream.key, key)
+                    self._ledger.forget(name, stream, ack_key)
+                    del self._pending_delete[key]
+                    continue  # its state stays: the listing finds the rest and reads on
+                if info is not None:
+                    location.fs.rm_file(path)  # one object: a bulk delete needs checksums some stores lack
+                    self._log.info("%s: deleted %s, its records are delivered", self._stream.key, key)
             self._ledger.forget(name, stream, ack_key)
-            del self._pending_delete[path]
-            self._files.pop(path, None)
+            del self._pending_delete[key]
+            self._files.pop(key, None)

@@ -14,24 +14,18 @@ Localfile template of ``shared/specs/factorytx-rest-api.txt``.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-import msgspec
-
-from connectors.receivers._files import FileReceiver, file_template
+from connectors.receivers._files import Connection, FileReceiver, Location, file_template
 from dataflows.registry import receivers
 from dataflows.sdk import JsonPath, Template, Violation, describe, error
 
-if TYPE_CHECKING:
-    import fsspec
 
-
-class LocalConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class LocalConnection(Connection, kw_only=True, frozen=True):
     """A directory on this machine."""
 
     data_directory: Annotated[str | None, describe("Directory holding the files.")] = None
     root_path: Annotated[str | None, describe("Older name of data_directory.")] = None
-    connection_name: Annotated[str | None, describe("Name of the connection.")] = None
 
     @property
     def directory(self) -> str:
@@ -74,10 +68,7 @@ class LocalFileReceiver(FileReceiver, tag="localfile", kw_only=True):
                                  [*path, "connections", index]))
         return out
 
-    def roots(self) -> list[str]:
-        return [conn.directory for conn in self.connections]
-
-    def filesystem(self, shared: dict[str, Any]) -> fsspec.AbstractFileSystem:
+    def connect(self, index: int) -> Location:
         import fsspec
 
-        return fsspec.filesystem("file")
+        return Location(fsspec.filesystem("file"), self.connections[index].directory)

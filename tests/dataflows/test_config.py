@@ -89,7 +89,7 @@ def test_root_path_is_the_older_data_directory() -> None:
     doc = base()
     doc["data_receiver"][0]["connections"] = [{"root_path": "/data/old"}]
     config = load(doc)
-    assert config.data_receiver[0].roots() == ["/data/old"]
+    assert config.data_receiver[0].connect(0).directory == "/data/old"
 
 
 def test_transmit_without_type_is_remotedatapost() -> None:
@@ -101,11 +101,12 @@ def test_transmit_without_type_is_remotedatapost() -> None:
     assert config.data_transmit[0].API_key_ID == "edge"
 
 
-def test_quickstart_is_refused_for_running_with_the_reasons() -> None:
-    with pytest.raises(ConfigError) as info:
-        load(quickstart(), runnable=True, environ=SIGHT_MACHINE_ENV)
-    assert paths(info.value.violations) == [(["data_receiver", 1, "protocol"], "error")]
-    assert "'azure_data_lake' is accepted in the config but" in info.value.violations[0].description
+def test_quickstart_is_runnable_as_written() -> None:
+    config = load(quickstart(), runnable=True, environ=SIGHT_MACHINE_ENV)
+    lake = config.data_receiver[1]
+    assert lake.tag() == "azure_data_lake"
+    assert lake.connections[0].container_and_folder() == ("directory-1", "")
+    assert lake.files_per_poll(0) == 1
 
 
 def test_environment_variables_are_resolved() -> None:
@@ -119,13 +120,15 @@ def test_environment_variables_are_resolved() -> None:
 
 def test_secrets_are_marked_in_the_schema() -> None:
     assert secret_paths(SqlConnection) == ["password"]
-    from connectors.receivers.remote_files import (
-        AzureDataLakeConnection,
-        AzureDataLakeGen2Connection,
-    )
+    from connectors.receivers.azure_data_lake import AzureDataLakeConnection
+    from connectors.receivers.azure_data_lake_gen2 import AzureDataLakeGen2Connection
+    from connectors.receivers.s3 import S3Connection
+    from connectors.receivers.smb import SmbConnection
     from connectors.transmits.remotedatapost import RemoteDataPost
     assert secret_paths(AzureDataLakeConnection) == ["client_secret"]
     assert secret_paths(AzureDataLakeGen2Connection) == ["connection_str"]
+    assert secret_paths(S3Connection) == ["secret_access_key"]
+    assert secret_paths(SmbConnection) == ["password"]
     assert secret_paths(RemoteDataPost) == ["API_key"]
     assert secret_paths(SqlReceiver) == []
 

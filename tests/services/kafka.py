@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.services.postgres import free_port
+from tests.services.process import maven_jars
 
 ROOT = Path(__file__).resolve().parents[2]
 POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -49,8 +50,7 @@ def kafka_jars() -> Path:
     :raises FileNotFoundError: Maven or Java is missing (``scripts/setup.sh --services``).
     :raises subprocess.CalledProcessError: Maven failed.
     """
-    if (JARS / f"kafka_2.13-{VERSION}.jar").exists():
-        return JARS
+    return maven_jars(POM, JARS, f"kafka_2.13-{VERSION}.jar")
     for tool in ("mvn", "java"):
         if shutil.which(tool) is None:
             raise FileNotFoundError(f"{tool} is not installed; run scripts/setup.sh --services")

@@ -1,0 +1,322 @@
+"""The remote file receivers (``s3``, ``azure_data_lake_gen2``, ``azure_data_lake``, ``smb``)
+against real servers: S3Proxy, Azurite (HTTP with the account key; HTTPS with a service
+principal's OAuth token from the token simulator) and Samba (encryption required).
+
+Each test runs once per protocol, in a folder of its own on the session's server.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflows.config import load
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.records import StreamKey
+from dataflows.runtime import RunContext, _ReceiverPartition
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, TENANT_ID
+from tests.connectors.conformance import ReceiverHarness, receiver_harness
+from tests.flowrun import drain
+from tests.services.postgres import free_port
+
+STREAM = StreamKey("machine", "temperature")
+PROTOCOLS = ["s3", "azure_data_lake_gen2", "azure_data_lake", "smb"]
+BUCKET = CONTAINER = "factoryflow"  # one bucket or container per server, a folder per test
+
+
+class Clock:
+    """An injected clock, an hour ahead: files written now are already still."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC) + timedelta(hours=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Store:
+    """A folder on one protocol's server: ``fs`` (the test's own fsspec client) and ``base``
+    (the folder's path on it), the receiver's ``connection`` to it, and ``url`` (how the
+    receiver names the folder's files)."""
+
+    protocol: str
+    fs: Any
+    base: str
+    connection: dict[str, Any]
+    url: str
+
+    def path(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def put(self, name: str, data: bytes) -> None:
+        self.fs.pipe(self.path(name), data)
+
+    def exists(self, name: str) -> bool:
+        self.fs.invalidate_cache()
+        return bool(self.fs.exists(self.path(name)))
+
+    def remove(self, name: str) -> None:
+        self.fs.rm_file(self.path(name))
+
+    def key(self, name: str) -> str:
+        """The receiver's name of file ``name`` (its batches' ``source``)."""
+        return f"{self.url}/{name}"
+
+    def document(self, connection: dict[str, Any] | None = None, **keys: Any) -> dict[str, Any]:
+        return {"transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}],
+                "data_receiver": [{
+                    "data_receiver_name": "files", "protocol": self.protocol, "poll_interval": 1,
+                    "connections": [connection or self.connection],
+                    "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+                    "streams": [{"asset": "machine", "stream_type": "temperature", "file_filter": ["*.csv"],
+                                 "parser": "csv"}], **keys}]}
+
+
+def make_store(protocol: str, request: pytest.FixtureRequest, folder: str | None = None) -> Store:
+    """A fresh folder on ``protocol``'s session server."""
+    folder = folder or uuid.uuid4().hex[:12]
+    if protocol == "s3":
+        server = request.getfixturevalue("s3")
+        fs = server.filesystem()
+        server.create_bucket(BUCKET)
+        return Store(protocol, fs, f"{BUCKET}/{folder}", server.connection(BUCKET, data_directory=folder),
+                     f"s3://{BUCKET}/{folder}")
+    if protocol in ("azure_data_lake_gen2", "azure_data_lake"):
+        https = protocol == "azure_data_lake"
+        server = request.getfixturevalue("azurite_https" if https else "azurite_http")
+        fs = server.filesystem()
+        if not fs.exists(CONTAINER):
+            fs.mkdir(CONTAINER)
+        url = f"az://devstoreaccount1/{CONTAINER}/{folder}"
+        if not https:
+            return Store(protocol, fs, f"{CONTAINER}/{folder}",
+                         {"connection_str": server.connection_string, "storage_container_name": CONTAINER,
+                          "data_directory": folder}, url)
+        token = request.getfixturevalue("azure_token")
+        return Store(protocol, fs, f"{CONTAINER}/{folder}",
+                     {"tenant_id": TENANT_ID, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                      "store_name": "devstoreaccount1", "data_directory": f"{CONTAINER}/{folder}",
+                      "account_host": server.account_host, "authority_host": token.authority,
+                      "connection_name": "Blue"}, url)
+    server = request.getfixturevalue("samba")
+    import fsspec
+
+    fs = fsspec.filesystem("smb", host="127.0.0.1", port=server.port, username=server.username,
+                           password=server.password, skip_instance_cache=True)
+    fs.makedirs(f"/data/{folder}", exist_ok=True)
+    return Store(protocol, fs, f"/data/{folder}", server.connection(folder),
+                 f"smb://127.0.0.1:{server.port}/data/{folder}")
+
+
+@pytest.fixture(params=PROTOCOLS)
+def store(request: pytest.FixtureRequest) -> Store:
+    return make_store(request.param, request)
+
+
+def context(home: Path, clock: Clock | None = None) -> RunContext:
+    return RunContext(home=home, now=clock or Clock(),
+                      expected_transmits={("files", STREAM): frozenset({"local"})})
+
+
+def open_reader(store: Store, tmp_path: Path, state: Any = None, clock: Clock | None = None,
+                connection: dict[str, Any] | None = None, **keys: Any):
+    rec = load(store.document(connection, **keys)).data_receiver[0]
+    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), {})
+
+
+def values(batches: list[Any]) -> list[list[int]]:
+    return [b.frame["v"].to_list() for b in batches]
+
+
+def test_new_changed_and_appended_files(store: Store, tmp_path: Path) -> None:
+    store.put("a.csv", b"ts,v\n1,10\n")
+    reader = open_reader(store, tmp_path)
+    batches = drain(reader)
+    assert values(batches) == [[10]] and [b.source for b in batches] == [store.key("a.csv")]
+    assert drain(reader) == []  # an unchanged file is never read again
+    store.put("b.csv", b"ts,v\n2,20\n")
+    assert values(drain(reader)) == [[20]]
+    store.put("a.csv", b"ts,v\n1,99\n")  # rewritten: same size, new content
+    assert values(drain(reader)) == [[99]]
+    store.put("a.csv", b"ts,v\n1,99\n2,98\n3,97\n")  # appended to
+    assert values(drain(reader)) == [[98, 97]]
+    state = reader.snapshot()
+    assert state["files"][store.key("a.csv")].offset == len(b"ts,v\n1,99\n2,98\n3,97\n")
+    restarted = open_reader(store, tmp_path, state=state)
+    assert drain(restarted) == []  # resumed from the snapshot: nothing twice
+    store.remove("b.csv")
+    assert drain(restarted) == []
+    assert set(restarted.snapshot()["files"]) == {store.key("a.csv")}  # gone files leave the state
+
+
+def test_delete_completed_deletes_once_delivered_and_never_an_unread_rest(store: Store, tmp_path: Path) -> None:
+    store.put("a.csv", b"ts,v\n1,10\n")
+    store.put("b.csv", b"ts,v\n2,20\n")
+    reader = open_reader(store, tmp_path, delete_completed=True)
+    batches = drain(reader)
+    assert sorted(values(batches)) == [[10], [20]]
+    assert drain(reader) == [] and store.exists("a.csv")  # not delivered yet: kept, not read again
+    ledger = Ledger(ledger_path(tmp_path / "home"))
+    by_source = {b.source: b for b in batches}
+    ledger.ack("files", str(STREAM), by_source[store.key("a.csv")].ack_key, "local")
+    store.put("b.csv", b"ts,v\n2,20\n3,30\n")  # b grows before its delivery is acknowledged
+    ledger.ack("files", str(STREAM), by_source[store.key("b.csv")].ack_key, "local")
+    assert values(drain(reader)) == [[30]]  # the rest of b is read, not deleted unread
+    assert not store.exists("a.csv") and store.exists("b.csv")
+    pending = reader.snapshot()["pending_delete"]
+    ledger.ack("files", str(STREAM), pending[store.key("b.csv")], "local")
+    assert drain(reader) == []
+    assert not store.exists("b.csv")
+    assert reader.snapshot()["files"] == {} and reader.snapshot()["pending_delete"] == {}
+
+
+def test_a_file_that_vanishes_between_listing_and_reading_is_skipped(store: Store, tmp_path: Path) -> None:
+    store.put("a.csv", b"ts,v\n1,10\n")
+    store.put("b.csv", b"ts,v\n2,20\n")
+    reader = open_reader(store, tmp_path, process_files_alphabetically=True)
+    first, more = reader.read()
+    assert values(first) == [[10]] and more
+    store.remove("b.csv")
+    assert reader.read() == ([], False)
+    (warning,) = reader.take_warnings()
+    assert store.key("b.csv") in warning and "vanished" in warning
+    store.put("b.csv", b"ts,v\n2,20\n")
+    assert values(drain(reader)) == [[20]]  # back: read
+
+
+def test_a_whole_file_parser_waits_until_the_file_is_still(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    clock.now = datetime.now(UTC)
+    store.put("a.json", b'[{"v": 1}]')
+    doc = store.document(parsers=[{"parser_name": "csv", "parser_type": "json"}])
+    doc["data_receiver"][0]["streams"][0]["file_filter"] = ["*.json"]
+    rec = load(doc).data_receiver[0]
+    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home", clock), {})
+    assert drain(reader) == []  # written just now: it may still be being written
+    clock.now += timedelta(seconds=5)
+    assert values(drain(reader)) == [[1]]
+
+
+def _dead(store: Store) -> dict[str, Any]:
+    port = free_port()  # nothing listens there
+    conn = dict(store.connection)
+    if store.protocol == "s3":
+        conn["endpoint_url"] = f"http://127.0.0.1:{port}"
+    elif store.protocol == "azure_data_lake_gen2":
+        conn["connection_str"] = conn["connection_str"].replace(
+            conn["connection_str"].split("BlobEndpoint=")[1].split("/devstoreaccount1")[0],
+            f"http://127.0.0.1:{port}")
+    elif store.protocol == "azure_data_lake":
+        conn["account_host"] = f"127.0.0.1:{port}/devstoreaccount1"
+    else:
+        conn["port"] = port
+    return conn
+
+
+def _bad_credentials(store: Store) -> dict[str, Any]:
+    conn = dict(store.connection)
+    if store.protocol == "s3":
+        conn["secret_access_key"] = "wrong"
+    elif store.protocol == "azure_data_lake_gen2":
+        conn["connection_str"] = conn["connection_str"].replace("AccountKey=Eby8", "AccountKey=Xby8")
+    elif store.protocol == "azure_data_lake":
+        conn["client_secret"] = "wrong"
+    else:  # smbclient shares one session per server and user in a process: another user
+        conn["username"], conn["password"] = "intruder", "wrong"
+    return conn
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "bad credentials"])
+def test_failures_mark_the_stream_and_are_retried_with_backoff(store: Store, tmp_path: Path, failure: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    store.put("a.csv", b"ts,v\n1,10\n")
+    connection = _dead(store) if failure == "unreachable" else _bad_credentials(store)
+    rec = load(store.document(connection)).data_receiver[0]
+    clock = Clock()
+    ctx = context(tmp_path / "home", clock)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    with caplog.at_level(logging.ERROR, logger="receiver"):
+        assert partition.next_batch() == []
+        first = (partition.next_poll - clock.now).total_seconds()
+        clock.now = partition.next_poll
+        assert partition.next_batch() == []
+        second = (partition.next_poll - clock.now).total_seconds()
+    assert 1 <= first <= 1.1 and 2 <= second <= 2.2  # poll_interval 1 s, doubled, <= 10 % jitter
+    (marker,) = [m for m in Ledger(ledger_path(ctx.home)).markers() if m.component == "files"]
+    assert marker.level == "error" and "Reading files failed" in marker.message
+    assert "read failed (attempt 2" in caplog.text
+    partition.close()
+
+
+def test_azure_data_lake_takes_max_files_per_request_per_poll(request: pytest.FixtureRequest,
+                                                             tmp_path: Path) -> None:
+    store = make_store("azure_data_lake", request)
+    for name in ("a.csv", "b.csv", "c.csv"):
+        store.put(name, b"ts,v\n1,10\n")
+    reader = open_reader(store, tmp_path, connection={**store.connection, "max_files_per_request": 2})
+    assert len(drain(reader)) == 2  # this poll
+    assert len(drain(reader)) == 1  # the next
+    token = request.getfixturevalue("azure_token")
+    assert token.requests >= 1  # signed in as the service principal
+
+
+def test_smb_session_is_encrypted(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = make_store("smb", request)
+    store.put("a.csv", b"ts,v\n1,10\n")
+    reader = open_reader(store, tmp_path)
+    assert values(drain(reader)) == [[10]]
+    sessions = request.getfixturevalue("samba").sessions()
+    assert "AES-" in sessions  # the server requires SMB 3 encryption: sessions carry a cipher
+
+
+class RemoteFileHarness(ReceiverHarness):
+    """CSV files appearing in a folder on the protocol's server, one file per :meth:`add`."""
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.store = make_store(self.protocol, request)
+        self.files = 0
+
+    def receiver(self) -> dict[str, Any]:
+        return {"data_receiver_name": "conformance", "protocol": self.protocol, "poll_interval": 1,
+                "connections": [self.store.connection],
+                "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+                "process_files_alphabetically": True,
+                "streams": [{"asset": "conformance", "stream_type": "test", "file_filter": ["*.csv"]}]}
+
+    def add(self, seqs: range) -> None:
+        self.files += 1
+        self.store.put(f"part-{self.files:04d}.csv",
+                       b"seq,value\n" + "".join(f"{s},{s / 2}\n" for s in seqs).encode())
+
+    def break_input(self) -> None:
+        self.files += 1
+        self.store.put(f"part-{self.files:04d}.csv", b"seq,value\n1,2\n3\n")
+
+
+@receiver_harness
+class S3Harness(RemoteFileHarness):
+    protocol = "s3"
+
+
+@receiver_harness
+class AzureDataLakeGen2Harness(RemoteFileHarness):
+    protocol = "azure_data_lake_gen2"
+
+
+@receiver_harness
+class AzureDataLakeHarness(RemoteFileHarness):
+    protocol = "azure_data_lake"
+
+
+@receiver_harness
+class SmbHarness(RemoteFileHarness):
+    protocol = "smb"
+

@@ -1,0 +1,86 @@
+"""A server process the tests start and stop: its log in a file, ready when a check passes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class ServerProcess:
+    """One server started from ``command`` (a new session, so its children stop with it).
+
+    :param name: what the errors call it.
+    :param log_path: where its output goes (appended across restarts).
+    """
+
+    def __init__(self, name: str, command: Sequence[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log_path = log_path
+        self.env = env
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Start it and poll ``ready`` (exceptions count as not ready) until it says so.
+
+        :raises TimeoutError: it exited or was not ready within ``timeout`` seconds; the end
+            of its log is in the message.
+        """
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._process.poll() is None:
+            with contextlib.suppress(Exception):  # not up yet
+                if ready():
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not start:\n{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM its process group, SIGKILL after ``timeout`` seconds."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            try:
+                os.killpg(self._process.pid, signal.SIGTERM)
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+            except ProcessLookupError:
+                pass
+        self._process = None
+
+
+def maven_jars(pom: Path, jars: Path, main_jar: str) -> Path:
+    """``jars``, the runtime jars of ``pom``'s dependencies, copied there from Maven Central
+    by ``mvn dependency:copy-dependencies`` unless ``main_jar`` is there already.
+
+    :raises FileNotFoundError: Maven or Java is missing (``scripts/setup.sh --services``).
+    :raises subprocess.CalledProcessError: Maven failed.
+    """
+    if (jars / main_jar).exists():
+        return jars
+    for tool in ("mvn", "java"):
+        if shutil.which(tool) is None:
+            raise FileNotFoundError(f"{tool} is not installed; run scripts/setup.sh --services")
+    staging = jars.with_name(f"{jars.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    subprocess.run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                    f"-DoutputDirectory={staging}", "-DincludeScope=runtime"], check=True)
+    staging.rename(jars)
+    return jars
