@@ -42,11 +42,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import polars as pl
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.ledger import Ledger, ledger_path
@@ -56,7 +61,7 @@ from dataflows.records import Batch, StreamKey, last_timestamp
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dataflows.sdk import RunContext, TransmitConfig, TransmitWriter
+    from dataflows.sdk import RecoverableWriter, RunContext, TransmitConfig, TransmitWriter
 
 __all__ = ["DRAIN_SECONDS", "TransmitReport", "TransmitSink", "spooled_batches"]
 
@@ -133,8 +138,16 @@ class TransmitReport:
             self.ledger.mark_success(self.transmit)
 
     def count(self, batches: list[Batch]) -> None:
-        """Every record of ``batches`` reached the endpoint: count and log them, per batch."""
-        self.delivered((str(b.stream), b.frame.height, last_timestamp(b.frame)) for b in batches)
+        """Every record of ``batches`` reached the endpoint: count and log them, one part
+        per stream (a write of many small files' batches is one line per stream)."""
+        parts: dict[str, tuple[int, str | None]] = {}
+        for batch in batches:
+            stream = str(batch.stream)
+            records, last = parts.get(stream, (0, None))
+            latest = last_timestamp(batch.frame)
+            parts[stream] = (records + batch.frame.height,
+                             max(last, latest) if last is not None and latest is not None else last or latest)
+        self.delivered((stream, records, last) for stream, (records, last) in parts.items())
 
     def batches_delivered(self, batches: list[Batch]) -> None:
         """Every record of ``batches`` reached the endpoint: count, acknowledge and log them."""
@@ -205,6 +218,50 @@ class _TransmitPartition(StatelessSinkPartition[Batch]):
             self._writer.close()
         finally:
             self._report.close()
+
+
+class _RecoverableTransmitPartition(StatefulSinkPartition[Batch, Any]):
+    """A :class:`_TransmitPartition` whose writer's state is snapshotted with the epoch."""
+
+    def __init__(self, config: TransmitConfig, ctx: RunContext, resume_state: Any) -> None:
+        self._inner = _TransmitPartition(config, ctx)
+        self._writer: RecoverableWriter = self._inner._writer  # type: ignore[assignment]
+        try:
+            self._writer.resume(resume_state)
+        except BaseException:
+            self._inner.close()
+            raise
+
+    def write_batch(self, values: list[Batch]) -> None:
+        self._inner.write_batch(values)
+
+    def snapshot(self) -> Any:
+        return self._writer.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RecoverableTransmitSink(FixedPartitionedSink[Batch, Any]):
+    """The sink of a recoverable transmit (:class:`~dataflows.sdk.RecoverableWriter`): one
+    partition, ``"0"``, on one worker, whose writer's state bytewax snapshots with the
+    receivers' so a crash replays nothing twice into it. The flow keys its batches on
+    ``"0"``. Building it does no I/O."""
+
+    PART = "0"
+
+    def __init__(self, config: TransmitConfig, ctx: RunContext) -> None:
+        self._config = config
+        self._ctx = ctx
+
+    def list_parts(self) -> list[str]:
+        return [self.PART]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _RecoverableTransmitPartition:
+        return _RecoverableTransmitPartition(self._config, self._ctx, resume_state)
 
 
 class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):

@@ -21,8 +21,10 @@ from dataclasses import replace
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import FixedPartitionedSink
 
 from dataflows.config import Config
+from dataflows.delivery import RecoverableTransmitSink
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch, stream_matches
 from dataflows.runtime import ReceiverSource
@@ -91,5 +93,10 @@ def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") ->
         patterns = list(transmit.filter_stream)
         selected = op.filter(step_id("select", transmit.transmit_name), batches,
                              lambda batch, patterns=patterns: stream_matches(patterns, batch.stream))
-        op.output(step_id("transmit", transmit.transmit_name), selected, transmit.sink(ctx))
+        sink = transmit.sink(ctx)
+        if isinstance(sink, FixedPartitionedSink):  # a recoverable transmit: one keyed partition
+            keyed = op.key_on(step_id("partition", transmit.transmit_name), selected, lambda _: RecoverableTransmitSink.PART)
+            op.output(step_id("transmit", transmit.transmit_name), keyed, sink)
+        else:
+            op.output(step_id("transmit", transmit.transmit_name), selected, sink)
     return flow

@@ -44,6 +44,7 @@ from typing import (
     Protocol,
     get_args,
     get_origin,
+    runtime_checkable,
 )
 
 import msgspec
@@ -314,6 +315,24 @@ class TransmitWriter(Protocol):
         ...
 
 
+@runtime_checkable
+class RecoverableWriter(TransmitWriter, Protocol):
+    """A writer that can take back what it wrote after the last recovery snapshot, so a
+    crash (SIGKILL, power loss) replays nothing twice into it: exactly once. A transmit
+    declares it with :attr:`TransmitConfig.recoverable`; its sink is then one bytewax
+    partition, snapshotted with the receivers' state at each epoch."""
+
+    def snapshot(self) -> Any:
+        """What was written so far (small and picklable: e.g. file sizes)."""
+        ...
+
+    def resume(self, state: Any) -> None:
+        """Called once, before any write, with the :meth:`snapshot` of the epoch the
+        dataflow resumes from (``None`` on a first run): drop whatever was written after
+        it, since the receivers replay those records."""
+        ...
+
+
 @dataclass(frozen=True)
 class Template:
     """A receiver's configuration template for ``GET /v1/config/templates``.
@@ -496,6 +515,10 @@ class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
         """
         raise NotImplementedError(f"transmit_type {self.tag()!r} cannot run yet")
 
+    #: Whether :meth:`open_writer` returns a :class:`RecoverableWriter` (exactly once
+    #: across crashes; the transmit then writes on one worker).
+    recoverable: ClassVar[bool] = False
+
     def spool_bytes(self) -> int | None:
         """The disk budget, in bytes, of the transmit's spool, or None (the default) for a
         transmit whose ``write`` is quick enough to run in the dataflow (local files) or
@@ -507,6 +530,6 @@ class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
     def sink(self, ctx: RunContext) -> Sink[Batch]:
         """The bytewax sink: its ``write_batch`` returns only once the write is durable, then
         counts, acknowledges and logs the batches (:mod:`dataflows.delivery`). No I/O here."""
-        from dataflows.delivery import TransmitSink
+        from dataflows.delivery import RecoverableTransmitSink, TransmitSink
 
-        return TransmitSink(self, ctx)
+        return RecoverableTransmitSink(self, ctx) if self.recoverable else TransmitSink(self, ctx)

@@ -30,6 +30,7 @@ import errno
 import logging
 import posixpath
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,10 @@ from dataflows.sdk import (
 
 if TYPE_CHECKING:
     import fsspec
+
+#: Most files one :meth:`FileStreamReader.read` takes, and the seconds it may spend.
+FILES_PER_READ = 200
+READ_SECONDS = 2.0
 
 #: The types a stream's ``dtypes`` may name.
 DTYPES: dict[str, pl.DataType] = {"string": pl.String(), "integer": pl.Int64(), "float": pl.Float64(),
@@ -284,6 +289,7 @@ class FileStreamReader(StreamReader):
         self._schema: dict[str, pl.DataType] = {**dict(state.get("schema", {})), **declared}
         self._text_columns = frozenset(c for c, t in declared.items() if t == pl.String)
         self._queue: list[_Candidate] = []
+        self._prefetched: dict[str, tuple[tuple[int, int | None], bytes | BaseException]] = {}
         self._ledger: Ledger | None = None
         self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
         self._expected = ctx.expected_transmits.get((receiver.data_receiver_name, stream.key), frozenset())
@@ -310,17 +316,69 @@ class FileStreamReader(StreamReader):
     # -- reading
 
     def read(self) -> tuple[list[Batch], bool]:
+        """The next batches: chunks of the next new or changed files, up to ``chunk_bytes``
+        in all, :data:`FILES_PER_READ` files or :data:`READ_SECONDS` seconds (many small
+        files travel in one epoch, one transmit write)."""
         if self._pending_delete:
             self._delete_delivered()
         if not self._queue:
             self._queue = self._candidates()
             if not self._queue:
                 return [], False
-        candidate = self._queue[0]
-        batch, finished = self._read_chunk(candidate)
-        if finished:
-            self._queue.pop(0)
-        return ([batch] if batch is not None else []), bool(self._queue)
+        self._prefetch()
+        batches: list[Batch] = []
+        size, files, started = 0, 0, time.monotonic()
+        while self._queue and size < self._receiver.chunk_bytes and files < FILES_PER_READ \
+                and time.monotonic() - started < READ_SECONDS:
+            candidate = self._queue[0]
+            try:
+                batch, finished = self._read_chunk(candidate)
+            except self.retryable:
+                if not batches:
+                    raise
+                break  # hand on what was read; the next read meets the failure again
+            if finished:
+                self._queue.pop(0)
+                files += 1
+            if batch is not None:
+                batches.append(batch)
+                size += batch.frame.estimated_size()
+            if not finished:
+                break  # a big file: one chunk per read
+        return batches, bool(self._queue)
+
+    def _range(self, candidate: _Candidate, seen: SeenFile | None) -> tuple[int, int | None]:
+        """The bytes of ``candidate`` to read next: ``(start, end)``, ``end`` ``None`` for
+        the rest of the file (a whole-file parser takes it all)."""
+        if self._header_lines is None or seen is None:
+            start = 0
+        else:
+            start = seen.offset
+        if self._header_lines is None:
+            return 0, None
+        return start, min(start + self._receiver.chunk_bytes, candidate.size)
+
+    def _prefetch(self) -> None:
+        """Fetch the next small files of the queue at once: concurrently on object stores
+        (fsspec's ``cat_ranges``), so a folder of many small files is not read one round
+        trip at a time. What a read does not use is dropped."""
+        self._prefetched = {}
+        by_location: dict[int, list[tuple[_Candidate, int, int | None]]] = {}
+        budget = self._receiver.chunk_bytes
+        for candidate in self._queue[:FILES_PER_READ]:
+            start, end = self._range(candidate, self._files.get(candidate.key))
+            budget -= (end if end is not None else candidate.size) - start
+            if budget < 0:
+                break
+            by_location.setdefault(id(candidate.location), []).append((candidate, start, end))
+        for wanted in by_location.values():
+            if len(wanted) < 2:
+                continue
+            fs = wanted[0][0].location.fs
+            results = fs.cat_ranges([c.path for c, _, _ in wanted], [s for _, s, _ in wanted],
+                                    [e for _, _, e in wanted], on_error="return")
+            for (candidate, start, end), result in zip(wanted, results, strict=True):
+                self._prefetched[candidate.key] = ((start, end), result)
 
     def _connected(self) -> list[Location]:
         if self._locations is None:
@@ -393,13 +451,16 @@ class FileStreamReader(StreamReader):
         if whole and not still:
             return None, True  # still being written: read it whole once it is still
         try:
-            with candidate.location.fs.open(candidate.path, "rb") as handle:
-                if whole:
-                    seen.offset = 0
-                    data = handle.read()
-                else:
-                    handle.seek(seen.offset)
-                    data = handle.read(self._receiver.chunk_bytes)
+            if whole:
+                seen.offset = 0
+            start, end = self._range(candidate, seen)
+            fetched = self._prefetched.pop(candidate.key, None)
+            if fetched is not None and fetched[0] == (start, end):
+                if isinstance(fetched[1], BaseException):
+                    raise fetched[1]
+                data = fetched[1]
+            else:  # one ranged GET on object stores (open() would ask for the size first)
+                data = candidate.location.fs.cat_file(candidate.path, start=start, end=end)
         except OSError as exc:
             if not is_missing(exc):
                 raise

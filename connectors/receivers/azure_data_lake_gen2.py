@@ -11,6 +11,7 @@ and ETag.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, ClassVar
 
 from connectors.receivers._files import (
@@ -59,6 +60,8 @@ def blob_filesystem(service_client: Any) -> Any:
     ``BlobServiceClient`` built with :data:`CLIENT_RETRIES`)."""
     import adlfs
 
+    # the Azure SDK logs every request and response, headers included, at INFO
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     fs = adlfs.AzureBlobFileSystem(account_name=service_client.account_name, credential=service_client.credential,
                                    skip_instance_cache=True)
     fs.service_client = service_client  # adlfs takes no retry settings; its client is public

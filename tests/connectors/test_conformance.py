@@ -307,7 +307,7 @@ def test_write_batch_returns_only_after_a_durable_write(tag: str, tmp_path: Path
     home = tmp_path / "home"
     document = {"data_receiver": [], "transforms": [], "data_transmit": [harness.transmit(home)]}
     transmit = load(document, runnable=False, environ={}).data_transmit[0]
-    partition = transmit.sink(RunContext(home=home)).build("step", 0, 1)
+    partition = conformance.open_partition(transmit.sink(RunContext(home=home)))
     frame = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=s)
                                         for s in range(100)], "seq": list(range(100))})
     try:

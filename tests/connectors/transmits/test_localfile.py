@@ -15,7 +15,7 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
-from tests.connectors.conformance import TransmitHarness, transmit_harness
+from tests.connectors.conformance import TransmitHarness, open_partition, transmit_harness
 
 
 def transmit() -> LocalFileTransmit:
@@ -26,7 +26,7 @@ def transmit() -> LocalFileTransmit:
 
 def test_records_and_progress(tmp_path: Path) -> None:
     ctx = RunContext(home=tmp_path)
-    partition = transmit().sink(ctx).build("step", 0, 1)
+    partition = open_partition(transmit().sink(ctx))
     frame = pl.DataFrame({
         "timestamp": [datetime(2021, 3, 14, 2, 30, tzinfo=ZoneInfo("UTC")), None],
         "local": [datetime(2021, 1, 1, 12, 0, 0, 500000), datetime(2021, 1, 1)],
@@ -52,12 +52,34 @@ def test_appends_across_batches_and_restarts(tmp_path: Path) -> None:
     ctx = RunContext(home=tmp_path)
     batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
     for _ in range(2):
-        partition = transmit().sink(ctx).build("step", 0, 1)
+        partition = open_partition(transmit().sink(ctx))
         partition.write_batch([batch])
         partition.close()
     lines = (tmp_path / "components" / "local out" / "a__s.jsonl").read_text().splitlines()
     assert [json.loads(line)["v"] for line in lines] == [1, 2, 1, 2]
     assert Ledger(ledger_path(tmp_path)).progress("local out", "a:s") == (4, None)
+
+
+def test_resuming_after_a_crash_takes_back_what_followed_the_snapshot(tmp_path: Path) -> None:
+    ctx = RunContext(home=tmp_path)
+    batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
+    partition = open_partition(transmit().sink(ctx))
+    partition.write_batch([batch])
+    state = partition.snapshot()  # the epoch's snapshot
+    partition.write_batch([batch.with_frame(pl.DataFrame({"v": [3]}))])  # then a crash
+    other = Batch("r", StreamKey("b", "s"), pl.DataFrame({"v": [9]}), "q")
+    partition.write_batch([other])  # a file first written after the snapshot
+    partition.close()
+    ledger = Ledger(ledger_path(tmp_path))
+    assert ledger.progress("local out", "a:s") == (3, None)
+    resumed = open_partition(transmit().sink(ctx), state)  # bytewax resumes from that epoch
+    directory = tmp_path / "components" / "local out"
+    assert [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()] == [1, 2]
+    assert (directory / "b__s.jsonl").read_text() == ""
+    assert ledger.progress("local out", "a:s")[0] == 2 and ledger.progress("local out", "b:s")[0] == 0
+    resumed.write_batch([batch.with_frame(pl.DataFrame({"v": [3]}))])  # the replay
+    resumed.close()
+    assert [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @transmit_harness
