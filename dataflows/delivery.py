@@ -158,7 +158,8 @@ class TransmitReport:
         """``batches`` are durable: acknowledge those whose receiver waits for delivery."""
         for batch in batches:
             if batch.ack_key is not None:
-                self.ledger.ack(batch.receiver, str(batch.stream), batch.ack_key, self.transmit)
+                self.ledger.ack(batch.receiver, str(batch.ack_stream()), batch.ack_key,
+                                batch.ack_name(self.transmit))
 
     def failed(self, message: str) -> None:
         """A delivery failed: record ``message`` as the transmit's last error."""

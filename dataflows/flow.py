@@ -20,13 +20,14 @@ import zlib
 from dataclasses import replace
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import FixedPartitionedSink
 
 from dataflows.config import Config
 from dataflows.delivery import RecoverableTransmitSink
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
-from dataflows.records import Batch, stream_matches
+from dataflows.records import Batch, StreamKey, stream_matches
 from dataflows.runtime import ReceiverSource
 from dataflows.sdk import RunContext, TransformConfig
 
@@ -48,10 +49,12 @@ class _TransformStep:
         self._warned: set[tuple[str, str]] = set()
         self._ledger: Ledger | None = None
 
-    def __call__(self, batch: Batch) -> Batch:
-        if batch.frame.width == 0 or not stream_matches(self._transform.filter_stream, batch.stream):
-            return batch  # an empty file's batch (it only carries its acknowledgement) or not ours
-        frame, warnings = self._transform.apply_to(batch, self._ctx)
+    def __call__(self, batch: Batch) -> list[Batch]:
+        if not stream_matches(self._transform.filter_stream, batch.stream):
+            return [batch]
+        if batch.frame.width == 0 and self._transform.streams_out(batch.stream) == [batch.stream]:
+            return [batch]  # an empty file's batch: it only carries its acknowledgement
+        out, warnings = self._transform.apply_batches(batch, self._ctx)
         for message in warnings:
             key = (str(batch.stream), message)
             level = logging.DEBUG if key in self._warned else logging.WARNING
@@ -65,7 +68,21 @@ class _TransformStep:
                     asset=batch.stream.asset, stream_type=batch.stream.stream_type,
                     category="transform", timestamp=marker_time(self._ctx.now()), level="warning",
                     message=f"{batch.source}: {message}"))
-        return batch.with_frame(frame)
+        return out
+
+
+def expected_acknowledgements(config: Config, stream: StreamKey) -> frozenset[str]:
+    """Who acknowledges a batch the receiver read on ``stream`` once every copy of it is
+    durable: each transmit its records reach, followed through the transforms (a copy moved
+    to another stream by ``replicate`` is signed ``<transmit>@<stream>``: see
+    :meth:`~dataflows.records.Batch.ack_name`)."""
+    streams = [stream]
+    for transform in config.transforms:
+        streams = [out for s in streams
+                   for out in (transform.streams_out(s) if stream_matches(transform.filter_stream, s) else [s])]
+    origin = Batch("", stream, pl.DataFrame(), "", origin=stream)
+    return frozenset(replace(origin, stream=s).ack_name(t.transmit_name) for s in dict.fromkeys(streams)
+                     for t in config.data_transmit if stream_matches(t.filter_stream, s))
 
 
 def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") -> Dataflow:
@@ -76,19 +93,16 @@ def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") ->
     """
     if not config.data_receiver or not config.data_transmit:
         raise ValueError("a dataflow needs at least one data_receiver and one data_transmit")
-    expected = {
-        (receiver.data_receiver_name, stream.key): frozenset(
-            t.transmit_name for t in config.data_transmit if stream_matches(t.filter_stream, stream.key))
-        for receiver, stream in config.streams()
-    }
+    expected = {(receiver.data_receiver_name, stream.key): expected_acknowledgements(config, stream.key)
+                for receiver, stream in config.streams()}
     ctx = replace(ctx, expected_transmits=expected)
     flow = Dataflow(flow_id)
     inputs = [op.input(step_id("receive", r.data_receiver_name), flow, ReceiverSource(r, ctx))
               for r in config.data_receiver]
     batches = op.merge("merge_receivers", *inputs) if len(inputs) > 1 else inputs[0]
     for transform in config.transforms:
-        batches = op.map(step_id("transform", transform.transform_name), batches,
-                         _TransformStep(transform, ctx))
+        batches = op.flat_map(step_id("transform", transform.transform_name), batches,
+                              _TransformStep(transform, ctx))
     for transmit in config.data_transmit:
         patterns = list(transmit.filter_stream)
         selected = op.filter(step_id("select", transmit.transmit_name), batches,

@@ -95,6 +95,8 @@ class Batch:
     :ivar ack_key: set when the receiver waits for delivery of this batch (e.g. to
         delete a completed file); transmits acknowledge it in the delivery ledger
         after a durable write.
+    :ivar origin: the stream the receiver read, when a transform (``replicate``) moved the
+        records to another stream; acknowledgements go to it.
     """
 
     receiver: str
@@ -102,6 +104,16 @@ class Batch:
     frame: pl.DataFrame
     source: str
     ack_key: str | None = field(default=None)
+    origin: StreamKey | None = field(default=None)
+
+    def ack_stream(self) -> StreamKey:
+        """The stream the receiver waits on for this batch's acknowledgement."""
+        return self.origin or self.stream
+
+    def ack_name(self, transmit: str) -> str:
+        """How ``transmit`` signs this batch's acknowledgement: its name, or, for a copy
+        moved to another stream, ``<transmit>@<stream>`` (one acknowledgement per copy)."""
+        return transmit if self.origin in (None, self.stream) else f"{transmit}@{self.stream}"
 
     def with_frame(self, frame: pl.DataFrame) -> Batch:
         """A copy holding ``frame`` instead."""

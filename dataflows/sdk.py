@@ -490,6 +490,20 @@ class TransformConfig(Component, tag_field="transform_type", kw_only=True):
         frame."""
         return self.apply(batch.frame)
 
+    def streams_out(self, stream: StreamKey) -> list[StreamKey]:
+        """The streams a batch of ``stream`` leaves this transform on (default: its own);
+        ``replicate`` moves it to one stream per asset. The dataflow uses it to know which
+        transmits a receiver's batches reach."""
+        return [stream]
+
+    def apply_batches(self, batch: Batch, ctx: RunContext | None = None) -> tuple[list[Batch], list[str]]:
+        """The batches ``batch`` becomes, and warnings; the runtime calls this one. The
+        default is one batch holding :meth:`apply_to`'s frame; a transform that copies
+        records to other streams returns a batch per stream (each with ``origin`` set,
+        so acknowledgements reach the receiver)."""
+        frame, warnings = self.apply_to(batch, ctx)
+        return [batch.with_frame(frame)], warnings
+
 
 class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
     """Base of every ``data_transmit`` entry; the subclass's tag is its ``transmit_type``.

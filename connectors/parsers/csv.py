@@ -196,20 +196,32 @@ def _bad(numbers: list[int], counts: list[int], expected: int, settings: CsvSett
                    f"{expected} fields")
 
 
+#: Texts shorter than this (characters) are checked line by line in Python.
+SMALL_TEXT = 16 * 1024
+
+
 def _drop_bad_lines(text: str, separator: str, columns: list[str] | None, settings: CsvSettings,
                     source: str, first_line: int, report: Warn) -> str:
     """``text`` (no quotes in it: one record per line) without its lines of the wrong field
-    count, counted column-wise by polars."""
-    lines = pl.Series(text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
-    frame = pl.DataFrame({"line": lines}).with_row_index("n").filter(pl.col("line") != "")
-    frame = frame.with_columns(count=pl.col("line").str.count_matches(separator, literal=True) + 1)
-    expected = len(columns) if columns is not None else (frame["count"][0] if frame.height else 0)
-    bad = frame.filter(pl.col("count") != expected)
-    if not bad.height:
+    count, counted column-wise by polars (in Python for a small text, where polars' own
+    overhead would be most of the cost: a folder of many small files)."""
+    if len(text) < SMALL_TEXT:
+        counted = [(n, line.removesuffix("\r").count(separator) + 1)
+                   for n, line in enumerate(text.split("\n")) if line.removesuffix("\r")]
+        expected = len(columns) if columns is not None else (counted[0][1] if counted else 0)
+        bad_lines = [(n, count) for n, count in counted if count != expected]
+    else:
+        lines = pl.Series(text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
+        frame = pl.DataFrame({"line": lines}).with_row_index("n").filter(pl.col("line") != "")
+        frame = frame.with_columns(count=pl.col("line").str.count_matches(separator, literal=True) + 1)
+        expected = len(columns) if columns is not None else (frame["count"][0] if frame.height else 0)
+        bad = frame.filter(pl.col("count") != expected)
+        bad_lines = list(zip(bad["n"].to_list(), bad["count"].to_list(), strict=True))
+    if not bad_lines:
         return text
-    _bad([first_line + n for n in bad["n"].to_list()], bad["count"].to_list(), expected, settings,
+    _bad([first_line + n for n, _ in bad_lines], [count for _, count in bad_lines], expected, settings,
          source, report)
-    dropped = set(bad["n"].to_list())
+    dropped = {n for n, _ in bad_lines}
     return "\n".join(line for n, line in enumerate(text.split("\n")) if n not in dropped)
 
 

@@ -495,6 +495,8 @@ class FileStreamReader(StreamReader):
                                            file=file)
         except ParseError as exc:
             return self._skip(candidate, exc), True
+        except OSError:
+            raise  # our own disk (a parser keeping bytes): retried, the file not skipped
         except Exception as exc:  # a parser that fails otherwise must not stop the stream either
             self._log.debug("%s: parser %r failed on %s", self._stream.key, self._parser.parser_name, key,
                             exc_info=True)

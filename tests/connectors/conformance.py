@@ -93,6 +93,10 @@ class ParserHarness:
         """A file the parser must refuse with a ``ParseError``."""
         raise NotImplementedError
 
+    def seqs(self, frame: Any) -> list[int]:
+        """The ``seq`` values of the records ``frame`` (what :meth:`good` gave) holds."""
+        return list(frame["seq"].to_list())
+
 
 def _registrar(table: dict[str, Any], key: str) -> Callable[[T], T]:
     def register(cls: T) -> T:

@@ -39,7 +39,7 @@ from dataflows.control import ControlStore, control_path
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import PartitionState, _ReceiverPartition
-from dataflows.sdk import ParseError, RunContext
+from dataflows.sdk import ParseError, RunContext, SourceFile
 from tests.connectors import conformance
 
 for _module in pkgutil.walk_packages(tests.connectors.__path__, "tests.connectors."):
@@ -324,11 +324,13 @@ def test_write_batch_returns_only_after_a_durable_write(tag: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("tag", _components(registry.parsers, runnable_only=True))
-def test_parser_reads_good_input_and_names_bad_input(tag: str) -> None:
+def test_parser_reads_good_input_and_names_bad_input(tag: str, tmp_path: Path) -> None:
     harness = conformance.PARSERS[tag]()
     parser = msgspec.convert(harness.parser(), registry.parsers.union())
-    frame = parser.parse(b"", harness.good(range(5)), source="good.file", first_line=1)
-    assert frame["seq"].to_list() == [0, 1, 2, 3, 4]
+    good = harness.good(range(5))
+    file = SourceFile("good.file", len(good), datetime.now(UTC), tmp_path / "store")  # as receivers pass it
+    frame = parser.parse(b"", good, source="good.file", first_line=1, file=file)
+    assert harness.seqs(frame) == [0, 1, 2, 3, 4]
     with pytest.raises(ParseError) as raised:
         parser.parse(b"", harness.bad(), source="bad.file", first_line=1)
     assert raised.value.source == "bad.file" and str(raised.value).startswith("bad.file")

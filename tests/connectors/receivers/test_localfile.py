@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -310,3 +311,18 @@ def test_declared_dtypes_win_over_the_first_file(tmp_path: Path, inbox: Path) ->
     bad = {**streams[0], "dtypes": {"id": "text"}}
     assert [v.description for v in validate(document(inbox, streams=[bad]))] == [
         "unsupported dtype 'text'; accepted: boolean, date, datetime, float, integer, string"]
+
+
+def test_state_stays_bounded_with_10000_files_in_a_directory(tmp_path: Path, inbox: Path) -> None:
+    for i in range(10_000):
+        (inbox / f"f{i:05d}.csv").write_bytes(b"ts,v\n%d,%d\n" % (i, i))
+    reader = open_reader(tmp_path)
+    assert sum(b.frame.height for b in drain(reader)) == 10_000
+    state = reader.snapshot()
+    size = len(pickle.dumps(state))
+    assert len(state["files"]) == 10_000 and size < 10_000 * 200  # one small entry per file
+    for i in range(0, 10_000, 2):
+        (inbox / f"f{i:05d}.csv").unlink()
+    assert drain(reader) == []
+    assert len(reader.snapshot()["files"]) == 5_000  # files gone from the directory leave it
+    assert len(pickle.dumps(reader.snapshot())) < size * 0.6
