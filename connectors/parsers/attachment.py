@@ -54,8 +54,7 @@ def keep_bytes(store: Path, digest: str, suffix: str, body: bytes) -> Path:
 
 @parsers.register
 class AttachmentParser(ParserConfig, tag="attachment", kw_only=True):
-    """One record per file: path, size, modification time, MIME type, SHA-256 and where its
-    bytes are kept."""
+    """One record per file (path, size, time, MIME type, SHA-256), its bytes kept."""
 
     title: ClassVar[str] = "Attachment"
     example: ClassVar[dict[str, Any]] = {"parser_name": "images", "parser_type": "attachment",

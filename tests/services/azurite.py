@@ -10,6 +10,7 @@ as the token simulator (:mod:`tests.simulators.azure_token`) issues them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -52,24 +53,26 @@ def azurite_bin() -> Path:
 
 @dataclass
 class Azurite:
-    """A running blob service: ``blob_endpoint`` (``http(s)://127.0.0.1:<port>/devstoreaccount1``)."""
+    """A running blob service of storage account ``account``: ``blob_endpoint``
+    (``http(s)://127.0.0.1:<port>/<account>``)."""
 
     port: int
     https: bool
     process: ServerProcess
+    account: str = ACCOUNT
 
     @property
     def blob_endpoint(self) -> str:
-        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}/{self.account}"
 
     @property
     def account_host(self) -> str:
         """The ``account_host`` of an ``azure_data_lake`` connection here."""
-        return f"127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"127.0.0.1:{self.port}/{self.account}"
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol={'https' if self.https else 'http'};AccountName={ACCOUNT};"
+        return (f"DefaultEndpointsProtocol={'https' if self.https else 'http'};AccountName={self.account};"
                 f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};")
 
     def filesystem(self) -> Any:
@@ -80,9 +83,10 @@ class Azurite:
 
 
 @contextmanager
-def azurite(certificate: TestCertificate | None = None) -> Iterator[Azurite]:
-    """Start Azurite's blob service (HTTPS and OAuth with ``certificate``), yield it, stop it
-    and delete its data."""
+def azurite(certificate: TestCertificate | None = None, account: str = ACCOUNT) -> Iterator[Azurite]:
+    """Start Azurite's blob service (HTTPS and OAuth with ``certificate``) for the storage
+    account ``account`` (with the development account's key), yield it, stop it and delete
+    its data."""
     root = Path(tempfile.mkdtemp(prefix="factoryflow-azurite-"))
     port = free_port()
     command = [str(azurite_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(port),
@@ -90,7 +94,8 @@ def azurite(certificate: TestCertificate | None = None) -> Iterator[Azurite]:
                "--loose", "--silent"]
     if certificate is not None:
         command += ["--cert", str(certificate.cert), "--key", str(certificate.key), "--oauth", "basic"]
-    process = ServerProcess("Azurite", command, root / "azurite.log")
+    env = {**os.environ, "AZURITE_ACCOUNTS": f"{account}:{ACCOUNT_KEY}"} if account != ACCOUNT else None
+    process = ServerProcess("Azurite", command, root / "azurite.log", env=env)
 
     def ready() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -98,7 +103,7 @@ def azurite(certificate: TestCertificate | None = None) -> Iterator[Azurite]:
 
     try:
         process.start(ready, timeout=60)
-        yield Azurite(port, certificate is not None, process)
+        yield Azurite(port, certificate is not None, process, account)
     finally:
         process.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -352,6 +352,7 @@ def test_nab_hourly_files_through_a_sigkill(protocol: str, request: pytest.Fixtu
     flow.start()
     flow.wait_for(lambda: len(flow.output("local", out)) >= NAB_ROWS // 2, timeout=180, what="half the rows")
     flow.kill()
+    at_kill = len(flow.output("local", out))
     flow.start()
     expected = {(line[:19].decode().replace(" ", "T") + "Z", float(line[20:])) for line in
                 nab_lines(nab_machine_csv)[1]}
@@ -363,3 +364,36 @@ def test_nab_hourly_files_through_a_sigkill(protocol: str, request: pytest.Fixtu
     counts = Counter((r["timestamp"], r["value"]) for r in records)
     assert set(counts) == expected  # none lost
     assert len(records) == NAB_ROWS, f"{len(records) - NAB_ROWS} records delivered twice"
+    taken_back = flow.log(2).count("taken back")
+    print(f"{protocol}: {len(files)} hourly files; SIGKILL with {at_kill} records written; after the restart "
+          f"{len(records)} records, {len(counts)} distinct ({taken_back} files cut back on resume)")
+
+
+def test_a_server_restart_is_ridden_out_with_nothing_resent_or_skipped(request: pytest.FixtureRequest,
+                                                                       tmp_path: Path) -> None:
+    samba = request.getfixturevalue("samba")
+    store = make_store("smb", request)
+    store.put("a.csv", b"ts,v\n1,10\n")
+    rec = load(store.document()).data_receiver[0]
+    clock = Clock()
+    ctx = context(tmp_path / "home", clock)
+    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    assert values(partition.next_batch()) == [[10]]
+    samba.stop()
+    try:
+        clock.now = partition.next_poll
+        assert partition.next_batch() == []
+        (marker,) = [m for m in Ledger(ledger_path(ctx.home)).markers() if m.component == "files"]
+        assert marker.level == "error" and "Reading files failed" in marker.message
+    finally:
+        samba.start()
+    (samba.share / store.base.split("/")[-1] / "b.csv").write_bytes(b"ts,v\n2,20\n")
+    got: list[list[int]] = []
+    for _ in range(5):  # the stream's backoff, then its next polls
+        clock.now = partition.next_poll
+        got += values(partition.next_batch())
+        if got:
+            break
+    assert got == [[20]]  # b, and not a again
+    assert [m for m in Ledger(ledger_path(ctx.home)).markers() if m.component == "files"] == []
+    partition.close()
