@@ -397,3 +397,18 @@ def test_a_server_restart_is_ridden_out_with_nothing_resent_or_skipped(request: 
     assert got == [[20]]  # b, and not a again
     assert [m for m in Ledger(ledger_path(ctx.home)).markers() if m.component == "files"] == []
     partition.close()
+
+
+def test_several_connections_per_receiver(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    first, second = make_store("s3", request), make_store("s3", request)
+    first.put("b.csv", b"ts,v\n1,1\n")
+    second.put("a.csv", b"ts,v\n2,2\n")
+    first.put("c.csv", b"ts,v\n3,3\n")
+    doc = first.document(process_files_alphabetically=True, process_ordered_connections=True)
+    doc["data_receiver"][0]["connections"].append(second.connection)
+    rec = load(doc).data_receiver[0]
+    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home"), {})
+    batches = drain(reader)
+    # every file of the first connection, then the second's
+    assert [b.source for b in batches] == [first.key("b.csv"), first.key("c.csv"), second.key("a.csv")]
+    assert set(reader.snapshot()["files"]) == {first.key("b.csv"), first.key("c.csv"), second.key("a.csv")}
