@@ -35,7 +35,6 @@ class Replicate(TransformConfig, tag="replicate", kw_only=True):
 
     title: ClassVar[str] = "Replicate"
     example: ClassVar[dict[str, Any]] = {"transform_name": "to every press", "transform_type": "replicate",
-                                         "filter_stream": ["plant:weather"],
                                          "asset_list": ["press_1", "press_2", "press_3"]}
 
     asset_list: Annotated[list[NonEmptyStr], describe("Assets each batch is copied to.", min_length=1)]

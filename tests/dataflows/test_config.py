@@ -214,7 +214,7 @@ BROKEN: dict[str, tuple[Mutation, list[tuple[list[str | int], str]], str]] = {
                                      [([*R1, "connections", 0, "password"], "error")], "'NO_SUCH_VAR_FF'"),
     "unknown transform_type": (_set(["transforms", 0, "transform_type"], "pandas"),
                                [(["transforms", 0, "transform_type"], "error")],
-                               "accepted: checksum_record, convert_timestamps, rename, tap"),
+                               "accepted: checksum_record, convert_timestamps, rename, replicate, tap"),
     "empty connections": (_set([*R0, "connections"], []), [([*R0, "connections"], "error")],
                           "length >= 1"),
     "file_filter and path_filter": (_set([*R0, "streams", 0, "path_filter"], ["*/x.csv"]),
