@@ -20,14 +20,13 @@ import zlib
 from dataclasses import replace
 
 import bytewax.operators as op
-import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import FixedPartitionedSink
 
 from dataflows.config import Config
 from dataflows.delivery import RecoverableTransmitSink
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
-from dataflows.records import Batch, StreamKey, stream_matches
+from dataflows.records import Batch, StreamKey, ack_name, stream_matches
 from dataflows.runtime import ReceiverSource
 from dataflows.sdk import RunContext, TransformConfig
 
@@ -80,8 +79,7 @@ def expected_acknowledgements(config: Config, stream: StreamKey) -> frozenset[st
     for transform in config.transforms:
         streams = [out for s in streams
                    for out in (transform.streams_out(s) if stream_matches(transform.filter_stream, s) else [s])]
-    origin = Batch("", stream, pl.DataFrame(), "", origin=stream)
-    return frozenset(replace(origin, stream=s).ack_name(t.transmit_name) for s in dict.fromkeys(streams)
+    return frozenset(ack_name(t.transmit_name, s, stream) for s in dict.fromkeys(streams)
                      for t in config.data_transmit if stream_matches(t.filter_stream, s))
 
 
@@ -109,7 +107,8 @@ def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") ->
                              lambda batch, patterns=patterns: stream_matches(patterns, batch.stream))
         sink = transmit.sink(ctx)
         if isinstance(sink, FixedPartitionedSink):  # a recoverable transmit: one keyed partition
-            keyed = op.key_on(step_id("partition", transmit.transmit_name), selected, lambda _: RecoverableTransmitSink.PART)
+            keyed = op.key_on(step_id("partition", transmit.transmit_name), selected,
+                              lambda _: RecoverableTransmitSink.PART)
             op.output(step_id("transmit", transmit.transmit_name), keyed, sink)
         else:
             op.output(step_id("transmit", transmit.transmit_name), selected, sink)

@@ -111,9 +111,8 @@ class Batch:
         return self.origin or self.stream
 
     def ack_name(self, transmit: str) -> str:
-        """How ``transmit`` signs this batch's acknowledgement: its name, or, for a copy
-        moved to another stream, ``<transmit>@<stream>`` (one acknowledgement per copy)."""
-        return transmit if self.origin in (None, self.stream) else f"{transmit}@{self.stream}"
+        """How ``transmit`` signs this batch's acknowledgement (:func:`ack_name`)."""
+        return ack_name(transmit, self.stream, self.ack_stream())
 
     def with_frame(self, frame: pl.DataFrame) -> Batch:
         """A copy holding ``frame`` instead."""
@@ -121,6 +120,13 @@ class Batch:
 
     def __len__(self) -> int:
         return self.frame.height
+
+
+def ack_name(transmit: str, stream: StreamKey, origin: StreamKey) -> str:
+    """How ``transmit`` signs the acknowledgement of a batch of ``stream`` read on
+    ``origin``: its name, or, for a copy a transform moved to another stream,
+    ``<transmit>@<stream>`` (one acknowledgement per copy)."""
+    return transmit if stream == origin else f"{transmit}@{stream}"
 
 
 #: How records leave factoryflow: ISO-8601 UTC with a ``Z`` (polars/chrono format).

@@ -10,8 +10,11 @@ Delivery is exactly once, across crashes too: the transmit is recoverable
 (:class:`~dataflows.sdk.RecoverableWriter`). Its snapshot, taken by bytewax with the
 receivers' state at each epoch, holds each file's size; when the dataflow resumes after a
 crash (SIGKILL, power loss), it cuts each file back to that size, since the receivers read
-the records written after it again, and takes them off the delivered counts. Each write logs a progress line per stream: records in the batch, records
-delivered in all, last ``timestamp``; the totals live in the delivery ledger.
+the records written after it again, and takes them off the delivered counts. The
+transmit writes on one worker (a file has one writer).
+
+Each write logs a progress line per stream: records in the batch, records delivered in
+all, last ``timestamp``; the totals live in the delivery ledger.
 
 The worked example is ``LocalFileTransmit.example``.
 """
