@@ -44,7 +44,6 @@ from typing import (
     Protocol,
     get_args,
     get_origin,
-    runtime_checkable,
 )
 
 import msgspec
@@ -315,7 +314,6 @@ class TransmitWriter(Protocol):
         ...
 
 
-@runtime_checkable
 class RecoverableWriter(TransmitWriter, Protocol):
     """A writer that can take back what it wrote after the last recovery snapshot, so a
     crash (SIGKILL, power loss) replays nothing twice into it: exactly once. A transmit
