@@ -50,6 +50,11 @@ PLANTS = {  # table: (timestamp column, IANA zone, machines, value columns)
 SPRAYPAINT_ZONE = "Asia/Tokyo"
 
 
+#: Seconds the job runs on after the plant's last reading with ``--seconds``: more than
+#: the config's ``poll_interval`` (2 s).
+CATCH_UP_SECONDS = 3.0
+
+
 def demo_config(home: Path) -> dict[str, Any]:
     """The quickstart configuration with the demo's local sources and the localfile transmit."""
     demo = home / "demo"
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(args.interval) and flow.poll() is None:
         plant.tick()
         if deadline is not None and time.monotonic() >= deadline:
+            # the plant stops; every stream polls once more, so the output holds all it wrote
+            stop.wait(CATCH_UP_SECONDS)
             break
     if interrupted.is_set():  # Ctrl-C reached the dataflow too: let it stop on its own
         with contextlib.suppress(subprocess.TimeoutExpired):
