@@ -30,6 +30,9 @@ class ReceiverHarness:
     """
 
     protocol: ClassVar[str]
+    #: Whether the source keeps what it served, so a restream reads it all again (tables,
+    #: files, rollups); a live source (tag values) has only its present value to read again.
+    replayable: ClassVar[bool] = True
 
     def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.tmp_path = tmp_path

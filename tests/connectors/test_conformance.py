@@ -8,7 +8,7 @@ For every registered component:
 - runnable receivers, through the runtime's partition against their harness's real
   source: records arrive; a snapshot then resume continues where it stopped, with
   nothing twice and nothing lost; a restream request resets the state so everything is
-  read again; bad input marks the stream and reading goes on;
+  read again (a live source's present value, for one that keeps no history); bad input marks the stream and reading goes on;
 - runnable transmits: ``write_batch`` returns only once every record is durable at the
   endpoint (or in its outbox), acknowledged in the ledger;
 - parsers: good bytes give one row per record, bad bytes a ``ParseError`` naming the file.
@@ -267,7 +267,9 @@ def test_restream_request_resets_the_state(source: conformance.ReceiverHarness, 
     store = ControlStore(control_path(stream.ctx.home))
     request = store.request_restream([(stream.receiver.data_receiver_name, str(STREAM))])
     time.sleep(1.05)  # the partition looks at the control store at most once a second
-    assert stream.pump(_enough(6)) == list(range(6))
+    # a live source has only its present value: the reset state sends it again
+    again = list(range(6)) if source.replayable else [5]
+    assert stream.pump(_enough(len(again))) == again
     assert store.applied(stream.receiver.data_receiver_name, str(STREAM)) == request
     assert stream.partition.snapshot().restream_id == request
     store.close()
