@@ -3,59 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from dataflows.config import load
-from dataflows.ledger import Ledger, ledger_path
-from dataflows.runtime import _ReceiverPartition
-from dataflows.sdk import RunContext
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
+from tests.connectors.receivers.partition import Partition
 from tests.simulators.factoryio import FactoryIoSimulator, demo_scene, tag
 
-TRANSMIT = {"transmit_name": "t", "transmit_type": "localfile"}
 
 
 @pytest.fixture
 def scene() -> Iterator[FactoryIoSimulator]:
     with FactoryIoSimulator() as simulator:
         yield simulator
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class Partition:
-    """One stream of a factoryio receiver run through the runtime's partition."""
-
-    def __init__(self, entry: dict[str, Any], home: Path, state: Any = None) -> None:
-        config = load({"data_receiver": [entry], "transforms": [], "data_transmit": [TRANSMIT]})
-        self.receiver = config.data_receiver[0]
-        (self.stream,) = self.receiver.stream_list
-        self.clock = Clock()
-        self.ctx = RunContext(home=home, now=self.clock)
-        self.part = _ReceiverPartition(self.receiver, self.stream, state, self.ctx, {})
-
-    def poll(self) -> list[pl.DataFrame]:
-        """One poll: the frames it gave; the clock then moves past the next poll."""
-        frames = [b.frame for b in self.part.next_batch()]
-        self.clock.now = max(self.clock.now, self.part.next_poll or self.clock.now) + timedelta(seconds=0.01)
-        return frames
-
-    def markers(self) -> list[Any]:
-        return Ledger(ledger_path(self.ctx.home)).markers()
-
-    def close(self) -> None:
-        self.part.close()
 
 
 def test_wildcards_kind_and_type_pick_the_tags(scene: FactoryIoSimulator, tmp_path: Path) -> None:
