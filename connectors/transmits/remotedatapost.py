@@ -43,26 +43,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import math
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 import polars as pl
-import tenacity
 
-from dataflows.backoff import ENDPOINT_BACKOFF
-from dataflows.delivery import TransmitReport
-from dataflows.ledger import Ledger, ledger_path
-from dataflows.outbox import Entry, Outbox, start_drainer
+from dataflows.delivery import OutboxSender, OutboxWriter, Refused, SendFailed, TransmitReport
+from dataflows.ledger import Ledger
+from dataflows.outbox import Entry, Outbox
 from dataflows.records import Batch, json_values, records_frame
 from dataflows.registry import transmits
-from dataflows.sdk import JsonPath, RunContext, TransmitConfig, Violation, Written, describe, error
+from dataflows.sdk import JsonPath, RunContext, TransmitConfig, Violation, describe, error
 
 if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config does
     import httpx
@@ -120,14 +116,6 @@ def json_records(batch: Batch) -> list[tuple[str | None, bytes]]:
     return list(zip(stamps, json_values(records), strict=True))
 
 
-class PostRefused(Exception):
-    """The endpoint refused the credentials (HTTP 401 or 403)."""
-
-
-class PostFailed(Exception):
-    """A post failed in a way worth retrying: another non-2xx, a timeout, a transport error."""
-
-
 def post_payload(entries: list[Entry], fmt: Literal["bson", "json"]) -> bytes:
     """The compressed part of one post: gzip of the bodies, concatenated (BSON) or one per
     line (JSON)."""
@@ -135,16 +123,15 @@ def post_payload(entries: list[Entry], fmt: Literal["bson", "json"]) -> bytes:
     return gzip.compress(joiner.join(e.body for e in entries), compresslevel=6, mtime=0)
 
 
-class Sender:
-    """Drains an outbox to the endpoint: the sender thread's loop, usable on its own in tests.
+class Sender(OutboxSender):
+    """Drains an outbox to the Sight Machine endpoint (the loop is
+    :class:`~dataflows.delivery.OutboxSender`'s): posts of up to ``max_request_records`` and
+    ``max_request_size_bytes``, a partial one ``poll_interval`` seconds after the previous.
 
     :param config: the transmit (credentials already taken from the environment).
     :param outbox: the outbox connection this sender (thread) owns.
-    :param ledger: the ledger connection this sender (thread) owns; deliveries, errors,
-        the outbox depth and pauses go through a :class:`~dataflows.delivery.TransmitReport`
-        over it, as every transmit's do.
-    :param sleep: waits the given seconds or until stopped; returns whether stopped.
-        Tests inject their own to observe backoff without waiting.
+    :param ledger: the ledger connection this sender (thread) owns.
+    :param sleep: waits the given seconds or until stopped; tests inject their own.
     :param clock: monotonic seconds, for ``poll_interval``.
     """
 
@@ -155,108 +142,30 @@ class Sender:
                  client: httpx.Client | None = None) -> None:
         import httpx
 
+        super().__init__(config.transmit_name, config.record_noun, outbox, ledger, config.fingerprint(),
+                         "base_url, API_key or API_key_ID", max_records=config.max_request_records,
+                         max_bytes=config.max_request_size_bytes, stop=stop, wake=wake, sleep=sleep,
+                         clock=clock)
         self.config = config
-        self.outbox = outbox
-        self.ledger = ledger
-        self.report = TransmitReport(ledger, config.transmit_name, config.record_noun)
-        self.stop = stop or threading.Event()
-        self.wake = wake or threading.Event()
-        self._sleep = sleep or self.stop.wait
-        self._clock = clock
         self._client = client or httpx.Client(timeout=config.timeout)
-        self._name = config.transmit_name
-        self._log = logging.getLogger(f"transmit.{self._name}")
         self._last_post = -math.inf
-        self.paused = False
 
-    def resume_or_stay_paused(self) -> None:
-        """At start: stay paused if paused under the same settings, else clear the pause."""
-        paused_under = self.report.paused_fingerprint()
-        if paused_under == self.config.fingerprint():
-            self.paused = True
-            self._log.error("paused: the endpoint refused these credentials before; change "
-                            "base_url, API_key or API_key_ID to resume (%d records wait in the "
-                            "outbox)", self.outbox.depth()[0])
-        elif paused_under is not None:
-            self.report.pause(None)
-            self._log.info("settings changed since the endpoint refused them: resuming")
+    def due(self, entries: list[Entry]) -> bool:
+        return self._clock() - self._last_post >= self.config.poll_interval
 
-    def run(self) -> None:
-        """Post until stopped."""
-        self.resume_or_stay_paused()
-        while not self.stop.is_set():
-            if self.paused:
-                self.stop.wait(1.0)
-                continue
-            try:
-                if not self.send_once():
-                    due = self._last_post + self.config.poll_interval - self._clock()
-                    waiting = self.outbox.depth()[0] > 0
-                    self.wake.wait(min(max(due, 0.01), 1.0) if waiting else 1.0)
-                    self.wake.clear()
-            except tenacity.RetryError:
-                break  # stopped while retrying; the outbox keeps the records
-            except Exception as exc:  # a dead sender would stall delivery silently: log, go on
-                self._log.exception("sender failed; trying again in 10 s")
-                self.report.failed(f"sender failed: {exc!r}")
-                self.stop.wait(10.0)
+    def wait_seconds(self) -> float:
+        due = self._last_post + self.config.poll_interval - self._clock()
+        return min(max(due, 0.01), 1.0) if self.outbox.depth()[0] > 0 else 1.0
 
-    def send_once(self, force: bool = False) -> bool:
-        """Post the next request if one is due (``force``: any records now).
-
-        :returns: whether a post was made (or the transmit paused).
-        :raises tenacity.RetryError: stopped while retrying a failing endpoint.
-        """
-        config = self.config
-        entries = self.outbox.peek(config.max_request_records, config.max_request_size_bytes)
-        if not entries:
-            return False
-        # full: as many records as a post takes, or more waiting than fit in one post
-        full = len(entries) == config.max_request_records or self.outbox.depth()[0] > len(entries)
-        if not (force or full or self._clock() - self._last_post >= config.poll_interval):
-            return False
-        try:
-            self._post_with_retries(entries)
-        except PostRefused as refused:
-            self.paused = True
-            self.report.pause(config.fingerprint())
-            self.report.failed(str(refused))
-            self._log.error("%s; the transmit is paused until its settings change (%d records "
-                            "wait in the outbox)", refused, self.outbox.depth()[0])
-            return True
+    def send(self, entries: list[Entry]) -> None:
+        self.post(post_payload(entries, self.config.format))
         self._last_post = self._clock()
-        self.outbox.delete(entries)
-        per_stream: dict[str, list[Entry]] = defaultdict(list)
-        for entry in entries:
-            per_stream[entry.stream].append(entry)
-        self.report.delivered((stream, len(part), max((e.timestamp for e in part if e.timestamp), default=None))
-                              for stream, part in per_stream.items())
-        self.report.drained(self.outbox)
-        return True
-
-    def _post_with_retries(self, entries: list[Entry]) -> None:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(PostFailed),
-            wait=ENDPOINT_BACKOFF.wait(),
-            stop=lambda _state: self.stop.is_set(),
-            sleep=self._sleep,
-            before_sleep=self._before_retry,
-        )
-        payload = post_payload(entries, self.config.format)
-        retrying(self.post, payload)
-
-    def _before_retry(self, state: tenacity.RetryCallState) -> None:
-        failure = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        self.report.failed(str(failure))
-        self._log.warning("%s; retry %d in %.1f s (%d records wait in the outbox)", failure,
-                          state.attempt_number, wait, self.outbox.depth()[0])
 
     def post(self, payload: bytes) -> None:
         """One ``PUT`` of a compressed payload.
 
-        :raises PostRefused: 401 or 403.
-        :raises PostFailed: any other non-2xx, a timeout, a transport error.
+        :raises Refused: 401 or 403.
+        :raises SendFailed: any other non-2xx, a timeout, a transport error.
         """
         import httpx
 
@@ -267,74 +176,18 @@ class Sender:
         try:
             response = self._client.put(url, headers=headers, files=files)
         except httpx.TimeoutException as exc:
-            raise PostFailed(f"PUT {url}: no answer within {config.timeout} s") from exc
+            raise SendFailed(f"PUT {url}: no answer within {config.timeout} s") from exc
         except httpx.TransportError as exc:
-            raise PostFailed(f"PUT {url}: {type(exc).__name__}: {exc}") from exc
+            raise SendFailed(f"PUT {url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code in (401, 403):
-            raise PostRefused(f"PUT {url}: HTTP {response.status_code} (credentials of "
-                              f"API_key_ID {config.API_key_ID!r} refused)")
+            raise Refused(f"PUT {url}: HTTP {response.status_code} (credentials of "
+                          f"API_key_ID {config.API_key_ID!r} refused)")
         if not response.is_success:
-            raise PostFailed(f"PUT {url}: HTTP {response.status_code} {response.text[:200]!r}")
+            raise SendFailed(f"PUT {url}: HTTP {response.status_code} {response.text[:200]!r}")
 
     def close(self) -> None:
         """Close the HTTP client."""
         self._client.close()
-
-
-class _RemoteDataPostWriter:
-    """Stores batches in the outbox; one sender thread per outbox drains it."""
-
-    def __init__(self, config: RemoteDataPost, ctx: RunContext, report: TransmitReport) -> None:
-        self._config = config
-        self._ctx = ctx
-        self._report = report
-        self._name = config.transmit_name
-        directory = ctx.component_dir(self._name)
-        self._outbox = Outbox(directory / "outbox.sqlite")
-        self._log = logging.getLogger(f"transmit.{self._name}")
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._lock, self._thread = start_drainer(directory / "sender.lock", self._send,
-                                                 f"sender-{self._name}")
-        if self._thread is not None:
-            self._log.info("sending to %s%s (outbox: %d records)", config.base_url, SSLOG_PATH,
-                           self._outbox.depth()[0])
-
-    def _send(self) -> None:
-        sender = Sender(self._config, Outbox(self._outbox.path), Ledger(ledger_path(self._ctx.home)),
-                        stop=self._stop, wake=self._wake)
-        try:
-            sender.run()
-        finally:
-            sender.close()
-            sender.outbox.close()
-            sender.ledger.close()
-
-    def write(self, batches: list[Batch]) -> Written:
-        now = self._ctx.now()
-        rows: list[tuple[str, str | None, bytes]] = []
-        for batch in batches:
-            if not batch.frame.height:
-                continue
-            stream = str(batch.stream)
-            encoded = sslogs(batch, now) if self._config.format == "bson" else json_records(batch)
-            rows.extend((stream, timestamp, body) for timestamp, body in encoded)
-        self._outbox.wait_for_room(sum(len(body) for _, _, body in rows), self._config.outbox_max_bytes,
-                                   self._ctx.shutdown, self._log)
-        self._outbox.append(rows)
-        self._report.outbox(*self._outbox.depth())
-        if rows:
-            self._wake.set()
-        return "stored"  # durably in the outbox: the receiver may act on it
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(self._config.timeout + 5)
-        if self._lock is not None:
-            self._lock.close()
-        self._outbox.close()
 
 
 @transmits.register
@@ -400,5 +253,12 @@ class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
         text = "\0".join([self.base_url or "", self.API_key_ID or "", self.API_key or ""])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def open_writer(self, ctx: RunContext, report: TransmitReport) -> _RemoteDataPostWriter:
-        return _RemoteDataPostWriter(self, ctx, report)
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> OutboxWriter:
+        def encode(batch: Batch) -> list[tuple[str | None, bytes]]:
+            return sslogs(batch, ctx.now()) if self.format == "bson" else json_records(batch)
+
+        def sender(outbox: Outbox, ledger: Ledger, stop: threading.Event, wake: threading.Event) -> Sender:
+            return Sender(self, outbox, ledger, stop=stop, wake=wake)
+
+        return OutboxWriter(self.transmit_name, ctx, report, encode, sender, self.outbox_max_bytes,
+                            self.timeout + 5, f"{self.base_url}{SSLOG_PATH}")

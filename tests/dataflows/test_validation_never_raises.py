@@ -96,5 +96,6 @@ def test_the_reported_cases() -> None:
         (first, *_) = validate(document)
         assert first.level == "error"
     assert validate({"data_receiver": [{"protocol": []}]})[0] == Violation(
-        "unknown protocol []; accepted: azure_data_lake, azure_data_lake_gen2, localfile, opcua, s3, smb, sql",
+        "unknown protocol []; accepted: azure_data_lake, azure_data_lake_gen2, factoryio, localfile, "
+        "machinemetrics, opcua, s3, smb, sql",
         ["data_receiver", 0, "protocol"])
