@@ -258,7 +258,7 @@ class FactoryIoSimulator(Simulator):
             return Response(refusals)
 
         return Litestar(route_handlers=[list_tags, tags_by_name, one_tag, values, values_by_name,
-                                        set_values, set_values_by_name], debug=False)
+                                        set_values, set_values_by_name], debug=False, logging_config=None)
 
 
 if __name__ == "__main__":

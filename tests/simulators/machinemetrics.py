@@ -225,7 +225,7 @@ class MachineMetricsSimulator(Simulator):
             return refuse(404, "not_found", f"Cannot {request.method} {request.url.path}")
 
         return Litestar(route_handlers=[report], exception_handlers={NotFoundException: not_found},
-                        debug=False)
+                        debug=False, logging_config=None)
 
 
 if __name__ == "__main__":
