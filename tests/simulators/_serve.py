@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -108,7 +110,11 @@ class Simulator:
     def serve_forever(self) -> None:
         """Serve in this process until SIGINT or SIGTERM (``python -m tests.simulators.<vendor>``)."""
         print(f"{self.name} simulator on {self.base_url}", flush=True)
-        uvicorn.Server(self._config()).run()  # uvicorn stops cleanly on SIGINT and SIGTERM
+        # uvicorn shuts down on SIGINT and SIGTERM, then raises the signal again for the
+        # handlers it found: these make that a clean exit
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: sys.exit(0))
+        uvicorn.Server(self._config()).run()
 
 
 def arguments(description: str) -> argparse.Namespace:
