@@ -228,6 +228,9 @@ class _FactoryIoReader(StreamReader):
         if self._tags is None:
             self._resolve()
         assert self._tags is not None
+        if not self._tags:  # nothing in the scene matches (yet): look again at the next poll
+            self._tags = None
+            return [], False
         now = self._ctx.now()
         answer = self._values()
         if any(item.get("code") == 404 for item in answer):

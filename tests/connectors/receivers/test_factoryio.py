@@ -139,6 +139,17 @@ def test_on_change_sends_only_changes_across_a_restart(scene: FactoryIoSimulator
     p.close()
 
 
+def test_tags_that_appear_later_are_picked_up(scene: FactoryIoSimulator, tmp_path: Path) -> None:
+    p = Partition(scene.receiver([{"asset": "a", "stream_type": "b", "names": ["Cutter*"]}]), tmp_path)
+    assert p.poll() == []
+    (marker,) = p.markers()
+    assert marker.level == "warning" and marker.message == "names pattern 'Cutter*' matches no tag of the scene"
+    assert scene.value_requests == 0
+    scene.load_scene([*scene.tags, tag("Cutter busy", 9, "bit", "input", True)])
+    assert p.poll()[0]["Cutter busy"].to_list() == [True]
+    p.close()
+
+
 def test_the_demo_scene_matches_the_documents_example() -> None:
     resets = [t for t in demo_scene() if t["name"] == "FACTORY I/O (Reset)"]
     assert [(t["address"], t["type"], t["kind"]) for t in resets] == [(498, "Bit", "Output"),
