@@ -4,7 +4,9 @@ Serves FactoryTX's ``/v1/...`` control API on ``127.0.0.1:8090`` by default
 (``--host``/``--port``, or ``FACTORYFLOW_API_HOST``/``FACTORYFLOW_API_PORT``), logs to
 stderr and ``$FACTORYFLOW_HOME/log/factorytx_web.log`` in the FactoryTX line format, and
 starts the dataflow when a config is saved (``--no-start`` leaves it stopped). With
-``FACTORYFLOW_API_KEY`` set, every request needs that key in ``X-API-Key``.
+``FACTORYFLOW_API_KEY`` set, every request needs that key in ``X-API-Key``. The web UI is at
+``/`` (docs/ui.md); its sparklines sample the records read every
+``FACTORYFLOW_RATE_INTERVAL`` seconds (60).
 
 SIGTERM or Ctrl-C stops the dataflow gracefully, then the API, and one line logs the
 records delivered per stream; the exit status is 0.
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m api") -> None:
     app = create_app(home, supervisor=Supervisor(home, stop_timeout=args.stop_timeout),
                      api_key=os.environ.get("FACTORYFLOW_API_KEY") or None,
                      restream_timeout=args.restream_timeout, autostart=not args.no_start,
-                     redacting=redacting)
+                     redacting=redacting,
+                     rate_interval=float(os.environ.get("FACTORYFLOW_RATE_INTERVAL", "60")))
     logging.getLogger("api").info("control API on http://%s:%d, home %s", args.host, args.port, home)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
     log_summary(home, "control API stopped, the dataflow with it")

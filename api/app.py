@@ -14,14 +14,16 @@ import hmac
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, MediaType, Request, get
 from litestar.di import Provide
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.response import File
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
@@ -29,8 +31,10 @@ from api import status
 from api.controllers import CONTROLLERS
 from api.errors import exception_handlers
 from api.installation import Installation, provide_control, provide_ledger
+from api.rates import RecordRates
 from api.supervisor import CannotStart, Supervisor
 from dataflows.config import ConfigError
+from dataflows.ledger import Ledger, ledger_path
 from dataflows.secrets import RedactingFilter
 
 _log = logging.getLogger("api")
@@ -41,6 +45,20 @@ MAX_BODY = int(os.environ.get("FACTORYFLOW_API_MAX_BODY", 1024 * 1024))
 
 #: Where Swagger UI's files (from the swagger-ui-bundle-v2 package) are served: no CDN.
 SCHEMA_ASSETS = "/schema/assets"
+#: The web UI's files (``api/ui``: the page, its script and style, the vendored editor).
+UI_DIR = Path(__file__).resolve().parent / "ui"
+
+
+def ui_shell(path: str) -> bool:
+    """Whether ``path`` is the web UI's page or one of its files: served without the API
+    key (they hold no data; every ``/v1`` call the page makes carries the key)."""
+    return path == "/" or path.startswith("/ui/")
+
+
+@get("/", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
+def ui_page() -> File:
+    """The web UI (docs/ui.md)."""
+    return File(UI_DIR / "index.html", content_disposition_type="inline", media_type=MediaType.HTML)
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -68,7 +86,8 @@ def check_json(body: bytes) -> None:
 
 def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str | None = None,
                restream_timeout: float = 60.0, autostart: bool = False,
-               redacting: RedactingFilter | None = None, max_body: int = MAX_BODY) -> Litestar:
+               redacting: RedactingFilter | None = None, max_body: int = MAX_BODY,
+               rate_interval: float = 60.0) -> Litestar:
     """The control API of the installation at ``home``.
 
     :param api_key: when set, every request needs it in ``X-API-Key`` (401 otherwise).
@@ -76,20 +95,27 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
     :param autostart: start the dataflow when the API starts, if a config is saved.
     :param redacting: the web log's secret filter, kept in step with the saved config.
     :param max_body: largest request body in bytes (413 beyond).
+    :param rate_interval: seconds between samples of the records-per-minute history
+        (:mod:`api.rates`).
     """
     home.mkdir(parents=True, exist_ok=True)
-    inst = Installation(home, supervisor or Supervisor(home), restream_timeout, redacting)
+    inst = Installation(home, supervisor or Supervisor(home), restream_timeout, redacting,
+                        RecordRates(rate_interval))
+    sampling = threading.Event()
     with contextlib.suppress(ConfigError):  # an unreadable config has no secrets to scrub yet
         inst.redacting.use(inst.document())
 
     async def before_request(request: Request[Any, Any, Any]) -> None:
-        if api_key and not hmac.compare_digest(request.headers.get("x-api-key", ""), api_key):
+        if api_key and not ui_shell(request.url.path) \
+                and not hmac.compare_digest(request.headers.get("x-api-key", ""), api_key):
             raise NotAuthorizedException("missing or wrong X-API-Key")
         if request.method in ("POST", "PUT") and "json" in request.headers.get("content-type", ""):
             check_json(await request.body())  # cached: the handler decodes the same bytes
 
     def startup() -> None:
         status.machine_info(home)  # the first cpu_percent() reading is meaningless; take it now
+        threading.Thread(target=inst.rates.run, args=(lambda: Ledger(ledger_path(home)), sampling),
+                         name="record-rates", daemon=True).start()
         if autostart and inst.config_path.exists():
             try:
                 inst.supervisor.start()
@@ -100,8 +126,9 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         return inst
 
     return Litestar(
-        route_handlers=[*CONTROLLERS, create_static_files_router(
-            path=SCHEMA_ASSETS, directories=[swagger_ui_path], include_in_schema=False)],
+        route_handlers=[*CONTROLLERS, ui_page, create_static_files_router(
+            path=SCHEMA_ASSETS, directories=[swagger_ui_path], include_in_schema=False),
+            create_static_files_router(path="/ui", directories=[UI_DIR], include_in_schema=False)],
         dependencies={
             "inst": Provide(provide_installation, sync_to_thread=False),
             "ledger": Provide(provide_ledger),
@@ -109,7 +136,7 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         },
         before_request=before_request,
         on_startup=[startup],
-        on_shutdown=[inst.supervisor.close],
+        on_shutdown=[inst.supervisor.close, sampling.set],
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         request_max_body_size=max_body,
         logging_config=None,  # logging is configured by python -m api (FactoryTX line format)

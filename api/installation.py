@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar.di import NamedDependency
 
+from api.rates import RecordRates
 from api.supervisor import Supervisor
 from dataflows.config import Config, ConfigError, Violation, load, read_document, validate
 from dataflows.control import ControlStore, control_path
@@ -28,15 +29,17 @@ class Installation:
     :param restream_timeout: seconds ``POST /v1/restream`` waits for every stream's
         acknowledgement before answering 500.
     :param redacting: the web log's secret filter, kept in step with the saved config.
+    :param rates: the records-per-minute history (:mod:`api.rates`) the app samples.
     """
 
     def __init__(self, home: Path, supervisor: Supervisor, restream_timeout: float,
-                 redacting: RedactingFilter | None) -> None:
+                 redacting: RedactingFilter | None, rates: RecordRates | None = None) -> None:
         self.home = home
         self.supervisor = supervisor
         self.restream_timeout = restream_timeout
         self.config_lock = threading.Lock()
         self.redacting = redacting or RedactingFilter()
+        self.rates = rates or RecordRates()
 
     @property
     def config_path(self) -> Path:

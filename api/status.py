@@ -20,6 +20,7 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from api.rates import RecordRates
 from dataflows.config import Config
 from dataflows.home import CORE_LOG, WEB_LOG
 from dataflows.ledger import Ledger, ledger_path
@@ -88,19 +89,35 @@ def last_data_transmit(config: Config | None, ledger: Ledger) -> dict[str, Any]:
     return out
 
 
-def streams(document_config: Config | None, ledger: Ledger) -> list[dict[str, Any]]:
-    """``GET /v1/streams``: every configured stream with its markers."""
+def streams(document_config: Config | None, ledger: Ledger,
+            rates: RecordRates | None = None) -> list[dict[str, Any]]:
+    """``GET /v1/streams``: every configured stream with its markers, plus factoryflow's
+    ``records_received``, ``records_delivered`` (per transmit), ``last_timestamp`` (the
+    newest record delivered, ISO UTC), ``state`` (``ok``, ``warning``, ``error``: its
+    worst marker) and ``records_per_minute`` (records read per minute over the last hour,
+    oldest first, from ``rates``)."""
     if document_config is None:
         return []
     markers = ledger.markers()
+    received = ledger.received()
     out = []
     for receiver, stream in document_config.streams():
         name = receiver.data_receiver_name
         mine = [m for m in markers if m.asset == stream.asset and m.stream_type == stream.stream_type
                 and (m.component == name or m.component_type != "Receiver")]
+        key = str(stream.key)
+        delivered = {t.transmit_name: ledger.progress(t.transmit_name, key) for t in document_config.data_transmit}
+        stamps = [last for _, last in delivered.values() if last]
         out.append({
-            "stream": str(stream.key), "asset": stream.asset, "stream_type": stream.stream_type,
+            "stream": key, "asset": stream.asset, "stream_type": stream.stream_type,
             "data_receiver": name,
+            # factoryflow's additions: what was read and delivered, for the UI and scripts
+            "records_received": received.get((name, key), 0),
+            "records_delivered": {t: n for t, (n, _) in delivered.items()},
+            "last_timestamp": max(stamps) if stamps else None,
+            "state": ("error" if any(m.level == "error" for m in mine)
+                      else "warning" if mine else "ok"),
+            "records_per_minute": rates.per_minute(name, key) if rates is not None else [],
             "markers": [{"component": m.component, "component_type": m.component_type,
                          "asset": m.asset, "stream_type": m.stream_type, "category": m.category,
                          "timestamp": m.timestamp, "level": m.level, "message": m.message}

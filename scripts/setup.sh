@@ -3,7 +3,8 @@
 #   --test      also the test dependencies
 #   --services  also the real services the tests start: PostgreSQL and Samba (Debian's
 #               packages), Apache Kafka and S3Proxy (their jars from Maven Central, run with
-#               the machine's Java) and Azurite (npm, run with the machine's Node.js)
+#               the machine's Java), Azurite (npm, run with the machine's Node.js) and Chromium
+#               (Debian's package, for the web UI's browser tests)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,11 @@ if [ "$want_services" = 1 ]; then
     echo "setup.sh: installing Java and Maven from Debian's packages" >&2
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq default-jre-headless maven >/dev/null
+  fi
+  if ! command -v chromium >/dev/null; then
+    echo "setup.sh: installing Chromium from Debian's packages (the web UI's browser tests)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
   fi
   # fetched once into .cache/: the Kafka broker's and S3Proxy's jars, Azurite from npm
   .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'

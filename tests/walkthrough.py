@@ -38,19 +38,26 @@ def quickstart_config(home: Path, bootstrap: str) -> dict[str, Any]:
 
 
 class ApiProcess:
-    """``python -m api`` on a free 127.0.0.1 port, its home at ``home``."""
+    """``python -m api`` on a free 127.0.0.1 port, its home at ``home`` (with ``api_key``:
+    ``FACTORYFLOW_API_KEY``, which ``client`` sends)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, api_key: str | None = None, rate_interval: float | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "FACTORYFLOW_HOME": str(home), "PYTHONPATH": str(REPO)}
         env.pop("FACTORYFLOW_CONFIG", None)
+        env.pop("FACTORYFLOW_API_KEY", None)
+        if api_key is not None:
+            env["FACTORYFLOW_API_KEY"] = api_key
+        if rate_interval is not None:
+            env["FACTORYFLOW_RATE_INTERVAL"] = str(rate_interval)
         self.log = open(home / "api-console.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(self.port)], env=env,
                                      cwd=home, stdout=self.log, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, timeout=120)
+        self.client = httpx.Client(base_url=self.url, timeout=120,
+                                   headers={"X-API-Key": api_key} if api_key else None)
         deadline = time.monotonic() + 60
         while True:
             try:

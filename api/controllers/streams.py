@@ -19,4 +19,4 @@ class StreamsController(Controller):
     @get("/", sync_to_thread=True, operation_id="get_streams", summary="List the streams")
     def get_streams(self, inst: Inst, ledger: LedgerConnection) -> Any:
         """Every configured stream with its warning and error markers."""
-        return ok(status.streams(inst.config(), ledger))
+        return ok(status.streams(inst.config(), ledger, inst.rates))

@@ -143,9 +143,13 @@ def test_streams_lists_configured_streams_with_their_markers(api: Api) -> None:
                     message="a.csv: column 'timestamp' is missing")
     ledger.set_marker(marker)
     ledger.set_marker(msgspec.structs.replace(marker, asset="other"))  # another stream's
+    ledger.record_received("localfile_0", "ArmRobot_1:cycle", 12)
+    ledger.record_delivery("transmit_0", "ArmRobot_1:cycle", 10, "2018-05-09T21:39:20.000000Z")
     assert api.ok("GET", "/v1/streams") == [{
         "stream": "ArmRobot_1:cycle", "asset": "ArmRobot_1", "stream_type": "cycle", "data_receiver": "localfile_0",
-        "markers": [msgspec.to_builtins(marker)]}]
+        "records_received": 12,
+        "records_delivered": {"transmit_0": 10}, "last_timestamp": "2018-05-09T21:39:20.000000Z",
+        "state": "warning", "records_per_minute": [], "markers": [msgspec.to_builtins(marker)]}]
 
 
 def test_metrics_read_the_ledger(api: Api) -> None:
