@@ -103,8 +103,9 @@ function listViolations(violations) {
     list.append(item);
   }
   const errors = violations.filter((v) => v.level === "error").length;
+  const count = (n, noun) => `${n} ${noun}${n === 1 ? "" : "s"}`;
   $("violations-summary").textContent = violations.length
-    ? `${errors} errors, ${violations.length - errors} warnings.` : "No violations.";
+    ? `${count(errors, "error")}, ${count(violations.length - errors, "warning")}.` : "No violations.";
   return marked;
 }
 
