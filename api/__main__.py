@@ -15,6 +15,7 @@ records delivered per stream; the exit status is 0.
 from __future__ import annotations
 
 import argparse
+import signal
 import logging
 import os
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m api") -> None:
                      redacting=redacting,
                      rate_interval=float(os.environ.get("FACTORYFLOW_RATE_INTERVAL", "60")))
     logging.getLogger("api").info("control API on http://%s:%d, home %s", args.host, args.port, home)
+    # uvicorn shuts down on SIGINT and SIGTERM, then raises the signal again for the handlers
+    # it found; these take it, so the summary below is logged and the exit status is 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
     log_summary(home, "control API stopped, the dataflow with it")
 
