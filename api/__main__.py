@@ -15,9 +15,9 @@ records delivered per stream; the exit status is 0.
 from __future__ import annotations
 
 import argparse
-import signal
 import logging
 import os
+import signal
 
 import uvicorn
 
