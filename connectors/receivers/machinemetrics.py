@@ -10,7 +10,7 @@ Downtime / Quality Query Results"), at ``POST {base_url}/reports/{query}`` with
 (``production`` | ``downtime`` | ``quality``), ``metrics`` (production's ``data``, e.g.
 ``totalParts``), ``group_by`` (e.g. ``["machine"]``, ``["reason", "machine"]``), ``filter``
 (e.g. ``{"machine": [ids]}``), ``window`` (seconds), ``initial_value`` (the first window's
-start, ISO 8601; default: the start of the window the first run falls in) and ``delay``
+start, ISO 8601, whole seconds; default: the start of the window the first run falls in) and ``delay``
 (seconds a window is left to settle after its end before it is asked for).
 
 **Windows**: windows are ``[initial_value + k * window, initial_value + (k + 1) * window)``.
@@ -219,11 +219,11 @@ class _MachineMetricsReader(StreamReader):
         return f"{self._receiver.base_url.rstrip('/')}/reports/{self._stream.query}"
 
     def _start(self) -> datetime:
-        if self._next is None:
+        if self._next is None:  # windows start on whole seconds, as the state keeps them
             if self._stream.initial_value is not None:
-                self._next = parse_time(self._stream.initial_value)
+                self._next = parse_time(self._stream.initial_value).replace(microsecond=0)
             else:  # the start of the current window, counted from the epoch
-                now = self._ctx.now().timestamp()
+                now = int(self._ctx.now().timestamp())
                 self._next = datetime.fromtimestamp(now - now % self._stream.window, UTC)
         return self._next
 

@@ -104,6 +104,16 @@ def test_windows_are_asked_for_once_they_have_elapsed(mm: MachineMetricsSimulato
     p.close()
 
 
+def test_windows_start_on_whole_seconds(mm: MachineMetricsSimulator, tmp_path: Path) -> None:
+    stream = {"asset": "cell", "stream_type": "p", "query": "quality", "window": 60,
+              "initial_value": "2026-03-01T00:00:00.700+01:00"}  # an offset and a fraction
+    p = Partition(mm.receiver([stream]), tmp_path, clock=Clock(T0 + timedelta(minutes=5)))
+    p.poll()
+    assert mm.queries[0][1]["start"] == "2026-02-28T23:00:00Z"
+    assert p.part.snapshot().reader == "2026-02-28T23:01:00Z"  # the state keeps what the queries use
+    p.close()
+
+
 def test_a_first_run_without_initial_value_starts_at_the_current_window(mm: MachineMetricsSimulator,
                                                                         tmp_path: Path) -> None:
     stream = {"asset": "cell", "stream_type": "d", "query": "downtime", "group_by": ["reason"], "window": 3600}
