@@ -110,9 +110,9 @@ function listViolations(violations) {
 }
 
 async function validate() {
-  const document = parsed();
-  if (!document) return null;
-  const { data } = await api("POST", "/v1/config/validate", document);
+  const config = parsed();
+  if (!config) return null;
+  const { data } = await api("POST", "/v1/config/validate", config);
   const violations = (data.response && data.response.violations) || [];
   listViolations(violations);
   notice(data.success ? "The configuration passed validation." : "The configuration has errors.", !data.success);
@@ -120,9 +120,9 @@ async function validate() {
 }
 
 async function save() {
-  const document = parsed();
-  if (!document) return;
-  const { data } = await api("POST", "/v1/config", document);
+  const config = parsed();
+  if (!config) return;
+  const { data } = await api("POST", "/v1/config", config);
   if (data.success) {
     listViolations((data.meta && data.meta.violations) || []);
     setText(editor, JSON.stringify(data.response, null, 2));
@@ -143,14 +143,14 @@ async function loadTemplates() {
 
 function addTemplate() {
   const chosen = templates[Number($("template").value)];
-  const document = chosen && parsed();
-  if (!document) return;
+  const config = chosen && parsed();
+  if (!config) return;
   const part = chosen.configuration;
   for (const section of ["data_receiver", "transforms"]) {
-    document[section] = [...(document[section] || []), ...(part[section] || [])];
+    config[section] = [...(config[section] || []), ...(part[section] || [])];
   }
-  if (!(document.data_transmit || []).length) document.data_transmit = part.data_transmit || [];
-  setText(editor, JSON.stringify(document, null, 2));
+  if (!(config.data_transmit || []).length) config.data_transmit = part.data_transmit || [];
+  setText(editor, JSON.stringify(config, null, 2));
   notice(`Added the ${chosen.name} template: fill in its <Please ...> placeholders, then Validate.`);
 }
 
