@@ -49,6 +49,8 @@ class Simulator:
     """
 
     name = "simulator"
+    #: uvicorn's log level (a simulator that aborts answers on purpose sets "critical").
+    log_level = "warning"
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -73,7 +75,7 @@ class Simulator:
             self.requests.append((method, path))
 
     def _config(self) -> uvicorn.Config:
-        return uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="warning",
+        return uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level=self.log_level,
                               lifespan="off", timeout_graceful_shutdown=1)
 
     def start(self) -> Simulator:

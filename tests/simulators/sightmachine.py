@@ -16,17 +16,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import bson
-import uvicorn
 from litestar import Litestar, Request, Response, put
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from tests.services.postgres import free_port
+from tests.simulators._serve import Simulator
 
 Mode = Literal["ok", "503", "hang", "drop"]
 
@@ -50,8 +49,9 @@ class Attempt:
 
 
 @dataclass
-class SightMachineSimulator:
-    """The simulated endpoint; ``start()`` it, point a transmit at ``base_url``.
+class SightMachineSimulator(Simulator):
+    """The simulated endpoint; ``start()`` it, point a transmit at ``base_url`` (serving,
+    stopping and ``base_url`` are :class:`~tests.simulators._serve.Simulator`'s).
 
     :ivar mode: ``ok`` stores and answers 200; ``503`` answers 503; ``hang`` answers
         nothing for ``hang_seconds``; ``drop`` reads the request and closes the connection
@@ -65,14 +65,11 @@ class SightMachineSimulator:
     posts: list[Post] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    name = "sight-machine"
+    log_level = "critical"  # the drop mode's aborted answers are expected
 
-    @property
-    def base_url(self) -> str:
-        """The ``base_url`` of a transmit posting here."""
-        return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self) -> None:
+        Simulator.__init__(self, self.port)
 
     @property
     def sslogs(self) -> list[dict[str, Any]]:
@@ -132,31 +129,3 @@ class SightMachineSimulator:
     def _answer(self, status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
         self.attempts.append(Attempt(time.monotonic(), status))
         return Response(body, status_code=status)
-
-    def start(self) -> SightMachineSimulator:
-        """Serve on 127.0.0.1:``port`` in a background thread; returns once listening."""
-        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="critical",
-                                lifespan="off", timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="sm-simulator", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"simulator did not start on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (hanging requests are cut)."""
-        if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> SightMachineSimulator:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
