@@ -11,8 +11,8 @@ the rest:
   stream and the current state, asks the reader to drop the work in hand (the state
   stays at the last batch handed on) and retries with the one backoff policy
   (:func:`dataflows.backoff.stream_backoff`: the ``poll_interval`` doubled per
-  consecutive failure, capped at 30 s, with up to 10 % jitter); the other streams keep
-  running;
+  consecutive failure, capped at 30 s, with up to 10 % jitter; a reader may bring its
+  own, ``StreamReader.retry_policy``); the other streams keep running;
 - when the reader reports bad input it skipped (a malformed file), it logs it and marks
   the stream (category ``input``), and reading goes on;
 - when shutdown is requested (SIGTERM/SIGINT) it ends the stream after the batch in
@@ -93,7 +93,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._log.info("%s: %s from state %s", self._key,
                        "resuming" if resume_state is not None else "starting", self._reader.describe())
         self._failures = 0
-        self._backoff = stream_backoff(receiver.poll_interval)
+        self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
         self._control_checked = 0.0
 

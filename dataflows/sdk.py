@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     import polars as pl
     from bytewax.outputs import Sink
 
+    from dataflows.backoff import Backoff
     from dataflows.delivery import TransmitReport
 
 JsonPath = list[str | int]
@@ -257,6 +258,11 @@ class StreamReader:
     marker_category: str = "read"
     #: How the marker's message starts, e.g. ``"Query failed"``.
     failure_text: str = "Read failed"
+    #: The waits between retries while :meth:`read` fails; None: the runtime's policy (the
+    #: ``poll_interval`` doubled per failure, up to 30 s). A reader whose ``read`` only
+    #: looks at what a background connection gathered (OPC UA) retries sooner, so its
+    #: marker clears soon after the connection is back.
+    retry_policy: Backoff | None = None
 
     def read(self) -> tuple[list[Batch], bool]:
         """The batches ready now, and whether more are ready without waiting for a poll."""

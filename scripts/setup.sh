@@ -3,8 +3,9 @@
 #   --test      also the test dependencies
 #   --services  also the real services the tests start: PostgreSQL and Samba (Debian's
 #               packages), Apache Kafka and S3Proxy (their jars from Maven Central, run with
-#               the machine's Java), Azurite (npm, run with the machine's Node.js) and Chromium
-#               (Debian's package, for the web UI's browser tests)
+#               the machine's Java), Azurite and node-opcua's sample server (npm, run with
+#               the machine's Node.js) and Chromium (Debian's package, for the web UI's
+#               browser tests)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,4 +70,5 @@ if [ "$want_services" = 1 ]; then
   .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'
   .venv/bin/python -c 'from tests.services.s3proxy import s3proxy_jars; print("setup.sh: S3Proxy jars in", s3proxy_jars())'
   .venv/bin/python -c 'from tests.services.azurite import azurite_bin; print("setup.sh: Azurite in", azurite_bin())'
+  .venv/bin/python -c 'from tests.services.opcua import node_opcua_sample_server_script as s; print("setup.sh: node-opcua sample server in", s().parent)'
 fi

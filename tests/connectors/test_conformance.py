@@ -209,11 +209,14 @@ class Stream:
         assert self.partition is not None
         seqs: list[int] = []
         for _ in range(steps):
-            for batch in self.partition.next_batch():
+            batches = self.partition.next_batch()
+            for batch in batches:
                 assert batch.stream == STREAM
                 seqs.extend(batch.frame["seq"].to_list())
             if until(seqs):
                 return seqs
+            if not batches:  # a live source (OPC UA) answers on its own thread, in real time
+                time.sleep(0.01)
             if heal is not None and self.markers():
                 heal()
             self.clock.now = max(self.clock.now, self.partition.next_poll or self.clock.now) \

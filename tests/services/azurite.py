@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.services.postgres import free_port
-from tests.services.process import ServerProcess
+from tests.services.process import ServerProcess, npm_package
 from tests.services.tls import TestCertificate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,17 +37,7 @@ def azurite_bin() -> Path:
 
     :raises FileNotFoundError: npm is missing.
     """
-    binary = CACHE / "node_modules" / ".bin" / "azurite-blob"
-    lock = PACKAGE / "package-lock.json"
-    if binary.exists() and (CACHE / "package-lock.json").read_bytes() == lock.read_bytes():
-        return binary
-    if shutil.which("npm") is None:
-        raise FileNotFoundError("npm is not installed; run scripts/setup.sh --services")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(PACKAGE / name, CACHE / name)
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CACHE, check=True)
-    return binary
+    return npm_package(PACKAGE, CACHE, "node_modules/.bin/azurite-blob")
 
 
 @dataclass

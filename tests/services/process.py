@@ -84,3 +84,24 @@ def maven_jars(pom: Path, jars: Path, main_jar: str) -> Path:
                     f"-DoutputDirectory={staging}", "-DincludeScope=runtime"], check=True)
     staging.rename(jars)
     return jars
+
+
+def npm_package(package: Path, cache: Path, entry: str) -> Path:
+    """``cache / entry``, a file of the npm packages pinned in ``package`` (its
+    ``package.json`` and ``package-lock.json``), installed into ``cache`` with ``npm ci``
+    on first use and again when the lock changes.
+
+    :raises FileNotFoundError: npm is missing (``scripts/setup.sh --services``).
+    :raises subprocess.CalledProcessError: npm failed.
+    """
+    path = cache / entry
+    lock = package / "package-lock.json"
+    if path.exists() and (cache / "package-lock.json").read_bytes() == lock.read_bytes():
+        return path
+    if shutil.which("npm") is None:
+        raise FileNotFoundError("npm is not installed; run scripts/setup.sh --services")
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(package / name, cache / name)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=cache, check=True)
+    return path

@@ -1,0 +1,274 @@
+"""OPC UA servers the tests read, on 127.0.0.1 and free ports.
+
+- :class:`AsyncuaServer`: asyncua's server in this process, on its own thread and event
+  loop, with a tag of every supported type under ``ns=2;s=Line1.<Name>``; tests write
+  values, Bad statuses and timestamps, delete nodes, and stop and start it again on the
+  same port; ``Line1.Any`` (DataType BaseDataType) takes a value of any type. With ``secure=True`` it takes only ``Basic256Sha256`` ``SignAndEncrypt``
+  and the user ``operator`` / ``plant-floor`` (no anonymous sessions).
+- :func:`node_opcua_sample_server`: node-opcua's sample server (``simple_server`` of
+  ``node-opcua-samples``, written by others), installed with npm from the pin in
+  ``tests/services/node_opcua/`` into ``.cache/node-opcua/`` and run with the machine's
+  Node.js. It has no host option, so ``bind_loopback.cjs`` (preloaded) binds its
+  listening sockets to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from tests.services.postgres import free_port
+from tests.services.process import ServerProcess, npm_package
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).with_name("node_opcua")
+CACHE = ROOT / ".cache" / "node-opcua"
+NAMESPACE = "urn:factoryflow:test"
+USER, PASSWORD = "operator", "plant-floor"
+
+
+def _types() -> dict[str, tuple[Any, Any]]:
+    """The Line1 tags: name -> (initial value, VariantType)."""
+    from asyncua import ua
+
+    return {
+        "Running": (True, ua.VariantType.Boolean), "Mode": (-3, ua.VariantType.SByte),
+        "Level": (200, ua.VariantType.Byte), "Temp16": (-12, ua.VariantType.Int16),
+        "Count16": (65000, ua.VariantType.UInt16), "Delta": (-70000, ua.VariantType.Int32),
+        "Count": (4_000_000_000, ua.VariantType.UInt32), "Energy": (-(2**40), ua.VariantType.Int64),
+        "Total": (2**63 + 5, ua.VariantType.UInt64), "Ratio": (0.5, ua.VariantType.Float),
+        "Temperature": (21.25, ua.VariantType.Double), "Recipe": ("PX-7 ä", ua.VariantType.String),
+        "LastCycle": (datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC), ua.VariantType.DateTime),
+        "Barcode": (b"\x00\x01\xff", ua.VariantType.ByteString),
+        "Label": (ua.LocalizedText("Presse 1", "de"), ua.VariantType.LocalizedText),
+        "Profile": ([1.5, 2.5, 3.5], ua.VariantType.Double),
+        "Alarms": ([True, False], ua.VariantType.Boolean),
+        "Names": (["a", "b"], ua.VariantType.String),
+        "Seq": (-1, ua.VariantType.Int64), "Extra": (0.5, ua.VariantType.Double),
+    }
+
+
+class AsyncuaServer:
+    """asyncua's server on ``opc.tcp://127.0.0.1:<port>``; :meth:`start` and :meth:`stop`
+    may be called again (the same port, the address space built afresh)."""
+
+    def __init__(self, secure: bool = False, pki: Path | None = None) -> None:
+        self.port = free_port()
+        self.secure = secure
+        self.pki = pki or Path(tempfile.mkdtemp(prefix="factoryflow-opcua-"))
+        self.ns = 0
+        self.nodes: dict[str, Any] = {}
+        self.reads: dict[str, list[Any]] = {}  # name -> values its reads take, one per Read
+        self._server: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="opcua-server")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    @property
+    def server_certificate(self) -> Path:
+        return self.pki / "server_certificate.der"
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run ``coroutine`` on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def start(self) -> AsyncuaServer:
+        self.run(self._start())
+        return self
+
+    async def _start(self) -> None:
+        from asyncua import Server, ua
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from asyncua.crypto.permission_rules import User, UserRole
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        class Users:
+            def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                         certificate: Any = None) -> User | None:
+                return User(role=UserRole.User) if (username, password) == (USER, PASSWORD) else None
+
+        server = Server(user_manager=Users() if self.secure else None)
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/")
+        server.set_server_name("factoryflow test server")
+        if self.secure:
+            uri = "urn:factoryflow:test-server"
+            await server.set_application_uri(uri)
+            key, cert = self.pki / "server_key.pem", self.server_certificate
+            await setup_self_signed_certificate(key, cert, uri, "localhost",
+                                                [ExtendedKeyUsageOID.SERVER_AUTH], {})
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            server.set_identity_tokens([ua.UserNameIdentityToken])
+        self.ns = await server.register_namespace(NAMESPACE)
+        line = await server.nodes.objects.add_folder(ua.NodeId("Line1", self.ns), ua.QualifiedName("Line1", self.ns))
+        self.nodes = {}
+        for name, (value, variant_type) in _types().items():
+            self.nodes[name] = await line.add_variable(ua.NodeId(f"Line1.{name}", self.ns),
+                                                       ua.QualifiedName(name, self.ns),
+                                                       ua.Variant(value, variant_type))
+            if isinstance(value, list):
+                await self.nodes[name].write_value_rank(ua.ValueRank.OneDimension)
+        self.nodes["Any"] = await line.add_variable(  # of DataType BaseDataType: takes any type
+            ua.NodeId("Line1.Any", self.ns), ua.QualifiedName("Any", self.ns), ua.Variant(1.0, ua.VariantType.Double),
+            datatype=ua.NodeId(ua.ObjectIds.BaseDataType))
+        for name in self.reads:
+            self._on_read(server, name)
+        await server.start()
+        self._server = server
+
+    def _on_read(self, server: Any, name: str) -> None:
+        """Each Read of ``name`` takes the next value of ``reads[name]`` (the last one stays)."""
+        from asyncua import ua
+
+        node_id = self.nodes[name].nodeid
+        queue = self.reads[name]
+        current: list[Any] = [ua.DataValue(ua.Variant(-1, ua.VariantType.Int64))]
+
+        def read(_node_id: Any, _attr: Any) -> Any:
+            if queue:
+                item = queue.pop(0)
+                current[0] = item if isinstance(item, ua.DataValue) else ua.DataValue(
+                    ua.Variant(item, ua.VariantType.Int64), SourceTimestamp=datetime.now(UTC),
+                    ServerTimestamp=datetime.now(UTC))
+            return current[0]
+
+        server.iserver.aspace.set_attribute_value_callback(node_id, ua.AttributeIds.Value, read)
+
+    def take_reads(self, name: str) -> list[Any]:
+        """Make each Read of ``name`` take the next value of the returned list."""
+        self.reads[name] = []
+        if self._server is not None:
+            self._on_read(self._server, name)
+        return self.reads[name]
+
+    def write(self, name: str, value: Any, variant_type: Any = None, status: Any = None,
+              source_timestamp: datetime | None = None) -> None:
+        """Set tag ``name``: a value (of ``variant_type``, default the tag's), a status code
+        (``ua.StatusCodes.<Name>``) and a source timestamp (default now)."""
+        from asyncua import ua
+
+        variant_type = variant_type or (_types()[name][1] if name in _types() else ua.VariantType.Double)
+        data_value = ua.DataValue(ua.Variant(value, variant_type),
+                                  StatusCode=ua.StatusCode(status if status is not None else ua.StatusCodes.Good),
+                                  SourceTimestamp=source_timestamp or datetime.now(UTC),
+                                  ServerTimestamp=datetime.now(UTC))
+        self.run(self._server.write_attribute_value(self.nodes[name].nodeid, data_value))
+
+    def freeze(self, seconds: float) -> None:
+        """Block the server's event loop for ``seconds``, returning at once: the server
+        keeps its connections open and answers nothing, as a hung server or a dead network
+        path does."""
+        self._loop.call_soon_threadsafe(time.sleep, seconds)
+
+    def delete(self, name: str) -> None:
+        """Delete tag ``name``'s node."""
+        self.run(self._server.delete_nodes([self.nodes[name]]))
+
+    def stop(self) -> None:
+        """Stop serving (the port closes); :meth:`start` serves again."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            self.run(self._stop(server))
+
+    @staticmethod
+    async def _stop(server: Any) -> None:
+        # close the listening socket first: a client reconnecting within the stop (the
+        # receiver retries after 1 s) would otherwise keep asyncua's stop waiting for it
+        listening = getattr(server.bserver, "_server", None)
+        if listening is not None:
+            listening.close()
+        await server.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self.run(self._cancel_rest())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        shutil.rmtree(self.pki, ignore_errors=True)
+
+    @staticmethod
+    async def _cancel_rest() -> None:
+        """Cancel what the stopped server left on the loop (loops of subscriptions whose
+        session never closed)."""
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- node-opcua
+
+
+def node_opcua_sample_server_script() -> Path:
+    """node-opcua-samples' ``simple_server.cjs``, installed with npm on first use (again
+    when the pin changes).
+
+    :raises FileNotFoundError: npm is missing.
+    """
+    return npm_package(PACKAGE, CACHE, "node_modules/node-opcua-samples/bin/simple_server.cjs")
+
+
+class NodeOpcuaServer:
+    """node-opcua's sample server on ``opc.tcp://127.0.0.1:<port>``: its ``MyDevices``
+    folder holds ``ns=1;s=FanSpeed`` (a Double changed every 10 ms), ``ns=1;s=PumpSpeed``,
+    ``ns=1;s=Pressure`` (new value and source timestamp each second), ``ns=1;s=SomeDate``
+    and more. :meth:`stop` and :meth:`start` restart it on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.root = root
+        command = ["node", "--require", str(PACKAGE / "bind_loopback.cjs"),
+                   str(node_opcua_sample_server_script()), "--port", str(self.port), "--silent"]
+        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "config"), "HOME": str(root)}
+        self.process = ServerProcess("node-opcua sample server", command, root / "node-opcua.log", env=env)
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    def start(self) -> NodeOpcuaServer:
+        def ready() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        self.process.start(ready, timeout=120)  # the first start makes its certificate
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@contextmanager
+def node_opcua_sample_server() -> Iterator[NodeOpcuaServer]:
+    """Start node-opcua's sample server, yield it, stop it and delete its files."""
+    root = Path(tempfile.mkdtemp(prefix="factoryflow-node-opcua-"))
+    server = NodeOpcuaServer(root)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
