@@ -62,6 +62,17 @@ def streams(api: ApiProcess) -> list[dict[str, Any]]:
             for s in api.call("GET", "/v1/streams")["response"]]
 
 
+def report(counts: list[dict[str, int]], now: dict[str, int], stop_at: float, outage: float) -> None:
+    """Print the records delivered in the minute that just ended, and the server's state in it."""
+    before = counts[-1]
+    counts.append(now)
+    start, end = 60 * (len(counts) - 2), 60 * (len(counts) - 1)
+    down = max(0.0, min(end, stop_at + outage) - max(start, stop_at))
+    state = "up" if down == 0 else f"down {down:.0f} s"
+    print(f"{len(counts) - 1:>6} {now['poll_1s'] - before['poll_1s']:>8} "
+          f"{now['subscribe_1s'] - before['subscribe_1s']:>12}  {state}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=int, default=10)
@@ -92,13 +103,9 @@ def main() -> int:
                 restarted = True
                 print(f"-- {elapsed:.0f} s: server started again", flush=True)
             if elapsed >= 60 * len(minute_counts):
-                now = delivered(api.home)
-                before = minute_counts[-1]
-                minute_counts.append(now)
-                state = "down" if stopped and not restarted else "up"
-                print(f"{len(minute_counts) - 1:>6} {now['poll_1s'] - before['poll_1s']:>8} "
-                      f"{now['subscribe_1s'] - before['subscribe_1s']:>12}  {state}", flush=True)
+                report(minute_counts, delivered(api.home), stop_at, args.outage)
             time.sleep(0.5)
+        report(minute_counts, delivered(api.home), stop_at, args.outage)
         print("GET /v1/streams after the restart:", json.dumps(streams(api), indent=1), flush=True)
         print("POST /v1/ftx/stop", api.call("POST", "/v1/ftx/stop"), flush=True)
     finally:

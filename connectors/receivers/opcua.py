@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -115,6 +116,9 @@ SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
 SECURITY_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 #: The first connection attempts, and asyncua's reconnects, wait 1 s doubling up to this.
 RECONNECT_MAX_DELAY = 10.0
+#: Data changes a subscribing stream holds for the dataflow at most (memory stays bounded
+#: when the dataflow stops taking them).
+MAX_BUFFERED_CHANGES = 100_000
 _NODE_ID = re.compile(r"^(ns=\d+;)?(i|s|g|b)=", re.IGNORECASE)
 
 
@@ -404,6 +408,7 @@ class _Feed:
     changes: list[tuple[str, Any]] = field(default_factory=list)
     polls: list[list[tuple[_Tag, Any]]] = field(default_factory=list)
     reports: list[tuple[str, str]] = field(default_factory=list)
+    dropped: int = 0  # data changes dropped since the reader last looked
     poll_pending: bool = False
     poll_error: str | None = None
     resolved: bool = False
@@ -469,9 +474,13 @@ class _Session:
                 _log.debug("deleting the subscription of %s failed: %s", feed.stream.key, exc)
 
     async def close(self) -> None:
+        """Stop connecting (an attempt under way is cancelled) and close the session."""
         self._closing.set()
         if self._task is not None:
-            await self._task
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop_client()
 
     async def _run(self) -> None:
         attempt = 0
@@ -492,7 +501,6 @@ class _Session:
                 continue
             attempt = 0
             await self._closing.wait()
-        await self._drop_client()
 
     async def _connect(self) -> None:
         from asyncua import Client
@@ -516,8 +524,11 @@ class _Session:
         _log.info("%s: session open (security %s%s, %s)", self.conn.url, self.conn.security_mode,
                   f" {self.policy_name}" if self.conn.security_mode != "None" else "",
                   f"user {self.conn.username}" if self.conn.username else "anonymous")
-        for feed in list(self.feeds):
-            await self._set_up(feed)
+        done: set[int] = set()
+        while pending := [f for f in self.feeds if id(f) not in done]:  # streams may join meanwhile
+            for feed in pending:
+                await self._set_up(feed)
+                done.add(id(feed))
         self._ready = True
         self.problem = None
 
@@ -669,17 +680,26 @@ class _Session:
 
 
 class _ChangeHandler:
-    """asyncua's subscription handler: each data change goes to the feed."""
+    """asyncua's subscription handler: each data change goes to the feed, under each export
+    name of its node. At most :data:`MAX_BUFFERED_CHANGES` wait there (a dataflow that stopped
+    taking them); beyond, the oldest are dropped and the stream is warned."""
 
     def __init__(self, feed: _Feed) -> None:
         self._feed = feed
+        self._exports: dict[Any, list[str]] = {}
+        for tag in feed.tags:
+            self._exports.setdefault(tag.node_id, []).append(tag.export)
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
         value = data.monitored_item.Value
-        with self._feed.lock:
-            for tag in self._feed.tags:
-                if tag.node_id == node.nodeid:
-                    self._feed.changes.append((tag.export, value))
+        feed = self._feed
+        with feed.lock:
+            for export in self._exports.get(node.nodeid, ()):
+                feed.changes.append((export, value))
+            if len(feed.changes) > MAX_BUFFERED_CHANGES:
+                dropped = len(feed.changes) - MAX_BUFFERED_CHANGES
+                del feed.changes[:dropped]
+                feed.dropped += dropped
 
     def status_change_notification(self, status: Any) -> None:
         _log.warning("%s: subscription status %s", self._feed.stream.key, status.Status)
@@ -773,6 +793,10 @@ class _Engine:
 
         async def stop() -> None:
             await asyncio.gather(*(s.close() for s in self._sessions.values()), return_exceptions=True)
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:  # what the closed clients left behind
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         self._wait(self.submit(stop()), timeout)
         loop.call_soon_threadsafe(loop.stop)
@@ -827,6 +851,10 @@ class _OpcUaReader(StreamReader):
             polls, feed.polls = feed.polls, []
             reports, feed.reports = feed.reports, []
             poll_error, feed.poll_error = feed.poll_error, None
+            dropped, feed.dropped = feed.dropped, 0
+        if dropped:
+            message = f"{dropped} data changes dropped: more than {MAX_BUFFERED_CHANGES} waited for the dataflow"
+            reports.append(("warning", message))
         for level, message in reports:
             (self.report_bad_input if level == "error" else self.report_warning)(message)
         if self._receiver.mode == "poll":

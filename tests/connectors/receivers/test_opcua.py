@@ -272,6 +272,26 @@ def test_subscribe_a_missing_node_is_marked_and_the_others_are_subscribed(
     live.close()
 
 
+def test_changes_waiting_for_the_dataflow_are_bounded(server: AsyncuaServer, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.receivers import opcua
+
+    monkeypatch.setattr(opcua, "MAX_BUFFERED_CHANGES", 5)
+    entry = receiver(server.url, [tag("Temperature", "t")], mode="subscribe", publishing_interval=0.1,
+                     sampling_interval=0)
+    live = Live(entry, tmp_path)
+    live.until(lambda: len(live.rows()) == 1)
+    for n in range(20):  # nobody takes them meanwhile
+        server.write("Temperature", float(n), source_timestamp=datetime(2026, 6, 1, tzinfo=UTC) + timedelta(seconds=n))
+    time.sleep(1.5)
+    live.until(lambda: len(live.rows()) >= 6)
+    live.run_for(0.5)
+    assert [r["t"] for r in live.rows()[1:]] == [15.0, 16.0, 17.0, 18.0, 19.0]  # the newest kept
+    (warning,) = [m for m in live.markers() if m.level == "warning"]
+    assert warning.message == "15 data changes dropped: more than 5 waited for the dataflow"
+    live.close()
+
+
 # --------------------------------------------------------------------------- security
 
 
