@@ -355,13 +355,15 @@ def _python(value: Any) -> Any:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, ua.LocalizedText):
         return value.Text
+    if isinstance(value, ua.XmlElement):
+        return value.Value
     if isinstance(value, ua.StatusCode):
         return value.name
     if isinstance(value, ua.NodeId | ua.QualifiedName):
         return value.to_string()
     if isinstance(value, bytes | str | bool | int | float) or value is None:
         return value
-    return str(value)  # Guid, XmlElement
+    return str(value)  # Guid
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ USER, PASSWORD = "operator", "plant-floor"
 
 
 def _types() -> dict[str, tuple[Any, Any]]:
-    """The Line1 tags: name -> (initial value, VariantType)."""
+    """The Line1 tags: name -> (initial value, VariantType), or (a Variant, None)."""
     from asyncua import ua
 
     return {
@@ -55,6 +56,12 @@ def _types() -> dict[str, tuple[Any, Any]]:
         "Alarms": ([True, False], ua.VariantType.Boolean),
         "Names": (["a", "b"], ua.VariantType.String),
         "Seq": (-1, ua.VariantType.Int64), "Extra": (0.5, ua.VariantType.Double),
+        "BatchId": (uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301"), ua.VariantType.Guid),
+        "Source": (ua.NodeId("Line1.Temperature", 2), ua.VariantType.NodeId),
+        "Kind": (ua.QualifiedName("Press", 2), ua.VariantType.QualifiedName),
+        "Health": (ua.StatusCode(ua.StatusCodes.BadTimeout), ua.VariantType.StatusCode),
+        "Layout": (ua.XmlElement("<line id='1'/>"), ua.VariantType.XmlElement),
+        "Grid": (ua.Variant([[1, 2], [3, 4]], ua.VariantType.Int32, Dimensions=[2, 2]), None),
     }
 
 
@@ -119,9 +126,9 @@ class AsyncuaServer:
         line = await server.nodes.objects.add_folder(ua.NodeId("Line1", self.ns), ua.QualifiedName("Line1", self.ns))
         self.nodes = {}
         for name, (value, variant_type) in _types().items():
+            variant = value if variant_type is None else ua.Variant(value, variant_type)
             self.nodes[name] = await line.add_variable(ua.NodeId(f"Line1.{name}", self.ns),
-                                                       ua.QualifiedName(name, self.ns),
-                                                       ua.Variant(value, variant_type))
+                                                       ua.QualifiedName(name, self.ns), variant)
             if isinstance(value, list):
                 await self.nodes[name].write_value_rank(ua.ValueRank.OneDimension)
         self.nodes["Any"] = await line.add_variable(  # of DataType BaseDataType: takes any type

@@ -101,7 +101,8 @@ class Live:
 
 def test_poll_reads_every_type_into_one_record_per_poll(server: AsyncuaServer, tmp_path: Path) -> None:
     names = ["Running", "Mode", "Level", "Temp16", "Count16", "Delta", "Count", "Energy", "Total",
-             "Ratio", "Temperature", "Recipe", "LastCycle", "Barcode", "Label", "Profile", "Alarms", "Names"]
+             "Ratio", "Temperature", "Recipe", "LastCycle", "Barcode", "Label", "Profile", "Alarms", "Names",
+             "BatchId", "Source", "Kind", "Health", "Layout", "Grid"]
     live = Live(receiver(server.url, [tag(n) for n in names]), tmp_path)
     live.until(lambda: len(live.frames) >= 2)
     frame = live.frames[0]
@@ -111,14 +112,18 @@ def test_poll_reads_every_type_into_one_record_per_poll(server: AsyncuaServer, t
         "Temp16": pl.Int16, "Count16": pl.UInt16, "Delta": pl.Int32, "Count": pl.UInt32, "Energy": pl.Int64,
         "Total": pl.UInt64, "Ratio": pl.Float32, "Temperature": pl.Float64, "Recipe": pl.String,
         "LastCycle": pl.Datetime("us", "UTC"), "Barcode": pl.Binary, "Label": pl.String,
-        "Profile": pl.List(pl.Float64), "Alarms": pl.List(pl.Boolean), "Names": pl.List(pl.String)}
+        "Profile": pl.List(pl.Float64), "Alarms": pl.List(pl.Boolean), "Names": pl.List(pl.String),
+        "BatchId": pl.String, "Source": pl.String, "Kind": pl.String, "Health": pl.String, "Layout": pl.String,
+        "Grid": pl.List(pl.List(pl.Int32))}
     row = frame.drop("timestamp").row(0, named=True)
     assert row == {
         "Running": True, "Mode": -3, "Level": 200, "Temp16": -12, "Count16": 65000, "Delta": -70000,
         "Count": 4_000_000_000, "Energy": -(2**40), "Total": 2**63 + 5, "Ratio": 0.5, "Temperature": 21.25,
         "Recipe": "PX-7 ä", "LastCycle": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
         "Barcode": b"\x00\x01\xff", "Label": "Presse 1", "Profile": [1.5, 2.5, 3.5], "Alarms": [True, False],
-        "Names": ["a", "b"]}
+        "Names": ["a", "b"], "BatchId": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+        "Source": "ns=2;s=Line1.Temperature", "Kind": "2:Press", "Health": "BadTimeout", "Layout": "<line id='1'/>",
+        "Grid": [[1, 2], [3, 4]]}
     assert live.markers() == []
     live.close()
 
