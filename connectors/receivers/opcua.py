@@ -1000,11 +1000,14 @@ def _jsonable(value: Any) -> Any:
 
 
 async def browse(url: str, *, depth: int = 3, root: str | None = None, username: str | None = None,
-                 password: str | None = None, timeout: float = 4.0, out: Any = None) -> int:
+                 password: str | None = None, security: str | None = None, timeout: float = 4.0,
+                 out: Any = None) -> int:
     """Print the address space under ``root`` (default: the Objects folder, without the
     Server object) to ``depth`` levels: one line per node, indented by level, with its
     NodeId, browse name, node class and, for variables, data type. Returns the number of
-    nodes printed.
+    nodes printed. ``security`` is ``policy,mode,certificate,private_key[,server_certificate]``,
+    e.g. ``Basic256Sha256,SignAndEncrypt,cert.der,key.pem`` (the receiver's self-signed pair is
+    in ``$FACTORYFLOW_HOME/components/<data_receiver_name>/pki/``).
 
     :raises OSError: the server cannot be reached.
     :raises asyncua.ua.UaStatusCodeError: the server refused the session or a request.
@@ -1017,6 +1020,13 @@ async def browse(url: str, *, depth: int = 3, root: str | None = None, username:
         client.set_user(username)
         if password:
             client.set_password(password)
+    if security:
+        policy, _, rest = security.partition(",")
+        certificate = rest.split(",")[1] if rest.count(",") >= 1 else None
+        uri = _certificate_uri(Path(certificate)) if certificate else None
+        if uri is not None:
+            client.application_uri = uri
+        await client.set_security_string(f"{policy.replace('_', '')},{rest}")
     printed = 0
     type_names: dict[str, str] = {}
     async with client:
@@ -1051,7 +1061,8 @@ async def browse(url: str, *, depth: int = 3, root: str | None = None, username:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m connectors.receivers.opcua browse opc.tcp://host:port [--depth N]``:
+    """``python -m connectors.receivers.opcua browse opc.tcp://host:port [--depth N] [--root NodeId]
+    [--username U --password P] [--security policy,mode,cert,key[,server_cert]]``:
     prints the address space so a user can write ``opcua_tags``. Exit status 0, or 1 with
     the reason when the server cannot be browsed."""
     parser = argparse.ArgumentParser(prog="python -m connectors.receivers.opcua",
@@ -1063,11 +1074,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--root", help="NodeId to start from (default: the Objects folder)")
     b.add_argument("--username")
     b.add_argument("--password")
+    b.add_argument("--security", help="policy,mode,certificate,private_key[,server_certificate], e.g. "
+                                      "Basic256Sha256,SignAndEncrypt,cert.der,key.pem")
     b.add_argument("--timeout", type=float, default=4.0, help="seconds per request (default 4)")
     args = parser.parse_args(argv)
     try:
         count = asyncio.run(browse(args.url, depth=args.depth, root=args.root, username=args.username,
-                                   password=args.password, timeout=args.timeout))
+                                   password=args.password, security=args.security, timeout=args.timeout))
     except Exception as exc:  # noqa: BLE001 - a command-line tool: say why and exit 1
         print(f"browse {args.url}: {_explain(exc)}", file=sys.stderr)
         return 1

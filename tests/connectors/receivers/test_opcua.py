@@ -429,6 +429,21 @@ def test_browse_prints_node_ids_browse_names_and_data_types(server: AsyncuaServe
     assert "ns=2;s=Line1.Temperature" not in shallow.stdout and "ns=2;s=Line1 " in shallow.stdout
 
 
+def test_browse_a_secure_server_with_the_receivers_certificate(tmp_path: Path) -> None:
+    with AsyncuaServer(secure=True) as secure:
+        connection = {"security_mode": "SignAndEncrypt", "username": USER, "password": PASSWORD}
+        live = Live(receiver(secure.url, [tag("Temperature", "t")], connection=connection), tmp_path)
+        live.until(lambda: len(live.frames) >= 1)  # it made its self-signed pair
+        live.close()
+        pki = tmp_path / "components" / "plc" / "pki"
+        security = f"Basic256Sha256,SignAndEncrypt,{pki / 'client_certificate.der'},{pki / 'client_private_key.pem'}"
+        done = subprocess.run([sys.executable, "-m", "connectors.receivers.opcua", "browse", secure.url,
+                               "--username", USER, "--password", PASSWORD, "--security", security],
+                              check=False, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert "ns=2;s=Line1.Temperature" in done.stdout
+
+
 def test_browse_says_why_it_cannot_reach_the_server() -> None:
     from tests.services.postgres import free_port
 
