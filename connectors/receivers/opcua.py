@@ -36,10 +36,10 @@ inside ``next_batch`` the way bytewax's ``batch_async`` bridge would run it. A s
 ``read`` only takes what the loop gathered and, in poll mode, asks for the next Read;
 the runtime wakes it through ``next_awake`` at the next poll.
 
-**Recovery.** The first connection is retried with backoff (1 s doubling up to 10 s)
+**Recovery.** The first connection is retried with backoff (1 s doubling up to 5 s)
 until it succeeds. Once connected, asyncua's supervisor probes the server every
 ``watchdog_interval`` seconds and, on a lost connection, reconnects with backoff (1 s
-doubling up to 10 s): it activates the old session on a new channel or creates a new
+doubling up to 5 s): it activates the old session on a new channel or creates a new
 one, and transfers or re-creates the subscription with every monitored item. While the
 connection is down, each stream carries an error marker (category ``opcua``) naming
 the endpoint and the cause; the first poll after the reconnect clears it. A tag whose
@@ -110,12 +110,14 @@ if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
     from asyncua import Client, ua
 
 _log = logging.getLogger("receiver.opcua")
+# asyncua logs every request and publish at INFO; the receiver logs what a user needs
+logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 MODES = ("poll", "subscribe")
 SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
 SECURITY_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 #: The first connection attempts, and asyncua's reconnects, wait 1 s doubling up to this.
-RECONNECT_MAX_DELAY = 10.0
+RECONNECT_MAX_DELAY = 5.0
 #: Data changes a subscribing stream holds for the dataflow at most (memory stays bounded
 #: when the dataflow stops taking them).
 MAX_BUFFERED_CHANGES = 100_000
