@@ -1,5 +1,6 @@
 """Validation never raises (issue: ``{"protocol": []}`` raised ``TypeError``): over mutated
-configs, ``validate`` returns violations, ``load`` raises only ``ConfigError``, and the
+configs of every component, ``validate`` returns violations whose ``json_path`` points
+into the document (or at a key it lacks), ``load`` raises only ``ConfigError``, and the
 secret walkers the API runs on a POSTed config (redact, restore) return."""
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def test_validation_of_any_mutated_config_returns_violations(data: st.DataObject
         document = mutate(document, path, data.draw(JSON))
     violations = validate(document)
     assert all(isinstance(v, Violation) for v in violations)
+    where = set(paths(document))
+    for v in violations:  # each points into the document, or names a key its parent lacks
+        path = tuple(v.json_path)
+        assert path in where or (path[:-1] in where and isinstance(path[-1], str)), v
     try:
         load(document, environ={})
     except ConfigError as exc:
