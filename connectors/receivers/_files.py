@@ -476,6 +476,10 @@ class FileStreamReader(StreamReader):
                     key, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
                     f"bytes) starts at byte {seen.offset}")), True
             data = complete
+        elif not whole and not data.endswith(b"\n") and data.rfind(b"\n") > 0:
+            # the last line lacks its newline (a truncated file): the complete lines first,
+            # that line on its own at the next read, so a bad last line costs only itself
+            data = data[: data.rfind(b"\n") + 1]
         if candidate.size == 0 and still:  # an empty file is seen (and deleted) like any other
             return self._read(candidate, seen, b"", pl.DataFrame())
         if not data:

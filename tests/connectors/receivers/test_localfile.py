@@ -99,6 +99,15 @@ def test_a_last_line_without_newline_is_read_once_the_file_is_still(tmp_path: Pa
     assert [b.frame["v"].to_list() for b in drain(reader)] == [[20]]
 
 
+def test_a_truncated_last_line_costs_only_itself(tmp_path: Path, inbox: Path) -> None:
+    cut = inbox / "cut.csv"  # still when first seen: read to its end at once
+    cut.write_bytes(b"ts,v\n" + b"".join(b"%d,%d\n" % (n, n * 10) for n in range(100)) + b'100,"unterminated')
+    reader = open_reader(tmp_path)
+    assert sum(b.frame.height for b in drain(reader)) == 100  # the complete lines
+    (problem,) = reader.take_bad_input()
+    assert problem.startswith(f"{cut}") and problem.endswith("the file is skipped until it changes")
+
+
 def test_restart_from_snapshot_reads_nothing_twice(tmp_path: Path, inbox: Path) -> None:
     (inbox / "a.csv").write_bytes(b"ts,v\n1,10\n")
     first = open_reader(tmp_path)
