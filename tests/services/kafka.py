@@ -140,6 +140,13 @@ class KafkaBroker:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash or power loss would; its data stays for :meth:`start`."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
     def create_topic(self, name: str, partitions: int = 3) -> None:
         """Create ``name`` with ``partitions`` partitions (replication 1) and wait for it."""
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
