@@ -55,7 +55,7 @@ from bytewax.outputs import (
 )
 
 from dataflows.backoff import ENDPOINT_BACKOFF
-from dataflows.ledger import Ledger, ledger_path
+from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.outbox import Entry, Outbox, start_drainer
 from dataflows.records import Batch, StreamKey, last_timestamp
 
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["DRAIN_SECONDS", "OutboxSender", "OutboxWriter", "Refused", "SendFailed", "TransmitReport",
            "TransmitSink", "spooled_batches"]
 
+#: The marker category of a stream held back by a full outbox or spool.
+OUTBOX_FULL = "outbox full"
 #: Longest time a stopping forwarder spends draining its spool, in seconds.
 DRAIN_SECONDS = 20.0
 #: Most bytes of spooled batches handed to the writer at once.
@@ -166,6 +168,19 @@ class TransmitReport:
     def failed(self, message: str) -> None:
         """A delivery failed: record ``message`` as the transmit's last error."""
         self.ledger.mark_error(self.transmit, message)
+
+    def outbox_full(self, batches: list[Batch], message: str | None) -> None:
+        """Mark each stream of ``batches`` (category ``outbox full``, warning) while the
+        transmit waits for room in its outbox or spool: the receivers are held back, nothing
+        is dropped. ``None``: the wait is over, the markers go."""
+        for key in {batch.stream for batch in batches}:
+            if message is None:
+                self.ledger.clear_marker(self.transmit, key.asset, key.stream_type, OUTBOX_FULL)
+            else:
+                self.ledger.set_marker(Marker(
+                    component=self.transmit, component_type="Transmit", asset=key.asset,
+                    stream_type=key.stream_type, category=OUTBOX_FULL, timestamp=marker_time(), level="warning",
+                    message=f"{message}; the receivers wait, nothing is dropped"))
 
     def outbox(self, records: int, size: int) -> None:
         """The transmit's outbox holds ``records`` records of ``size`` bytes."""
@@ -288,7 +303,7 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
     def write_batch(self, items: list[Batch]) -> None:
         rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
         self._spool.wait_for_room(sum(len(body) for _, _, body in rows), self._budget, self._ctx.shutdown,
-                                  self._log)
+                                  self._log, lambda message: self._report.outbox_full(items, message))
         self._spool.append(rows)
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
@@ -582,7 +597,8 @@ class OutboxWriter:
                 stream = str(batch.stream)
                 rows.extend((stream, timestamp, body) for timestamp, body in self._encode(batch))
         self._outbox.wait_for_room(sum(len(body) for _, _, body in rows), self._budget,
-                                   self._ctx.shutdown, self._log)
+                                   self._ctx.shutdown, self._log,
+                                   lambda message: self._report.outbox_full(batches, message))
         self._outbox.append(rows)
         self._report.outbox(*self._outbox.depth())
         if rows:

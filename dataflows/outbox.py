@@ -114,25 +114,32 @@ class Outbox:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before
 
-    def wait_for_room(self, size: int, budget: int, stopping: threading.Event, log: logging.Logger) -> None:
+    def wait_for_room(self, size: int, budget: int, stopping: threading.Event, log: logging.Logger,
+                      full: Callable[[str | None], None] | None = None) -> None:
         """Wait until ``size`` more bytes fit ``budget`` (an empty outbox takes anything),
         warning every 30 s. When ``stopping`` is set meanwhile, return anyway: the bytes are
         then stored over the budget, since a graceful stop must not wait for an endpoint
-        that may be down or refusing for good, and nothing may be dropped."""
+        that may be down or refusing for good, and nothing may be dropped. ``full`` is told
+        when the wait starts (the warning's text) and when it ends (``None``)."""
         waited = 0.0
         while True:
             records, stored = self.depth()
             if records == 0 or stored + size <= budget:
-                return
+                break
             if stopping.is_set():
                 log.warning("stopping with %s full (%d of %d bytes): storing %d more bytes over its "
                             "budget", self.path.name, stored, budget, size)
-                return
+                break
             if waited % 30 == 0:
-                log.warning("%s full (%d entries, %d of %d bytes): waiting for the endpoint before "
-                            "storing %d more bytes", self.path.name, records, stored, budget, size)
+                message = (f"{self.path.name} full ({records} entries, {stored} of {budget} bytes): waiting "
+                           f"for the endpoint before storing {size} more bytes")
+                log.warning("%s", message)
+                if waited == 0 and full is not None:
+                    full(message)
             time.sleep(0.5)
             waited += 0.5
+        if waited and full is not None:
+            full(None)
 
     def depth(self) -> tuple[int, int]:
         """(records, bytes of bodies) stored now."""
