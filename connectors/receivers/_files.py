@@ -469,17 +469,17 @@ class FileStreamReader(StreamReader):
             self._files.pop(key, None)
             return None, True
         at_end = seen.offset + len(data) >= candidate.size
-        if not whole and not (at_end and still):
-            complete = data[: data.rfind(b"\n") + 1]  # complete lines; the rest waits for its newline
+        complete = data.rfind(b"\n") + 1  # the end of the complete lines
+        if not whole and not (at_end and still):  # the rest waits for its newline
             if not complete and len(data) >= self._receiver.chunk_bytes:
                 return self._skip(candidate, ParseError(
                     key, seen.line + 1, f"a line longer than chunk_bytes ({self._receiver.chunk_bytes} "
                     f"bytes) starts at byte {seen.offset}")), True
-            data = complete
-        elif not whole and not data.endswith(b"\n") and data.rfind(b"\n") > 0:
+            data = data[:complete]
+        elif not whole and 1 < complete < len(data):
             # the last line lacks its newline (a truncated file): the complete lines first,
             # that line on its own at the next read, so a bad last line costs only itself
-            data = data[: data.rfind(b"\n") + 1]
+            data = data[:complete]
         if candidate.size == 0 and still:  # an empty file is seen (and deleted) like any other
             return self._read(candidate, seen, b"", pl.DataFrame())
         if not data:

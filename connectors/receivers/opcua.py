@@ -180,6 +180,23 @@ class OpcUaTag(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         "Namespace index of a string identifier; when unset, the first namespace (from 1) holding "
         "a node with that identifier.")] = None
 
+    @property
+    def form(self) -> str:
+        """What ``name`` is: ``"node_id"``, ``"browse_path"`` or ``"string"`` (an identifier)."""
+        name = self.name.strip()
+        return "node_id" if _NODE_ID.match(name) else "browse_path" if name.startswith("/") else "string"
+
+    def node_id(self) -> ua.NodeId | None:
+        """The NodeId the tag names without asking the server (a NodeId, or a string
+        identifier with its ``namespace_index``); None for a browse path or a namespace search."""
+        from asyncua import ua
+
+        if self.form == "node_id":
+            return ua.NodeId.from_string(self.name.strip())
+        if self.form == "string" and self.namespace_index is not None:
+            return ua.NodeId(self.name.strip(), self.namespace_index)
+        return None
+
 
 class OpcUaStream(StreamConfig, kw_only=True):
     """Tags read together as one stream."""
@@ -269,7 +286,7 @@ class OpcUaReceiver(ReceiverConfig, tag="opcua", kw_only=True):
                 if tag.exportname in _RESERVED and self.mode == "subscribe":
                     out.append(error(f"exportname {tag.exportname!r} is a field of every "
                                      "subscription record", [*t_path, "exportname"]))
-                if tag.namespace_index is not None and (_NODE_ID.match(tag.name) or tag.name.startswith("/")):
+                if tag.namespace_index is not None and tag.form != "string":
                     out.append(warning("namespace_index is ignored: the name is a NodeId or a browse path",
                                        [*t_path, "namespace_index"]))
         if self.mode == "poll":
@@ -354,7 +371,7 @@ def _python(value: Any) -> Any:
     if isinstance(value, list):
         return [_python(v) for v in value]
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return _utc(value)
     if isinstance(value, ua.LocalizedText):
         return value.Text
     if isinstance(value, ua.XmlElement):
@@ -366,6 +383,11 @@ def _python(value: Any) -> Any:
     if isinstance(value, bytes | str | bool | int | float) or value is None:
         return value
     return str(value)  # Guid
+
+
+def _status_name(data_value: ua.DataValue) -> str:
+    """The name of a DataValue's status code (``Good`` when it has none)."""
+    return data_value.StatusCode.name if data_value.StatusCode is not None else "Good"
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -593,32 +615,31 @@ class _Session:
         candidates: list[tuple[_Tag, Any]] = []
         namespaces = len(await client.get_namespace_array())
         for tag in feed.tags:
-            name = tag.config.name.strip()
             tag.node_id, tag.problem = None, None
-            if _NODE_ID.match(name):
-                candidates.append((tag, ua.NodeId.from_string(name)))
-            elif name.startswith("/"):
+            named, name = tag.config.node_id(), tag.config.name.strip()
+            if named is not None:
+                candidates.append((tag, named))
+            elif tag.config.form == "browse_path":
                 elements = [e for e in name.split("/") if e]
                 try:
                     node = await client.nodes.root.get_child(elements)
                     candidates.append((tag, node.nodeid))
                 except ua.UaStatusCodeError as exc:
                     tag.problem = f"browse path {name!r}: {type(exc).__name__}"
-            elif tag.config.namespace_index is not None:
-                candidates.append((tag, ua.NodeId(name, tag.config.namespace_index)))
-            else:
+            else:  # a string identifier without namespace_index: every namespace from 1
                 candidates += [(tag, ua.NodeId(name, ns)) for ns in range(1, namespaces)]
         params = ua.ReadParameters()
         for _, node_id in candidates:
             params.NodesToRead.append(ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.NodeClass))
         answers = await client.uaclient.read(params) if candidates else []
         for (tag, node_id), answer in zip(candidates, answers, strict=True):
-            if tag.node_id is None and answer.StatusCode.is_good():
+            if tag.node_id is not None:
+                continue  # found in an earlier namespace
+            if answer.StatusCode.is_good():
                 tag.node_id = node_id
-            elif tag.node_id is None and tag.config.namespace_index is None and \
-                    not _NODE_ID.match(tag.config.name) and not tag.config.name.startswith("/"):
+            elif tag.config.form == "string" and tag.config.namespace_index is None:
                 tag.problem = f"no namespace holds a node with the string identifier {tag.config.name!r}"
-            elif tag.node_id is None:
+            else:
                 tag.problem = answer.StatusCode.name
         for tag in feed.tags:
             if tag.node_id is None:
@@ -626,11 +647,7 @@ class _Session:
                 if tag.reported != tag.problem:
                     feed.report("error", f"{tag.where}: {tag.problem}")
                 tag.reported = tag.problem
-                if not _NODE_ID.match(tag.config.name) and not tag.config.name.startswith("/") \
-                        and tag.config.namespace_index is not None:
-                    tag.node_id = ua.NodeId(tag.config.name.strip(), tag.config.namespace_index)
-                elif _NODE_ID.match(tag.config.name):
-                    tag.node_id = ua.NodeId.from_string(tag.config.name.strip())
+                tag.node_id = tag.config.node_id()  # a named node is read on: it may come back
         feed.resolved = True
 
     async def _subscribe(self, feed: _Feed) -> None:
@@ -931,7 +948,7 @@ class _OpcUaReader(StreamReader):
             newest: datetime | None = None
             for tag, data_value in answer:
                 values[tag.export] = self._value(tag.export, tag.where, data_value)
-                statuses[tag.export] = data_value.StatusCode.name if data_value.StatusCode else "Good"
+                statuses[tag.export] = _status_name(data_value)
                 stamp = _utc(data_value.SourceTimestamp) or _utc(data_value.ServerTimestamp)
                 if stamp is not None and (newest is None or stamp > newest):
                     newest = stamp
@@ -960,8 +977,7 @@ class _OpcUaReader(StreamReader):
             value = self._value(export, where[export], data_value)
             if source is not None:
                 self._sent[export] = source.isoformat()
-            status = data_value.StatusCode.name if data_value.StatusCode is not None else "Good"
-            rows.append({"timestamp": stamp, "server_timestamp": server, "status_code": status,
+            rows.append({"timestamp": stamp, "server_timestamp": server, "status_code": _status_name(data_value),
                          **empty, export: value})
         if not rows:
             return None

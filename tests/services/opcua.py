@@ -170,7 +170,7 @@ class AsyncuaServer:
         (``ua.StatusCodes.<Name>``) and a source timestamp (default now)."""
         from asyncua import ua
 
-        variant_type = variant_type or (_types()[name][1] if name in _types() else ua.VariantType.Double)
+        variant_type = variant_type or _types().get(name, (None, ua.VariantType.Double))[1]
         data_value = ua.DataValue(ua.Variant(value, variant_type),
                                   StatusCode=ua.StatusCode(status if status is not None else ua.StatusCodes.Good),
                                   SourceTimestamp=source_timestamp or datetime.now(UTC),
