@@ -6,14 +6,17 @@
 #               the machine's Java), Azurite and node-opcua's sample server (npm, run with
 #               the machine's Node.js) and Chromium (Debian's package, for the web UI's
 #               browser tests)
+#   --bench     also what `python -m bench` compares with (implies --test; add --services):
+#               kcat (Debian's package), connectorx, ADBC's PostgreSQL driver and pyarrow
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-want_test=0; want_services=0
+want_test=0; want_services=0; want_bench=0
 for arg in "$@"; do
   case "$arg" in
     --test) want_test=1 ;;
     --services) want_services=1 ;;
+    --bench) want_bench=1; want_test=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -29,11 +32,18 @@ fi
 [ -n "$python" ] || { echo "setup.sh: Python 3.11 or 3.12 is needed (bytewax 0.21.1 has wheels up to 3.12)" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras=""; [ "$want_test" = 1 ] && extras="[test]"
+extras=""; [ "$want_test" = 1 ] && extras="[test]"; [ "$want_bench" = 1 ] && extras="[test,bench]"
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
   touch "$stamp"
+fi
+
+if [ "$want_bench" = 1 ] && ! command -v kcat >/dev/null; then
+  echo "setup.sh: installing kcat from Debian's packages (the bench's Kafka limit)" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
 fi
 
 if [ "$want_services" = 1 ]; then

@@ -25,7 +25,7 @@ from litestar import Litestar, Request, Response, put
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from tests.services.postgres import free_port
-from tests.simulators._serve import Simulator
+from tests.simulators._serve import Simulator, arguments
 
 Mode = Literal["ok", "503", "hang", "drop"]
 
@@ -56,12 +56,16 @@ class SightMachineSimulator(Simulator):
     :ivar mode: ``ok`` stores and answers 200; ``503`` answers 503; ``hang`` answers
         nothing for ``hang_seconds``; ``drop`` reads the request and closes the connection
         mid-answer. Changeable at any time.
+    :ivar keep: store every post and its sslogs (tests read them); ``False`` decodes and
+        counts them in ``accepted`` only, for long runs (the bench).
     """
 
     api_key_id: str = "factory-edge"
     api_key: str = "s3cret"
     mode: Mode = "ok"
     hang_seconds: float = 3600.0
+    keep: bool = True
+    accepted: int = 0
     posts: list[Post] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     port: int = field(default_factory=free_port)
@@ -109,7 +113,9 @@ class SightMachineSimulator(Simulator):
             except (OSError, ValueError, bson.errors.InvalidBSON) as exc:
                 return self._answer(400, {"error": f"undecodable sslog part: {exc}"})
             with self._lock:
-                self.posts.append(Post(part.content_type, len(compressed), payload, sslogs))
+                self.accepted += len(sslogs)
+                if self.keep:
+                    self.posts.append(Post(part.content_type, len(compressed), payload, sslogs))
             return self._answer(200, {"accepted": len(sslogs)})
 
         def drop(app: ASGIApp) -> ASGIApp:
@@ -129,3 +135,8 @@ class SightMachineSimulator(Simulator):
     def _answer(self, status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
         self.attempts.append(Attempt(time.monotonic(), status))
         return Response(body, status_code=status)
+
+
+if __name__ == "__main__":
+    args = arguments("A Sight Machine RDPv2 sslog endpoint that decodes and counts what it accepts.")
+    SightMachineSimulator(port=args.port, keep=False).serve_forever()
