@@ -163,11 +163,31 @@ def last_timestamp(frame: pl.DataFrame) -> str | None:
 
 
 def json_values(records: pl.DataFrame) -> list[bytes]:
-    """One compact JSON object (msgspec) per row of ``records`` (e.g. :func:`records_frame`),
-    keys in column order; NaN and infinities become ``null``."""
+    """One compact JSON object per row of ``records`` (e.g. :func:`records_frame`), keys in
+    column order; NaN and infinities become ``null``.
+
+    Frames of text, numbers, booleans and nulls (and lists and structs of them: what
+    :func:`records_frame` gives) are encoded by polars, with no Python per row; others
+    (binary, objects, temporal values) by msgspec, one row at a time. Both write the same
+    JSON values (a float's exponent may be spelled ``1e+20`` or ``1e20``; a Float32 is
+    written in its shortest form, ``0.1``, not widened to ``0.10000000149011612``).
+    """
+    if records.height and records.width and all(_json_native(dtype) for dtype in records.dtypes):
+        return records.select(pl.struct(pl.all()).struct.json_encode().cast(pl.Binary)).to_series().to_list()
     names = records.columns
     row = msgspec.defstruct("Record", [(f"f{i}", Any) for i in range(len(names))],
                             rename={f"f{i}": name for i, name in enumerate(names)})
     encode = msgspec.json.Encoder().encode
     columns = [records.get_column(name).to_list() for name in names]
     return [encode(row(*values)) for values in zip(*columns, strict=True)]
+
+
+def _json_native(dtype: pl.DataType) -> bool:
+    """Whether polars' JSON encoder writes ``dtype`` as msgspec would."""
+    if dtype.is_numeric() or isinstance(dtype, (pl.String, pl.Boolean, pl.Null, pl.Categorical, pl.Enum)):
+        return True
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _json_native(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return all(_json_native(f.dtype) for f in dtype.fields)
+    return False

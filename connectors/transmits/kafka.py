@@ -17,7 +17,8 @@ Producer defaults (``options`` override them, key by key, as librdkafka settings
 ``acks=all``, ``enable.idempotence=true``, ``compression.type=lz4``, ``linger.ms=20``,
 ``batch.size`` 1 MiB, a local queue of at most 100,000 messages or 64 MiB,
 ``message.timeout.ms`` 300000 (librdkafka retries a broker that is
-down for up to 5 minutes).
+down for up to 5 minutes), ``delivery.report.only.error`` (a batch is acknowledged once the
+producer's queue is empty and no message failed, so no Python runs per delivered message).
 
 librdkafka's own log lines go to ``transmit.<transmit_name>.librdkafka``, each message at
 most once per 30 s with a count of the repeats held back (:class:`RepeatFilter`).
@@ -25,10 +26,10 @@ most once per 30 s with a count of the repeats held back (:class:`RepeatFilter`)
 Store-and-forward (:mod:`dataflows.delivery`): ``write_batch`` stores the batches in the
 transmit's spool (``$FACTORYFLOW_HOME/components/<transmit_name>/spool.sqlite``, at most
 ``spool_max_bytes``, 1 GiB by default) and returns, so a broker outage holds back the
-other transmits only once the spool is full. The spool's forwarder produces straight
-from the polars frames, waits on a full local queue (``BufferError``) by serving
-delivery reports, and deletes batches from the spool only when the broker acknowledged
-every message of them. A message that librdkafka could not deliver within
+other transmits only once the spool is full. The spool's forwarder encodes the records
+(polars, no Python per row), produces them, waits on a full local queue (``BufferError``)
+by letting librdkafka send, and deletes batches from the spool only when the broker
+acknowledged every message of them. A message that librdkafka could not deliver within
 ``message.timeout.ms``, or that the broker refused, raises :class:`KafkaDeliveryError` in
 the forwarder: the transmit's last error, then a retry with backoff, nothing dropped
 (at-least-once; the batch in flight at a crash is produced again).
@@ -77,6 +78,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "queue.buffering.max.kbytes": 64 * 1024,
     "message.timeout.ms": 300_000,
     "partitioner": "murmur2_random",
+    "delivery.report.only.error": True,
 }
 
 #: librdkafka settings whose values are secrets (redacted in the API and the logs):
@@ -154,13 +156,12 @@ class _KafkaWriter:
         client_log = logging.getLogger(f"transmit.{self._name}.librdkafka")
         if not any(isinstance(f, RepeatFilter) for f in client_log.filters):
             client_log.addFilter(RepeatFilter())
-        self._producer = Producer({**config.producer_config(), "logger": client_log})
-        self._pending = 0
+        self._producer = Producer({**config.producer_config(), "logger": client_log,
+                                   "on_delivery": self._on_delivery})
         self._errors: list[KafkaError] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        self._pending -= 1
-        if err is not None:
+        if err is not None:  # with delivery.report.only.error, only failures come here
             self._errors.append(err)
 
     def _produce(self, batch: Batch) -> int:
@@ -170,29 +171,31 @@ class _KafkaWriter:
         key = str(batch.stream).encode()
         headers = [("receiver", batch.receiver.encode()), ("source", batch.source.encode())]
         produce, poll = self._producer.produce, self._producer.poll
-        count = 0
-        for part in records_frame(batch).iter_slices(_ENCODE_ROWS):  # bounded Python objects
+        frame = records_frame(batch)
+        for part in frame.iter_slices(_ENCODE_ROWS):  # bounded Python objects
             for value in json_values(part):
                 while True:
                     try:
-                        produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                        produce(topic, value, key, headers=headers)
                         break
-                    except BufferError:  # local queue full: serve delivery reports, then retry
+                    except BufferError:  # local queue full: let librdkafka send, then retry
                         poll(0.05)
-                self._pending += 1
-                count += 1
-        return count
+        return frame.height
 
     def write(self, batches: list[Batch]) -> Written:
+        """Produce every record of ``batches`` and return once the broker acknowledged them
+        all: the producer's queue is empty and no delivery failed.
+
+        :raises KafkaDeliveryError: some messages were not delivered.
+        """
         total = sum(self._produce(batch) for batch in batches)
         started = time.monotonic()
         last_log = started
-        while self._pending > 0:
-            self._producer.poll(0.5)
-            if self._pending and time.monotonic() - last_log >= 30:
+        while (left := self._producer.flush(0.5)) > 0:
+            if time.monotonic() - last_log >= 30:
                 last_log = time.monotonic()
                 self._log.warning("waiting %.0f s for the broker to acknowledge %d of %d messages",
-                                  last_log - started, self._pending, total)
+                                  last_log - started, left, total)
         if self._errors:
             failure = KafkaDeliveryError(self._name, len(self._errors), total, self._errors[0])
             self._errors = []

@@ -200,3 +200,25 @@ def test_a_semicolon_file_is_read_with_a_warning_unless_a_separator_is_set() -> 
                          "(set `separator` to choose)")]
     explicit = parser(separator=",").parse(b"", data, source="f.csv", first_line=1, warn=warnings.append)
     assert explicit.columns == ["ts;temp;zone"] and len(warnings) == 1
+
+
+def test_column_types_hold_for_values_past_the_first_hundred_rows() -> None:
+    rows = "".join(f"{i},2024-01-01 00:{i % 60:02d}:00,2024-01-02,10:00:00\n" for i in range(150))
+    late = "1.5,not a time,2024-01-03,11:30:00\n"
+    frame = parse(b"count,when,day,at\n" + rows.encode() + late.encode())
+    assert frame.schema == pl.Schema({"count": pl.Float64, "when": pl.String, "day": pl.Date, "at": pl.Time})
+    assert frame.row(-1) == (1.5, "not a time", datetime(2024, 1, 3).date(), datetime(2024, 1, 1, 11, 30).time())
+
+
+@pytest.mark.parametrize(("values", "dtype"), [
+    (["2024-01-01T00:00:00Z", "2024-01-02T01:02:03+02:00"], pl.Datetime("us", "UTC")),
+    (["2024-01-01 00:00:00", "2024-01-02 01:02:03.5"], pl.Datetime("us")),
+    (["31/12/2024", "01/02/2024"], pl.Date),
+    (["2024-01-01", "2024-01-02 01:02:03"], pl.String),  # a date, then a datetime: text
+    (["2024-01-01T00:00:00Z", "2024-01-02T01:02:03"], pl.String),  # zoned, then naive: text
+    (["", "2024-01-01 00:00:00"], pl.Datetime("us")),  # an empty first value
+])
+def test_dates_and_times_are_inferred_as_polars_infers_them(values: list[str], dtype: pl.DataType) -> None:
+    text = ("v,n\n" + "".join(f"{v},1\n" for v in values)).encode()
+    polars_own = pl.read_csv(text, try_parse_dates=True, infer_schema_length=10_000).schema["v"]
+    assert parse(text).schema["v"] == dtype == polars_own
