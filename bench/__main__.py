@@ -23,12 +23,13 @@ replicated over four machines, each machine a stream and so a bytewax partition)
 - **start-up**: the fixed start-up of ``bench/startup.py`` (first record minus the floor of
   importing bytewax and polars).
 
-Every figure of the job is measured from the start of its process(es) to the ledger
-counting the last record delivered (acknowledged by the broker or the endpoint); CPU
-seconds and peak RSS are the kernel's for the job's processes. MB/s is of the records
-as delivered (their JSON).
+The throughput scenarios and their limits run in turn three times (``--repeat``), and
+each one's median run is shown. Every figure of the job is measured from the start of its
+process(es) to the ledger counting the last record delivered (acknowledged by the broker
+or the endpoint); CPU seconds and peak RSS are the kernel's for the job's processes. MB/s
+is of the records as delivered (their JSON).
 
-    .venv/bin/python -m bench              # the full table (about 10 minutes)
+    .venv/bin/python -m bench              # the full table (about 15 minutes)
     .venv/bin/python -m bench --quick      # 100,000 records, under 2 minutes
     .venv/bin/python -m bench --only csv_kafka,sql_kafka --markdown table.md
 
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -428,8 +429,23 @@ def services(bench: Bench, kafka: bool, postgres: bool) -> Iterator[None]:
         yield
 
 
-def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: int) -> None:
-    """Run the chosen scenarios, printing each row as it is measured."""
+def interleaved(bench: Bench, repeat: int, steps: list[tuple[str, Callable[[], Measure], str | None, str]]) -> None:
+    """Run ``steps`` (a scenario and its limits) in turn ``repeat`` times, so a slow minute of
+    the machine costs each alike, and add each one's median run (by records/s) to the table."""
+    runs: list[list[Measure]] = [[] for _ in steps]
+    for _ in range(repeat):
+        for (_, measure, _, _), done in zip(steps, runs, strict=True):
+            done.append(measure())
+    for (name, _, versus, target), done in zip(steps, runs, strict=True):
+        middle = sorted(done, key=lambda m: m.rate)[len(done) // 2]
+        if repeat > 1:
+            middle.note = ", ".join(filter(None, (middle.note, f"median of {repeat}")))
+        bench.add(Row(name, middle, versus, target))
+
+
+def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: int, repeat: int) -> None:
+    """Run the chosen scenarios, printing each row as it is measured (the throughput
+    scenarios and their limits: the median of ``repeat`` interleaved runs)."""
     csv = only & {"csv_kafka", "csv_sight_machine", "scale_out"}
     sql = only & {"sql_kafka", "scale_out", "memory"}
     kafka = only & {"csv_kafka", "sql_kafka", "scale_out", "latency", "memory"}
@@ -439,28 +455,31 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
             prepare_csv(bench)
         if sql:
             prepare_sql(bench, "nab", bench.rows)
+        payload = bench.json_bytes
         if only & {"csv_kafka", "scale_out"}:
-            bench.add(Row("limit: raw produce", limit_produce(bench)))
-            bench.add(Row("limit: kcat -P", limit_kcat(bench)))
-            bench.add(Row("CSV → Kafka", _with_payload(csv_kafka(bench), bench.json_bytes), "limit: raw produce",
-                          "(target ≥ 0.85)"))
+            interleaved(bench, repeat, [
+                ("limit: raw produce", lambda: limit_produce(bench), None, ""),
+                ("limit: kcat -P", lambda: limit_kcat(bench), None, ""),
+                ("CSV → Kafka", lambda: _with_payload(csv_kafka(bench), payload), "limit: raw produce",
+                 "(target ≥ 0.85)")])
         if sql:
-            bench.add(Row("limit: plain read", limit_read(bench)))
-            bench.add(Row("PostgreSQL → Kafka", _with_payload(sql_kafka(bench), bench.json_bytes),
-                          "limit: plain read", "(target ≥ 0.6)"))
+            interleaved(bench, repeat, [
+                ("limit: plain read", lambda: limit_read(bench), None, ""),
+                ("PostgreSQL → Kafka", lambda: _with_payload(sql_kafka(bench), payload), "limit: plain read",
+                 "(target ≥ 0.6)")])
         if "csv_sight_machine" in only:
-            bench.add(Row("limit: BSON + gzip", limit_encode(bench)))
-            bench.add(Row("CSV → Sight Machine", csv_sight_machine(bench), "limit: BSON + gzip"))
+            interleaved(bench, repeat, [
+                ("limit: BSON + gzip", lambda: limit_encode(bench), None, ""),
+                ("CSV → Sight Machine", lambda: csv_sight_machine(bench), "limit: BSON + gzip", "")])
         if "latency" in only:
             bench.add(Row("insert → Kafka ack", latency(bench, latency_seconds, rate), None,
                           "(target p99 ≤ 1250 ms)"))
         if "scale_out" in only:
             for label, workers, processes in (("-w 2", 2, 1), ("2 processes", 1, 2)):
                 bench.add(Row(f"CSV → Kafka, {label}",
-                              _with_payload(csv_kafka(bench, workers, processes), bench.json_bytes),
-                              "CSV → Kafka"))
+                              _with_payload(csv_kafka(bench, workers, processes), payload), "CSV → Kafka"))
                 bench.add(Row(f"PostgreSQL → Kafka, {label}",
-                              _with_payload(sql_kafka(bench, workers, processes), bench.json_bytes),
+                              _with_payload(sql_kafka(bench, workers, processes), payload),
                               "PostgreSQL → Kafka", "(target ≥ 1.5)"))
         if "memory" in only:
             prepare_sql(bench, "nab_small", small)
@@ -486,6 +505,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=None, help="CSV files (default 500)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
     parser.add_argument("--rate", type=int, default=1000, help="latency: rows inserted per second")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs of each throughput scenario and limit, the median kept (default 3; 1 with --quick)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -505,7 +526,8 @@ def main() -> None:
         bench = Bench(rows, files, Path(work))
         print(f"factoryflow bench: {rows:,} records over {LINES} streams, {files} CSV files; {machine()}",
               flush=True)
-        run(bench, only, 10.0 if args.quick else 30.0, args.rate, 20_000)
+        run(bench, only, 10.0 if args.quick else 30.0, args.rate, 20_000,
+            args.repeat or (1 if args.quick else 3))
     took = time.perf_counter() - started
     print(f"\nbench took {took:.0f} s")
     if args.markdown:

@@ -73,6 +73,8 @@ OUTBOX_FULL = "outbox full"
 DRAIN_SECONDS = 20.0
 #: Most bytes of spooled batches handed to the writer at once.
 _FORWARD_BYTES = 64 * 1024 * 1024
+#: About how many bytes of encoded records an outbox writer stores in one commit.
+_STORE_BYTES = 8 * 1024 * 1024
 
 
 class _SpooledBatch(msgspec.Struct, array_like=True):
@@ -590,20 +592,31 @@ class OutboxWriter:
             sender.ledger.close()
 
     def write(self, batches: list[Batch]) -> Literal["stored"]:
-        """Store the batches' records durably; the sender delivers them later."""
+        """Store the batches' records durably; the sender delivers them later. They are
+        encoded and stored about :data:`_STORE_BYTES` at a time, so the encoded records of
+        a big epoch never sit in memory all at once."""
         rows: list[tuple[str, str | None, bytes]] = []
+        size = 0
         for batch in batches:
             if batch.frame.height:
                 stream = str(batch.stream)
-                rows.extend((stream, timestamp, body) for timestamp, body in self._encode(batch))
-        self._outbox.wait_for_room(sum(len(body) for _, _, body in rows), self._budget,
-                                   self._ctx.shutdown, self._log,
+                encoded = [(stream, timestamp, body) for timestamp, body in self._encode(batch)]
+                rows.extend(encoded)
+                size += sum(len(body) for _, _, body in encoded)
+            if size >= _STORE_BYTES:
+                self._store(rows, size, batches)
+                rows, size = [], 0
+        self._store(rows, size, batches)
+        return "stored"  # durably in the outbox: the receiver may act on it
+
+    def _store(self, rows: list[tuple[str, str | None, bytes]], size: int, batches: list[Batch]) -> None:
+        if not rows:
+            return
+        self._outbox.wait_for_room(size, self._budget, self._ctx.shutdown, self._log,
                                    lambda message: self._report.outbox_full(batches, message))
         self._outbox.append(rows)
         self._report.outbox(*self._outbox.depth())
-        if rows:
-            self._wake.set()
-        return "stored"  # durably in the outbox: the receiver may act on it
+        self._wake.set()
 
     def close(self) -> None:
         """Stop the sender (it finishes the request in hand, up to ``join_seconds``)."""
