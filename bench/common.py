@@ -2,9 +2,9 @@
 delivered every record, and measuring a process (wall seconds, CPU seconds, peak RSS).
 
 Every figure of a process comes from the kernel's accounting of that one process: CPU
-seconds are user + system from ``os.wait4``; peak RSS is ``VmHWM`` of
-``/proc/<pid>/status``, sampled while it runs (``ru_maxrss`` would count the bench's own
-memory, which a forked child starts with).
+seconds are user + system from ``os.wait4`` (with the children it waited for); peak RSS is
+``VmHWM`` of ``/proc/<pid>/status`` of it and its children, sampled while they run
+(``ru_maxrss`` would count the bench's own memory, which a forked child starts with).
 """
 
 from __future__ import annotations
@@ -135,11 +135,12 @@ def high_water_mb(pid: int | str = "self") -> float:
 
 
 class PeakSampler:
-    """Samples the peak RSS (:func:`high_water_mb`) of processes every 0.1 s while they run;
-    ``peak(pid)`` is the last figure read, which ``VmHWM`` keeps at the peak."""
+    """Samples the peak RSS (:func:`high_water_mb`) of processes and their child processes
+    every 0.1 s while they run; ``peak(pid)`` is the last figure read of the process plus
+    each of its children's (``VmHWM`` keeps each at its peak)."""
 
     def __init__(self, pids: list[int]) -> None:
-        self._peaks = dict.fromkeys(pids, float("nan"))
+        self._peaks: dict[int, dict[int, float]] = {pid: {} for pid in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -150,10 +151,17 @@ class PeakSampler:
 
     def sample(self) -> None:
         """Read every process's figure now."""
-        for pid in self._peaks:
-            figure = high_water_mb(pid)
-            if not math.isnan(figure):
-                self._peaks[pid] = figure
+        import psutil
+
+        for pid, peaks in self._peaks.items():
+            try:
+                family = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+            except psutil.Error:
+                family = list(peaks)
+            for member in family:
+                figure = high_water_mb(member)
+                if not math.isnan(figure):
+                    peaks[member] = figure
 
     def stop(self) -> None:
         """Take a last sample and stop sampling."""
@@ -162,8 +170,9 @@ class PeakSampler:
         self._thread.join()
 
     def peak(self, pid: int) -> float:
-        """The peak RSS of ``pid`` in MB (NaN when never read)."""
-        return self._peaks[pid]
+        """The peak RSS of ``pid`` and its children in MB (NaN when never read)."""
+        peaks = self._peaks[pid]
+        return sum(peaks.values()) if peaks else float("nan")
 
 
 def finish(pid: int) -> float:
