@@ -217,12 +217,11 @@ def _drop_bad_lines(text: str, separator: str, columns: list[str] | None, settin
         expected = len(columns) if columns is not None else (counted[0][1] if counted else 0)
         bad_lines = [(n, count) for n, count in counted if count != expected]
     else:
-        first = next((line.removesuffix("\r") for line in text.split("\n", 64) if line.removesuffix("\r")), "")
-        expected = len(columns) if columns is not None else first.count(separator) + 1
         line = pl.col("line").str.strip_suffix("\r")
-        bad = (pl.LazyFrame({"line": text.split("\n")}).with_row_index("n").filter(line != "")
-               .select("n", count=line.str.count_matches(separator, literal=True) + 1)
-               .filter(pl.col("count") != expected).collect())
+        counts = (pl.LazyFrame({"line": text.split("\n")}).with_row_index("n").filter(line != "")
+                  .select("n", count=line.str.count_matches(separator, literal=True) + 1).collect())
+        expected = len(columns) if columns is not None else (counts["count"][0] if counts.height else 0)
+        bad = counts.filter(pl.col("count") != expected)
         bad_lines = list(zip(bad["n"].to_list(), bad["count"].to_list(), strict=True))
     if not bad_lines:
         return text

@@ -222,3 +222,15 @@ def test_dates_and_times_are_inferred_as_polars_infers_them(values: list[str], d
     text = ("v,n\n" + "".join(f"{v},1\n" for v in values)).encode()
     polars_own = pl.read_csv(text, try_parse_dates=True, infer_schema_length=10_000).schema["v"]
     assert parse(text).schema["v"] == dtype == polars_own
+
+
+@pytest.mark.parametrize("header", [0, None])
+def test_bad_lines_of_a_big_text_are_found_by_number(header: int | None) -> None:
+    good = "".join(f"{i},{i * 2},x\r\n" for i in range(3000))  # over 16 KiB: counted by polars
+    data = ("a,b,c\r\n" if header == 0 else "") + good + "7,8\r\n" + "9,10,y,z\r\n" + good
+    with pytest.raises(ParseError) as info:
+        parse(data.encode(), parser(header=header))
+    first_bad = 3002 if header == 0 else 3001
+    assert (info.value.line, str(info.value)) == (
+        first_bad, f"f.csv, line {first_bad}: expected 3 fields, found 2 (2 bad lines in all)")
+    assert parse(data.encode(), parser(header=header, bad_lines_action="skip")).height == 6000
