@@ -24,10 +24,12 @@ so one transmit's outage never holds back the others beyond a bounded buffer:
   its Arrow IPC frame and where it came from), commits, acknowledges them and returns;
   when the spool holds its budget of bytes, it waits (backpressure) unless the dataflow
   is stopping;
-- one forwarder thread per spool hands the oldest batches to the connector's writer and
-  deletes them only once the writer returned (the endpoint has them), then counts and
-  logs them; a failed write is recorded as the transmit's last error and retried with
-  the one backoff policy, the batches kept;
+- one forwarder per spool, a process of its own (so the writer's per-record work does
+  not share the dataflow's GIL; its log lines come back to the dataflow's log), hands
+  the oldest batches to the connector's writer and deletes them only once the writer
+  returned (the endpoint has them), then counts and logs them; a failed write is
+  recorded as the transmit's last error and retried with the one backoff policy, the
+  batches kept;
 - at a stop, the forwarder drains what it can for up to :data:`DRAIN_SECONDS`; what is
   left is sent at the next start. Nothing is lost: at-least-once, as everywhere.
 
@@ -39,6 +41,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -56,7 +60,7 @@ from bytewax.outputs import (
 
 from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
-from dataflows.outbox import Entry, Outbox, start_drainer
+from dataflows.outbox import Entry, Outbox, start_drainer, take_drainer_lock
 from dataflows.records import Batch, StreamKey, last_timestamp
 
 if TYPE_CHECKING:
@@ -297,10 +301,10 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._spool = Outbox(path)
         self._report = TransmitReport(Ledger(ledger_path(ctx.home)), self._name, config.record_noun)
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._lock, self._thread = start_drainer(path.with_name("forwarder.lock"), self._forward,
-                                                 f"forwarder-{self._name}")
+        self._forwarder: _ForwarderProcess | None = None
+        self._lock = take_drainer_lock(path.with_name("forwarder.lock"))
+        if self._lock is not None:
+            self._forwarder = _ForwarderProcess(config, ctx.home, path)
 
     def write_batch(self, items: list[Batch]) -> None:
         rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
@@ -309,11 +313,45 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         self._spool.append(rows)
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
-        if rows:
-            self._wake.set()
+        if rows and self._forwarder is not None:
+            self._forwarder.wake.set()
+
+    def close(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.stop()
+        if self._lock is not None:
+            self._lock.close()
+        self._spool.close()
+        self._report.close()
+
+
+class _Forwarder:
+    """The loop that drains one spool into the transmit's writer (see the module
+    docstring). It runs in a process of its own (:class:`_ForwarderProcess`), so the
+    writer's per-record work (Kafka's ``produce()``) does not share the dataflow's GIL.
+
+    :param closing: set when the dataflow stops: drain for up to :data:`DRAIN_SECONDS`.
+    :param wake: set when a batch was spooled.
+    """
+
+    def __init__(self, config: TransmitConfig, home: Path, path: Path, closing: Any, wake: Any) -> None:
+        self._config = config
+        self._home = home
+        self._path = path
+        self._name = config.transmit_name
+        self._closing = closing
+        self._wake = wake
+        self._log = logging.getLogger(f"transmit.{self._name}")
+
+    def run(self) -> None:
+        """Drain until closed."""
+        from dataflows.sdk import RunContext
+
+        self._ctx = RunContext(home=self._home)
+        self._forward()
 
     def _forward(self) -> None:
-        spool = Outbox(self._spool.path)
+        spool = Outbox(self._path)
         report = TransmitReport(Ledger(ledger_path(self._ctx.home)), self._name, self._config.record_noun)
         writer: TransmitWriter | None = None
         failures = 0
@@ -371,18 +409,74 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         report.drained(spool)
         return True
 
-    def close(self) -> None:
+
+class _ForwarderProcess:
+    """A :class:`_Forwarder` in a spawned process of its own.
+
+    - its log records come back through a queue and are handled by this process's
+      loggers (the same handlers, files and secret redaction as every other line);
+    - it ignores SIGINT and SIGTERM: :meth:`stop` ends it, after it drained the spool for
+      up to :data:`DRAIN_SECONDS`;
+    - on Linux it dies with the thread that started it (``PR_SET_PDEATHSIG``), so a
+      SIGKILLed dataflow leaves no forwarder behind (the spool keeps what it held).
+    """
+
+    def __init__(self, config: TransmitConfig, home: Path, path: Path) -> None:
+        import multiprocessing
+
+        mp = multiprocessing.get_context("spawn")
+        self.wake = mp.Event()
+        self._closing = mp.Event()
+        self._records: Any = mp.Queue()
+        self._name = config.transmit_name
+        self._log = logging.getLogger(f"transmit.{self._name}")
+        self._relay = threading.Thread(target=self._relay_logs, name=f"forwarder-{self._name}-log", daemon=True)
+        self._relay.start()
+        forwarder = _Forwarder(config, home, path, self._closing, self.wake)
+        self._process = mp.Process(target=_forwarder_main, name=f"forwarder-{self._name}", daemon=True,
+                                   args=(forwarder, self._records, logging.getLogger().getEffectiveLevel(),
+                                         os.getpid()))
+        self._process.start()
+
+    def _relay_logs(self) -> None:
+        try:
+            while (record := self._records.get()) is not None:
+                logging.getLogger(record.name).handle(record)
+        except (EOFError, OSError):  # the forwarder was killed mid-record
+            return
+
+    def stop(self) -> None:
+        """Ask the forwarder to drain and stop; wait for it (``DRAIN_SECONDS`` + 5 s)."""
         self._closing.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(DRAIN_SECONDS + 5)
-            if self._thread.is_alive():
-                self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
-                                  "sent again at the next start")
-        if self._lock is not None:
-            self._lock.close()
-        self._spool.close()
-        self._report.close()
+        self.wake.set()
+        self._process.join(DRAIN_SECONDS + 5)
+        if self._process.is_alive():
+            self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
+                              "sent again at the next start")
+            self._process.kill()
+            self._process.join()
+        self._records.put(None)
+        self._relay.join(5)
+
+
+def _forwarder_main(forwarder: _Forwarder, records: Any, level: int, parent: int) -> None:
+    """The forwarder process: logs to ``records``, dies with its parent, runs the loop."""
+    import logging.handlers
+    import signal
+
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    threading.current_thread().name = f"forwarder-{forwarder._name}"
+    root = logging.getLogger()
+    root.handlers = [logging.handlers.QueueHandler(records)]
+    root.setLevel(level)
+    forwarder.run()
 
 
 class TransmitSink(DynamicSink[Batch]):

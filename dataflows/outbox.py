@@ -165,6 +165,18 @@ class _Transaction:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
+def take_drainer_lock(lock_path: Path) -> IO[bytes] | None:
+    """The lock on ``lock_path`` (``flock``) that makes its holder an outbox's one drainer,
+    or None when another worker or process holds it. Closing the file releases it."""
+    lock: IO[bytes] = open(lock_path, "wb")  # noqa: SIM115 - closed by the caller, or below
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def start_drainer(lock_path: Path, target: Callable[[], None],
                   name: str) -> tuple[IO[bytes] | None, threading.Thread | None]:
     """Run ``target`` (the loop that drains an outbox) in a daemon thread, unless another
@@ -174,11 +186,8 @@ def start_drainer(lock_path: Path, target: Callable[[], None],
     :returns: (the lock file, to close after the thread ends; the thread), or
         ``(None, None)`` when another holds the lock.
     """
-    lock: IO[bytes] = open(lock_path, "wb")  # noqa: SIM115 - closed by the caller, or below
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+    lock = take_drainer_lock(lock_path)
+    if lock is None:
         return None, None
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()

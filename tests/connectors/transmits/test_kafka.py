@@ -350,3 +350,27 @@ def test_a_producer_that_cannot_start_is_reported_and_the_spool_kept(tmp_path: P
     partition.close()
     assert [b.frame["seq"].to_list() for b in spooled_batches(ctx.component_dir("kafka") / "spool.sqlite")] \
         == [[0, 1, 2]]
+
+
+def test_the_forwarder_process_logs_through_the_job_and_dies_with_it(tmp_path: Path, nab_machine_csv: Path,
+                                                                      flows: Any) -> None:
+    import psutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(nab_machine_csv, data / "nab.csv")
+    config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [], "data_transmit": [
+        {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": f"127.0.0.1:{free_port()}",
+         "topic": "nowhere", "options": {"message.timeout.ms": 2000}}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    assert flow.proc is not None
+    flow.wait_for(lambda: "messages not delivered" in flow.log(), timeout=60, what="the forwarder's error")
+    line = next(line for line in flow.log().splitlines() if "messages not delivered" in line)
+    assert " forwarder-kafka transmit.kafka ERROR transmit 'kafka': " in line  # in the job's log, its format
+    forwarders = [p for p in psutil.Process(flow.proc.pid).children(recursive=True)
+                  if "spawn_main" in " ".join(p.cmdline())]
+    assert len(forwarders) == 1
+    flow.kill()
+    _, alive = psutil.wait_procs(forwarders, timeout=10)
+    assert alive == []
