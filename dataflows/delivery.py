@@ -79,6 +79,8 @@ DRAIN_SECONDS = 20.0
 _FORWARD_BYTES = 64 * 1024 * 1024
 #: About how many bytes of encoded records an outbox writer stores in one commit.
 _STORE_BYTES = 8 * 1024 * 1024
+#: A forwarder process that lived this long before it ended is restarted at once, in seconds.
+_STEADY_SECONDS = 60.0
 
 
 class _SpooledBatch(msgspec.Struct, array_like=True):
@@ -314,7 +316,7 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
         if rows and self._forwarder is not None:
-            self._forwarder.wake.set()
+            self._forwarder.wake()
 
     def close(self) -> None:
         if self._forwarder is not None:
@@ -329,25 +331,27 @@ class _Forwarder:
     """The loop that drains one spool into the transmit's writer (see the module
     docstring). It runs in a process of its own (:class:`_ForwarderProcess`), so the
     writer's per-record work (Kafka's ``produce()``) does not share the dataflow's GIL.
-
-    :param closing: set when the dataflow stops: drain for up to :data:`DRAIN_SECONDS`.
-    :param wake: set when a batch was spooled.
     """
 
-    def __init__(self, config: TransmitConfig, home: Path, path: Path, closing: Any, wake: Any) -> None:
+    def __init__(self, config: TransmitConfig, home: Path, path: Path) -> None:
         self._config = config
         self._home = home
         self._path = path
         self._name = config.transmit_name
-        self._closing = closing
-        self._wake = wake
         self._log = logging.getLogger(f"transmit.{self._name}")
 
-    def run(self) -> None:
-        """Drain until closed."""
+    def run(self, closing: Any, wake: Any) -> None:
+        """Drain until closed.
+
+        :param closing: a :class:`_Signal` set when the dataflow stops: drain for up to
+            :data:`DRAIN_SECONDS`, then return.
+        :param wake: a :class:`_Signal` set when a batch was spooled.
+        """
         from dataflows.sdk import RunContext
 
         self._ctx = RunContext(home=self._home)
+        self._closing = closing
+        self._wake = wake
         self._forward()
 
     def _forward(self) -> None:
@@ -368,7 +372,6 @@ class _Forwarder:
                         if drain_until is not None:
                             return
                         self._wake.wait(1.0)
-                        self._wake.clear()
                         continue
                     if drain_until is not None and time.monotonic() > drain_until:
                         self._log.info("stopping with %d batches in the spool: they are sent at the "
@@ -411,56 +414,142 @@ class _Forwarder:
 
 
 class _ForwarderProcess:
-    """A :class:`_Forwarder` in a spawned process of its own.
+    """A :class:`_Forwarder` in a spawned process of its own, kept running.
 
-    - its log records come back through a queue and are handled by this process's
-      loggers (the same handlers, files and secret redaction as every other line);
+    - its log records come back through a pipe and are handled by this process's loggers
+      (the same handlers, files and secret redaction as every other line);
     - it ignores SIGINT and SIGTERM: :meth:`stop` ends it, after it drained the spool for
       up to :data:`DRAIN_SECONDS`;
     - on Linux it dies with the thread that started it (``PR_SET_PDEATHSIG``), so a
-      SIGKILLed dataflow leaves no forwarder behind (the spool keeps what it held).
+      SIGKILLed dataflow leaves no forwarder behind (the spool keeps what it held);
+    - one that ends on its own (killed by the kernel's OOM killer, a crash in the client
+      library) is logged and replaced by a new one, after the endpoint backoff when it
+      lived less than :data:`_STEADY_SECONDS`; the spool kept what it had not sent.
+
+    Each process gets its own signals and log pipe, so nothing a killed one held is
+    reused.
     """
 
     def __init__(self, config: TransmitConfig, home: Path, path: Path) -> None:
         import multiprocessing
 
-        mp = multiprocessing.get_context("spawn")
-        self.wake = mp.Event()
-        self._closing = mp.Event()
-        self._records: Any = mp.Queue()
+        self._mp = multiprocessing.get_context("spawn")
+        self._forwarder = _Forwarder(config, home, path)
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
-        self._relay = threading.Thread(target=self._relay_logs, name=f"forwarder-{self._name}-log", daemon=True)
-        self._relay.start()
-        forwarder = _Forwarder(config, home, path, self._closing, self.wake)
-        self._process = mp.Process(target=_forwarder_main, name=f"forwarder-{self._name}", daemon=True,
-                                   args=(forwarder, self._records, logging.getLogger().getEffectiveLevel(),
-                                         os.getpid()))
-        self._process.start()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._start()
+        self._keeper = threading.Thread(target=self._keep_running, name=f"forwarder-{self._name}-keeper",
+                                        daemon=True)
+        self._keeper.start()
 
-    def _relay_logs(self) -> None:
-        try:
-            while (record := self._records.get()) is not None:
+    def _start(self) -> None:
+        self._wake, self._closing = _Signal(self._mp, sticky=False), _Signal(self._mp, sticky=True)
+        self._records, sender = self._mp.Pipe(duplex=False)
+        self._process = self._mp.Process(
+            target=_forwarder_main, name=f"forwarder-{self._name}", daemon=True,
+            args=(self._forwarder, self._closing, self._wake, sender, logging.getLogger().getEffectiveLevel(),
+                  os.getpid()))
+        self._process.start()
+        sender.close()  # the child holds the only writing end: its exit ends the relay
+        self._started = time.monotonic()
+
+    def wake(self) -> None:
+        """Tell the forwarder a batch was spooled."""
+        self._wake.set()
+
+    def _keep_running(self) -> None:
+        deaths = 0
+        while True:
+            while True:
+                try:
+                    record = self._records.recv()
+                except (EOFError, OSError):  # the forwarder exited (or was killed mid-record)
+                    break
+                except Exception:  # noqa: BLE001 - one unreadable line; the pipe's framing holds
+                    self._log.exception("a log line of the forwarder could not be read")
+                    continue
                 logging.getLogger(record.name).handle(record)
-        except (EOFError, OSError):  # the forwarder was killed mid-record
-            return
+            self._process.join(5)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                lived = time.monotonic() - self._started
+                deaths = deaths + 1 if lived < _STEADY_SECONDS else 1
+                delay = ENDPOINT_BACKOFF.delay(deaths) if deaths > 1 else 0.0
+                self._log.error("the forwarder process ended on its own (exit code %s) after %.0f s; "
+                                "starting a new one in %.1f s (the spool kept what it had not sent)",
+                                self._process.exitcode, lived, delay)
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._records.close()
+                self._start()
 
     def stop(self) -> None:
         """Ask the forwarder to drain and stop; wait for it (``DRAIN_SECONDS`` + 5 s)."""
-        self._closing.set()
-        self.wake.set()
+        with self._lock:
+            self._stopping.set()
+            self._closing.set()
+            self._wake.set()
         self._process.join(DRAIN_SECONDS + 5)
         if self._process.is_alive():
             self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
                               "sent again at the next start")
             self._process.kill()
             self._process.join()
-        self._records.put(None)
-        self._relay.join(5)
+        self._keeper.join(5)
+        self._records.close()
 
 
-def _forwarder_main(forwarder: _Forwarder, records: Any, level: int, parent: int) -> None:
-    """The forwarder process: logs to ``records``, dies with its parent, runs the loop."""
+class _Signal:
+    """A one-way signal from the job to its forwarder process, on a semaphore: setting it
+    never blocks, even when the process was killed while waiting for it
+    (``multiprocessing.Event.set`` waits for every waiter to wake, forever for a killed one).
+
+    :param sticky: once seen set, it stays set (``closing``); otherwise each :meth:`wait`
+        consumes what was set before it (``wake``).
+    """
+
+    def __init__(self, mp: Any, sticky: bool) -> None:
+        self._semaphore = mp.Semaphore(0)
+        self._sticky = sticky
+        self._seen = False
+
+    def set(self) -> None:
+        """Signal the process (never blocks)."""
+        self._semaphore.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`set`; whether it was set."""
+        if self._seen:
+            return True
+        acquired = self._semaphore.acquire(timeout=timeout) if timeout > 0 else self._semaphore.acquire(False)
+        if not acquired:
+            return False
+        while self._semaphore.acquire(False):  # every set() so far is seen
+            pass
+        self._seen = self._sticky
+        return True
+
+    def is_set(self) -> bool:
+        """Whether it was set, without waiting."""
+        return self.wait(0)
+
+
+class _PipeQueue:
+    """What :class:`logging.handlers.QueueHandler` needs of a queue, over a pipe's end."""
+
+    def __init__(self, connection: Any) -> None:
+        self.put_nowait = connection.send
+
+
+def _forwarder_main(forwarder: _Forwarder, closing: Any, wake: Any, records: Any, level: int,
+                    parent: int) -> None:
+    """The forwarder process: logs to the pipe ``records``, dies with its parent, runs the loop."""
     import logging.handlers
     import signal
 
@@ -474,9 +563,9 @@ def _forwarder_main(forwarder: _Forwarder, records: Any, level: int, parent: int
         signal.signal(signum, signal.SIG_IGN)
     threading.current_thread().name = f"forwarder-{forwarder._name}"
     root = logging.getLogger()
-    root.handlers = [logging.handlers.QueueHandler(records)]
+    root.handlers = [logging.handlers.QueueHandler(_PipeQueue(records))]  # type: ignore[arg-type]
     root.setLevel(level)
-    forwarder.run()
+    forwarder.run(closing, wake)
 
 
 class TransmitSink(DynamicSink[Batch]):

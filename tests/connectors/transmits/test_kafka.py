@@ -374,3 +374,51 @@ def test_the_forwarder_process_logs_through_the_job_and_dies_with_it(tmp_path: P
     flow.kill()
     _, alive = psutil.wait_procs(forwarders, timeout=10)
     assert alive == []
+
+
+def test_a_forwarder_process_that_dies_on_its_own_is_replaced_and_nothing_lost(
+        tmp_path: Path, kafka: KafkaBroker, nab_machine_csv: Path, flows: Any) -> None:
+    """The forwarder SIGKILLed twice while the dataflow runs (as the OOM killer would):
+    each time a new one takes over the spool (the second after a backoff), and every row
+    reaches Kafka once, in order."""
+    import psutil
+
+    data, target, rows = growing_nab(tmp_path, nab_machine_csv, 3000)
+    kafka.create_topic("replaced", 1)
+    config = {"data_receiver": [nab_receiver(data, ["nab"])], "transforms": [], "data_transmit": [
+        {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+         "topic": "replaced"}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    assert flow.proc is not None
+    ledger = Ledger(ledger_path(flow.home))
+
+    def forwarder() -> psutil.Process | None:
+        found = [p for p in psutil.Process(flow.proc.pid).children(recursive=True)
+                 if "spawn_main" in " ".join(p.cmdline())]
+        assert len(found) <= 1
+        return found[0] if found else None
+
+    killed: list[int] = []
+    for delivered, end in ((3000, 9000), (9000, len(rows))):
+        flow.wait_for(lambda delivered=delivered: ledger.progress("kafka", "nab:csv")[0] == delivered,
+                      what=f"{delivered} rows")
+        process = forwarder()
+        assert process is not None and process.pid not in killed
+        process.kill()  # not reaped here: the job's own bookkeeping must notice
+        killed.append(process.pid)
+        flow.wait_for(lambda n=len(killed): flow.log().count("the forwarder process ended on its own") == n,
+                      what="the job noticing")
+        with target.open("ab") as out:  # rows arrive while no forwarder runs
+            out.write(b"".join(rows[delivered:end]))
+    flow.wait_for(lambda: ledger.progress("kafka", "nab:csv")[0] == NAB_ROWS, timeout=120, what="every row")
+    notices = [line for line in flow.log().splitlines() if "ended on its own" in line]
+    print("\n".join(notices))
+    assert "(exit code -9)" in notices[0] and "starting a new one in 0.0 s" in notices[0]
+    assert "starting a new one in 0.0 s" not in notices[1]  # a second death within 60 s backs off
+    assert (process := forwarder()) is not None and process.pid not in killed
+    assert flow.stop(signal.SIGTERM) == 0
+    messages = kafka.consume("replaced", NAB_ROWS)
+    assert len(messages) == NAB_ROWS
+    assert [json.loads(m.value)["value"] for m in sorted(messages, key=lambda m: m.offset)] == \
+        nab_values(nab_machine_csv)
