@@ -20,6 +20,13 @@ Drivers: ``mssql`` through pyodbc (``odbc_driver``, "ODBC Driver 18 for SQL Serv
 default; "FreeTDS" accepted), ``postgresql`` through psycopg 3, ``mysql`` and ``mariadb``
 through PyMySQL, ``sqlite`` with ``database_name`` as the file path.
 
+PostgreSQL results are fetched as Arrow through ADBC's PostgreSQL driver (a binary
+``COPY`` streamed in batches, the state's values as literals; no Python object per
+value), cut into ``chunk_size`` rows, with the same polars
+types the SQLAlchemy path gives (integers as Int64, floats as Float64). A stream whose
+result has a column of another type (NUMERIC, JSON, UUID, INTERVAL, arrays) is read
+through SQLAlchemy instead, which says so once in the log.
+
 Implements the SQL receiver of ``shared/specs/factorytx-digest.md`` and the quickstart's
 ``sql`` receiver in ``shared/specs/factorytx-demo-and-rest-api.txt``.
 """
@@ -30,7 +37,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -149,7 +156,62 @@ def _uses_param(query: str, name: str) -> bool:
 
 
 def _params(query: str) -> set[str]:
-    return set(re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", query))
+    return set(re.findall(_PARAM, query))
+
+
+_PARAM = r"(?<![:\w]):([A-Za-z_]\w*)"
+
+
+def _with_literals(query: str, values: dict[str, Any]) -> str:
+    """``query`` with its ``:name`` bind parameters for ``values`` replaced by PostgreSQL
+    literals (quoted and typed by psycopg: ``'2024-01-01 00:00:00'::timestamp``), and a
+    trailing ``;`` dropped, so ADBC can stream it with ``COPY (query) TO STDOUT``
+    (PostgreSQL takes no bind parameters there)."""
+    from psycopg import sql
+
+    def literal(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return sql.Literal(values[name]).as_string(None) if name in values else match.group(0)
+
+    return re.sub(_PARAM, literal, query).strip().rstrip(";").rstrip()
+
+
+def _plain_arrow(data_type: Any) -> bool:
+    """Whether a column of this Arrow type reads into polars as the SQLAlchemy path reads
+    it (after :func:`_as_sqlalchemy_types`)."""
+    import pyarrow as pa
+
+    return (pa.types.is_integer(data_type) or pa.types.is_floating(data_type)
+            or pa.types.is_boolean(data_type) or pa.types.is_string(data_type)
+            or pa.types.is_large_string(data_type) or pa.types.is_binary(data_type)
+            or pa.types.is_large_binary(data_type) or pa.types.is_timestamp(data_type)
+            or pa.types.is_date32(data_type) or pa.types.is_time64(data_type))
+
+
+def _as_sqlalchemy_types(frame: pl.DataFrame) -> pl.DataFrame:
+    """Integers as Int64 and floats as Float64, as polars infers them from Python values."""
+    casts = {name: pl.Int64 for name, dtype in frame.schema.items() if dtype.is_integer() and dtype != pl.Int64}
+    casts |= {name: pl.Float64 for name, dtype in frame.schema.items() if dtype == pl.Float32}
+    return frame.cast(casts) if casts else frame  # type: ignore[arg-type]
+
+
+def _arrow_chunks(reader: Any, chunk_size: int) -> Iterator[pl.DataFrame]:
+    """The record batches of ``reader`` (a ``pyarrow.RecordBatchReader``) as frames of
+    ``chunk_size`` rows (the last one shorter)."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= chunk_size:
+            table = pa.Table.from_batches(pending, schema=reader.schema)
+            yield _as_sqlalchemy_types(pl.from_arrow(table.slice(0, chunk_size)))  # type: ignore[arg-type]
+            rest = table.slice(chunk_size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield _as_sqlalchemy_types(pl.from_arrow(pa.Table.from_batches(pending, schema=reader.schema)))  # type: ignore[arg-type]
 
 
 @receivers.register
@@ -251,11 +313,23 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
             shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
             logging.getLogger(f"receiver.{self.data_receiver_name}").info("database %s", conn.describe())
         sqlite_file = conn.database_name if conn.database_type == "sqlite" else None
-        return _SqlStreamReader(self, stream, shared[key], resume_state, sqlite_file)
+        arrow_url = None
+        if conn.database_type == "postgresql":  # libpq's URI, for ADBC
+            arrow_url = conn.url().set(drivername="postgresql").render_as_string(hide_password=False)
+        return _SqlStreamReader(self, stream, shared[key], resume_state, sqlite_file, arrow_url)
 
 
 class QueryError(RuntimeError):
     """A query ran but its result cannot advance the stream's state."""
+
+
+class ArrowDriverError(RuntimeError):
+    """A PostgreSQL error from ADBC, worded as SQLAlchemy words a DBAPI error (and as
+    FactoryTX's markers show it): ``(adbc_driver_manager.OperationalError) message``."""
+
+    @classmethod
+    def of(cls, exc: Exception) -> ArrowDriverError:
+        return cls(f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}")
 
 
 class _SqlStreamReader(StreamReader):
@@ -263,11 +337,16 @@ class _SqlStreamReader(StreamReader):
     failure_text = "Query failed"
 
     def __init__(self, receiver: SqlReceiver, stream: SqlStream, engine: sa.Engine,
-                 resume_state: dict[str, Any] | None, sqlite_file: str | None = None) -> None:
+                 resume_state: dict[str, Any] | None, sqlite_file: str | None = None,
+                 arrow_url: str | None = None) -> None:
         import sqlalchemy as sa
 
         self._sa = sa
         self.retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
+        self._arrow_url = arrow_url
+        self._arrow_close: Callable[[], None] | None = None
+        if arrow_url is not None:
+            self.retryable += (ArrowDriverError,)
         self._receiver = receiver
         self._stream = stream
         self._engine = engine
@@ -302,19 +381,76 @@ class _SqlStreamReader(StreamReader):
             if self._sqlite_file is not None and not os.path.exists(self._sqlite_file):
                 # sqlite3 would create an empty database there and fail with "no such table"
                 raise FileNotFoundError(f"the SQLite database file {self._sqlite_file!r} does not exist")
-            self._conn = self._engine.connect().execution_options(
-                stream_results=True, max_row_buffer=self._receiver.chunk_size)
-            self._chunks = pl.read_database(
-                self._sa.text(self._stream.query), self._conn, iter_batches=True,
-                batch_size=self._receiver.chunk_size,
-                execute_options={"parameters": dict(self._state)})
-        frame = next(self._chunks, None)
+            if self._arrow_url is not None:
+                self._chunks = self._arrow_result()
+            if self._chunks is None:  # not PostgreSQL, or a column without a plain Arrow type
+                self._conn = self._engine.connect().execution_options(
+                    stream_results=True, max_row_buffer=self._receiver.chunk_size)
+                self._chunks = pl.read_database(
+                    self._sa.text(self._stream.query), self._conn, iter_batches=True,
+                    batch_size=self._receiver.chunk_size,
+                    execute_options={"parameters": dict(self._state)})
+        frame = self._next_chunk()
         if frame is None or frame.height == 0:
             self.abandon()
             return [], False
         self._state = self._advance(frame)
         batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._stream.query)
         return [batch], True
+
+    def _next_chunk(self) -> pl.DataFrame | None:
+        assert self._chunks is not None
+        if self._arrow_close is None:
+            return next(self._chunks, None)
+        import adbc_driver_manager
+
+        try:
+            return next(self._chunks, None)
+        except adbc_driver_manager.Error as exc:
+            raise ArrowDriverError.of(exc) from exc
+
+    def _arrow_result(self) -> Iterator[pl.DataFrame] | None:
+        """Run the query through ADBC: its result in chunks, or None when a column has no
+        plain Arrow type (the stream then reads through SQLAlchemy from now on).
+
+        :raises ArrowDriverError: the connection or the query failed (retried).
+        """
+        import adbc_driver_manager
+        import adbc_driver_postgresql.dbapi as adbc
+
+        assert self._arrow_url is not None
+        try:
+            connection = adbc.connect(self._arrow_url)
+        except adbc_driver_manager.Error as exc:
+            raise ArrowDriverError.of(exc) from exc
+        try:
+            cursor = connection.cursor()
+            cursor.execute(_with_literals(self._stream.query, self._state))
+            reader = cursor.fetch_record_batch()
+        except BaseException as exc:
+            connection.close()
+            if isinstance(exc, adbc_driver_manager.Error):
+                raise ArrowDriverError.of(exc) from exc
+            raise
+        other = [f"{f.name!r} ({f.metadata.get(b'POSTGRESQL:type', b'?').decode()})" if f.metadata
+                 else repr(f.name) for f in reader.schema if not _plain_arrow(f.type)]
+        if other:
+            reader.close()
+            cursor.close()
+            connection.close()
+            self._arrow_url = None
+            logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
+                "%s: read through SQLAlchemy, not as Arrow: the result has %s", self._stream.key,
+                ", ".join(other))
+            return None
+
+        def close() -> None:
+            reader.close()
+            cursor.close()
+            connection.close()
+
+        self._arrow_close = close
+        return _arrow_chunks(reader, self._receiver.chunk_size)
 
     def _advance(self, frame: pl.DataFrame) -> dict[str, Any]:
         """The state after ``frame``: the state columns' values in its last row where none is
@@ -354,6 +490,12 @@ class _SqlStreamReader(StreamReader):
 
     def abandon(self) -> None:
         self._chunks = None
+        if self._arrow_close is not None:
+            close, self._arrow_close = self._arrow_close, None
+            import adbc_driver_manager
+
+            with contextlib.suppress(adbc_driver_manager.Error, OSError):  # broken: gone with it
+                close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(self._sa.exc.SQLAlchemyError):  # broken: the pool discards it

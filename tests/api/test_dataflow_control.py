@@ -130,7 +130,7 @@ def test_failing_sql_stream_shows_its_error_marker(api: Api, tmp_path: Path) -> 
         == {"component": "SQL Plugin 1", "component_type": "Receiver", "asset": "Students",
             "stream_type": "cycle", "category": "query", "level": "error"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", marker["timestamp"])
-    assert marker["message"].startswith("Query failed: (psycopg.OperationalError)")
+    assert marker["message"].startswith("Query failed: (adbc_driver_manager.OperationalError)")
     assert "Connection refused" in marker["message"] or "connection failed" in marker["message"]
     assert marker["message"].endswith("Current state: {'id': 0}")
     services = status(api)["factorytx"]["services"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
+from connectors.receivers.sql import _with_literals
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.runtime import PartitionState, RunContext, _ReceiverPartition
@@ -307,3 +310,66 @@ def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
     assert marker.message.startswith(f"Query failed: the SQLite database file {str(path)!r} does not exist")
     assert not path.exists()  # sqlite3 would have created an empty file
     partition.close()
+
+
+def test_state_values_become_postgresql_literals_for_adbc() -> None:
+    query = _with_literals("SELECT x::int FROM t WHERE ts > :ts OR (ts = :ts AND id > :id) AND a = :a ;\n",
+                           {"ts": datetime(2024, 1, 1, 0, 0, 0, 5), "id": -(2**63), "a": "it's \\"})
+    assert query == ("SELECT x::int FROM t WHERE ts > '2024-01-01 00:00:00.000005'::timestamp OR "
+                     "(ts = '2024-01-01 00:00:00.000005'::timestamp AND id >  -9223372036854775808) "
+                     "AND a =  E'it''s \\\\'")
+
+
+PLAIN_TYPES = ("CREATE TABLE plain (id INTEGER PRIMARY KEY, s SMALLINT, b BIGINT, f4 REAL, f8 DOUBLE PRECISION, "
+               "txt TEXT, vc VARCHAR(10), bo BOOLEAN, ts TIMESTAMP, tz TIMESTAMPTZ, d DATE, tm TIME, by BYTEA)")
+
+
+def test_postgresql_reads_as_arrow_with_the_types_sqlalchemy_gives(postgres: Postgres,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS plain"))
+        conn.execute(sa.text(PLAIN_TYPES))
+        conn.execute(sa.text(
+            "INSERT INTO plain SELECT i, i, i * 1000000000000, i / 4.0, i / 3.0, 'text ' || i, 'v' || i, i % 2 = 0, "
+            "TIMESTAMP '2024-01-01' + i * INTERVAL '1.5 second', TIMESTAMPTZ '2024-01-01 00:00+02' + i * "
+            "INTERVAL '1 hour', DATE '2024-01-01' + i, TIME '00:00' + i * INTERVAL '1 minute', "
+            "decode(lpad(to_hex(i), 4, '0'), 'hex') FROM generate_series(1, 25) AS i"))
+        conn.execute(sa.text("INSERT INTO plain (id, ts) VALUES (26, TIMESTAMP '2024-01-02')"))  # NULLs
+    query = "SELECT * FROM plain WHERE ts > :ts ORDER BY ts"
+    rec = receiver(postgres.connection(), query, chunk_size=7)
+    reader = open_reader(rec)
+    with caplog.at_level(logging.INFO):
+        arrow = drain(reader)
+    assert "not as Arrow" not in caplog.text
+    assert reader._arrow_url is not None  # read through ADBC
+    assert [b.frame.height for b in arrow] == [7, 7, 7, 5]
+    assert reader.snapshot() == {"ts": datetime(2024, 1, 2)}
+    with engine.connect() as conn:
+        expected = pl.read_database(sa.text(query), conn, execute_options={"parameters": {"ts": datetime(2000, 1, 1)}})
+    got = pl.concat([b.frame for b in arrow])
+    assert got.schema == expected.schema | {"tz": got.schema["tz"]}  # a UTC zone by another name
+    assert got.schema["tz"].time_zone in ("UTC", "Etc/UTC")
+    assert got.to_dicts() == expected.to_dicts()
+    engine.dispose()
+
+
+def test_a_postgresql_result_with_other_types_reads_through_sqlalchemy(postgres: Postgres,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS other"))
+        conn.execute(sa.text("CREATE TABLE other (id INTEGER, n NUMERIC(10, 2), j JSONB, u UUID, p INTERVAL)"))
+        conn.execute(sa.text("INSERT INTO other VALUES (1, 3.25, '{\"a\": 1}', "
+                             "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', INTERVAL '2 minutes')"))
+    rec = receiver(postgres.connection(), "SELECT * FROM other WHERE id > :id ORDER BY id", [ID])
+    reader = open_reader(rec)
+    with caplog.at_level(logging.INFO):
+        (batch,) = drain(reader)
+    assert "line1:readings: read through SQLAlchemy, not as Arrow: the result has 'n' (numeric), " \
+           "'j' (jsonb), 'u' (uuid), 'p' (interval)" in caplog.text
+    row = batch.frame.row(0, named=True)
+    assert row["n"] == Decimal("3.25") and row["j"] == {"a": 1} and str(row["u"]).startswith("a0eebc99")
+    assert row["p"] == timedelta(minutes=2)
+    assert reader.snapshot() == {"id": 1}
+    engine.dispose()
