@@ -335,3 +335,31 @@ def test_state_stays_bounded_with_10000_files_in_a_directory(tmp_path: Path, inb
     assert drain(reader) == []
     assert len(reader.snapshot()["files"]) == 5_000  # files gone from the directory leave it
     assert len(pickle.dumps(reader.snapshot())) < size * 0.6
+
+
+def test_files_fetched_ahead_wait_for_the_next_read(tmp_path: Path, inbox: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read stops after READ_SECONDS; the files it fetched ahead and did not parse are
+    parsed by the next reads without being fetched again."""
+    from connectors.receivers import _files
+
+    for n in range(30):
+        (inbox / f"f{n:02d}.csv").write_bytes(f"n\n{n}\n".encode())
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(_files.time, "monotonic", lambda: next(ticks) * 0.1)  # 0.1 s per look at the clock
+    reader = open_reader(tmp_path, process_files_alphabetically=True)
+    fs = reader._connected()[0].fs
+    calls: list[tuple[str, int]] = []
+    for name in ("cat_ranges", "cat_file"):
+        real = getattr(fs, name)
+        monkeypatch.setattr(fs, name, lambda *a, _real=real, _name=name, **k: (
+            calls.append((_name, len(a[0]) if _name == "cat_ranges" else 1)), _real(*a, **k))[1])
+    batches, reads, more = [], 0, True
+    while more:
+        new, more = reader.read()
+        batches += new
+        reads += 1
+    assert reads > 3  # READ_SECONDS cut the reads short
+    assert [b.frame["n"].item() for b in batches] == list(range(30))
+    # the folder fetched once, in the first read (a local cat_ranges is a cat_file per file)
+    assert calls == [("cat_ranges", 30)] + [("cat_file", 1)] * 30
