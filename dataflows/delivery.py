@@ -24,9 +24,11 @@ so one transmit's outage never holds back the others beyond a bounded buffer:
   its Arrow IPC frame and where it came from), commits, acknowledges them and returns;
   when the spool holds its budget of bytes, it waits (backpressure) unless the dataflow
   is stopping;
-- one forwarder per spool, a process of its own (so the writer's per-record work does
-  not share the dataflow's GIL; its log lines come back to the dataflow's log), hands
-  the oldest batches to the connector's writer and deletes them only once the writer
+- one forwarder per dataflow worker (``-w`` times the processes), each a process of its
+  own (so the writer's per-record work does not share the dataflow's GIL; its log lines
+  come back to the dataflow's log) forwarding a shard of the streams (each stream with
+  one forwarder, so its batches stay in order), hands the oldest batches to the
+  connector's writer and deletes them only once the writer
   returned (the endpoint has them), then counts and logs them; a failed write is
   recorded as the transmit's last error and retried with the one backoff policy, the
   batches kept;
@@ -60,7 +62,7 @@ from bytewax.outputs import (
 
 from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
-from dataflows.outbox import Entry, Outbox, start_drainer, take_drainer_lock
+from dataflows.outbox import Entry, Outbox, shard_of, start_drainer, take_drainer_lock
 from dataflows.records import Batch, StreamKey, last_timestamp
 
 if TYPE_CHECKING:
@@ -293,7 +295,7 @@ class RecoverableTransmitSink(FixedPartitionedSink[Batch, Any]):
 class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
     """Store-and-forward for a transmit with a spool; see the module docstring."""
 
-    def __init__(self, config: TransmitConfig, ctx: RunContext, budget: int) -> None:
+    def __init__(self, config: TransmitConfig, ctx: RunContext, budget: int, forwarders: int = 1) -> None:
         self._config = config
         self._ctx = ctx
         self._budget = budget
@@ -303,10 +305,13 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._spool = Outbox(path)
         self._report = TransmitReport(Ledger(ledger_path(ctx.home)), self._name, config.record_noun)
-        self._forwarder: _ForwarderProcess | None = None
+        self._forwarders: list[_ForwarderProcess] = []
         self._lock = take_drainer_lock(path.with_name("forwarder.lock"))
         if self._lock is not None:
-            self._forwarder = _ForwarderProcess(config, ctx.home, path)
+            streams = sorted({str(key) for (_, key), transmits in ctx.expected_transmits.items()
+                              if self._name in transmits})
+            self._forwarders = [_ForwarderProcess(config, ctx.home, path, _Shard(k, forwarders, streams))
+                                for k in range(forwarders)]
 
     def write_batch(self, items: list[Batch]) -> None:
         rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
@@ -315,12 +320,15 @@ class _SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         self._spool.append(rows)
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
-        if rows and self._forwarder is not None:
-            self._forwarder.wake()
+        if rows:
+            for forwarder in self._forwarders:
+                forwarder.wake()
 
     def close(self) -> None:
-        if self._forwarder is not None:
-            self._forwarder.stop()
+        for forwarder in self._forwarders:
+            forwarder.ask_to_stop()
+        for forwarder in self._forwarders:
+            forwarder.stop()
         if self._lock is not None:
             self._lock.close()
         self._spool.close()
@@ -331,14 +339,19 @@ class _Forwarder:
     """The loop that drains one spool into the transmit's writer (see the module
     docstring). It runs in a process of its own (:class:`_ForwarderProcess`), so the
     writer's per-record work (Kafka's ``produce()``) does not share the dataflow's GIL.
+
+    :param shard: the streams it forwards: one forwarder per dataflow worker, each stream
+        with one of them, so a stream's batches stay in order.
     """
 
-    def __init__(self, config: TransmitConfig, home: Path, path: Path) -> None:
+    def __init__(self, config: TransmitConfig, home: Path, path: Path, shard: _Shard) -> None:
         self._config = config
         self._home = home
         self._path = path
+        self._shard = shard
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
+        self.thread_name = f"forwarder-{self._name}" if shard.of == 1 else f"forwarder-{self._name}-{shard.index}"
 
     def run(self, closing: Any, wake: Any) -> None:
         """Drain until closed.
@@ -367,7 +380,7 @@ class _Forwarder:
                 try:
                     if writer is None:
                         writer = self._config.open_writer(self._ctx, report)
-                    entries = spool.peek(1000, _FORWARD_BYTES)
+                    entries = spool.peek(1000, _FORWARD_BYTES, self._shard.mine if self._shard.of > 1 else None)
                     if not entries:
                         if drain_until is not None:
                             return
@@ -413,6 +426,23 @@ class _Forwarder:
         return True
 
 
+class _Shard:
+    """Shard ``index`` of ``of``, over the ``streams`` the transmit is sent
+    (:func:`~dataflows.outbox.shard_of`)."""
+
+    def __init__(self, index: int, of: int, streams: list[str]) -> None:
+        self.index = index
+        self.of = of
+        self.streams = streams
+        self._mine: dict[str, bool] = {}
+
+    def mine(self, stream: str) -> bool:
+        """Whether ``stream`` (``asset:stream_type``) is in this shard."""
+        if stream not in self._mine:
+            self._mine[stream] = shard_of(stream, self.streams, self.of) == self.index
+        return self._mine[stream]
+
+
 class _ForwarderProcess:
     """A :class:`_Forwarder` in a spawned process of its own, kept running.
 
@@ -430,25 +460,24 @@ class _ForwarderProcess:
     reused.
     """
 
-    def __init__(self, config: TransmitConfig, home: Path, path: Path) -> None:
+    def __init__(self, config: TransmitConfig, home: Path, path: Path, shard: _Shard) -> None:
         import multiprocessing
 
         self._mp = multiprocessing.get_context("spawn")
-        self._forwarder = _Forwarder(config, home, path)
-        self._name = config.transmit_name
-        self._log = logging.getLogger(f"transmit.{self._name}")
+        self._forwarder = _Forwarder(config, home, path, shard)
+        self._name = self._forwarder.thread_name
+        self._log = logging.getLogger(f"transmit.{config.transmit_name}")
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._start()
-        self._keeper = threading.Thread(target=self._keep_running, name=f"forwarder-{self._name}-keeper",
-                                        daemon=True)
+        self._keeper = threading.Thread(target=self._keep_running, name=f"{self._name}-keeper", daemon=True)
         self._keeper.start()
 
     def _start(self) -> None:
         self._wake, self._closing = _Signal(self._mp, sticky=False), _Signal(self._mp, sticky=True)
         self._records, sender = self._mp.Pipe(duplex=False)
         self._process = self._mp.Process(
-            target=_forwarder_main, name=f"forwarder-{self._name}", daemon=True,
+            target=_forwarder_main, name=self._name, daemon=True,
             args=(self._forwarder, self._closing, self._wake, sender, logging.getLogger().getEffectiveLevel(),
                   os.getpid()))
         self._process.start()
@@ -489,12 +518,16 @@ class _ForwarderProcess:
                 self._records.close()
                 self._start()
 
-    def stop(self) -> None:
-        """Ask the forwarder to drain and stop; wait for it (``DRAIN_SECONDS`` + 5 s)."""
+    def ask_to_stop(self) -> None:
+        """Ask the forwarder to drain and stop, without waiting."""
         with self._lock:
             self._stopping.set()
             self._closing.set()
             self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the forwarder to drain and stop; wait for it (``DRAIN_SECONDS`` + 5 s)."""
+        self.ask_to_stop()
         self._process.join(DRAIN_SECONDS + 5)
         if self._process.is_alive():
             self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
@@ -561,7 +594,7 @@ def _forwarder_main(forwarder: _Forwarder, closing: Any, wake: Any, records: Any
         return
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-    threading.current_thread().name = f"forwarder-{forwarder._name}"
+    threading.current_thread().name = forwarder.thread_name
     root = logging.getLogger()
     root.handlers = [logging.handlers.QueueHandler(_PipeQueue(records))]  # type: ignore[arg-type]
     root.setLevel(level)
@@ -581,7 +614,7 @@ class TransmitSink(DynamicSink[Batch]):
               worker_count: int) -> StatelessSinkPartition[Batch]:
         budget = self._config.spool_bytes()
         if budget is not None:
-            return _SpooledTransmitPartition(self._config, self._ctx, budget)
+            return _SpooledTransmitPartition(self._config, self._ctx, budget, worker_count)
         return _TransmitPartition(self._config, self._ctx)
 
 

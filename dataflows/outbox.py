@@ -17,6 +17,8 @@ the sender gives the disk space back (:meth:`Outbox.reclaim`).
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import sqlite3
 import threading
@@ -70,13 +72,22 @@ class Outbox:
             self._db.execute("UPDATE depth SET records = records + ?, bytes = bytes + ?",
                              (len(records), size))
 
-    def peek(self, max_records: int, max_bytes: int) -> list[Entry]:
+    def peek(self, max_records: int, max_bytes: int, mine: Callable[[str], bool] | None = None) -> list[Entry]:
         """The oldest records, at most ``max_records`` and ``max_bytes`` of bodies in all, but
-        always at least one when any is stored (a record larger than ``max_bytes`` goes alone)."""
+        always at least one when any is stored (a record larger than ``max_bytes`` goes alone).
+
+        :param mine: only the records of the streams (``asset:stream_type``) it is true of,
+            so several senders share an outbox, each stream with one of them.
+        """
         out: list[Entry] = []
         size = 0
-        rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox ORDER BY id LIMIT ?",
-                                (max_records,))
+        if mine is None:
+            rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox ORDER BY id LIMIT ?",
+                                    (max_records,))
+        else:
+            self._db.create_function("mine", 1, mine, deterministic=True)
+            rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox WHERE mine(stream) "
+                                    "ORDER BY id LIMIT ?", (max_records,))
         for row in rows:
             if out and size + len(row[3]) > max_bytes:
                 break
@@ -89,9 +100,14 @@ class Outbox:
         if not entries:
             return
         with self._transaction():
-            removed = self._db.execute(
-                "DELETE FROM outbox WHERE id >= ? AND id <= ? RETURNING length(body)",
-                (entries[0].id, entries[-1].id)).fetchall()
+            if entries[-1].id - entries[0].id + 1 == len(entries):  # every id between is one of them
+                removed = self._db.execute(
+                    "DELETE FROM outbox WHERE id >= ? AND id <= ? RETURNING length(body)",
+                    (entries[0].id, entries[-1].id)).fetchall()
+            else:  # a shard's records, with other shards' between them
+                removed = self._db.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?)) RETURNING length(body)",
+                    (json.dumps([entry.id for entry in entries]),)).fetchall()
             self._db.execute("UPDATE depth SET records = records - ?, bytes = bytes - ?",
                              (len(removed), sum(r[0] for r in removed)))
 
@@ -163,6 +179,17 @@ class _Transaction:
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def shard_of(stream: str, streams: Sequence[str], shards: int) -> int:
+    """The shard (``0`` to ``shards - 1``) of a stream ``asset:stream_type`` among the
+    ``streams`` a config sends: the known streams in turns, in sorted order, so each shard
+    gets its share; another (left in an outbox by an earlier config) by its hash
+    (BLAKE2b), the same in every process and run."""
+    known = sorted(streams)
+    if stream in known:
+        return known.index(stream) % shards
+    return int.from_bytes(hashlib.blake2b(stream.encode(), digest_size=8).digest(), "big") % shards
 
 
 def take_drainer_lock(lock_path: Path) -> IO[bytes] | None:

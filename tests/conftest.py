@@ -110,8 +110,8 @@ def flows() -> Iterator[Any]:
     """``flows(home, config)`` makes a :class:`FlowProcess`; whatever still runs is killed."""
     started: list[FlowProcess] = []
 
-    def make(home: Path, config: dict[str, Any], snapshot: int = 1) -> FlowProcess:
-        flow = FlowProcess(home, config, snapshot=snapshot)
+    def make(home: Path, config: dict[str, Any], snapshot: int = 1, workers: int = 1) -> FlowProcess:
+        flow = FlowProcess(home, config, snapshot=snapshot, workers=workers)
         started.append(flow)
         return flow
 

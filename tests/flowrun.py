@@ -32,9 +32,10 @@ class FlowProcess:
     Recovery is on (``-r <home>/recovery -s <snapshot> -b 0``), so restarts resume.
     """
 
-    def __init__(self, home: Path, config: dict[str, Any], snapshot: int = 1) -> None:
+    def __init__(self, home: Path, config: dict[str, Any], snapshot: int = 1, workers: int = 1) -> None:
         self.home = home
         self.snapshot = snapshot
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         (home / "conf.d").mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ class FlowProcess:
         env = {**os.environ, "FACTORYFLOW_HOME": str(self.home), "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(self.home / "recovery"),
-             "-s", str(self.snapshot), "-b", "0"], env=env, cwd=self.home, stdout=log, stderr=log)
+             "-s", str(self.snapshot), "-b", "0", "-w", str(self.workers)], env=env, cwd=self.home, stdout=log,
+            stderr=log)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         """Send ``sig`` and wait; returns the exit code."""

@@ -422,3 +422,38 @@ def test_a_forwarder_process_that_dies_on_its_own_is_replaced_and_nothing_lost(
     assert len(messages) == NAB_ROWS
     assert [json.loads(m.value)["value"] for m in sorted(messages, key=lambda m: m.offset)] == \
         nab_values(nab_machine_csv)
+
+
+def test_two_workers_forward_through_two_forwarders_each_stream_in_order(
+        tmp_path: Path, kafka: KafkaBroker, nab_machine_csv: Path, flows: Any) -> None:
+    """``-w 2``: one forwarder per worker, each with half the streams; every record once,
+    each stream in its file's order."""
+    import psutil
+
+    data = tmp_path / "in"
+    data.mkdir()
+    shutil.copy(nab_machine_csv, data / "nab.csv")
+    assets = ["line1", "line2", "line3", "line4"]
+    kafka.create_topic("two-workers", 4)
+    config = {"data_receiver": [nab_receiver(data, assets)], "transforms": [], "data_transmit": [
+        {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+         "topic": "two-workers"}]}
+    flow = flows(tmp_path / "home", config, workers=2)
+    flow.start()
+    assert flow.proc is not None
+    ledger = Ledger(ledger_path(flow.home))
+    flow.wait_for(lambda: all(ledger.progress("kafka", f"{a}:csv")[0] == NAB_ROWS for a in assets),
+                  timeout=120, what="every stream")
+    forwarders = [p for p in psutil.Process(flow.proc.pid).children(recursive=True)
+                  if "spawn_main" in " ".join(p.cmdline())]
+    assert len(forwarders) == 2
+    log = flow.log()
+    for shard, mine in ((0, ["line1", "line3"]), (1, ["line2", "line4"])):  # sorted streams, in turns
+        lines = [line for line in log.splitlines() if f" forwarder-kafka-{shard} transmit.kafka INFO " in line]
+        assert {a for a in assets if any(f"{a}:csv: +" in line for line in lines)} == set(mine)
+    assert flow.stop(signal.SIGTERM) == 0
+    messages = kafka.consume("two-workers", 4 * NAB_ROWS)
+    assert len(messages) == 4 * NAB_ROWS
+    for asset in assets:
+        mine = sorted((m for m in messages if m.key == f"{asset}:csv".encode()), key=lambda m: m.offset)
+        assert [json.loads(m.value)["value"] for m in mine] == nab_values(nab_machine_csv)
