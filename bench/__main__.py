@@ -27,13 +27,15 @@ The throughput scenarios and their limits run in turn three times (``--repeat``)
 each one's median run is shown. Every figure of the job is measured from the start of its
 process(es) to the ledger counting the last record delivered (acknowledged by the broker
 or the endpoint); CPU seconds and peak RSS are the kernel's for the job's processes. MB/s
-is of the records as delivered (their JSON).
+is of the records as delivered (their JSON). "machine busy" is the share of every core's
+time spent busy meanwhile, by any process (the broker and PostgreSQL run on the same
+cores): near 100%, the figure is held by the machine's CPU, not by a wait.
 
     .venv/bin/python -m bench              # the full table (about 15 minutes)
     .venv/bin/python -m bench --quick      # 100,000 records, under 2 minutes
     .venv/bin/python -m bench --only csv_kafka,sql_kafka --markdown table.md
 
-Needs ``scripts/setup.sh --test --services --bench`` (kcat, connectorx, ADBC).
+Needs ``scripts/setup.sh --test --services --bench`` (kcat, connectorx).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from bench.common import (
     LINES,
     PLANT_TIME,
     REPO,
+    MachineBusy,
     Measure,
     PeakSampler,
     csv_receiver,
@@ -306,7 +309,8 @@ def latency(bench: Bench, seconds: float, rate: int) -> Measure:
 def limit_produce(bench: Bench) -> Measure:
     """Raw confluent-kafka produce of the pre-encoded records."""
     result, cpu, peak = run_script(LIMITS, "produce", bench.bootstrap, bench.topic("raw"), str(bench.lines_file))
-    return Measure(int(result["records"]), float(result["seconds"]), cpu, peak, bench.json_bytes)
+    return Measure(int(result["records"]), float(result["seconds"]), cpu, peak, bench.json_bytes,
+                   busy=result.get("busy"))
 
 
 def limit_kcat(bench: Bench) -> Measure:
@@ -318,14 +322,16 @@ def limit_kcat(bench: Bench) -> Measure:
     command = ["kcat", "-P", "-b", bench.bootstrap, "-t", bench.topic("kcat"), "-K", "\t",
                "-H", "receiver=files", "-H", "source=bench", *settings]
     with bench.lines_file.open("rb") as lines:
+        busy = MachineBusy()
         start = time.perf_counter()
         proc = subprocess.Popen(command, stdin=lines, stderr=subprocess.DEVNULL)
         sampler = PeakSampler([proc.pid])
         cpu = finish(proc.pid)
         seconds = time.perf_counter() - start
+        share = busy.share()
         sampler.stop()
     proc.returncode = 0
-    return Measure(bench.rows, seconds, cpu, sampler.peak(proc.pid), bench.json_bytes)
+    return Measure(bench.rows, seconds, cpu, sampler.peak(proc.pid), bench.json_bytes, busy=share)
 
 
 def limit_read(bench: Bench) -> Measure:
@@ -338,7 +344,7 @@ def limit_read(bench: Bench) -> Measure:
             print(f"  (plain read with {method} failed: {str(exc).splitlines()[-1]})", flush=True)
             continue
         measure = Measure(int(result["records"]), float(result["seconds"]), cpu, peak, bench.json_bytes,
-                          note=method)
+                          note=method, busy=result.get("busy"))
         print(f"  plain read with {method}: {measure.rate:,.0f} records/s", flush=True)
         if best is None or measure.rate > best.rate:
             best = measure
@@ -350,7 +356,7 @@ def limit_read(bench: Bench) -> Measure:
 def limit_encode(bench: Bench) -> Measure:
     """The ``remotedatapost`` transmit's BSON + gzip encoding alone."""
     result, cpu, peak = run_script(LIMITS, "encode", str(bench.csv_dir))
-    return Measure(int(result["records"]), float(result["seconds"]), cpu, peak)
+    return Measure(int(result["records"]), float(result["seconds"]), cpu, peak, busy=result.get("busy"))
 
 
 def startup() -> Measure:
@@ -365,8 +371,8 @@ def startup() -> Measure:
 
 # --- the table ---------------------------------------------------------------------------
 
-HEADER = ("| scenario | records | records/s | MB/s | peak RSS MB | CPU s | p50 / p99 ms | vs | ratio |\n"
-          "|---|--:|--:|--:|--:|--:|--:|---|--:|")
+HEADER = ("| scenario | records | records/s | MB/s | peak RSS MB | CPU s | machine busy | p50 / p99 ms | vs | ratio |\n"
+          "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|")
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -377,7 +383,7 @@ def format_row(row: Row, table: list[Row]) -> str:
     """One markdown line; the ratio is this row's records/s over its ``versus`` row's."""
     m = row.measure
     if row.name.startswith("start-up"):
-        return (f"| {row.name} | | | | | | | {m.note} | {m.seconds:.3f} s (target ≤ {STARTUP_TARGET} s) |")
+        return (f"| {row.name} | | | | | | | | {m.note} | {m.seconds:.3f} s (target ≤ {STARTUP_TARGET} s) |")
     ratio = ""
     if row.versus is not None:
         other = next((r for r in table if r.name == row.versus), None)
@@ -389,8 +395,9 @@ def format_row(row: Row, table: list[Row]) -> str:
     latency_ms = (f"{m.p50_ms:.0f} / {m.p99_ms:.0f}" if m.p50_ms is not None and m.p99_ms is not None else "")
     mbs = _num(m.payload_bytes / m.seconds / 1e6 if m.payload_bytes else None, ".1f")
     name = f"{row.name} ({m.note})" if m.note else row.name
+    busy = f"{m.busy:.0%}" if m.busy is not None and not math.isnan(m.busy) else ""
     return (f"| {name} | {m.records:,} | {m.rate:,.0f} | {mbs} | {_num(m.peak_mb, ',.0f')} | "
-            f"{_num(m.cpu, '.1f')} | {latency_ms} | {row.versus or ''} | {ratio} |")
+            f"{_num(m.cpu, '.1f')} | {busy} | {latency_ms} | {row.versus or ''} | {ratio} |")
 
 
 def machine() -> str:

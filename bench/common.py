@@ -51,6 +51,8 @@ class Measure:
     :ivar payload_bytes: bytes of the records as delivered (JSON or BSON), when known.
     :ivar p50_ms, p99_ms: latency percentiles, for the latency scenario.
     :ivar note: how the figure was made (method, workers).
+    :ivar busy: the share of the machine's CPU time (every core, every process: the
+        broker and PostgreSQL too) spent busy while it ran, 0 to 1.
     """
 
     records: int
@@ -61,6 +63,7 @@ class Measure:
     p50_ms: float | None = None
     p99_ms: float | None = None
     note: str = ""
+    busy: float | None = None
 
     @property
     def rate(self) -> float:
@@ -122,6 +125,25 @@ def csv_receiver(directory: Path) -> dict[str, Any]:
 def streams() -> list[str]:
     """The scenarios' streams, ``machine_<line>:temperature``."""
     return [f"machine_{line}:temperature" for line in range(1, LINES + 1)]
+
+
+class MachineBusy:
+    """How busy every core of the machine is from its creation to :meth:`share`
+    (``/proc/stat`` through psutil): whether a run had CPU to spare."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._start = psutil.cpu_times()
+
+    def share(self) -> float:
+        """Busy CPU time over all CPU time since the start, 0 to 1."""
+        import psutil
+
+        end = psutil.cpu_times()
+        total = sum(end) - sum(self._start)
+        idle = sum(getattr(end, f) - getattr(self._start, f) for f in ("idle", "iowait") if hasattr(end, f))
+        return (total - idle) / total if total > 0 else float("nan")
 
 
 def high_water_mb(pid: int | str = "self") -> float:
@@ -213,6 +235,7 @@ def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, 
     start = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, cwd=home, stdout=log, stderr=log) for c in commands]
     log.close()
+    busy = MachineBusy()
     sampler = PeakSampler([p.pid for p in procs])
     ledger: Ledger | None = None
     try:
@@ -227,6 +250,7 @@ def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, 
                 raise RuntimeError(f"the job delivered {delivered} of {records} records; its log:\n"
                                    + (home / "job.log").read_text(errors="replace")[-3000:])
         seconds = time.perf_counter() - start
+        share = busy.share()
     finally:
         sampler.stop()
         if ledger is not None:
@@ -239,7 +263,7 @@ def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, 
         if p.returncode is None:
             cpu += finish(p.pid)
             p.returncode = 0
-    return Measure(records, seconds, cpu, sum(sampler.peak(p.pid) for p in procs))
+    return Measure(records, seconds, cpu, sum(sampler.peak(p.pid) for p in procs), busy=share)
 
 
 def run_script(code: str, *args: str) -> tuple[dict[str, Any], float, float]:

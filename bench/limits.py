@@ -11,8 +11,8 @@
   ``DIRECTORY`` (read by polars, untimed): BSON sslogs, then gzip per request of
   ``max_request_records``.
 
-Each prints one JSON object: ``records``, ``seconds``, its peak RSS ``peak_mb`` and what else
-it measured.
+Each prints one JSON object: ``records``, ``seconds``, ``busy`` (the machine's busy share
+over those seconds), its peak RSS ``peak_mb`` and what else it measured.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from bench.common import MachineBusy
 
 
 def produce(bootstrap: str, topic: str, path: str) -> dict[str, object]:
@@ -39,6 +41,7 @@ def produce(bootstrap: str, topic: str, path: str) -> dict[str, object]:
 
     producer = Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, "on_delivery": report})
 
+    busy = MachineBusy()
     start = time.perf_counter()
     for key, value in records:
         while True:
@@ -51,13 +54,14 @@ def produce(bootstrap: str, topic: str, path: str) -> dict[str, object]:
     seconds = time.perf_counter() - start
     if failed:
         raise RuntimeError(f"{len(failed)} messages failed: {failed[0]}")
-    return {"records": len(records), "seconds": seconds}
+    return {"records": len(records), "seconds": seconds, "busy": busy.share()}
 
 
 def read(url: str, query: str, method: str) -> dict[str, object]:
     """Read ``query``'s result into polars with ``method``; see the module docstring."""
     import polars as pl
 
+    busy = MachineBusy()
     start = time.perf_counter()
     if method == "sqlalchemy":
         import sqlalchemy as sa
@@ -69,7 +73,7 @@ def read(url: str, query: str, method: str) -> dict[str, object]:
     else:
         plain = url.replace("postgresql+psycopg://", "postgresql://")
         rows = pl.read_database_uri(query, plain, engine=method).height
-    return {"records": rows, "seconds": time.perf_counter() - start}
+    return {"records": rows, "seconds": time.perf_counter() - start, "busy": busy.share()}
 
 
 def encode(directory: str) -> dict[str, object]:
@@ -89,6 +93,7 @@ def encode(directory: str) -> dict[str, object]:
                                                                   non_existent="null")), str(path))
                for path in sorted(Path(directory).glob("*.csv"))]
     now = datetime.now(UTC)
+    busy = MachineBusy()
     start = time.perf_counter()
     records = compressed = 0
     pending: list[Entry] = []
@@ -102,7 +107,8 @@ def encode(directory: str) -> dict[str, object]:
     if pending:
         compressed += len(post_payload(pending, "bson"))
         records += len(pending)
-    return {"records": records, "seconds": time.perf_counter() - start, "compressed_bytes": compressed}
+    return {"records": records, "seconds": time.perf_counter() - start, "compressed_bytes": compressed,
+            "busy": busy.share()}
 
 
 def main() -> None:
