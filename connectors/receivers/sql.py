@@ -151,15 +151,16 @@ class SqlStream(StreamConfig, kw_only=True):
     connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
 
 
+#: A ``:name`` bind parameter (not a ``::type`` cast), as SQLAlchemy's ``text()`` finds them.
+_PARAM = r"(?<![:\w]):([A-Za-z_]\w*)"
+
+
 def _uses_param(query: str, name: str) -> bool:
     return re.search(rf"(?<![:\w]):{re.escape(name)}\b", query) is not None
 
 
 def _params(query: str) -> set[str]:
     return set(re.findall(_PARAM, query))
-
-
-_PARAM = r"(?<![:\w]):([A-Za-z_]\w*)"
 
 
 def _with_literals(query: str, values: dict[str, Any]) -> str:
@@ -329,6 +330,7 @@ class ArrowDriverError(RuntimeError):
 
     @classmethod
     def of(cls, exc: Exception) -> ArrowDriverError:
+        """The error for an ``adbc_driver_manager.Error``."""
         return cls(f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}")
 
 
@@ -432,23 +434,20 @@ class _SqlStreamReader(StreamReader):
             if isinstance(exc, adbc_driver_manager.Error):
                 raise ArrowDriverError.of(exc) from exc
             raise
-        other = [f"{f.name!r} ({f.metadata.get(b'POSTGRESQL:type', b'?').decode()})" if f.metadata
-                 else repr(f.name) for f in reader.schema if not _plain_arrow(f.type)]
-        if other:
-            reader.close()
-            cursor.close()
-            connection.close()
-            self._arrow_url = None
-            logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
-                "%s: read through SQLAlchemy, not as Arrow: the result has %s", self._stream.key,
-                ", ".join(other))
-            return None
-
         def close() -> None:
             reader.close()
             cursor.close()
             connection.close()
 
+        other = [f"{f.name!r} ({f.metadata.get(b'POSTGRESQL:type', b'?').decode()})" if f.metadata
+                 else repr(f.name) for f in reader.schema if not _plain_arrow(f.type)]
+        if other:
+            close()
+            self._arrow_url = None
+            logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
+                "%s: read through SQLAlchemy, not as Arrow: the result has %s", self._stream.key,
+                ", ".join(other))
+            return None
         self._arrow_close = close
         return _arrow_chunks(reader, self._receiver.chunk_size)
 
