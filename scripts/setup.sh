@@ -61,6 +61,11 @@ if [ "$want_services" = 1 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq samba >/dev/null
   fi
+  if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
+    echo "setup.sh: installing Mosquitto from Debian's packages (the MQTT connectors' broker)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+  fi
   if ! command -v npm >/dev/null; then
     echo "setup.sh: installing Node.js and npm from Debian's packages" >&2
     $sudo apt-get update -qq

@@ -14,6 +14,7 @@ import pytest
 from tests.flowrun import FlowProcess
 from tests.services.azurite import Azurite, azurite
 from tests.services.kafka import KafkaBroker, kafka_broker
+from tests.services.mosquitto import Mosquitto, mosquitto_broker
 from tests.services.postgres import Postgres, postgres_server
 from tests.services.s3proxy import S3Server, s3_server
 from tests.services.samba import SambaServer, samba_server
@@ -54,6 +55,14 @@ def kafka() -> Iterator[KafkaBroker]:
     """A single-node KRaft Kafka broker for the whole session (never stopped mid-session:
     outage tests start their own)."""
     with kafka_broker() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    """A Mosquitto broker for the whole session (never stopped mid-session: outage tests
+    start their own)."""
+    with mosquitto_broker() as broker:
         yield broker
 
 

@@ -1,0 +1,219 @@
+"""The ``mqtt`` transmit: records as MQTT messages (paho-mqtt), each acknowledged by the broker.
+
+FactoryTX documents an MQTT transmit (``shared/specs/factorytx-digest.md``, "Transmits")
+without its keys; this one names them with MQTT's terms:
+
+- **connection**: ``host``, ``port`` (1883; 8883 is the TLS convention), ``client_id``
+  (``factoryflow-<transmit_name>`` by default), ``username`` / ``password`` (secret),
+  ``keepalive`` in seconds, ``protocol_version`` ``"3.1.1"`` or ``"5"``, and TLS:
+  ``tls`` on, ``ca_file`` (the system's roots when unset), ``cert_file`` / ``key_file``
+  for a client certificate;
+- **messages**: ``topic``, a template over ``{asset}`` and ``{stream_type}``
+  (``factoryflow/{asset}/{stream_type}`` by default; ``+``, ``#`` and NUL are replaced
+  by ``_`` in the values); ``payload`` ``"record"`` (one message per record: the flat
+  JSON object of the Kafka transmit, ``asset``, ``stream_type``, then the fields,
+  datetimes ISO-8601 UTC) or ``"batch"`` (one message per batch: a JSON array of them);
+  ``qos`` 1 (or 2); ``retain`` false.
+
+Delivery: store-and-forward like Kafka (:mod:`dataflows.delivery`). ``write_batch``
+stores the batches in the transmit's spool and returns; the spool's forwarder publishes
+them and deletes a batch only once the broker acknowledged every message of it (PUBACK,
+or PUBCOMP at QoS 2). A broker that is down or drops the connection makes the write fail
+after ``publish_timeout`` seconds: the transmit's last error (``/v1/status``), a retry
+with backoff, the batch kept. paho resends what was unacknowledged on its reconnect, and
+a failed batch is published again, so a record may arrive twice (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from dataflows.records import Batch, StreamKey, json_values, records_frame
+from dataflows.registry import transmits
+from dataflows.sdk import (
+    JsonPath,
+    NonEmptyStr,
+    Port,
+    RunContext,
+    TransmitConfig,
+    Violation,
+    Written,
+    describe,
+    error,
+)
+
+if TYPE_CHECKING:
+    from dataflows.delivery import TransmitReport
+
+#: The characters a topic name may not hold (wildcards, NUL), replaced in template values.
+_NOT_IN_TOPIC = re.compile(r"[+#\x00]")
+
+
+def topic_for(template: str, stream: StreamKey) -> str:
+    """The topic of ``stream``'s records: ``template`` with ``{asset}`` and
+    ``{stream_type}`` filled in, the MQTT wildcards ``+`` and ``#`` (and NUL) in them
+    replaced by ``_``."""
+    return template.format(asset=_NOT_IN_TOPIC.sub("_", stream.asset),
+                           stream_type=_NOT_IN_TOPIC.sub("_", stream.stream_type))
+
+
+class MqttPublishError(RuntimeError):
+    """The broker did not acknowledge every message of a write in time."""
+
+
+class _MqttWriter:
+    """One paho client, connected in the background (it reconnects by itself)."""
+
+    def __init__(self, config: MqttTransmit) -> None:
+        self._config = config
+        self._log = logging.getLogger(f"transmit.{config.transmit_name}")
+        self._connected = threading.Event()
+        self._client = self._connect()
+
+    def _connect(self) -> Any:
+        import paho.mqtt.client as mqtt
+
+        config = self._config
+        version = mqtt.MQTTv5 if config.protocol_version == "5" else mqtt.MQTTv311
+        client_id = config.client_id or f"factoryflow-{config.transmit_name}"
+        if version == mqtt.MQTTv5:
+            client = mqtt.Client(client_id=client_id, protocol=version)
+        else:
+            client = mqtt.Client(client_id=client_id, clean_session=False, protocol=version)
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls:
+            client.tls_set(ca_certs=config.ca_file, certfile=config.cert_file, keyfile=config.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.max_inflight_messages_set(config.max_inflight)
+        client.max_queued_messages_set(0)  # unbounded: a write waits for its own acknowledgements
+        client.reconnect_delay_set(1, 30)
+        self._connected.clear()
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.connect_async(config.host, config.port, keepalive=config.keepalive,
+                             **({"clean_start": False} if version == mqtt.MQTTv5 else {}))
+        client.loop_start()
+        return client
+
+    def _on_connect(self, _client: Any, _userdata: Any, _flags: Any, rc: Any, _properties: Any = None) -> None:
+        if rc == 0:
+            self._connected.set()
+            self._log.info("connected to %s:%d", self._config.host, self._config.port)
+        else:
+            self._log.error("the broker refused the connection: %s", rc)
+
+    def _on_disconnect(self, _client: Any, _userdata: Any, rc: Any, _properties: Any = None) -> None:
+        self._connected.clear()
+        if rc != 0:
+            self._log.warning("connection to %s:%d lost (%s); reconnecting", self._config.host,
+                              self._config.port, rc)
+
+    def _messages(self, batch: Batch) -> list[tuple[str, bytes]]:
+        topic = topic_for(self._config.topic, batch.stream)
+        values = json_values(records_frame(batch))
+        if self._config.payload == "batch":
+            return [(topic, b"[" + b",".join(values) + b"]")]
+        return [(topic, value) for value in values]
+
+    def write(self, batches: list[Batch]) -> Written:
+        """Publish every record of ``batches`` and return once the broker acknowledged each.
+
+        :raises MqttPublishError: not connected within ``publish_timeout`` seconds, or no
+            acknowledgement came for that long while some are missing.
+        """
+        if not self._connected.wait(self._config.publish_timeout):
+            raise MqttPublishError(f"transmit {self._config.transmit_name!r}: not connected to "
+                                   f"{self._config.host}:{self._config.port} after "
+                                   f"{self._config.publish_timeout:g} s")
+        infos = []
+        for batch in batches:
+            for topic, payload in self._messages(batch):
+                infos.append(self._client.publish(topic, payload, qos=self._config.qos, retain=self._config.retain))
+        pending, last_progress = infos, time.monotonic()
+        while pending:  # fails only when no acknowledgement came for publish_timeout seconds
+            pending[0].wait_for_publish(0.5)
+            still = [info for info in pending if not info.is_published()]
+            if len(still) < len(pending):
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress >= self._config.publish_timeout:
+                break
+            pending = still
+        unacknowledged = len(pending)
+        if unacknowledged:
+            # start over with a new client: the old one would send its backlog beside the retry's
+            self.close()
+            self._client = self._connect()
+            raise MqttPublishError(f"transmit {self._config.transmit_name!r}: {unacknowledged} of {len(infos)} "
+                                   f"messages not acknowledged (none for {self._config.publish_timeout:g} s)")
+        return "delivered"
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@transmits.register
+class MqttTransmit(TransmitConfig, tag="mqtt", kw_only=True):
+    """Publishes records to an MQTT broker (QoS 1), each acknowledged by the broker."""
+
+    title: ClassVar[str] = "MQTT"
+    record_noun: ClassVar[str] = "messages"
+    example: ClassVar[dict[str, Any]] = {
+        "transmit_name": "mqtt", "transmit_type": "mqtt", "host": "broker.plant.local", "port": 8883,
+        "username": "factoryflow", "password": "${MQTT_PASSWORD}", "tls": True,
+        "topic": "plant1/{asset}/{stream_type}"}
+
+    host: Annotated[NonEmptyStr, describe("Hostname or IP address of the broker.")]
+    port: Annotated[Port, describe("TCP port of the broker (8883 with TLS, by convention).")] = 1883
+    client_id: Annotated[str | None, describe(
+        "MQTT client identifier; 'factoryflow-<transmit_name>' by default.")] = None
+    username: Annotated[str | None, describe("User to log in as.")] = None
+    password: Annotated[str | None, describe("Password of the user.", secret=True)] = None
+    keepalive: Annotated[int, describe("Keep-alive interval in seconds.", ge=5)] = 60
+    protocol_version: Annotated[Literal["3.1.1", "5"], describe("MQTT protocol version.")] = "3.1.1"
+    tls: Annotated[bool, describe("Connect with TLS.")] = False
+    ca_file: Annotated[str | None, describe("CA certificates (PEM) to trust; the system's by default.")] = None
+    cert_file: Annotated[str | None, describe("Client certificate (PEM), when the broker asks for one.")] = None
+    key_file: Annotated[str | None, describe("Private key (PEM) of the client certificate.")] = None
+    topic: Annotated[NonEmptyStr, describe(
+        "Topic template over {asset} and {stream_type}.")] = "factoryflow/{asset}/{stream_type}"
+    payload: Annotated[Literal["record", "batch"], describe(
+        "One message per record, or one per batch (a JSON array).")] = "record"
+    qos: Annotated[Literal[1, 2], describe("MQTT quality of service.")] = 1
+    retain: Annotated[bool, describe("Ask the broker to retain the last message of each topic.")] = False
+    max_inflight: Annotated[int, describe("Messages sent but not yet acknowledged, at most.", ge=1)] = 1000
+    publish_timeout: Annotated[float, describe(
+        "Seconds a write waits for the connection and every acknowledgement before it fails "
+        "(and is retried).", gt=0)] = 60.0
+    spool_max_bytes: Annotated[int, describe(
+        "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
+        "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)] = 1024 ** 3
+
+    def spool_bytes(self) -> int:
+        return self.spool_max_bytes
+
+    def violations(self, path: JsonPath) -> list[Violation]:
+        out = []
+        try:
+            topic = topic_for(self.topic, StreamKey("asset", "stream_type"))
+        except (KeyError, IndexError, ValueError) as exc:
+            out.append(error(f"topic template {self.topic!r} does not format: only {{asset}} and "
+                             f"{{stream_type}} may be used ({exc!r})", [*path, "topic"]))
+        else:
+            if _NOT_IN_TOPIC.search(topic):
+                out.append(error(f"topic {self.topic!r} holds a wildcard (+ or #): a message's topic "
+                                 "names one topic", [*path, "topic"]))
+        if (self.cert_file is None) != (self.key_file is None):
+            out.append(error("give both 'cert_file' and 'key_file', or neither", path))
+        if not self.tls and any(f is not None for f in (self.ca_file, self.cert_file, self.key_file)):
+            out.append(error("'ca_file', 'cert_file' and 'key_file' need \"tls\": true", path))
+        return out
+
+    def open_writer(self, ctx: RunContext, report: TransmitReport) -> _MqttWriter:
+        return _MqttWriter(self)
