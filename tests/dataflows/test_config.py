@@ -264,7 +264,7 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     doc["data_receiver"][0]["poll_interval"] = -1
     doc["data_receiver"][1]["connections"][0]["database_type"] = "db2"
     doc["transforms"][1]["timezone"] = "Mars/Olympus"
-    doc["data_transmit"][0]["transmit_type"] = "mqtt"
+    doc["data_transmit"][0]["transmit_type"] = "carrier_pigeon"
     assert paths(validate(doc)) == [
         ([*R0, "poll_interval"], "error"),
         ([*R1, "connections", 0, "database_type"], "error"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import uuid
 from datetime import datetime
@@ -21,7 +20,13 @@ from dataflows.records import Batch, StreamKey
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.connectors.transmits.test_kafka import nab_receiver, nab_values
-from tests.services.mosquitto import PASSWORD, PASSWORD_USER, Mosquitto, Subscriber, mosquitto_broker
+from tests.services.mosquitto import (
+    PASSWORD,
+    PASSWORD_USER,
+    Mosquitto,
+    Subscriber,
+    mosquitto_broker,
+)
 from tests.services.postgres import free_port
 
 
