@@ -137,7 +137,10 @@ class _MqttWriter:
                 infos.append(self._client.publish(topic, payload, qos=self._config.qos, retain=self._config.retain))
         pending, last_progress = infos, time.monotonic()
         while pending:  # fails only when no acknowledgement came for publish_timeout seconds
-            pending[0].wait_for_publish(0.5)
+            try:
+                pending[0].wait_for_publish(0.5)
+            except (RuntimeError, ValueError):  # published while disconnected: paho sends it on reconnect
+                time.sleep(0.5)
             still = [info for info in pending if not info.is_published()]
             if len(still) < len(pending):
                 last_progress = time.monotonic()
