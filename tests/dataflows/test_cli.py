@@ -90,7 +90,7 @@ def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> N
     assert failed.stdout.splitlines() == [
         "error: data_receiver/0/poll_interval: Expected `float` >= 0.05, got 0",
         ("error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: authentise_capture, "
-         "kafka, localfile, rdpv3, remotedatapost"),
+         "kafka, localfile, mqtt, rdpv3, remotedatapost"),
         f"{bad}: 2 errors, 0 warnings"]
 
 
