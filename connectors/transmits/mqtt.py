@@ -27,18 +27,31 @@ a failed batch is published again, so a record may arrive twice (at-least-once).
 from __future__ import annotations
 
 import logging
-import re
-import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
+from connectors._mqtt import (
+    NOT_IN_TOPIC,
+    BrokerPort,
+    CaFile,
+    CertFile,
+    ClientId,
+    Host,
+    Keepalive,
+    KeyFile,
+    Password,
+    ProtocolVersion,
+    Tls,
+    Username,
+    connection_violations,
+    new_client,
+)
 from dataflows.records import Batch, StreamKey, json_values, records_frame
 from dataflows.registry import transmits
 from dataflows.sdk import (
     JsonPath,
     NonEmptyStr,
-    Port,
     RunContext,
     TransmitConfig,
     Violation,
@@ -50,16 +63,12 @@ from dataflows.sdk import (
 if TYPE_CHECKING:
     from dataflows.delivery import TransmitReport
 
-#: The characters a topic name may not hold (wildcards, NUL), replaced in template values.
-_NOT_IN_TOPIC = re.compile(r"[+#\x00]")
-
-
 def topic_for(template: str, stream: StreamKey) -> str:
     """The topic of ``stream``'s records: ``template`` with ``{asset}`` and
     ``{stream_type}`` filled in, the MQTT wildcards ``+`` and ``#`` (and NUL) in them
     replaced by ``_``."""
-    return template.format(asset=_NOT_IN_TOPIC.sub("_", stream.asset),
-                           stream_type=_NOT_IN_TOPIC.sub("_", stream.stream_type))
+    return template.format(asset=NOT_IN_TOPIC.sub("_", stream.asset),
+                           stream_type=NOT_IN_TOPIC.sub("_", stream.stream_type))
 
 
 class MqttPublishError(RuntimeError):
@@ -76,28 +85,14 @@ class _MqttWriter:
         self._client = self._connect()
 
     def _connect(self) -> Any:
-        import paho.mqtt.client as mqtt
-
         config = self._config
-        version = mqtt.MQTTv5 if config.protocol_version == "5" else mqtt.MQTTv311
-        client_id = config.client_id or f"factoryflow-{config.transmit_name}"
-        if version == mqtt.MQTTv5:
-            client = mqtt.Client(client_id=client_id, protocol=version)
-        else:
-            client = mqtt.Client(client_id=client_id, clean_session=False, protocol=version)
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls:
-            client.tls_set(ca_certs=config.ca_file, certfile=config.cert_file, keyfile=config.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client, connect = new_client(config, config.client_id or f"factoryflow-{config.transmit_name}")
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(0)  # unbounded: a write waits for its own acknowledgements
-        client.reconnect_delay_set(1, 30)
         self._connected.clear()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.connect_async(config.host, config.port, keepalive=config.keepalive,
-                             **({"clean_start": False} if version == mqtt.MQTTv5 else {}))
+        client.connect_async(config.host, config.port, **connect)
         client.loop_start()
         return client
 
@@ -172,18 +167,17 @@ class MqttTransmit(TransmitConfig, tag="mqtt", kw_only=True):
         "username": "factoryflow", "password": "${MQTT_PASSWORD}", "tls": True,
         "topic": "plant1/{asset}/{stream_type}"}
 
-    host: Annotated[NonEmptyStr, describe("Hostname or IP address of the broker.")]
-    port: Annotated[Port, describe("TCP port of the broker (8883 with TLS, by convention).")] = 1883
-    client_id: Annotated[str | None, describe(
-        "MQTT client identifier; 'factoryflow-<transmit_name>' by default.")] = None
-    username: Annotated[str | None, describe("User to log in as.")] = None
-    password: Annotated[str | None, describe("Password of the user.", secret=True)] = None
-    keepalive: Annotated[int, describe("Keep-alive interval in seconds.", ge=5)] = 60
-    protocol_version: Annotated[Literal["3.1.1", "5"], describe("MQTT protocol version.")] = "3.1.1"
-    tls: Annotated[bool, describe("Connect with TLS.")] = False
-    ca_file: Annotated[str | None, describe("CA certificates (PEM) to trust; the system's by default.")] = None
-    cert_file: Annotated[str | None, describe("Client certificate (PEM), when the broker asks for one.")] = None
-    key_file: Annotated[str | None, describe("Private key (PEM) of the client certificate.")] = None
+    host: Host
+    port: BrokerPort = 1883
+    client_id: ClientId = None
+    username: Username = None
+    password: Password = None
+    keepalive: Keepalive = 60
+    protocol_version: ProtocolVersion = "3.1.1"
+    tls: Tls = False
+    ca_file: CaFile = None
+    cert_file: CertFile = None
+    key_file: KeyFile = None
     topic: Annotated[NonEmptyStr, describe(
         "Topic template over {asset} and {stream_type}.")] = "factoryflow/{asset}/{stream_type}"
     payload: Annotated[Literal["record", "batch"], describe(
@@ -209,14 +203,10 @@ class MqttTransmit(TransmitConfig, tag="mqtt", kw_only=True):
             out.append(error(f"topic template {self.topic!r} does not format: only {{asset}} and "
                              f"{{stream_type}} may be used ({exc!r})", [*path, "topic"]))
         else:
-            if _NOT_IN_TOPIC.search(topic):
+            if NOT_IN_TOPIC.search(topic):
                 out.append(error(f"topic {self.topic!r} holds a wildcard (+ or #): a message's topic "
                                  "names one topic", [*path, "topic"]))
-        if (self.cert_file is None) != (self.key_file is None):
-            out.append(error("give both 'cert_file' and 'key_file', or neither", path))
-        if not self.tls and any(f is not None for f in (self.ca_file, self.cert_file, self.key_file)):
-            out.append(error("'ca_file', 'cert_file' and 'key_file' need \"tls\": true", path))
-        return out
+        return out + connection_violations(self, path)
 
     def open_writer(self, ctx: RunContext, report: TransmitReport) -> _MqttWriter:
         return _MqttWriter(self)

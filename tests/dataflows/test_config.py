@@ -177,7 +177,7 @@ BROKEN: dict[str, tuple[Mutation, list[tuple[list[str | int], str]], str]] = {
     "section not a list": (_set(["data_transmit"], {"transmit_name": "x"}), [(["data_transmit"], "error")],
                            "'data_transmit' section is not defined as a list"),
     "unknown protocol": (_set([*R0, "protocol"], "ftp"), [([*R0, "protocol"], "error")],
-                         "accepted: azure_data_lake, azure_data_lake_gen2, factoryio, localfile, machinemetrics, "
+                         "accepted: azure_data_lake, azure_data_lake_gen2, factoryio, localfile, machinemetrics, mqtt, "
                          "opcua, s3, smb, sql"),
     "missing protocol": (_delete([*R0, "protocol"]), [(R0, "error")], "missing required key `protocol`"),
     "unknown receiver key": (_set([*R0, "pollinterval"], 5), [([*R0, "pollinterval"], "error")],

@@ -102,5 +102,5 @@ def test_the_reported_cases() -> None:
         assert first.level == "error"
     assert validate({"data_receiver": [{"protocol": []}]})[0] == Violation(
         "unknown protocol []; accepted: azure_data_lake, azure_data_lake_gen2, factoryio, localfile, "
-        "machinemetrics, opcua, s3, smb, sql",
+        "machinemetrics, mqtt, opcua, s3, smb, sql",
         ["data_receiver", 0, "protocol"])

@@ -1,0 +1,441 @@
+"""The mqtt receiver against Mosquitto (Debian's package, started by the tests)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from connectors.receivers.mqtt import MqttReceiver
+from dataflows.config import validate
+from dataflows.ledger import Ledger, ledger_path
+from dataflows.runtime import _ReceiverPartition
+from dataflows.sdk import RunContext
+from tests.connectors.conformance import ReceiverHarness, receiver_harness
+from tests.connectors.receivers.partition import TRANSMIT, Clock
+from tests.services.mosquitto import PASSWORD, PASSWORD_USER, Mosquitto
+from tests.services.sparkplug import EdgeNode
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def entry(broker: Mosquitto, streams: list[dict[str, Any]], **keys: Any) -> dict[str, Any]:
+    """A ``data_receiver`` entry on ``broker``'s anonymous listener, its own client id."""
+    return {"data_receiver_name": "mqtt", "protocol": "mqtt", "host": "127.0.0.1", "port": broker.port,
+            "client_id": f"test-{uuid.uuid4().hex[:8]}", "poll_interval": 0.1, "streams": streams, **keys}
+
+
+def violations(**keys: Any) -> list[tuple[list[Any], str, str]]:
+    doc = {"data_receiver": [{"data_receiver_name": "m", "protocol": "mqtt", "host": "127.0.0.1", **keys}],
+           "transforms": [], "data_transmit": [TRANSMIT]}
+    return [(v.json_path, v.description, v.level) for v in validate(doc)]
+
+
+def presubscribe(broker: Mosquitto, config: dict[str, Any]) -> None:
+    """Open the receiver's persistent session once, so the broker queues for it from now."""
+    import paho.mqtt.client as mqtt
+
+    done = threading.Event()
+    client = mqtt.Client(client_id=config["client_id"], clean_session=False)
+    filters = [s.get("topic") or config["topic"].format(**s) for s in config["streams"]]
+    client.on_connect = lambda c, *_: c.subscribe([(f, 1) for f in filters])
+    client.on_subscribe = lambda *_: done.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    assert done.wait(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(broker: Mosquitto, messages: list[tuple[str, bytes | str]]) -> None:
+    """Publish at QoS 1 and wait for every PUBACK."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+class Receiver:
+    """Every stream of an ``mqtt`` receiver entry run through the runtime's partitions on
+    one worker (a shared session), on a clock the test moves."""
+
+    def __init__(self, config: dict[str, Any], home: Path, states: dict[str, Any] | None = None,
+                 expected: frozenset[str] = frozenset()) -> None:
+        from dataflows.config import load
+
+        document = {"data_receiver": [config], "transforms": [], "data_transmit": [TRANSMIT]}
+        self.receiver: MqttReceiver = load(document).data_receiver[0]
+        self.clock = Clock(datetime.now(UTC))
+        self.ctx = RunContext(home=home, now=self.clock, expected_transmits={
+            (self.receiver.data_receiver_name, s.key): expected for s in self.receiver.streams})
+        shared: dict[str, Any] = {}
+        self.parts = {str(s.key): _ReceiverPartition(self.receiver, s, (states or {}).get(str(s.key)),
+                                                     self.ctx, shared) for s in self.receiver.streams}
+        self.frames: dict[str, list[pl.DataFrame]] = {key: [] for key in self.parts}
+
+    def pump(self, until: Any, timeout: float = 20.0) -> dict[str, pl.DataFrame]:
+        """Poll every stream until ``until(frames per stream)``; the frames per stream."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for key, part in self.parts.items():
+                for batch in part.next_batch():
+                    if batch.frame.height:
+                        self.frames[key].append(batch.frame)
+            self.clock.now += timedelta(seconds=self.receiver.poll_interval + 0.01)
+            got = {key: pl.concat(f, how="diagonal_relaxed") if f else pl.DataFrame()
+                   for key, f in self.frames.items()}
+            if until(got):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up after {timeout} s with {got}")
+            time.sleep(0.02)
+
+    def rows(self, counts: dict[str, int], timeout: float = 20.0) -> dict[str, pl.DataFrame]:
+        """Pump until each stream has at least its count of rows."""
+        return self.pump(lambda got: all(got[k].height >= n for k, n in counts.items()), timeout)
+
+    def states(self) -> dict[str, Any]:
+        return {key: part.snapshot() for key, part in self.parts.items()}
+
+    def markers(self) -> list[Any]:
+        return Ledger(ledger_path(self.ctx.home)).markers()
+
+    def close(self) -> None:
+        for part in self.parts.values():
+            part.close()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_rules() -> None:
+    streams = [{"asset": "a", "stream_type": "s"}]
+    assert violations(topic="plant/{asset}/{stream_type}/#", streams=streams) == []
+    assert violations(streams=streams) == [(["data_receiver", 0, "streams", 0], ("no topic: give the stream a topic "
+                                            "filter, or the receiver a topic template"), "error")]
+    assert violations(streams=[{**streams[0], "topic": "plant/#/x"}]) == [
+        (["data_receiver", 0, "streams", 0, "topic"], "topic filter 'plant/#/x': '#' must be the last level, alone",
+         "error")]
+    assert violations(topic="p/{asset}+/#", streams=streams)[0][:2] == (
+        ["data_receiver", 0, "topic"], "topic filter 'p/a+/#': '+' must fill a level alone")
+    assert "only {asset} and {stream_type}" in violations(topic="p/{line}", streams=streams)[0][1]
+    assert violations(topic="p/{asset}", payload_format="xml", streams=streams)[0][:2] == (
+        ["data_receiver", 0, "payload_format"], "unsupported payload_format 'xml'; accepted: json, sparkplug_b, value")
+    assert violations(topic="p/{asset}", streams=[{**streams[0], "payload_format": "sparkplug_b"}]) == [
+        (["data_receiver", 0, "topic"], "topic filter 'p/a' is outside Sparkplug B's spBv1.0/ namespace", "warning")]
+    assert violations(topic="p/{asset}", qos=0, streams=streams) == [
+        (["data_receiver", 0, "qos"], "qos 0: messages published while factoryflow is down are lost", "warning")]
+    assert violations(topic="p/#", password="x", streams=streams) == [
+        (["data_receiver", 0], "'password' needs 'username'", "error")]
+    two = [streams[0], {"asset": "b", "stream_type": "s", "topic": "p/#"}]
+    assert violations(topic="p/#", streams=two)[0][1:] == (
+        "topic filter 'p/#' is also stream 0's: both streams get every message", "warning")
+
+
+def test_the_guides_configs_validate() -> None:
+    import re
+
+    text = (ROOT / "docs" / "mqtt.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
+    receivers = [b for b in blocks if b.get("protocol") == "mqtt"]
+    assert len(receivers) >= 2
+    for block in receivers:
+        document = {"data_receiver": [block], "transforms": [], "data_transmit": [TRANSMIT]}
+        assert [v for v in validate(document, environ={"MQTT_PASSWORD": "x"}) if v.level == "error"] == []
+
+
+# --------------------------------------------------------------------------- topics and payloads
+
+
+def test_wildcards_and_topic_levels_map_messages_to_streams(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The receiver's template maps ``plant/<asset>/<stream_type>/...`` to its streams; a
+    stream's own filter with ``+`` takes every machine's alarms."""
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "press1", "stream_type": "cycle"},
+                               {"asset": "press2", "stream_type": "cycle"},
+                               {"asset": "all", "stream_type": "alarms", "topic": f"{p}/+/alarms/#"}],
+                   topic=p + "/{asset}/{stream_type}/#")
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/press1/cycle/count", '{"count": 1, "ok": true}'),
+                        (f"{p}/press2/cycle", '[{"count": 7}, {"count": 8}]'),
+                        (f"{p}/press3/cycle/count", '{"count": 99}'),  # no stream for press3
+                        (f"{p}/press1/alarms/hot", '{"code": "E1"}'),
+                        (f"{p}/press2/alarms", '{"code": "E2", "timestamp": "2026-01-01T00:00:00Z"}'),
+                        (f"{p}/press1/cycle/count", '{"count": 2, "ok": false}')])
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"press1:cycle": 2, "press2:cycle": 2, "all:alarms": 2})
+    time.sleep(0.5)
+    got = receiver.pump(lambda _: True)
+    receiver.close()
+    assert got["press1:cycle"].drop("timestamp").to_dicts() == [
+        {"count": 1, "ok": True, "topic": f"{p}/press1/cycle/count"},
+        {"count": 2, "ok": False, "topic": f"{p}/press1/cycle/count"}]
+    assert got["press2:cycle"]["count"].to_list() == [7, 8]
+    assert got["all:alarms"].select("code", "topic").rows() == [("E1", f"{p}/press1/alarms/hot"),
+                                                               ("E2", f"{p}/press2/alarms")]
+    # arrival time, in UTC, when the message has no timestamp; the message's own otherwise
+    assert got["press1:cycle"]["timestamp"].dtype == pl.Datetime("us", "UTC")
+    assert abs(got["press1:cycle"]["timestamp"][0] - datetime.now(UTC)) < timedelta(minutes=1)
+    assert got["all:alarms"]["timestamp"].to_list()[1] == "2026-01-01T00:00:00Z"
+
+
+def test_json_record_path_and_plain_values(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [
+        {"asset": "oven", "stream_type": "zones", "topic": f"{p}/oven", "record_path": ["data", "zones"]},
+        {"asset": "oven", "stream_type": "tags", "topic": f"{p}/tags/#", "payload_format": "value"}])
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/oven", '{"data": {"zones": [{"zone": 1, "temp": 180.5}, {"zone": 2, "temp": 181}]}}'),
+                        (f"{p}/tags/temp", "21.5"), (f"{p}/tags/running", "true"),
+                        (f"{p}/tags/recipe", "PX-200"), (f"{p}/tags/count", "42")])
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"oven:zones": 2, "oven:tags": 4})
+    receiver.close()
+    assert got["oven:zones"].select("zone", "temp").rows() == [(1, 180.5), (2, 181.0)]
+    tags = got["oven:tags"]
+    assert tags.columns == ["timestamp", f"{p}/tags/temp", f"{p}/tags/running", f"{p}/tags/recipe",
+                            f"{p}/tags/count"]
+    assert [tags[c].drop_nulls().to_list() for c in tags.columns[1:]] == [[21.5], [True], ["PX-200"], [42]]
+
+
+def test_malformed_payloads_are_marked_and_skipped(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "json", "topic": f"{p}/j", "record_path": ["d"]},
+                               {"asset": "a", "stream_type": "spb", "topic": f"spBv1.0/{p}/#",
+                                "payload_format": "sparkplug_b"}])
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/j", '{"d": {"seq": 0}}'), (f"{p}/j", "{not json"), (f"{p}/j", '{"x": 1}'),
+                        (f"{p}/j", '{"d": [1, 2]}'), (f"{p}/j", '{"d": {"seq": 1}}'),
+                        (f"spBv1.0/{p}/NDATA/n1", b"\xff\xfe garbage"), (f"spBv1.0/{p}/NDATA/n1", b"")])
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"a:json": 2})
+    time.sleep(0.5)
+    receiver.pump(lambda _: True)
+    markers = {(m.stream_type, m.message) for m in receiver.markers() if m.category == "input"}
+    receiver.close()
+    assert got["a:json"]["seq"].to_list() == [0, 1]
+    messages = sorted(markers)
+    assert len(messages) == 2  # the stream's last report stands
+    json_marker = next(m for s, m in messages if s == "json")
+    assert f"on '{p}/j'" in json_marker and "item 1 is a JSON int, not an object; skipped" in json_marker
+    spb_marker = next(m for s, m in messages if s == "spb")
+    assert f"on 'spBv1.0/{p}/NDATA/n1'" in spb_marker and "not a Sparkplug B NDATA payload" in spb_marker
+
+
+# --------------------------------------------------------------------------- Sparkplug B
+
+
+def test_sparkplug_b_births_data_seq_gaps_and_deaths(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    import pysparkplug as sp
+
+    group = f"g{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/+/edge1/#"}],
+                   payload_format="sparkplug_b")
+    presubscribe(mosquitto, config)
+    node = EdgeNode(mosquitto, group, "edge1")
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    node.nbirth([("uptime", 1, sp.DataType.INT64)], {"uptime": 10}, t0)
+    node.dbirth("press", [("temperature", 2, sp.DataType.DOUBLE), ("running", 3, sp.DataType.BOOLEAN),
+                          ("recipe", 4, sp.DataType.STRING)],
+                {"temperature": 20.0, "running": False, "recipe": "A"}, t0)
+    # two samples of one metric in one message: a record per metric timestamp
+    node.data("press", [(2, 21.5, t0 + timedelta(seconds=1)), (2, 22.5, t0 + timedelta(seconds=2)),
+                        (3, True, t0 + timedelta(seconds=2))], t0 + timedelta(seconds=3))
+    node.data(None, [(1, 11, None)], t0 + timedelta(seconds=4))
+    node.skip(2)
+    node.data("press", [(4, "B", None)], t0 + timedelta(seconds=5))
+    node.ddeath("press", t0 + timedelta(seconds=6))
+    node.ndeath()
+    node.wait()
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"line1:spb": 6})["line1:spb"]
+    warnings = [m.message for m in receiver.markers() if m.category == "input warning"]
+    state = receiver.states()
+    receiver.close()
+    assert got.columns[:5] == ["timestamp", "group_id", "edge_node_id", "device_id", "message_type"]
+    assert got.select("timestamp", "device_id", "message_type", "uptime", "temperature", "running", "recipe").rows() == [
+        (t0, None, "NBIRTH", 10, None, None, None),
+        (t0, "press", "DBIRTH", None, 20.0, False, "A"),
+        (t0 + timedelta(seconds=1), "press", "DDATA", None, 21.5, None, None),
+        (t0 + timedelta(seconds=2), "press", "DDATA", None, 22.5, True, None),
+        (t0 + timedelta(seconds=4), None, "NDATA", 11, None, None, None),
+        (t0 + timedelta(seconds=5), "press", "DDATA", None, None, None, "B")]
+    assert "bdSeq" not in got.columns
+    assert set(got["group_id"]) == {group} and set(got["edge_node_id"]) == {"edge1"}
+    # the stream's last warning stands: the node's death, after the device's and the seq gap
+    assert warnings == [f"edge node {group}/edge1 went offline (NDEATH on 'spBv1.0/{group}/NDEATH/edge1')"]
+
+    # after a restart, the aliases resolve from the state: no new birth needed
+    node.data("press", [(2, 30.0, None)], t0 + timedelta(seconds=7))
+    node.wait()
+    receiver = Receiver(config, tmp_path / "home", states=state)
+    again = receiver.rows({"line1:spb": 1})["line1:spb"]
+    receiver.close()
+    node.close()
+    assert again.select("timestamp", "temperature").rows() == [(t0 + timedelta(seconds=7), 30.0)]
+
+
+def test_a_seq_gap_and_an_unknown_alias_mark_the_stream(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    import pysparkplug as sp
+
+    group = f"g{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
+                   payload_format="sparkplug_b")
+    presubscribe(mosquitto, config)
+    node = EdgeNode(mosquitto, group, "edge2")
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    node.births[None] = {1: ("speed", sp.DataType.FLOAT)}  # data before any birth: aliases unknown
+    node.data(None, [(1, 1.5, None)], t0)
+    node.nbirth([("speed", 1, sp.DataType.FLOAT)], {"speed": 1.0}, t0)
+    node.skip(3)
+    node.data(None, [(1, 2.5, None)], t0 + timedelta(seconds=1))
+    node.wait()
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"line1:spb": 2})["line1:spb"]
+    time.sleep(0.3)
+    receiver.pump(lambda _: True)
+    markers = {m.category: m.message for m in receiver.markers()}
+    receiver.close()
+    node.close()
+    assert got["speed"].to_list() == [1.0, 2.5]
+    assert f"metrics named by alias only, and no NBIRTH of {group}/edge2 seen yet" in markers["input"]
+    assert markers["input warning"] == (f"spBv1.0/{group}/NDATA/edge2: seq 4 after 0: 3 message(s) of edge "
+                                        f"node {group}/edge2 missing")
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def test_messages_queued_while_down_arrive_after_a_restart(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Read, stop, publish while nobody listens, start from the state: each message once."""
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(5)])
+    receiver = Receiver(config, tmp_path / "home", expected=frozenset({"t"}))
+    assert receiver.rows({"a:s": 5})["a:s"]["seq"].to_list() == list(range(5))
+    state = receiver.states()
+    receiver.close()
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(5, 300)])
+    receiver = Receiver(config, tmp_path / "home", states=state, expected=frozenset({"t"}))
+    got = receiver.rows({"a:s": 295})["a:s"]
+    time.sleep(0.5)
+    got = receiver.pump(lambda _: True)["a:s"]
+    receiver.close()
+    assert got["seq"].to_list() == list(range(5, 300))
+
+
+def test_acknowledged_messages_are_in_the_buffer_until_every_transmit_has_them(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The broker hands messages over once they are in the buffer: a receiver stopped
+    before reading them reads them from its buffer at the next start (the broker has
+    nothing left for it); they leave the buffer once the transmits acknowledged them."""
+    import sqlite3
+
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    home = tmp_path / "home"
+    buffer = home / "components" / "mqtt" / "messages.sqlite"
+
+    def buffered() -> int:
+        with sqlite3.connect(buffer) as db:
+            return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(20)])
+    receiver = Receiver(config, home, expected=frozenset({"t"}))
+    receiver.parts["a:s"]._reader._session.start()  # connect, take the messages, do not read them
+    deadline = time.monotonic() + 10
+    while (not buffer.exists() or buffered() < 20) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    receiver.close()
+    assert buffered() == 20
+    receiver = Receiver(config, home, expected=frozenset({"t"}))
+    part = receiver.parts["a:s"]
+    batches = []
+    while not batches:
+        batches = part.next_batch()
+        time.sleep(0.02)
+    (batch,) = batches
+    assert batch.frame["seq"].to_list() == list(range(20))
+    assert batch.ack_key is not None
+    receiver.clock.now += timedelta(seconds=1)
+    part.next_batch()
+    assert buffered() == 20  # not acknowledged yet
+    Ledger(ledger_path(home)).ack("mqtt", "a:s", batch.ack_key, "t")
+    receiver.clock.now += timedelta(seconds=1)
+    part.next_batch()
+    assert buffered() == 0
+    receiver.close()
+
+
+def test_each_listener_and_an_unreachable_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A password, TLS with a client certificate and MQTT 5; a broker that is not there
+    marks the stream and a wrong password names the refusal."""
+    from tests.services.postgres import free_port
+
+    p = uuid.uuid4().hex[:6]
+    secure = {"username": PASSWORD_USER, "password": PASSWORD}
+    tls = {**secure, "port": mosquitto.tls_port, "tls": True, "ca_file": str(mosquitto.certificate.cert),
+           "cert_file": str(mosquitto.client_cert), "key_file": str(mosquitto.client_key), "protocol_version": "5"}
+    for n, keys in enumerate(({**secure, "port": mosquitto.password_port}, tls)):
+        config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/{n}"}], **keys)
+        receiver = Receiver(config, tmp_path / f"home{n}")
+        receiver.pump(lambda _, r=receiver: r.parts["a:s"]._reader._session.outage() is None and
+                      r.parts["a:s"]._reader._session._connected)
+        publish(mosquitto, [(f"{p}/{n}", json.dumps({"listener": n}))])
+        assert receiver.rows({"a:s": 1})["a:s"]["listener"].to_list() == [n]
+        receiver.close()
+    for keys, expected in (({"port": free_port()}, "cannot connect (no broker answers there); retrying"),
+                           ({**secure, "port": mosquitto.password_port, "password": "wrong"},
+                            "the broker refused the connection: Connection Refused: not authorised.")):
+        config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/x"}], **keys)
+        receiver = Receiver(config, tmp_path / "down")
+        receiver.pump(lambda _, r=receiver: any(m.category == "mqtt" for m in r.markers()))
+        (marker,) = [m for m in receiver.markers() if m.category == "mqtt"]
+        receiver.close()
+        assert marker.level == "error" and expected in marker.message, marker.message
+        Ledger(ledger_path(tmp_path / "down")).clear_marker("mqtt", "a", "s", "mqtt")
+
+
+# --------------------------------------------------------------------------- conformance
+
+
+@receiver_harness
+class MqttHarness(ReceiverHarness):
+    """A topic of the session's broker, queued for the receiver's session from the start.
+    Nothing acknowledges the batches here, so the buffer keeps every message and a
+    restream reads them all again (``replayable``)."""
+
+    protocol = "mqtt"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.broker: Mosquitto = request.getfixturevalue("mosquitto")
+        self.topic = f"conformance-{uuid.uuid4().hex[:8]}"
+        self.config = {**entry(self.broker, [{"asset": "conformance", "stream_type": "test", "topic": self.topic}]),
+                       "data_receiver_name": "conformance", "poll_interval": 1}
+        presubscribe(self.broker, self.config)
+
+    def receiver(self) -> dict[str, Any]:
+        return self.config
+
+    def add(self, seqs: range) -> None:
+        publish(self.broker, [(self.topic, json.dumps({"seq": s})) for s in seqs])
+
+    def break_input(self) -> None:
+        publish(self.broker, [(self.topic, '{"seq": "unterminated')])
+
