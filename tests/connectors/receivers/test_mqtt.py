@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -20,7 +22,14 @@ from dataflows.runtime import _ReceiverPartition
 from dataflows.sdk import RunContext
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.connectors.receivers.partition import TRANSMIT, Clock
-from tests.services.mosquitto import PASSWORD, PASSWORD_USER, Mosquitto
+from tests.services.kafka import KafkaBroker
+from tests.services.mosquitto import (
+    PASSWORD,
+    PASSWORD_USER,
+    Mosquitto,
+    Subscriber,
+    mosquitto_broker,
+)
 from tests.services.sparkplug import EdgeNode
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -382,6 +391,29 @@ def test_acknowledged_messages_are_in_the_buffer_until_every_transmit_has_them(
     receiver.close()
 
 
+def test_a_message_sent_again_with_dup_is_buffered_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The broker sends a message again, DUP set and the same packet identifier, when our
+    PUBACK was lost: the buffer has it already. Another message that reuses the
+    identifier later is new."""
+    from paho.mqtt.client import MQTTMessage
+
+    def message(mid: int, payload: bytes, dup: bool) -> MQTTMessage:
+        out = MQTTMessage(mid, b"p/x")
+        out.payload, out.qos, out.dup = payload, 1, dup
+        return out
+
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": "p/#"}])
+    receiver = Receiver(config, tmp_path / "home")
+    session = receiver.parts["a:s"]._reader._session
+    session.start()
+    for mid, payload, dup in ((7, b'{"seq": 0}', False), (7, b'{"seq": 0}', True), (8, b'{"seq": 1}', False),
+                              (7, b'{"seq": 2}', True), (7, b'{"seq": 2}', True)):
+        session._on_message(None, None, message(mid, payload, dup))
+    got = receiver.rows({"a:s": 3})["a:s"]
+    receiver.close()
+    assert got["seq"].to_list() == [0, 1, 2]
+
+
 def test_each_listener_and_an_unreachable_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A password, TLS with a client certificate and MQTT 5; a broker that is not there
     marks the stream and a wrong password names the refusal."""
@@ -439,3 +471,82 @@ class MqttHarness(ReceiverHarness):
     def break_input(self) -> None:
         publish(self.broker, [(self.topic, '{"seq": "unterminated')])
 
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
+        tmp_path: Path, nab_machine_csv: Path, kafka: KafkaBroker, flows: Any) -> None:
+    """A Sparkplug B edge node publishes the NAB machine temperatures (one DDATA per
+    reading, the reading's time as the metric's timestamp) through Mosquitto; the
+    dataflow reads them and sends them on through the mqtt and kafka transmits. The
+    broker stops for 5 s in the middle, while the edge node goes on publishing: every
+    reading arrives, in order, at both. ``FACTORYFLOW_SPARKPLUG_ROWS`` sets how many
+    readings (all 22,695 for the closing note; 4,000 by default)."""
+    import pysparkplug as sp
+
+    rows = pl.read_csv(nab_machine_csv, try_parse_dates=True).head(
+        int(os.environ.get("FACTORYFLOW_SPARKPLUG_ROWS", "4000")))
+    times = [t.replace(tzinfo=UTC) for t in rows["timestamp"]]
+    values = rows["value"].to_list()
+    n = len(values)
+    kafka.create_topic("sparkplug-nab", 1)
+    with mosquitto_broker() as broker:  # its own broker: the session's is never stopped
+        subscriber = Subscriber(broker, "nab/#", "sub-nab")
+        config = {
+            "data_receiver": [{"data_receiver_name": "edge", "protocol": "mqtt", "host": "127.0.0.1",
+                               "port": broker.port, "payload_format": "sparkplug_b", "poll_interval": 0.2,
+                               "streams": [{"asset": "machine", "stream_type": "temperature",
+                                            "topic": "spBv1.0/NAB/+/edge1/#"}]}],
+            "transforms": [],
+            "data_transmit": [
+                {"transmit_name": "mqtt", "transmit_type": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                 "topic": "nab/{asset}/{stream_type}", "publish_timeout": 5},
+                {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+                 "topic": "sparkplug-nab"}]}
+        flow = flows(tmp_path / "home", config)
+        flow.start()
+        flow.wait_for(lambda: "subscribed to spBv1.0/NAB/+/edge1/#" in flow.log(), what="the subscription")
+        started = time.monotonic()
+        node = EdgeNode(broker, "NAB", "edge1")
+        node.nbirth([], {}, times[0])
+        node.dbirth("sensor", [("temperature", 1, sp.DataType.DOUBLE)], {"temperature": values[0]}, times[0])
+        half = n // 2
+        for at, value in zip(times[1:half], values[1:half], strict=True):
+            node.data("sensor", [(1, value, at)], at)
+        node.wait()
+        ledger = Ledger(ledger_path(flow.home))
+        flow.wait_for(lambda: ledger.progress("kafka", "machine:temperature")[0] >= half // 2, what="the first half")
+        broker.stop()
+        for at, value in zip(times[half:], values[half:], strict=True):  # queued by the edge node
+            node.data("sensor", [(1, value, at)], at)
+        time.sleep(5)
+        broker.start()
+        published = node.wait(timeout=120)
+        flow.wait_for(lambda: all(ledger.progress(t, "machine:temperature")[0] >= n for t in ("mqtt", "kafka")),
+                      timeout=300, what="every reading at both transmits")
+        elapsed = time.monotonic() - started
+        received = ledger.received()[("edge", "machine:temperature")]
+        delivered = {t: ledger.progress(t, "machine:temperature")[0] for t in ("mqtt", "kafka")}
+        assert flow.stop(signal.SIGTERM) == 0
+        got = subscriber.wait_for(n, timeout=30)
+        subscriber.close()
+        node.close()
+    messages = kafka.consume("sparkplug-nab", n)
+    from_kafka = [json.loads(m.value) for m in sorted(messages, key=lambda m: m.offset)]
+    from_mqtt = [json.loads(payload) for _, payload in got]
+    unique_mqtt = list(dict.fromkeys((r["timestamp"], r["temperature"]) for r in from_mqtt))
+    print(f"{published} Sparkplug messages published (NBIRTH, DBIRTH, {n - 1} DDATA) for {n} readings; "
+          f"{received} records received; delivered: mqtt {delivered['mqtt']} ({len(from_mqtt)} messages, "
+          f"{len(from_mqtt) - len(unique_mqtt)} duplicates), kafka {delivered['kafka']} ({len(from_kafka)} "
+          f"messages); {elapsed:.1f} s with a 5 s broker outage")
+    expected = [(t.strftime("%Y-%m-%dT%H:%M:%SZ"), v) for t, v in zip(times, values, strict=True)]
+    assert published == n + 1
+    assert received == n  # a message sent again after the restart is not buffered twice
+    assert [(r["timestamp"], r["temperature"]) for r in from_kafka] == expected
+    assert unique_mqtt == expected
+    assert from_kafka[0] | {"timestamp": None} == {
+        "asset": "machine", "stream_type": "temperature", "timestamp": None, "group_id": "NAB",
+        "edge_node_id": "edge1", "device_id": "sensor", "message_type": "DBIRTH", "temperature": values[0]}
+    assert {r["message_type"] for r in from_kafka[1:]} == {"DDATA"}
