@@ -52,8 +52,11 @@ again. One process holds a receiver's session: run it with any number of workers
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -280,6 +283,7 @@ class _Session:
         self._connected = False
         self._gone = threading.Event()  # the network connection closed
         self._problem: str | None = None
+        self._buffer_error: str | None = None  # why the last message could not be buffered
         self._unmatched: set[str] = set()
         self._db: Any = None
         self._client: Any = None
@@ -314,6 +318,8 @@ class _Session:
 
     def outage(self) -> str | None:
         """Why the session is down, or None while it is up (or still connecting the first time)."""
+        if self._buffer_error is not None:
+            return f"{self.where}: {self._buffer_error}"
         return None if self._connected else self._problem
 
     # ------------------------------------------------------------------ paho's thread
@@ -383,18 +389,32 @@ class _Session:
         payload = bytes(message.payload)
         digest = hashlib.blake2b(topic.encode() + b"\x00" + payload, digest_size=16).digest() \
             if message.qos > 0 else None
-        with self._lock:
-            if digest is not None and message.dup and self._db.execute(
-                    "SELECT 1 FROM packets WHERE mid = ? AND digest = ?", (message.mid, digest)).fetchone():
-                # sent again because our PUBACK was lost (a stop, a crash): it is in the buffer already
-                self._log.debug("message %d on %r is a duplicate; buffered before", message.mid, topic)
-                return
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO messages (stream, topic, payload, received) VALUES (?, ?, ?, ?)",
-                                 [(key, topic, payload, received) for key in streams])
-            if digest is not None:
-                self._db.execute("INSERT OR REPLACE INTO packets VALUES (?, ?)", (message.mid, digest))
-            self._db.execute("COMMIT")
+        try:
+            with self._lock:
+                if digest is not None and message.dup and self._db.execute(
+                        "SELECT 1 FROM packets WHERE mid = ? AND digest = ?", (message.mid, digest)).fetchone():
+                    # sent again because our PUBACK was lost (a stop, a crash): it is in the buffer already
+                    self._log.debug("message %d on %r is a duplicate; buffered before", message.mid, topic)
+                    return
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(
+                        "INSERT INTO messages (stream, topic, payload, received) VALUES (?, ?, ?, ?)",
+                        [(key, topic, payload, received) for key in streams])
+                    if digest is not None:
+                        self._db.execute("INSERT OR REPLACE INTO packets VALUES (?, ?)", (message.mid, digest))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            # no PUBACK for what is not on disk: cut the connection, the broker sends it again
+            self._buffer_error = f"writing the buffer failed ({exc}); reconnecting to receive it again"
+            self._log.error("%s: message %d on %r: %s", self.where, message.mid, topic, self._buffer_error)
+            with contextlib.suppress(OSError):
+                _client.socket().shutdown(socket.SHUT_RDWR)
+            return
+        self._buffer_error = None
 
     # ------------------------------------------------------------------ the readers' side
 
@@ -424,6 +444,8 @@ class _Session:
             if self.users > 0:
                 return
             self.closed = True
+        if not self._started:
+            return
         if self._client is not None:
             self._client.disconnect()  # after the PUBACKs paho still holds: wait until it is out
             self._gone.wait(5)

@@ -67,6 +67,10 @@ class Mosquitto:
         """Stop it (SIGTERM: it saves what it holds)."""
         self.process.stop()
 
+    def kill(self) -> None:
+        """Kill it (SIGKILL: what it did not save yet is gone)."""
+        self.process.kill()
+
 
 @contextmanager
 def mosquitto_broker() -> Iterator[Mosquitto]:

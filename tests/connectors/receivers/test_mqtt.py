@@ -414,6 +414,37 @@ def test_a_message_sent_again_with_dup_is_buffered_once(mosquitto: Mosquitto, tm
     assert got["seq"].to_list() == [0, 1, 2]
 
 
+def test_a_message_that_cannot_be_buffered_is_not_acknowledged(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """While the buffer cannot be written (a full disk, here a trigger refusing inserts),
+    the stream is marked and the message is not acknowledged: the broker sends it again
+    once the connection is back, and it arrives once."""
+    import sqlite3
+
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    home = tmp_path / "home"
+    presubscribe(mosquitto, config)
+    receiver = Receiver(config, home)
+    receiver.parts["a:s"]._reader._session.start()
+    buffer = home / "components" / "mqtt" / "messages.sqlite"
+    deadline = time.monotonic() + 10
+    while not buffer.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with sqlite3.connect(buffer) as db:
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": 0}))])
+    receiver.pump(lambda _: any(m.category == "mqtt" for m in receiver.markers()))
+    (marker,) = [m for m in receiver.markers() if m.category == "mqtt"]
+    assert "writing the buffer failed (disk full); reconnecting to receive it again" in marker.message
+    with sqlite3.connect(buffer) as db:
+        db.execute("DROP TRIGGER full")
+    got = receiver.rows({"a:s": 1}, timeout=60)["a:s"]
+    time.sleep(1)
+    got = receiver.pump(lambda _: True)["a:s"]
+    receiver.close()
+    assert got["seq"].to_list() == [0]
+
+
 def test_each_listener_and_an_unreachable_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A password, TLS with a client certificate and MQTT 5; a broker that is not there
     marks the stream and a wrong password names the refusal."""
@@ -481,8 +512,8 @@ def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
     """A Sparkplug B edge node publishes the NAB machine temperatures (one DDATA per
     reading, the reading's time as the metric's timestamp) through Mosquitto; the
     dataflow reads them and sends them on through the mqtt and kafka transmits. The
-    broker stops for 5 s in the middle, while the edge node goes on publishing: every
-    reading arrives, in order, at both. ``FACTORYFLOW_SPARKPLUG_ROWS`` sets how many
+    broker is killed (SIGKILL) in the middle and started again 5 s later, while the edge
+    node goes on publishing: every reading arrives, in order, at both. ``FACTORYFLOW_SPARKPLUG_ROWS`` sets how many
     readings (all 22,695 for the closing note; 4,000 by default)."""
     import pysparkplug as sp
 
@@ -518,7 +549,7 @@ def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
         node.wait()
         ledger = Ledger(ledger_path(flow.home))
         flow.wait_for(lambda: ledger.progress("kafka", "machine:temperature")[0] >= half // 2, what="the first half")
-        broker.stop()
+        broker.kill()
         for at, value in zip(times[half:], values[half:], strict=True):  # queued by the edge node
             node.data("sensor", [(1, value, at)], at)
         time.sleep(5)
@@ -540,7 +571,7 @@ def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
     print(f"{published} Sparkplug messages published (NBIRTH, DBIRTH, {n - 1} DDATA) for {n} readings; "
           f"{received} records received; delivered: mqtt {delivered['mqtt']} ({len(from_mqtt)} messages, "
           f"{len(from_mqtt) - len(unique_mqtt)} duplicates), kafka {delivered['kafka']} ({len(from_kafka)} "
-          f"messages); {elapsed:.1f} s with a 5 s broker outage")
+          f"messages); {elapsed:.1f} s with the broker killed for 5 s")
     expected = [(t.strftime("%Y-%m-%dT%H:%M:%SZ"), v) for t, v in zip(times, values, strict=True)]
     assert published == n + 1
     assert received == n  # a message sent again after the restart is not buffered twice
