@@ -91,6 +91,7 @@ def mosquitto_broker() -> Iterator[Mosquitto]:
         f"persistence_location {root}/",
         "autosave_interval 1",
         "autosave_on_changes true",
+        "max_queued_messages 100000",  # for an offline persistent session (default 1000)
         "log_dest stdout",
         "log_type error",
         "log_type warning",
