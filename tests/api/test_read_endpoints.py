@@ -101,6 +101,9 @@ def test_meta_shows_the_choices_of_enumerated_settings(api: Api) -> None:
     assert sql["StateField"]["properties"]["data_type"]["enum"] == ["timestamp", "integer", "float", "string"]
     csv = api.ok("GET", "/v1/meta/parsers", params={"subtype": "csv"})["schema"]["schema"]
     assert csv["$defs"]["CsvParser"]["properties"]["file_format"]["enum"] == ["csv"]
+    mqtt = api.ok("GET", "/v1/meta/data_receiver", params={"subtype": "mqtt"})["schema"]["schema"]["$defs"]
+    assert mqtt["MqttReceiver"]["properties"]["payload_format"]["enum"] == ["json", "value", "sparkplug_b"]
+    assert mqtt["MqttStream"]["properties"]["payload_format"]["enum"] == ["json", "value", "sparkplug_b"]
     # the SQL template's placeholder in database_type is still a warning, not an error
     template = api.ok("GET", "/v1/config/templates/sql")
     placeholder = template["data_receiver"][0]["connections"][0]["database_type"]
