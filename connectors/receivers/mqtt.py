@@ -58,6 +58,7 @@ import logging
 import socket
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,6 +117,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_stream ON messages (stream, id);
 CREATE TABLE IF NOT EXISTS subscriptions (topic_filter TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS packets (mid INTEGER PRIMARY KEY, digest BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -288,6 +290,8 @@ class _Session:
         self._db: Any = None
         self._client: Any = None
         self._started = False
+        #: Names this buffer file: a stream's state counts message ids in one generation.
+        self.generation: str | None = None
 
     @property
     def where(self) -> str:
@@ -302,6 +306,8 @@ class _Session:
             self._started = True
             path = self._ctx.component_dir(self.receiver.data_receiver_name) / "messages.sqlite"
             self._db = open_durable(path, _BUFFER_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', ?)", (uuid.uuid4().hex,))
+            (self.generation,) = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             receiver = self.receiver
             client_id = receiver.client_id or f"factoryflow-{receiver.data_receiver_name}"
             client, connect = new_client(receiver, client_id,
@@ -656,17 +662,25 @@ class _MqttReader(StreamReader):
         self._record_path = stream.record_path if stream.record_path is not None else receiver.record_path
         self._source = f"mqtt://{session.where}/{receiver.topic_filter(stream)}"
         self._last_id: int = state.get("last_id", 0)
+        self._buffer: str | None = state.get("buffer")  # the generation of the buffer last_id counts in
         self._resumed_from = self._last_id
         self._sparkplug = Sparkplug.from_state(state.get("sparkplug"))
         self._expected = ctx.expected_transmits.get((receiver.data_receiver_name, stream.key), frozenset())
         self._pending: dict[str, int] = {}  # ack_key -> last message id of its batch
+        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
         self._ledger: Ledger | None = None
         self._started = False
 
     def read(self) -> tuple[list[Batch], bool]:
         if not self._started:
             self._session.start()
-            self._session.forget(self._key, self._resumed_from)  # in the snapshot: delivered
+            if self._buffer not in (None, self._session.generation):
+                self._log.warning("%s: the buffer was made anew since the state was saved (after message "
+                                  "%d of the old one): reading all of the new one", self._key, self._last_id)
+                self._last_id = 0
+            else:
+                self._session.forget(self._key, self._resumed_from)  # in the snapshot: delivered
+            self._buffer = self._session.generation
             self._started = True
         self._forget_delivered()
         messages = self._session.take(self._key, self._last_id, self._receiver.chunk_size)
@@ -731,7 +745,7 @@ class _MqttReader(StreamReader):
                 del self._pending[key]
 
     def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"last_id": self._last_id}
+        state: dict[str, Any] = {"buffer": self._buffer, "last_id": self._last_id}
         if self._format == "sparkplug_b":
             state["sparkplug"] = self._sparkplug.state()
         return state

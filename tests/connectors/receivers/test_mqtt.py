@@ -347,6 +347,27 @@ def test_messages_queued_while_down_arrive_after_a_restart(mosquitto: Mosquitto,
     assert got["seq"].to_list() == list(range(5, 300))
 
 
+def test_a_buffer_made_anew_is_read_whole(mosquitto: Mosquitto, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The state counts message ids in one buffer file: after the file was deleted, the
+    new one's messages are read from its first, not from the old count."""
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(5)])
+    receiver = Receiver(config, tmp_path / "home")
+    receiver.rows({"a:s": 5})
+    state = receiver.states()
+    receiver.close()
+    (tmp_path / "home" / "components" / "mqtt" / "messages.sqlite").unlink()
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(5, 8)])
+    receiver = Receiver(config, tmp_path / "home", states=state)
+    got = receiver.rows({"a:s": 3})["a:s"]
+    receiver.close()
+    assert got["seq"].to_list() == [5, 6, 7]
+    assert "the buffer was made anew since the state was saved (after message 5 of the old one)" in caplog.text
+
+
 def test_acknowledged_messages_are_in_the_buffer_until_every_transmit_has_them(
         mosquitto: Mosquitto, tmp_path: Path) -> None:
     """The broker hands messages over once they are in the buffer: a receiver stopped
