@@ -42,6 +42,12 @@ message) and is skipped; the others go on. While the broker cannot be reached, a
 with nothing buffered carries an error marker (category ``mqtt``); paho reconnects with
 backoff (1 s doubling up to 30 s).
 
+**Threads.** The receiver's paho client runs its own network thread (``loop_start``)
+for the streams of one process: MQTT needs answers between polls (PINGREQ for the
+keep-alive, a PUBACK per message), so the connection cannot live only inside
+``next_batch`` the way bytewax's async bridge would run it. The streams' ``read`` only
+takes what the buffer holds.
+
 What is not guaranteed: messages published at QoS 0, messages beyond the broker's queue
 for an offline client (Mosquitto's ``max_queued_messages``, 1000 by default), and the
 queue of a broker that restarts without persistence. A session that expired (MQTT 5)
