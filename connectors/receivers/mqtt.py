@@ -292,6 +292,8 @@ class _Session:
         self._gone = threading.Event()  # the network connection closed
         self._problem: str | None = None
         self._buffer_error: str | None = None  # why the last message could not be buffered
+        self._subscription_error: str | None = None  # which filters the broker refused
+        self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
         self._unmatched: set[str] = set()
         self._db: Any = None
         self._client: Any = None
@@ -330,8 +332,9 @@ class _Session:
 
     def outage(self) -> str | None:
         """Why the session is down, or None while it is up (or still connecting the first time)."""
-        if self._buffer_error is not None:
-            return f"{self.where}: {self._buffer_error}"
+        for failure in (self._buffer_error, self._subscription_error):
+            if failure is not None:
+                return f"{self.where}: {failure}"
         return None if self._connected else self._problem
 
     # ------------------------------------------------------------------ paho's thread
@@ -355,7 +358,8 @@ class _Session:
         if stale:
             client.unsubscribe(stale)
         if subscribe:
-            client.subscribe([(topic_filter, self.receiver.qos) for topic_filter in subscribe])
+            _, mid = client.subscribe([(topic_filter, self.receiver.qos) for topic_filter in subscribe])
+            self._subscribing[mid] = subscribe
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM subscriptions")
@@ -366,12 +370,19 @@ class _Session:
         self._log.info("connected to %s (%s session); subscribed to %s", self.where,
                        "kept" if present else "new", ", ".join(subscribe) or "nothing new")
 
-    def _on_subscribe(self, _client: Any, _userdata: Any, _mid: int, granted: Any,
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any,
                       _properties: Any = None) -> None:
-        refused = [g for g in granted if (g if isinstance(g, int) else g.value) >= 0x80]
-        if refused:
-            self._problem = f"{self.where}: the broker refused a subscription ({refused[0]})"
-            self._log.error("%s", self._problem)
+        filters = self._subscribing.pop(mid, [])
+        refused = [(f, g) for f, g in zip(filters, granted, strict=False)
+                   if (g if isinstance(g, int) else g.value) >= 0x80]
+        if refused:  # not kept as subscribed: the next connection asks again
+            with self._lock:
+                self._db.executemany("DELETE FROM subscriptions WHERE topic_filter = ?", [(f,) for f, _ in refused])
+            self._subscription_error = (f"the broker refused the subscription to "
+                                        f"{', '.join(repr(f) for f, _ in refused)} ({refused[0][1]})")
+            self._log.error("%s: %s", self.where, self._subscription_error)
+        else:
+            self._subscription_error = None
 
     def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
         self._problem = f"{self.where}: cannot connect (no broker answers there); retrying"
@@ -387,7 +398,7 @@ class _Session:
             self._problem = f"{self.where}: connection lost ({reason}); reconnecting"
             self._log.warning("%s", self._problem)
 
-    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
         """Buffer ``message`` for every stream whose filter matches its topic; paho sends
         the PUBACK when this returns, so this commits first."""
         topic = message.topic
@@ -424,7 +435,7 @@ class _Session:
             self._buffer_error = f"writing the buffer failed ({exc}); reconnecting to receive it again"
             self._log.error("%s: message %d on %r: %s", self.where, message.mid, topic, self._buffer_error)
             with contextlib.suppress(OSError):
-                _client.socket().shutdown(socket.SHUT_RDWR)
+                client.socket().shutdown(socket.SHUT_RDWR)
             return
         self._buffer_error = None
 
@@ -437,12 +448,6 @@ class _Session:
                 "SELECT id, topic, payload, received FROM messages WHERE stream = ? AND id > ? "
                 "ORDER BY id LIMIT ?", (stream, after, limit)).fetchall()
         return [_Message(*row) for row in rows]
-
-    def buffered(self, stream: str, after: int) -> int:
-        """How many messages of ``stream`` after message ``after`` wait in the buffer."""
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM messages WHERE stream = ? AND id > ?",
-                                    (stream, after)).fetchone()[0]
 
     def forget(self, stream: str, up_to: int) -> None:
         """Delete ``stream``'s messages up to message ``up_to`` (delivered)."""

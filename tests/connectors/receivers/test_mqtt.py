@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -433,6 +434,35 @@ def test_a_message_sent_again_with_dup_is_buffered_once(mosquitto: Mosquitto, tm
     got = receiver.rows({"a:s": 3})["a:s"]
     receiver.close()
     assert got["seq"].to_list() == [0, 1, 2]
+
+
+def test_a_refused_subscription_marks_the_stream_and_is_asked_again(mosquitto: Mosquitto, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A SUBACK refusing a filter (0x80: a broker's ACL; Mosquitto 2.0 grants and filters
+    instead, so the SUBACK is handed to the callback here) marks the stream, and the filter
+    is not kept as subscribed: the next connection asks for it again."""
+    import sqlite3
+
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    receiver = Receiver(config, tmp_path / "home")
+    session = receiver.parts["a:s"]._reader._session
+    receiver.pump(lambda _: session._connected)
+    session._subscribing[999] = [f"{p}/#"]
+    session._on_subscribe(None, None, 999, (128,))
+    receiver.pump(lambda _: any(m.category == "mqtt" for m in receiver.markers()))
+    (marker,) = [m for m in receiver.markers() if m.category == "mqtt"]
+    buffer = tmp_path / "home" / "components" / "mqtt" / "messages.sqlite"
+    with sqlite3.connect(buffer) as db:
+        assert db.execute("SELECT count(*) FROM subscriptions").fetchone() == (0,)
+    receiver.close()
+    assert f"the broker refused the subscription to '{p}/#' (128)" in marker.message
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="receiver.mqtt")
+    receiver = Receiver(config, tmp_path / "home")  # the session is kept, and the filter asked for again
+    receiver.pump(lambda _: "(kept session); subscribed to" in caplog.text)
+    receiver.close()
+    assert f"(kept session); subscribed to {p}/#" in caplog.text
 
 
 def test_a_message_that_cannot_be_buffered_is_not_acknowledged(mosquitto: Mosquitto, tmp_path: Path) -> None:
