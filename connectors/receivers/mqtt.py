@@ -706,9 +706,9 @@ class _MqttReader(StreamReader):
             except BadMessage as exc:
                 self.report_bad_input(f"message {message.id} on {message.topic!r} (arrived "
                                       f"{_utc(message.received).isoformat()}): {exc}; skipped")
-        frame = self._frame(records)
         self._last_id = messages[-1].id
-        ack_key = f"mqtt|{self._last_id}"
+        frame = self._frame(records)
+        ack_key = f"mqtt|{self._buffer}|{self._last_id}"
         self._pending[ack_key] = self._last_id
         batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._source, ack_key)
         return [batch], len(messages) == self._receiver.chunk_size
@@ -748,9 +748,13 @@ class _MqttReader(StreamReader):
         if self._ledger is None:
             self._ledger = Ledger(ledger_path(self._ctx.home))
         name = self._receiver.data_receiver_name
-        done = [key for key in self._pending if self._expected <= self._ledger.acked_by(name, self._key, key)]
+        done: list[str] = []
+        for key in self._pending:  # oldest first: only what every earlier batch also has
+            if not self._expected <= self._ledger.acked_by(name, self._key, key):
+                break
+            done.append(key)
         if done:
-            self._session.forget(self._key, max(self._pending[key] for key in done))
+            self._session.forget(self._key, self._pending[done[-1]])
             for key in done:
                 self._ledger.forget(name, self._key, key)
                 del self._pending[key]
