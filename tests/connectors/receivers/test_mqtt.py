@@ -121,7 +121,11 @@ class Receiver:
         return {key: part.snapshot() for key, part in self.parts.items()}
 
     def markers(self) -> list[Any]:
-        return Ledger(ledger_path(self.ctx.home)).markers()
+        ledger = Ledger(ledger_path(self.ctx.home))
+        try:
+            return ledger.markers()
+        finally:
+            ledger.close()
 
     def close(self) -> None:
         for part in self.parts.values():
