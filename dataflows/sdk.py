@@ -127,6 +127,12 @@ FilterStream = Annotated[
 PollInterval = Annotated[
     float, describe("Seconds between polls (FactoryTX: integer, default 5).", ge=0.05, le=65535)
 ]
+#: The ``spool_max_bytes`` of a store-and-forward transmit (see
+#: :meth:`TransmitConfig.spool_bytes`); its default is :data:`DEFAULT_SPOOL_BYTES`.
+SpoolMaxBytes = Annotated[int, describe(
+    "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
+    "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)]
+DEFAULT_SPOOL_BYTES = 1024 ** 3
 
 
 def unwrap(tp: Any) -> Any:

@@ -51,9 +51,11 @@ import msgspec
 from dataflows.records import Batch, StreamKey, json_values, records_frame
 from dataflows.registry import transmits
 from dataflows.sdk import (
+    DEFAULT_SPOOL_BYTES,
     JsonPath,
     NonEmptyStr,
     RunContext,
+    SpoolMaxBytes,
     TransmitConfig,
     Violation,
     Written,
@@ -231,9 +233,7 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         dict[str, OptionValue], describe("librdkafka producer settings, passed through.",
                                          secret_keys=SECRET_OPTIONS)
     ] = msgspec.field(default_factory=dict)
-    spool_max_bytes: Annotated[int, describe(
-        "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
-        "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)] = 1024 ** 3
+    spool_max_bytes: SpoolMaxBytes = DEFAULT_SPOOL_BYTES
 
     def spool_bytes(self) -> int:
         return self.spool_max_bytes

@@ -50,9 +50,11 @@ from connectors._mqtt import (
 from dataflows.records import Batch, StreamKey, json_values, records_frame
 from dataflows.registry import transmits
 from dataflows.sdk import (
+    DEFAULT_SPOOL_BYTES,
     JsonPath,
     NonEmptyStr,
     RunContext,
+    SpoolMaxBytes,
     TransmitConfig,
     Violation,
     Written,
@@ -188,9 +190,7 @@ class MqttTransmit(TransmitConfig, tag="mqtt", kw_only=True):
     publish_timeout: Annotated[float, describe(
         "Seconds a write waits for the connection and every acknowledgement before it fails "
         "(and is retried).", gt=0)] = 60.0
-    spool_max_bytes: Annotated[int, describe(
-        "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
-        "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)] = 1024 ** 3
+    spool_max_bytes: SpoolMaxBytes = DEFAULT_SPOOL_BYTES
 
     def spool_bytes(self) -> int:
         return self.spool_max_bytes

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.services.postgres import free_port
-from tests.services.process import ServerProcess
+from tests.services.process import ServerProcess, debian_bin
 from tests.services.tls import TestCertificate, make_certificate, make_client_certificate
 
 PASSWORD_USER = "collector"
@@ -35,10 +35,7 @@ PASSWORD = "mqtt-test-password"
 
 
 def _bin(name: str) -> str:
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FileNotFoundError(f"Mosquitto's {name} is not installed; run scripts/setup.sh --services")
+    return debian_bin(name, "Mosquitto")
 
 
 @dataclass

@@ -12,6 +12,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+def debian_bin(name: str, package: str) -> str:
+    """The path of ``name``, a program of Debian's ``package`` (``/usr/sbin`` is often off
+    the ``PATH``).
+
+    :raises FileNotFoundError: it is not installed.
+    """
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FileNotFoundError(f"{package}'s {name} is not installed; run scripts/setup.sh --services")
+
+
 class ServerProcess:
     """One server started from ``command`` (a new session, so its children stop with it).
 

@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.services.postgres import free_port
-from tests.services.process import ServerProcess
+from tests.services.process import ServerProcess, debian_bin
 
 SHARE = "data"
 PASSWORD = "factoryflow-test-password"
 
 
 def _bin(name: str) -> str:
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise FileNotFoundError(f"Samba's {name} is not installed; run scripts/setup.sh --services")
+    return debian_bin(name, "Samba")
 
 
 @dataclass
