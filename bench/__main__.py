@@ -205,7 +205,7 @@ def sql_kafka(bench: Bench, workers: int = 1, processes: int = 1, table: str = "
 
 def csv_sight_machine(bench: Bench) -> Measure:
     """The CSV files into the Sight Machine simulator (a process of its own)."""
-    from tests.services.postgres import free_port
+    from tests.services.process import free_port
 
     assert bench.csv_dir is not None
     port = free_port()

@@ -225,7 +225,7 @@ def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, 
     if workers > 1:
         command += ["-w", str(workers)]
     if processes > 1:
-        from tests.services.postgres import free_port
+        from tests.services.process import free_port
 
         addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
         commands = [[*command, "-i", str(i), "-a", addresses] for i in range(processes)]

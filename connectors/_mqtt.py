@@ -16,7 +16,14 @@ import re
 import ssl
 from typing import Annotated, Any, Literal, Protocol
 
-from dataflows.sdk import JsonPath, NonEmptyStr, Port, Violation, describe, error
+from dataflows.sdk import (
+    JsonPath,
+    NonEmptyStr,
+    Port,
+    Violation,
+    describe,
+    error,
+)
 
 Host = Annotated[NonEmptyStr, describe("Hostname or IP address of the broker.")]
 BrokerPort = Annotated[Port, describe("TCP port of the broker (8883 with TLS, by convention).")]

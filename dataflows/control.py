@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dataflows.home import control_path
-from dataflows.ledger import open_durable
+from dataflows.storage import Storage
 
 __all__ = ["ControlStore", "control_path"]
 
@@ -46,7 +46,7 @@ class ControlStore:
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = open_durable(path, _SCHEMA)
+        self._db = Storage(path, _SCHEMA)
 
     def request_restream(self, streams: Iterable[tuple[str, str]]) -> int:
         """Record one restream request for ``(receiver name, "asset:stream_type")`` pairs.
@@ -54,16 +54,11 @@ class ControlStore:
         :returns: the request id, higher than every earlier one.
         """
         now = datetime.now(UTC).isoformat()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction():
             (last,) = self._db.execute("SELECT coalesce(max(request_id), 0) FROM restream").fetchone()
             request_id = int(last) + 1
             self._db.executemany("INSERT OR IGNORE INTO restream VALUES (?, ?, ?, ?)",
                                  [(request_id, r, s, now) for r, s in streams])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return request_id
 
     def pending(self, receiver: str, stream: str) -> int:

@@ -2,10 +2,12 @@
 
 Shape::
 
-    receiver (one bytewax input per data_receiver, one partition per stream)
+    receiver (one bytewax input per data_receiver, one partition per stream:
+              dataflows.runtime.ReceiverSource)
       -> merge -> transform 1 -> ... -> transform n   (list order; each on the batches
                                                        its filter_stream matches)
       -> for each data_transmit: filter (its filter_stream) -> sink
+                                 (dataflows.delivery.transmit_sink)
 
 Step ids derive from the component names (plus a hash of the exact name), so recovery
 state follows the name: renaming a receiver starts its streams from scratch, as in
@@ -21,14 +23,14 @@ from dataclasses import replace
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import FixedPartitionedSink
 
 from dataflows.config import Config
-from dataflows.delivery import RecoverableTransmitSink
+from dataflows.context import RunContext
+from dataflows.delivery import RecoverableTransmitSink, transmit_sink
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch, StreamKey, ack_name, stream_matches
 from dataflows.runtime import ReceiverSource
-from dataflows.sdk import RunContext, TransformConfig
+from dataflows.sdk import TransformConfig
 
 
 def step_id(kind: str, name: str) -> str:
@@ -105,8 +107,8 @@ def build_flow(config: Config, ctx: RunContext, flow_id: str = "factoryflow") ->
         patterns = list(transmit.filter_stream)
         selected = op.filter(step_id("select", transmit.transmit_name), batches,
                              lambda batch, patterns=patterns: stream_matches(patterns, batch.stream))
-        sink = transmit.sink(ctx)
-        if isinstance(sink, FixedPartitionedSink):  # a recoverable transmit: one keyed partition
+        sink = transmit_sink(transmit, ctx)
+        if isinstance(sink, RecoverableTransmitSink):  # a recoverable transmit: one keyed partition
             keyed = op.key_on(step_id("partition", transmit.transmit_name), selected,
                               lambda _: RecoverableTransmitSink.PART)
             op.output(step_id("transmit", transmit.transmit_name), keyed, sink)

@@ -24,14 +24,13 @@ per partition or thread; never use one from two threads at once.
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from dataflows.home import ledger_path
+from dataflows.storage import open_durable
 
 __all__ = ["Ledger", "Marker", "TransmitStatus", "ledger_path", "marker_time", "open_durable"]
 
@@ -101,32 +100,6 @@ class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     last_error_at: str | None = None
     paused: bool = False
-
-
-def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connection:
-    """A connection to the SQLite file at ``path`` (directories and tables created):
-    autocommit, WAL, ``synchronous=FULL`` (a commit is on disk when it returns), shareable
-    across threads one at a time; ``timeout`` seconds of waiting for another writer.
-
-    :raises sqlite3.OperationalError: the file stayed locked for ``timeout`` seconds, or
-        cannot be opened."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    # Switching a brand-new file to WAL, while another connection creates it too, fails
-    # with "database is locked" without waiting out the busy timeout: wait here instead.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                db.close()
-                raise
-            time.sleep(0.01)
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(schema)
-    return db
 
 
 class Ledger:

@@ -7,11 +7,12 @@ them. The file survives restarts and SIGKILL (``synchronous=FULL``).
 
 One row per record: the stream (``asset:stream_type``), the record's timestamp (ISO UTC,
 for progress lines) and its encoded body (one BSON sslog or one JSON object); in a
-transmit's spool (:mod:`dataflows.delivery`), one row per batch. A one-row
+transmit's spool (:mod:`dataflows.spool`), one row per batch. A one-row
 ``depth`` table keeps the record count and byte total in the same transactions, so the
 depth costs nothing to read. Several connections (threads, processes) may share a file;
 each :class:`Outbox` object is one connection, used by one thread at a time. Once drained,
-the sender gives the disk space back (:meth:`Outbox.reclaim`).
+the sender gives the disk space back (:meth:`Outbox.reclaim`). The writer and the sender
+thread are in :mod:`dataflows.outbox_sender`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import fcntl
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from dataflows.ledger import open_durable
+from dataflows.storage import Storage
 
 #: Disk use of a drained outbox above which :meth:`Outbox.reclaim` gives the space back.
 RECLAIM_BYTES = 1024 * 1024
@@ -59,14 +59,14 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = open_durable(path, _SCHEMA, timeout=60)
+        self._db = Storage(path, _SCHEMA, timeout=60)
 
     def append(self, records: Sequence[tuple[str, str | None, bytes]]) -> None:
         """Store ``(stream, timestamp, body)`` records in one transaction; durable on return."""
         if not records:
             return
         size = sum(len(body) for _, _, body in records)
-        with self._transaction():
+        with self._db.transaction():
             self._db.executemany("INSERT INTO outbox (stream, timestamp, body) VALUES (?, ?, ?)",
                                  records)
             self._db.execute("UPDATE depth SET records = records + ?, bytes = bytes + ?",
@@ -85,7 +85,7 @@ class Outbox:
             rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox ORDER BY id LIMIT ?",
                                     (max_records,))
         else:
-            self._db.create_function("mine", 1, mine, deterministic=True)
+            self._db.create_function("mine", 1, mine)
             rows = self._db.execute("SELECT id, stream, timestamp, body FROM outbox WHERE mine(stream) "
                                     "ORDER BY id LIMIT ?", (max_records,))
         for row in rows:
@@ -99,7 +99,7 @@ class Outbox:
         """Remove delivered records (as returned by :meth:`peek`)."""
         if not entries:
             return
-        with self._transaction():
+        with self._db.transaction():
             if entries[-1].id - entries[0].id + 1 == len(entries):  # every id between is one of them
                 removed = self._db.execute(
                     "DELETE FROM outbox WHERE id >= ? AND id <= ? RETURNING length(body)",
@@ -162,23 +162,9 @@ class Outbox:
         records, size = self._db.execute("SELECT records, bytes FROM depth").fetchone()
         return int(records), int(size)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def shard_of(stream: str, streams: Sequence[str], shards: int) -> int:

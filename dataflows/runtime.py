@@ -17,7 +17,8 @@ the rest:
   the stream (category ``input``), and reading goes on;
 - when shutdown is requested (SIGTERM/SIGINT) it ends the stream after the batch in
   hand, so bytewax takes a final snapshot and the process exits 0;
-- at least every :data:`CONTROL_INTERVAL` seconds it looks in the control store
+- at least every :data:`CONTROL_INTERVAL` seconds (by the run context's clock, like
+  every time the runtime keeps) it looks in the control store
   (:mod:`dataflows.control`) for a restream request and applies it: the reader is
   closed and opened again with no state, as on a first run;
 - it writes an error marker (``GET /v1/streams``) while the stream fails, and counts
@@ -31,7 +32,7 @@ restream request applied, stored by bytewax in its recovery snapshots.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.backoff import stream_backoff
+from dataflows.context import RunContext
 from dataflows.control import ControlStore, control_path
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch
-from dataflows.sdk import RunContext, StreamReader
+from dataflows.sdk import StreamReader
 
 if TYPE_CHECKING:
     from dataflows.sdk import ReceiverConfig, StreamConfig
@@ -70,11 +72,11 @@ class PartitionState:
 
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
     def __init__(self, receiver: ReceiverConfig, stream: StreamConfig, resume_state: Any,
-                 ctx: RunContext, shared: dict[str, Any]) -> None:
+                 ctx: RunContext, worker: Any) -> None:
         self._receiver = receiver
         self._stream = stream
         self._ctx = ctx
-        self._shared = shared
+        self._worker = worker
         self._name = receiver.data_receiver_name
         self._key = str(stream.key)
         self._log = logging.getLogger(f"receiver.{self._name}")
@@ -87,7 +89,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         if resume_state is None:  # starting from scratch already does what any restream asks
             self._restream_id = self._control.pending(self._name, self._key)
             self._control.mark_applied(self._name, self._key, self._restream_id)
-        self._reader = receiver.open_stream(stream, reader_state, ctx, shared)
+        self._reader = receiver.open_stream(stream, reader_state, ctx, worker)
         for category in (self._category, "input", INPUT_WARNING):  # a new run
             self._ledger.clear_marker(self._name, stream.asset, stream.stream_type, category)
         self._log.info("%s: %s from state %s", self._key,
@@ -95,7 +97,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._failures = 0
         self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
-        self._control_checked = 0.0
+        self._control_checked: datetime | None = None
 
     @property
     def _category(self) -> str:
@@ -106,8 +108,9 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             self._log.info("%s: stopping, state %s", self._key, self._reader.describe())
             raise StopIteration
         now = self._ctx.now()
-        if time.monotonic() - self._control_checked >= CONTROL_INTERVAL:
-            self._apply_control()
+        if self._control_checked is None or now - self._control_checked >= timedelta(seconds=CONTROL_INTERVAL) \
+                or now < self._control_checked:  # the clock went back
+            self._apply_control(now)
         if self._poll_at is not None and now < self._poll_at:
             return []  # woken early to look at the control store only
         try:
@@ -154,15 +157,15 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._reader.abandon()
         self._poll_at = now + timedelta(seconds=delay)
 
-    def _apply_control(self) -> None:
-        self._control_checked = time.monotonic()
+    def _apply_control(self, now: datetime) -> None:
+        self._control_checked = now
         pending = self._control.pending(self._name, self._key)
         if pending <= self._restream_id:
             return
         self._log.info("%s: restream request %d: state %s goes back to the start", self._key,
                        pending, self._reader.describe())
         self._reader.close()
-        self._reader = self._receiver.open_stream(self._stream, None, self._ctx, self._shared)
+        self._reader = self._receiver.open_stream(self._stream, None, self._ctx, self._worker)
         self._restream_id = pending
         self._poll_at = None  # read again now
         for category in ("input", INPUT_WARNING):
@@ -198,11 +201,19 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
         self._receiver = receiver
         self._ctx = ctx
         self._streams = {str(s.key): s for s in receiver.stream_list}
-        self._shared: dict[str, Any] = {}  # engines, file systems: shared by this worker's partitions
+        self._worker_lock = threading.Lock()
+        self._worker: tuple[Any] | None = None  # what open_worker returned, once asked
 
     def list_parts(self) -> list[str]:
         return list(self._streams)
 
+    def worker(self) -> Any:
+        """What the receiver's streams in this process share (``open_worker``, called once)."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = (self._receiver.open_worker(self._ctx),)
+            return self._worker[0]
+
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ReceiverPartition:
         return _ReceiverPartition(self._receiver, self._streams[for_part], resume_state, self._ctx,
-                                  self._shared)
+                                  self.worker())

@@ -22,198 +22,76 @@ acknowledgements, error markers and progress lines for transmits.
 Fields are declared with :func:`describe` (description, constraints, ``secret``,
 ``choices``), so validation, redaction, ``/v1/meta`` and the docs read one source.
 
+This module is the connectors' one door to the core (``tests/test_architecture.py``
+holds them to it): it also hands out the registries, the record model
+(:class:`Batch`, :class:`StreamKey`), the run context with its per-worker services
+(:class:`RunContext`: clock, durable :class:`Storage`, delivery
+:class:`Acknowledgements`), the transmits' :class:`TransmitReport`, the durable outbox
+and its sender, the backoff policy and the timestamp helpers.
+
 Implements the component model of ``shared/specs/factorytx-digest.md``; see
 ``docs/connectors.md`` ("Writing a connector").
 """
 
 from __future__ import annotations
 
-import re
-import threading
-import zoneinfo
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import (
-    TYPE_CHECKING,
-    Annotated,
-    Any,
-    ClassVar,
-    Literal,
-    Protocol,
-    get_args,
-    get_origin,
-)
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
-from dataflows import home as layout
-from dataflows.records import Batch, StreamKey
+from dataflows.backoff import Backoff
+from dataflows.context import Acknowledgements, RunContext, utcnow
+from dataflows.fields import (
+    DEFAULT_SPOOL_BYTES,
+    FilterStream,
+    JsonPath,
+    Level,
+    NonEmptyStr,
+    NonNegativeInt,
+    PollInterval,
+    Port,
+    SpoolMaxBytes,
+    Violation,
+    choice_violations,
+    describe,
+    error,
+    field_meta,
+    is_placeholder,
+    secret_paths,
+    timezone_violations,
+    unwrap,
+    warning,
+)
+from dataflows.outbox import Entry, Outbox
+from dataflows.outbox_sender import OutboxSender, OutboxWriter, Refused, SendFailed
+from dataflows.records import Batch, StreamKey, json_values, records_frame, stream_matches
+from dataflows.registry import load_package, parsers, receivers, transforms, transmits
+from dataflows.report import TransmitReport
+from dataflows.storage import Storage
+from dataflows.timestamps import chrono_format, localize
 
 if TYPE_CHECKING:
     import polars as pl
-    from bytewax.outputs import Sink
 
-    from dataflows.backoff import Backoff
-    from dataflows.delivery import TransmitReport
-
-JsonPath = list[str | int]
-Level = Literal["error", "warning"]
-
-
-# --------------------------------------------------------------------------- violations
-
-
-class Violation(msgspec.Struct, frozen=True):
-    """One problem in a config document.
-
-    :ivar description: what is wrong, for a person.
-    :ivar json_path: where: keys (str) and zero-based list indexes (int) from the root.
-    :ivar level: ``"error"`` (the config cannot run) or ``"warning"``.
-    """
-
-    description: str
-    json_path: JsonPath
-    level: Level = "error"
-
-    def __str__(self) -> str:
-        """``json/path/0: description`` (``<root>: ...`` for the whole document)."""
-        return f"{'/'.join(map(str, self.json_path)) or '<root>'}: {self.description}"
-
-
-def error(description: str, path: JsonPath) -> Violation:
-    """An error-level :class:`Violation`."""
-    return Violation(description, list(path), "error")
-
-
-def warning(description: str, path: JsonPath) -> Violation:
-    """A warning-level :class:`Violation`."""
-    return Violation(description, list(path), "warning")
-
-
-# --------------------------------------------------------------------------- field metadata
-
-
-def describe(description: str, *, secret: bool = False, choices: Sequence[str] | None = None,
-             secret_keys: str | None = None, **constraints: Any) -> msgspec.Meta:
-    """Field metadata: a description, msgspec constraints, whether it is a secret, and the
-    accepted values of an enumerated setting.
-
-    Secret fields are redacted by the API and logs (see :func:`secret_paths`); for a field
-    holding an object of settings, ``secret_keys`` (a regular expression) marks the keys
-    whose values are secrets. ``choices`` appear as ``enum`` in the JSON schema
-    (``/v1/meta``) and are checked by validation, which lets template placeholders
-    (``"<Please ...>"``) through as warnings.
-    """
-    extra: dict[str, Any] = {}
-    if secret:
-        extra["secret"] = True
-    if secret_keys is not None:
-        extra["secret_keys"] = secret_keys
-    if choices is not None:
-        extra["choices"] = list(choices)
-        constraints["extra_json_schema"] = {"enum": list(choices)}
-    return msgspec.Meta(description=description, extra=extra or None, **constraints)
-
-
-NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-FilterStream = Annotated[
-    list[str],
-    describe("Streams this component applies to: '*', 'asset:stream_type', globs on each side."),
+__all__ = [
+    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "Entry", "FilterStream",
+    "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender", "OutboxWriter",
+    "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig", "RecoverableWriter", "Refused",
+    "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes", "Storage", "StreamConfig", "StreamKey",
+    "StreamReader", "Template", "TransformConfig", "TransmitConfig", "TransmitReport", "TransmitWriter",
+    "Violation", "Written", "chrono_format", "choice_violations", "describe", "error", "field_meta",
+    "is_placeholder", "json_values", "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
+    "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap", "utcnow", "warning",
 ]
-PollInterval = Annotated[
-    float, describe("Seconds between polls (FactoryTX: integer, default 5).", ge=0.05, le=65535)
-]
-#: The ``spool_max_bytes`` of a store-and-forward transmit (see
-#: :meth:`TransmitConfig.spool_bytes`); its default is :data:`DEFAULT_SPOOL_BYTES`.
-SpoolMaxBytes = Annotated[int, describe(
-    "Disk budget of the spool in bytes: while the broker is down, records wait there and the "
-    "other transmits go on; when it is full, the dataflow waits.", ge=1024 * 1024)]
-DEFAULT_SPOOL_BYTES = 1024 ** 3
 
-
-def unwrap(tp: Any) -> Any:
-    """``tp`` without its ``Annotated`` layers."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    return tp
-
-
-def field_meta(tp: Any) -> dict[str, Any]:
-    """The merged ``extra`` of the :func:`describe` metadata on a field type."""
-    out: dict[str, Any] = {}
-    while get_origin(tp) is Annotated:
-        for meta in get_args(tp)[1:]:
-            if isinstance(meta, msgspec.Meta) and meta.extra:
-                out.update(meta.extra)
-        tp = get_args(tp)[0]
-    return out
-
-
-def secret_paths(cls: type[msgspec.Struct]) -> list[str]:
-    """Names of the fields of ``cls`` marked secret (``describe(..., secret=True)``)."""
-    return [info.encode_name for info in msgspec.structs.fields(cls)
-            if field_meta(info.type).get("secret")]
-
-
-_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>]*>")
-
-
-def is_placeholder(value: object) -> bool:
-    """True for a template placeholder left unfilled, e.g. ``"<Please input the host>"``."""
-    return isinstance(value, str) and _PLACEHOLDER.search(value) is not None
-
-
-def timezone_violations(value: str | None, path: JsonPath) -> list[Violation]:
-    """An error when ``value`` is not an IANA timezone name (placeholders are left alone)."""
-    if value is None or is_placeholder(value):
-        return []
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return [error(f"{value!r} is not an IANA timezone name (e.g. 'America/Chicago')", path)]
-    return []
-
-
-def choice_violations(value: object, choices: Iterable[str], what: str,
-                      path: JsonPath) -> list[Violation]:
-    """An error when ``value`` is not one of ``choices`` (placeholders are left alone)."""
-    accepted = sorted(choices)
-    if value is None or is_placeholder(value) or value in accepted:
-        return []
-    return [error(f"unsupported {what} {value!r}; accepted: {', '.join(accepted)}", path)]
-
-
-# --------------------------------------------------------------------------- run time
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What components need from the running installation.
-
-    :ivar home: ``$FACTORYFLOW_HOME``: component data and state live below it.
-    :ivar shutdown: set when the dataflow should stop gracefully.
-    :ivar now: the clock (UTC-aware); tests inject their own.
-    :ivar expected_transmits: for ``(receiver name, stream)``, the transmits its records
-        reach; a receiver waiting for delivery needs an acknowledgement from each.
-    """
-
-    home: Path
-    shutdown: threading.Event = field(default_factory=threading.Event)
-    now: Callable[[], datetime] = utcnow
-    expected_transmits: Mapping[tuple[str, StreamKey], frozenset[str]] = field(default_factory=dict)
-
-    def component_dir(self, name: str) -> Path:
-        """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""
-        return layout.component_dir(self.home, name)
+#: A receiver's stream config type (:class:`StreamConfig` subclass).
+StreamT = TypeVar("StreamT", bound="StreamConfig")
+#: What a receiver shares among its streams on one worker (:meth:`ReceiverConfig.open_worker`).
+WorkerT = TypeVar("WorkerT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,10 +291,13 @@ class StreamConfig(Component, kw_only=True):
         return StreamKey(self.asset, self.stream_type)
 
 
-class ReceiverConfig(Component, tag_field="protocol", kw_only=True):
+class ReceiverConfig(Component, Generic[StreamT, WorkerT], tag_field="protocol", kw_only=True):
     """Base of every ``data_receiver`` entry; the subclass's tag is its ``protocol``.
 
-    A receiver also carries its :class:`Template` (``template``).
+    Generic in its stream config type and in what its streams share on a worker, so a
+    subclass names both once (``class SqlReceiver(ReceiverConfig[SqlStream, SqlEngines],
+    tag="sql")``) and its hooks receive them typed. A receiver also carries its
+    :class:`Template` (``template``).
     """
 
     #: The receiver's configuration template (``GET /v1/config/templates``).
@@ -428,15 +309,21 @@ class ReceiverConfig(Component, tag_field="protocol", kw_only=True):
     poll_interval: PollInterval = 5.0
 
     @property
-    def stream_list(self) -> list[StreamConfig]:
+    def stream_list(self) -> list[StreamT]:
         """The receiver's streams (every protocol has a ``streams`` list)."""
         return list(getattr(self, "streams", []))
 
-    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
-                    shared: dict[str, Any]) -> StreamReader:
+    def open_worker(self, ctx: RunContext) -> WorkerT:
+        """What this receiver's streams running in one process share (database engines,
+        a broker session, an OPC UA connection): called once, before the first
+        :meth:`open_stream` there, under a lock. No I/O here: connect on the first read.
+        The default shares nothing (``None``)."""
+        return None  # type: ignore[return-value]
+
+    def open_stream(self, stream: StreamT, resume_state: Any, ctx: RunContext,
+                    worker: WorkerT) -> StreamReader:
         """A reader of ``stream`` resuming from ``resume_state`` (``None``: first run, or a
-        restream). No I/O here. ``shared`` is a dict shared by the streams of this receiver
-        on one worker (for engines, file systems).
+        restream). No I/O here. ``worker`` is what :meth:`open_worker` returned.
 
         :raises NotImplementedError: the protocol is config-only in this version.
         """
@@ -548,12 +435,5 @@ class TransmitConfig(Component, tag_field="transmit_type", kw_only=True):
         transmit whose ``write`` is quick enough to run in the dataflow (local files) or
         that keeps its own outbox. A transmit with a spool is store-and-forward: an outage
         of its endpoint holds back the other transmits only once the spool is full
-        (:mod:`dataflows.delivery`)."""
+        (:mod:`dataflows.spool`)."""
         return None
-
-    def sink(self, ctx: RunContext) -> Sink[Batch]:
-        """The bytewax sink: its ``write_batch`` returns only once the write is durable, then
-        counts, acknowledges and logs the batches (:mod:`dataflows.delivery`). No I/O here."""
-        from dataflows.delivery import RecoverableTransmitSink, TransmitSink
-
-        return RecoverableTransmitSink(self, ctx) if self.recoverable else TransmitSink(self, ctx)

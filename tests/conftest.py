@@ -1,4 +1,8 @@
-"""Fixtures shared by the test suite: real services, the NAB sensor data, flow runs."""
+"""Fixtures shared by the test suite: real services, the NAB sensor data, flow runs.
+
+A service's module is imported by its fixture, when a test uses it. The session's TLS
+certificate is made in :func:`pytest_configure`, before any test module (and so any
+client library) is imported: the product's TLS clients trust it through ``SSL_CERT_FILE``."""
 
 from __future__ import annotations
 
@@ -7,32 +11,42 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.flowrun import FlowProcess
-from tests.services.azurite import Azurite, azurite
-from tests.services.kafka import KafkaBroker, kafka_broker
-from tests.services.mosquitto import Mosquitto, mosquitto_broker
-from tests.services.postgres import Postgres, postgres_server
-from tests.services.s3proxy import S3Server, s3_server
-from tests.services.samba import SambaServer, samba_server
-from tests.services.tls import TestCertificate, make_certificate
-from tests.simulators.azure_token import AzureTokenSimulator
-from tests.simulators.sightmachine import SightMachineSimulator
+if TYPE_CHECKING:
+    from tests.flowrun import FlowProcess
+    from tests.services.azurite import Azurite
+    from tests.services.kafka import KafkaBroker
+    from tests.services.mosquitto import Mosquitto
+    from tests.services.postgres import Postgres
+    from tests.services.s3proxy import S3Server
+    from tests.services.samba import SambaServer
+    from tests.services.tls import TestCertificate
+    from tests.simulators.azure_token import AzureTokenSimulator
+    from tests.simulators.sightmachine import SightMachineSimulator
 
 _CERT_DIR = Path(tempfile.mkdtemp(prefix="factoryflow-tls-"))
-#: The session's self-signed certificate for HTTPS test servers (Azurite, the token endpoint).
-CERTIFICATE = make_certificate(_CERT_DIR)
-# trusted by every TLS client of the session and of the dataflows it starts: set before any
-# client library (aiohttp builds its default context at import) is imported
-os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(CERTIFICATE.bundle)
+#: The session's self-signed certificate for HTTPS test servers (Azurite, the token
+#: endpoint), made by :func:`pytest_configure`.
+CERTIFICATE: TestCertificate
 
 #: The service principal the Azure tests sign in as (tenant, client id, secret).
 TENANT_ID = "beb1d7f9-8e2e-4dc4-83be-190ebceb70ea"
 CLIENT_ID = "b8d454e3-67ec-4f2f-8dcb-a5d6f87abbc6"
 CLIENT_SECRET = "factoryflow-test-client-secret"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Make the session's certificate and have every TLS client of the session, and of the
+    dataflows it starts, trust it: before any client library is imported (aiohttp builds
+    its default context at import)."""
+    global CERTIFICATE
+    from tests.services.tls import make_certificate
+
+    CERTIFICATE = make_certificate(_CERT_DIR)
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(CERTIFICATE.bundle)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -46,6 +60,8 @@ NAB_ROWS = 22_695  # rows of machine_temperature_system_failure.csv (header excl
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A PostgreSQL server for the whole session (started and stopped by the tests)."""
+    from tests.services.postgres import postgres_server
+
     with postgres_server() as server:
         yield server
 
@@ -54,6 +70,8 @@ def postgres() -> Iterator[Postgres]:
 def kafka() -> Iterator[KafkaBroker]:
     """A single-node KRaft Kafka broker for the whole session (never stopped mid-session:
     outage tests start their own)."""
+    from tests.services.kafka import kafka_broker
+
     with kafka_broker() as broker:
         yield broker
 
@@ -62,6 +80,8 @@ def kafka() -> Iterator[KafkaBroker]:
 def mosquitto() -> Iterator[Mosquitto]:
     """A Mosquitto broker for the whole session (never stopped mid-session: outage tests
     start their own)."""
+    from tests.services.mosquitto import mosquitto_broker
+
     with mosquitto_broker() as broker:
         yield broker
 
@@ -75,6 +95,8 @@ def certificate() -> TestCertificate:
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Server]:
     """An S3Proxy server (filesystem backend) for the whole session."""
+    from tests.services.s3proxy import s3_server
+
     with s3_server() as server:
         yield server
 
@@ -82,6 +104,8 @@ def s3() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def azurite_http() -> Iterator[Azurite]:
     """Azurite's blob service over HTTP (connection strings with the account key)."""
+    from tests.services.azurite import azurite
+
     with azurite() as server:
         yield server
 
@@ -89,6 +113,8 @@ def azurite_http() -> Iterator[Azurite]:
 @pytest.fixture(scope="session")
 def azure_token() -> Iterator[AzureTokenSimulator]:
     """The Azure AD token endpoint simulator, knowing the tests' service principal."""
+    from tests.simulators.azure_token import AzureTokenSimulator
+
     with AzureTokenSimulator(CERTIFICATE, TENANT_ID, {CLIENT_ID: CLIENT_SECRET}) as simulator:
         yield simulator
 
@@ -96,6 +122,8 @@ def azure_token() -> Iterator[AzureTokenSimulator]:
 @pytest.fixture(scope="session")
 def azurite_https() -> Iterator[Azurite]:
     """Azurite's blob service over HTTPS with OAuth (bearer tokens from :func:`azure_token`)."""
+    from tests.services.azurite import azurite
+
     with azurite(CERTIFICATE) as server:
         yield server
 
@@ -103,6 +131,8 @@ def azurite_https() -> Iterator[Azurite]:
 @pytest.fixture(scope="session")
 def samba() -> Iterator[SambaServer]:
     """A Samba server with one share (``data``), encryption required, for the whole session."""
+    from tests.services.samba import samba_server
+
     with samba_server() as server:
         yield server
 
@@ -110,6 +140,8 @@ def samba() -> Iterator[SambaServer]:
 @pytest.fixture
 def sight_machine() -> Iterator[SightMachineSimulator]:
     """A fresh Sight Machine ingest simulator, answering 200."""
+    from tests.simulators.sightmachine import SightMachineSimulator
+
     with SightMachineSimulator() as simulator:
         yield simulator
 
@@ -117,6 +149,8 @@ def sight_machine() -> Iterator[SightMachineSimulator]:
 @pytest.fixture
 def flows() -> Iterator[Any]:
     """``flows(home, config)`` makes a :class:`FlowProcess`; whatever still runs is killed."""
+    from tests.flowrun import FlowProcess
+
     started: list[FlowProcess] = []
 
     def make(home: Path, config: dict[str, Any], snapshot: int = 1, workers: int = 1) -> FlowProcess:

@@ -1,6 +1,7 @@
 """The layers hold: arrows point down only (api -> connectors -> dataflows), connectors use
-only the core's public SDK, config loads without client libraries, and the README's
-"What runs" table is the registry's."""
+only the core's one door (``dataflows.sdk``), the core has no import cycle, no module
+outgrows one job, config loads without client libraries, and the README's "What runs"
+table is the registry's."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 from dataflows.registry import update_readme
 
 REPO = Path(__file__).resolve().parents[1]
-#: The core modules a connector may import: the SDK and what it hands out.
-PUBLIC_SDK = {"dataflows.sdk", "dataflows.registry", "dataflows.records", "dataflows.backoff", "dataflows.outbox",
-              "dataflows.delivery", "dataflows.ledger", "dataflows.timestamps"}
+#: The core modules a connector may import: the SDK, which hands out everything else.
+PUBLIC_SDK = {"dataflows.sdk"}
+#: Lines a module may reach before it is split (one job per room: ``shared/STYLE.md``).
+MODULE_LINES = 600
 CLIENTS = ("sqlalchemy", "confluent_kafka", "httpx", "bson", "fsspec", "litestar", "uvicorn")
 
 
@@ -51,6 +53,36 @@ def test_connectors_import_only_the_public_sdk_of_the_core() -> None:
         if bad:
             wrong[module] = bad
     assert wrong == {}
+
+
+def test_the_core_has_no_import_cycle() -> None:
+    """Every import between core modules, lazy and ``TYPE_CHECKING`` ones included, points
+    one way: the modules can be ordered so that each imports only earlier ones."""
+    graph = {module: {i for i in found if i.startswith("dataflows.") and i != module}
+             for module, found in imports("dataflows").items()}
+    graph = {m: {i for i in deps if i in graph} for m, deps in graph.items()}
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*path[path.index(dep):], dep]))
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_no_module_outgrows_one_job() -> None:
+    sizes = {str(path.relative_to(REPO)): len(path.read_text().splitlines())
+             for package in ("dataflows", "connectors", "api") for path in (REPO / package).rglob("*.py")}
+    assert {path: lines for path, lines in sizes.items() if lines > MODULE_LINES} == {}
 
 
 def test_the_api_names_no_connector() -> None:

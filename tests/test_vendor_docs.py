@@ -17,7 +17,7 @@ import pytest
 
 from dataflows.config import validate
 from tests.flowrun import REPO
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 from tests.simulators.authentise import DEMO_USER
 
 DOC = REPO / "docs" / "vendors.md"

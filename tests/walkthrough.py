@@ -23,7 +23,7 @@ import httpx
 from dataflows.demo import Plant, demo_config
 from tests.flowrun import REPO
 from tests.services.kafka import KafkaBroker
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 
 LASERCUT_TOPIC = "factoryflow.lasercut.mssql"
 LASERCUT_MACHINES = 6

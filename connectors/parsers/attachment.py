@@ -32,8 +32,13 @@ from typing import Annotated, Any, ClassVar
 
 import polars as pl
 
-from dataflows.registry import parsers
-from dataflows.sdk import ParseError, ParserConfig, SourceFile, describe
+from dataflows.sdk import (
+    ParseError,
+    ParserConfig,
+    SourceFile,
+    describe,
+    parsers,
+)
 
 
 def keep_bytes(store: Path, digest: str, suffix: str, body: bytes) -> Path:

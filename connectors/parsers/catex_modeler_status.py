@@ -30,8 +30,12 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from dataflows.registry import parsers
-from dataflows.sdk import ParseError, ParserConfig, SourceFile
+from dataflows.sdk import (
+    ParseError,
+    ParserConfig,
+    SourceFile,
+    parsers,
+)
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")

@@ -43,7 +43,6 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 import polars as pl
 
-from dataflows.registry import parsers
 from dataflows.sdk import (
     JsonPath,
     NonNegativeInt,
@@ -51,11 +50,13 @@ from dataflows.sdk import (
     ParserConfig,
     SourceFile,
     Violation,
+    chrono_format,
     describe,
     error,
+    localize,
+    parsers,
     timezone_violations,
 )
-from dataflows.timestamps import chrono_format, localize
 
 __all__ = ["CsvParser", "CsvSettings", "ParseError", "SpreadsheetParser", "parse_csv"]
 

@@ -18,8 +18,14 @@ from typing import Annotated, Any, ClassVar
 
 import polars as pl
 
-from dataflows.registry import parsers
-from dataflows.sdk import NonNegativeInt, ParseError, ParserConfig, SourceFile, describe
+from dataflows.sdk import (
+    NonNegativeInt,
+    ParseError,
+    ParserConfig,
+    SourceFile,
+    describe,
+    parsers,
+)
 
 
 @parsers.register

@@ -24,8 +24,13 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 import polars as pl
 
-from dataflows.registry import parsers
-from dataflows.sdk import ParseError, ParserConfig, SourceFile, describe
+from dataflows.sdk import (
+    ParseError,
+    ParserConfig,
+    SourceFile,
+    describe,
+    parsers,
+)
 
 
 def _frame(records: list[Any], source: str, where: str) -> pl.DataFrame:

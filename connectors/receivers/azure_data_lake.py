@@ -36,8 +36,14 @@ from connectors.receivers.azure_data_lake_gen2 import (
     blob_filesystem,
     container_location,
 )
-from dataflows.registry import receivers
-from dataflows.sdk import JsonPath, Template, Violation, describe, error
+from dataflows.sdk import (
+    JsonPath,
+    Template,
+    Violation,
+    describe,
+    error,
+    receivers,
+)
 
 
 class AzureDataLakeConnection(Connection, kw_only=True, frozen=True):

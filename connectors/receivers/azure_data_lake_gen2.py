@@ -21,8 +21,7 @@ from connectors.receivers._files import (
     file_example,
     file_template,
 )
-from dataflows.registry import receivers
-from dataflows.sdk import Template, describe
+from dataflows.sdk import Template, describe, receivers
 
 
 class AzureDataLakeGen2Connection(Connection, kw_only=True, frozen=True):

@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import msgspec
 import polars as pl
 
-from dataflows.records import Batch
-from dataflows.registry import receivers
 from dataflows.sdk import (
+    Batch,
     NonEmptyStr,
     Port,
     ReceiverConfig,
@@ -48,6 +47,7 @@ from dataflows.sdk import (
     StreamReader,
     Template,
     describe,
+    receivers,
 )
 
 if TYPE_CHECKING:  # httpx loads when a stream runs, not when the config does
@@ -84,7 +84,7 @@ class _Tag(msgspec.Struct, frozen=True):
 
 
 @receivers.register
-class FactoryIoReceiver(ReceiverConfig, tag="factoryio", kw_only=True):
+class FactoryIoReceiver(ReceiverConfig[FactoryIoStream, None], tag="factoryio", kw_only=True):
     """Polls the tags of a Factory I/O scene through its web API."""
 
     title: ClassVar[str] = "Factory I/O"
@@ -114,9 +114,8 @@ class FactoryIoReceiver(ReceiverConfig, tag="factoryio", kw_only=True):
         """``http://host:port``."""
         return f"http://{self.host}:{self.port}"
 
-    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
-                    shared: dict[str, Any]) -> _FactoryIoReader:
-        assert isinstance(stream, FactoryIoStream)
+    def open_stream(self, stream: FactoryIoStream, resume_state: Any, ctx: RunContext,
+                    worker: None) -> _FactoryIoReader:
         return _FactoryIoReader(self, stream, ctx, resume_state)
 
 

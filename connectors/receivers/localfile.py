@@ -17,8 +17,14 @@ import os
 from typing import Annotated, Any, ClassVar
 
 from connectors.receivers._files import Connection, FileReceiver, Location, file_template
-from dataflows.registry import receivers
-from dataflows.sdk import JsonPath, Template, Violation, describe, error
+from dataflows.sdk import (
+    JsonPath,
+    Template,
+    Violation,
+    describe,
+    error,
+    receivers,
+)
 
 
 class LocalConnection(Connection, kw_only=True, frozen=True):

@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import msgspec
 import polars as pl
 
-from dataflows.records import Batch
-from dataflows.registry import receivers
 from dataflows.sdk import (
+    Batch,
     JsonPath,
     NonEmptyStr,
     ReceiverConfig,
@@ -58,6 +57,7 @@ from dataflows.sdk import (
     describe,
     error,
     is_placeholder,
+    receivers,
 )
 
 if TYPE_CHECKING:  # httpx loads when a stream runs, not when the config does
@@ -104,7 +104,7 @@ class MachineMetricsStream(StreamConfig, kw_only=True):
 
 
 @receivers.register
-class MachineMetricsReceiver(ReceiverConfig, tag="machinemetrics", kw_only=True):
+class MachineMetricsReceiver(ReceiverConfig[MachineMetricsStream, None], tag="machinemetrics", kw_only=True):
     """Pulls MachineMetrics production, downtime and quality rollups, window by window."""
 
     title: ClassVar[str] = "MachineMetrics"
@@ -154,9 +154,8 @@ class MachineMetricsReceiver(ReceiverConfig, tag="machinemetrics", kw_only=True)
                                      "date-time (e.g. 2026-01-01T00:00:00Z)", [*s_path, "initial_value"]))
         return out
 
-    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
-                    shared: dict[str, Any]) -> _MachineMetricsReader:
-        assert isinstance(stream, MachineMetricsStream)
+    def open_stream(self, stream: MachineMetricsStream, resume_state: Any, ctx: RunContext,
+                    worker: None) -> _MachineMetricsReader:
         return _MachineMetricsReader(self, stream, ctx, resume_state)
 
 

@@ -25,8 +25,14 @@ from connectors.receivers._files import (
     file_example,
     file_template,
 )
-from dataflows.registry import receivers
-from dataflows.sdk import JsonPath, Template, Violation, describe, error
+from dataflows.sdk import (
+    JsonPath,
+    Template,
+    Violation,
+    describe,
+    error,
+    receivers,
+)
 
 CHECKSUM_MODES = ("when_supported", "when_required")
 

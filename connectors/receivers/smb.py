@@ -21,8 +21,15 @@ from connectors.receivers._files import (
     file_example,
     file_template,
 )
-from dataflows.registry import receivers
-from dataflows.sdk import JsonPath, Port, Template, Violation, describe, error
+from dataflows.sdk import (
+    JsonPath,
+    Port,
+    Template,
+    Violation,
+    describe,
+    error,
+    receivers,
+)
 
 #: Seconds to wait for the server when connecting; the stream's backoff retries after that.
 CONNECT_TIMEOUT = 15

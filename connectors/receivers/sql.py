@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import msgspec
 import polars as pl
 
-from dataflows.records import Batch
-from dataflows.registry import receivers
 from dataflows.sdk import (
+    Batch,
     JsonPath,
     NonEmptyStr,
     Port,
@@ -59,6 +58,7 @@ from dataflows.sdk import (
     describe,
     error,
     is_placeholder,
+    receivers,
     warning,
 )
 
@@ -151,30 +151,53 @@ class SqlStream(StreamConfig, kw_only=True):
     connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
 
 
-#: A ``:name`` bind parameter (not a ``::type`` cast), as SQLAlchemy's ``text()`` finds them.
-_PARAM = r"(?<![:\w]):([A-Za-z_]\w*)"
+def _tokens(query: str) -> list[tuple[Any, str]]:
+    """``query``'s lexical tokens (sqlparse's lexer): string literals, quoted names and
+    comments come whole, so a ``:name`` inside them is not a bind parameter."""
+    import sqlparse
 
-
-def _uses_param(query: str, name: str) -> bool:
-    return re.search(rf"(?<![:\w]):{re.escape(name)}\b", query) is not None
+    return list(sqlparse.lexer.tokenize(query))
 
 
 def _params(query: str) -> set[str]:
-    return set(re.findall(_PARAM, query))
+    """The names of ``query``'s ``:name`` bind parameters (not ``::type`` casts, nor a
+    ``:name`` inside a string literal, a quoted name or a comment)."""
+    from sqlparse import tokens
+
+    return {value[1:] for ttype, value in _tokens(query)
+            if ttype in tokens.Name.Placeholder and value.startswith(":") and value[1:2] != ":"}
 
 
-def _with_literals(query: str, values: dict[str, Any]) -> str:
-    """``query`` with its ``:name`` bind parameters for ``values`` replaced by PostgreSQL
-    literals (quoted and typed by psycopg: ``'2024-01-01 00:00:00'::timestamp``), and a
-    trailing ``;`` dropped, so ADBC can stream it with ``COPY (query) TO STDOUT``
-    (PostgreSQL takes no bind parameters there)."""
-    from psycopg import sql
+def _uses_param(query: str, name: str) -> bool:
+    return name in _params(query)
 
-    def literal(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return sql.Literal(values[name]).as_string(None) if name in values else match.group(0)
 
-    return re.sub(_PARAM, literal, query).strip().rstrip(";").rstrip()
+def _as_text(query: str) -> str:
+    """``query`` for SQLAlchemy's ``text()``: a colon inside a string literal, a quoted name
+    or a comment is escaped (``\\:``), so ``text()`` binds only the real parameters."""
+    from sqlparse import tokens
+
+    return "".join(value.replace(":", "\\:") if ttype in tokens.Literal or ttype in tokens.Comment else value
+                   for ttype, value in _tokens(query))
+
+
+def _with_literals(query: str, values: dict[str, Any], dialect: Any = None) -> str:
+    """``query`` with its ``:name`` bind parameters for ``values`` rendered as literals by
+    SQLAlchemy's compiler for ``dialect`` (PostgreSQL's by default), and a trailing ``;``
+    dropped, so ADBC can stream it with ``COPY (query) TO STDOUT`` (PostgreSQL takes no
+    bind parameters there). A ``:name`` inside a string literal or a comment stays as it is.
+    The literals are untyped (``'2024-01-01 00:00:00'``): PostgreSQL gives them the type of
+    the column they are compared with, as the state's ``WHERE ts > :ts`` does."""
+    import sqlalchemy as sa
+
+    if dialect is None:
+        from sqlalchemy.dialects import postgresql
+
+        dialect = postgresql.dialect()
+    used = _params(query)
+    clause = sa.text(_as_text(query)).bindparams(**{k: v for k, v in values.items() if k in used})
+    rendered = str(clause.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    return rendered.strip().rstrip(";").rstrip()
 
 
 def _plain_arrow(data_type: Any) -> bool:
@@ -216,7 +239,7 @@ def _arrow_chunks(reader: Any, chunk_size: int) -> Iterator[pl.DataFrame]:
 
 
 @receivers.register
-class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
+class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=True):
     """Polls SQL databases (mssql, postgresql, mysql, mariadb, sqlite) with incremental queries."""
 
     title: ClassVar[str] = "SQL"
@@ -303,21 +326,40 @@ class SqlReceiver(ReceiverConfig, tag="sql", kw_only=True):
                 return conn
         return self.connections[0]
 
-    def open_stream(self, stream: StreamConfig, resume_state: Any, ctx: RunContext,
-                    shared: dict[str, Any]) -> _SqlStreamReader:
-        assert isinstance(stream, SqlStream)
-        conn = self.connection_for(stream)
-        key = f"engine:{self.connections.index(conn)}"
-        if key not in shared:  # one engine per connection, shared by the streams on this worker
-            import sqlalchemy as sa
+    def open_worker(self, ctx: RunContext) -> SqlEngines:
+        return SqlEngines(self)
 
-            shared[key] = sa.create_engine(conn.url(), pool_pre_ping=True)
-            logging.getLogger(f"receiver.{self.data_receiver_name}").info("database %s", conn.describe())
+    def open_stream(self, stream: SqlStream, resume_state: Any, ctx: RunContext,
+                    worker: SqlEngines) -> _SqlStreamReader:
+        conn = self.connection_for(stream)
         sqlite_file = conn.database_name if conn.database_type == "sqlite" else None
         arrow_url = None
         if conn.database_type == "postgresql":  # libpq's URI, for ADBC
             arrow_url = conn.url().set(drivername="postgresql").render_as_string(hide_password=False)
-        return _SqlStreamReader(self, stream, shared[key], resume_state, sqlite_file, arrow_url)
+        return _SqlStreamReader(self, stream, worker.engine(conn), resume_state, sqlite_file, arrow_url)
+
+
+class SqlEngines:
+    """The SQLAlchemy engines of one receiver's connections, shared by its streams in one
+    process (:meth:`SqlReceiver.open_worker`): one engine (and connection pool) per
+    connection, made when its first stream opens. Making one does no I/O."""
+
+    def __init__(self, receiver: SqlReceiver) -> None:
+        self._receiver = receiver
+        self._engines: dict[int, sa.Engine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, conn: SqlConnection) -> sa.Engine:
+        """The engine of ``conn`` (one of the receiver's connections)."""
+        index = self._receiver.connections.index(conn)
+        with self._lock:
+            if index not in self._engines:
+                import sqlalchemy as sa
+
+                self._engines[index] = sa.create_engine(conn.url(), pool_pre_ping=True)
+                logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
+                    "database %s", conn.describe())
+            return self._engines[index]
 
 
 class QueryError(RuntimeError):
@@ -389,7 +431,7 @@ class _SqlStreamReader(StreamReader):
                 self._conn = self._engine.connect().execution_options(
                     stream_results=True, max_row_buffer=self._receiver.chunk_size)
                 self._chunks = pl.read_database(
-                    self._sa.text(self._stream.query), self._conn, iter_batches=True,
+                    self._sa.text(_as_text(self._stream.query)), self._conn, iter_batches=True,
                     batch_size=self._receiver.chunk_size,
                     execute_options={"parameters": dict(self._state)})
         frame = self._next_chunk()
@@ -427,7 +469,7 @@ class _SqlStreamReader(StreamReader):
             raise ArrowDriverError.of(exc) from exc
         try:
             cursor = connection.cursor()
-            cursor.execute(_with_literals(self._stream.query, self._state))
+            cursor.execute(_with_literals(self._stream.query, self._state, self._engine.dialect))
             reader = cursor.fetch_record_batch()
         except BaseException as exc:
             connection.close()

@@ -45,20 +45,25 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import polars as pl
 
-from dataflows.delivery import OutboxSender, OutboxWriter, Refused, SendFailed, TransmitReport
-from dataflows.ledger import Ledger
-from dataflows.outbox import Entry, Outbox
-from dataflows.records import Batch, records_frame
-from dataflows.registry import transmits
 from dataflows.sdk import (
+    Batch,
+    Entry,
     JsonPath,
     NonEmptyStr,
+    Outbox,
+    OutboxSender,
+    OutboxWriter,
+    Refused,
     RunContext,
+    SendFailed,
     TransmitConfig,
+    TransmitReport,
     Violation,
     describe,
     error,
     is_placeholder,
+    records_frame,
+    transmits,
 )
 
 if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config does
@@ -159,9 +164,9 @@ class AuthentiseCapture(TransmitConfig, tag="authentise_capture", kw_only=True):
         def encode(batch: Batch) -> list[tuple[str | None, bytes]]:
             return self.captures(batch, report)
 
-        def sender(outbox: Outbox, ledger: Ledger, stop: threading.Event,
+        def sender(outbox: Outbox, own: TransmitReport, stop: threading.Event,
                    wake: threading.Event) -> CaptureSender:
-            return CaptureSender(self, outbox, ledger, stop=stop, wake=wake)
+            return CaptureSender(self, outbox, own, stop=stop, wake=wake)
 
         return OutboxWriter(self.transmit_name, ctx, report, encode, sender, self.outbox_max_bytes,
                             self.timeout + 5, f"{self.data_url}capture/ for {self.modeler}")
@@ -194,14 +199,14 @@ class AuthentiseCapture(TransmitConfig, tag="authentise_capture", kw_only=True):
 
 class CaptureSender(OutboxSender):
     """Uploads the outbox's captures one at a time (the loop is
-    :class:`~dataflows.delivery.OutboxSender`'s; see the module docstring for the calls)."""
+    :class:`~dataflows.sdk.OutboxSender`'s; see the module docstring for the calls)."""
 
-    def __init__(self, config: AuthentiseCapture, outbox: Outbox, ledger: Ledger, *,
+    def __init__(self, config: AuthentiseCapture, outbox: Outbox, report: TransmitReport, *,
                  stop: threading.Event | None = None, wake: threading.Event | None = None,
                  client: httpx.Client | None = None) -> None:
         import httpx
 
-        super().__init__(config.transmit_name, config.record_noun, outbox, ledger, config.fingerprint(),
+        super().__init__(outbox, report, config.fingerprint(),
                          "users_url, username, password, modeler or capture_type", max_records=1,
                          stop=stop, wake=wake)
         self.config = config

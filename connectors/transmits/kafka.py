@@ -48,26 +48,29 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from dataflows.records import Batch, StreamKey, json_values, records_frame
-from dataflows.registry import transmits
 from dataflows.sdk import (
     DEFAULT_SPOOL_BYTES,
+    Batch,
     JsonPath,
     NonEmptyStr,
     RunContext,
     SpoolMaxBytes,
+    StreamKey,
     TransmitConfig,
+    TransmitReport,
     Violation,
     Written,
     describe,
     error,
+    json_values,
+    records_frame,
+    transmits,
     warning,
 )
 
 if TYPE_CHECKING:  # confluent-kafka loads when the transmit runs, not when the config does
     from confluent_kafka import KafkaError, Message
 
-    from dataflows.delivery import TransmitReport
 
 #: librdkafka settings factoryflow sets unless ``options`` says otherwise.
 PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {

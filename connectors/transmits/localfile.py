@@ -26,14 +26,17 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, Any, ClassVar
 
-from dataflows.records import Batch, records_frame
-from dataflows.registry import transmits
-from dataflows.sdk import RunContext, TransmitConfig, Written
-
-if TYPE_CHECKING:
-    from dataflows.delivery import TransmitReport
+from dataflows.sdk import (
+    Batch,
+    RunContext,
+    TransmitConfig,
+    TransmitReport,
+    Written,
+    records_frame,
+    transmits,
+)
 
 
 def file_name(batch: Batch) -> str:
@@ -74,7 +77,7 @@ class _LocalFileWriter:
             if lines:
                 first = json.loads(lines[0]) if lines[0].endswith(b"}") else {}
                 stream = f"{first.get('asset')}:{first.get('stream_type')}"
-                self._report.ledger.record_delivery(self._report.transmit, stream, -len(lines), None)
+                self._report.take_back(stream, len(lines))
                 self._log.info("%s: resuming after a crash: %d records written after the last snapshot "
                                "taken back from %s; they are read and written again", stream, len(lines),
                                path.name)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from connectors._mqtt import (
     NOT_IN_TOPIC,
@@ -47,23 +47,25 @@ from connectors._mqtt import (
     connection_violations,
     new_client,
 )
-from dataflows.records import Batch, StreamKey, json_values, records_frame
-from dataflows.registry import transmits
 from dataflows.sdk import (
     DEFAULT_SPOOL_BYTES,
+    Batch,
     JsonPath,
     NonEmptyStr,
     RunContext,
     SpoolMaxBytes,
+    StreamKey,
     TransmitConfig,
+    TransmitReport,
     Violation,
     Written,
     describe,
     error,
+    json_values,
+    records_frame,
+    transmits,
 )
 
-if TYPE_CHECKING:
-    from dataflows.delivery import TransmitReport
 
 def topic_for(template: str, stream: StreamKey) -> str:
     """The topic of ``stream``'s records: ``template`` with ``{asset}`` and

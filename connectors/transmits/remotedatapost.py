@@ -53,12 +53,25 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import msgspec
 import polars as pl
 
-from dataflows.delivery import OutboxSender, OutboxWriter, Refused, SendFailed, TransmitReport
-from dataflows.ledger import Ledger
-from dataflows.outbox import Entry, Outbox
-from dataflows.records import Batch, json_values, records_frame
-from dataflows.registry import transmits
-from dataflows.sdk import JsonPath, RunContext, TransmitConfig, Violation, describe, error
+from dataflows.sdk import (
+    Batch,
+    Entry,
+    JsonPath,
+    Outbox,
+    OutboxSender,
+    OutboxWriter,
+    Refused,
+    RunContext,
+    SendFailed,
+    TransmitConfig,
+    TransmitReport,
+    Violation,
+    describe,
+    error,
+    json_values,
+    records_frame,
+    transmits,
+)
 
 if TYPE_CHECKING:  # httpx loads when the transmit runs, not when the config does
     import httpx
@@ -125,24 +138,24 @@ def post_payload(entries: list[Entry], fmt: Literal["bson", "json"]) -> bytes:
 
 class Sender(OutboxSender):
     """Drains an outbox to the Sight Machine endpoint (the loop is
-    :class:`~dataflows.delivery.OutboxSender`'s): posts of up to ``max_request_records`` and
+    :class:`~dataflows.sdk.OutboxSender`'s): posts of up to ``max_request_records`` and
     ``max_request_size_bytes``, a partial one ``poll_interval`` seconds after the previous.
 
     :param config: the transmit (credentials already taken from the environment).
     :param outbox: the outbox connection this sender (thread) owns.
-    :param ledger: the ledger connection this sender (thread) owns.
+    :param report: the transmit's ledger handle this sender (thread) owns.
     :param sleep: waits the given seconds or until stopped; tests inject their own.
     :param clock: monotonic seconds, for ``poll_interval``.
     """
 
-    def __init__(self, config: RemoteDataPost, outbox: Outbox, ledger: Ledger, *,
+    def __init__(self, config: RemoteDataPost, outbox: Outbox, report: TransmitReport, *,
                  stop: threading.Event | None = None, wake: threading.Event | None = None,
                  sleep: Callable[[float], object] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  client: httpx.Client | None = None) -> None:
         import httpx
 
-        super().__init__(config.transmit_name, config.record_noun, outbox, ledger, config.fingerprint(),
+        super().__init__(outbox, report, config.fingerprint(),
                          "base_url, API_key or API_key_ID", max_records=config.max_request_records,
                          max_bytes=config.max_request_size_bytes, stop=stop, wake=wake, sleep=sleep,
                          clock=clock)
@@ -257,8 +270,8 @@ class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
         def encode(batch: Batch) -> list[tuple[str | None, bytes]]:
             return sslogs(batch, ctx.now()) if self.format == "bson" else json_records(batch)
 
-        def sender(outbox: Outbox, ledger: Ledger, stop: threading.Event, wake: threading.Event) -> Sender:
-            return Sender(self, outbox, ledger, stop=stop, wake=wake)
+        def sender(outbox: Outbox, own: TransmitReport, stop: threading.Event, wake: threading.Event) -> Sender:
+            return Sender(self, outbox, own, stop=stop, wake=wake)
 
         return OutboxWriter(self.transmit_name, ctx, report, encode, sender, self.outbox_max_bytes,
                             self.timeout + 5, f"{self.base_url}{SSLOG_PATH}")

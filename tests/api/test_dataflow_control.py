@@ -23,7 +23,8 @@ from tests.api.conftest import Api, make_api
 from tests.conftest import NAB_ROWS
 from tests.dataflows.test_main import nab_config
 from tests.nab import create_table, insert_lines, nab_lines
-from tests.services.postgres import Postgres, free_port
+from tests.services.postgres import Postgres
+from tests.services.process import free_port
 
 FTX_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 RESTREAM_DONE = {"success": True, "response": "Restream has completed successfully"}

@@ -10,8 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dataflows.delivery import OUTBOX_FULL
 from dataflows.ledger import Ledger, ledger_path
+from dataflows.report import OUTBOX_FULL
 from tests.simulators.sightmachine import SightMachineSimulator
 
 BUDGET = 4 * 1024 * 1024  # the smallest the transmit takes

@@ -111,11 +111,3 @@ def _registrar(table: dict[str, Any], key: str) -> Callable[[T], T]:
 receiver_harness = _registrar(RECEIVERS, "protocol")
 transmit_harness = _registrar(TRANSMITS, "transmit_type")
 parser_harness = _registrar(PARSERS, "parser_type")
-
-
-def open_partition(sink: Any, resume_state: Any = None) -> Any:
-    """The partition a transmit's sink writes through on a single worker: a recoverable
-    transmit's one partition (resumed from ``resume_state``), or worker 0's of 1."""
-    if hasattr(sink, "build_part"):
-        return sink.build_part("step", sink.list_parts()[0], resume_state)
-    return sink.build("step", 0, 1)

@@ -36,10 +36,12 @@ import tests.connectors
 from dataflows import registry
 from dataflows.config import load, validate
 from dataflows.control import ControlStore, control_path
+from dataflows.delivery import transmit_sink
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
-from dataflows.runtime import PartitionState, _ReceiverPartition
+from dataflows.runtime import PartitionState
 from dataflows.sdk import ParseError, RunContext, SourceFile
+from dataflows.testing import Clock, StreamDriver, load_receiver, sink_partition
 from tests.connectors import conformance
 
 for _module in pkgutil.walk_packages(tests.connectors.__path__, "tests.connectors."):
@@ -155,28 +157,18 @@ def test_building_a_component_does_no_io(section: str, tag: str, tmp_path: Path)
         for stream in receiver.stream_list:
             if not receiver.runnable:
                 with pytest.raises(NotImplementedError, match="cannot run yet"):
-                    receiver.open_stream(stream, None, ctx, {})
+                    receiver.open_stream(stream, None, ctx, receiver.open_worker(ctx))
                 continue
-            reader, seen = io_during(lambda s=stream: receiver.open_stream(s, None, ctx, {}))
+            reader, seen = io_during(lambda s=stream: receiver.open_stream(s, None, ctx, receiver.open_worker(ctx)))
             assert seen == []
             reader.close()
     elif section == "data_transmit":
-        _, seen = io_during(lambda: config.data_transmit[0].sink(ctx))
+        _, seen = io_during(lambda: transmit_sink(config.data_transmit[0], ctx))
         assert seen == []
     assert not (tmp_path / "home").exists()
 
 
 # --------------------------------------------------------------------------- receivers
-
-
-class Clock:
-    """The partition's clock: moved by the test, never waited for."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC) + timedelta(hours=1)  # files written now are already still
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(params=_components(registry.receivers, runnable_only=True))
@@ -187,29 +179,34 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[conforman
 
 
 class Stream:
-    """One receiver stream run through the runtime's partition, as bytewax runs it."""
+    """One receiver stream run through the runtime's partition, as bytewax runs it, on a
+    clock an hour ahead of the wall clock (files written now are already still)."""
 
     def __init__(self, harness: conformance.ReceiverHarness, home: Path) -> None:
-        document = {"data_receiver": [harness.receiver()], "transforms": [], "data_transmit": [TRANSMIT]}
-        self.receiver = load(document).data_receiver[0]
+        self.receiver = load_receiver(harness.receiver())
         (self.stream,) = self.receiver.stream_list
         assert self.stream.key == STREAM
-        self.clock = Clock()
+        self.clock = Clock.ahead(3600)
         self.ctx = RunContext(home=home, now=self.clock,
                               expected_transmits={(self.receiver.data_receiver_name, STREAM):
                                                   frozenset({"sink"})})
-        self.partition: _ReceiverPartition | None = None
+        self.driver: StreamDriver | None = None
+
+    @property
+    def partition(self) -> Any:
+        assert self.driver is not None
+        return self.driver.partition
 
     def open(self, state: Any = None) -> None:
-        self.partition = _ReceiverPartition(self.receiver, self.stream, state, self.ctx, {})
+        self.driver = StreamDriver(self.receiver, self.ctx, state)
 
     def pump(self, until: Callable[[list[int]], bool], heal: Callable[[], None] | None = None,
              steps: int = 200) -> list[int]:
         """``next_batch`` (moving the clock to each next poll) until ``until(seqs so far)``."""
-        assert self.partition is not None
+        assert self.driver is not None
         seqs: list[int] = []
         for _ in range(steps):
-            batches = self.partition.next_batch()
+            batches = self.driver.poll()
             for batch in batches:
                 assert batch.stream == STREAM
                 seqs.extend(batch.frame["seq"].to_list())
@@ -219,27 +216,24 @@ class Stream:
                 time.sleep(0.01)
             if heal is not None and self.markers():
                 heal()
-            self.clock.now = max(self.clock.now, self.partition.next_poll or self.clock.now) \
-                + timedelta(seconds=0.01)
         raise AssertionError(f"gave up after {steps} polls with {seqs}")
 
     def drain(self) -> list[int]:
         """Everything ready over the next few polls."""
-        assert self.partition is not None
+        assert self.driver is not None
         seqs: list[int] = []
         for _ in range(4):
-            for batch in self.partition.next_batch():
+            for batch in self.driver.next_batch():
                 seqs.extend(batch.frame["seq"].to_list())
-            self.clock.now += timedelta(seconds=self.receiver.poll_interval + 0.01)
+            self.clock.advance(self.receiver.poll_interval + 0.01)
         return seqs
 
     def markers(self) -> list[Any]:
-        return [m for m in Ledger(ledger_path(self.ctx.home)).markers()
-                if (m.asset, m.stream_type) == (STREAM.asset, STREAM.stream_type)]
+        return self.driver.markers() if self.driver is not None else []
 
     def close(self) -> None:
-        if self.partition is not None:
-            self.partition.close()
+        if self.driver is not None:
+            self.driver.close()
 
 
 def _enough(n: int) -> Callable[[list[int]], bool]:
@@ -269,7 +263,7 @@ def test_restream_request_resets_the_state(source: conformance.ReceiverHarness, 
     assert stream.pump(_enough(6)) == list(range(6))
     store = ControlStore(control_path(stream.ctx.home))
     request = store.request_restream([(stream.receiver.data_receiver_name, str(STREAM))])
-    time.sleep(1.05)  # the partition looks at the control store at most once a second
+    stream.clock.advance(1.05)  # the partition looks at the control store once a second, by its clock
     # a live source has only its present value: the reset state sends it again
     again = list(range(6)) if source.replayable else [5]
     assert stream.pump(_enough(len(again))) == again
@@ -312,7 +306,7 @@ def test_write_batch_returns_only_after_a_durable_write(tag: str, tmp_path: Path
     home = tmp_path / "home"
     document = {"data_receiver": [], "transforms": [], "data_transmit": [harness.transmit(home)]}
     transmit = load(document, runnable=False, environ={}).data_transmit[0]
-    partition = conformance.open_partition(transmit.sink(RunContext(home=home)))
+    partition = sink_partition(transmit, RunContext(home=home))
     frame = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=s)
                                         for s in range(100)], "seq": list(range(100))})
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from dataflows.backoff import ENDPOINT_BACKOFF, MAX_BACKOFF, Backoff, stream_backoff
 from dataflows.config import load
-from dataflows.runtime import _ReceiverPartition
 from dataflows.sdk import RunContext
-from tests.services.postgres import free_port
+from dataflows.testing import Clock, StreamDriver
+from tests.services.process import free_port
 
 
 def test_delays_double_with_jitter_up_to_the_cap() -> None:
@@ -32,14 +32,13 @@ def test_a_failing_stream_is_polled_at_least_every_30_seconds(tmp_path: Path) ->
                                                "username": "u", "password": "p"}],
                               "streams": [{"asset": "a", "stream_type": "b", "query": "SELECT 1"}]}]}
     receiver = load(doc).data_receiver[0]
-    now = [datetime(2024, 1, 1, tzinfo=UTC)]
-    partition = _ReceiverPartition(receiver, receiver.streams[0], None,
-                                   RunContext(home=tmp_path, now=lambda: now[0]), {})
+    clock = Clock(datetime(2024, 1, 1, tzinfo=UTC))
+    partition = StreamDriver(receiver, RunContext(home=tmp_path, now=clock))
     gaps = []
     for _ in range(8):  # connection refused every time
         assert partition.next_batch() == []
         assert partition.next_poll is not None
-        gaps.append((partition.next_poll - now[0]).total_seconds())
-        now[0] = partition.next_poll
+        gaps.append((partition.next_poll - clock.now).total_seconds())
+        clock.now = partition.next_poll
     partition.close()
     assert 5.0 <= gaps[0] <= 5.5 and gaps[-3:] == [30.0, 30.0, 30.0], gaps

@@ -12,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from dataflows import registry
 from tests.conftest import NAB_ROWS
 from tests.dataflows.test_main import nab_config
 from tests.flowrun import REPO
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 
 FACTORYFLOW = Path(sys.executable).parent / "factoryflow"
 
@@ -89,8 +90,8 @@ def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> N
     assert failed.returncode == 2
     assert failed.stdout.splitlines() == [
         "error: data_receiver/0/poll_interval: Expected `float` >= 0.05, got 0",
-        ("error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: authentise_capture, "
-         "kafka, localfile, mqtt, rdpv3, remotedatapost"),
+        ("error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: "
+         f"{', '.join(registry.transmits.tags())}"),
         f"{bad}: 2 errors, 0 warnings"]
 
 

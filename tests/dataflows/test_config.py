@@ -11,6 +11,7 @@ import pytest
 
 from connectors.receivers.sql import SqlConnection, SqlReceiver
 from dataflows import config as cfg
+from dataflows import registry
 from dataflows.config import ConfigError, Violation, load, read_document, validate
 from dataflows.sdk import secret_paths
 from tests.specs import quickstart, rest_examples, templates
@@ -177,8 +178,7 @@ BROKEN: dict[str, tuple[Mutation, list[tuple[list[str | int], str]], str]] = {
     "section not a list": (_set(["data_transmit"], {"transmit_name": "x"}), [(["data_transmit"], "error")],
                            "'data_transmit' section is not defined as a list"),
     "unknown protocol": (_set([*R0, "protocol"], "ftp"), [([*R0, "protocol"], "error")],
-                         "accepted: azure_data_lake, azure_data_lake_gen2, factoryio, localfile, machinemetrics, mqtt, "
-                         "opcua, s3, smb, sql"),
+                         f"accepted: {', '.join(registry.receivers.tags())}"),
     "missing protocol": (_delete([*R0, "protocol"]), [(R0, "error")], "missing required key `protocol`"),
     "unknown receiver key": (_set([*R0, "pollinterval"], 5), [([*R0, "pollinterval"], "error")],
                              "unknown key `pollinterval`"),
@@ -215,7 +215,7 @@ BROKEN: dict[str, tuple[Mutation, list[tuple[list[str | int], str]], str]] = {
                                      [([*R1, "connections", 0, "password"], "error")], "'NO_SUCH_VAR_FF'"),
     "unknown transform_type": (_set(["transforms", 0, "transform_type"], "pandas"),
                                [(["transforms", 0, "transform_type"], "error")],
-                               "accepted: checksum_record, convert_timestamps, rename, replicate, tap"),
+                               f"accepted: {', '.join(registry.transforms.tags())}"),
     "empty connections": (_set([*R0, "connections"], []), [([*R0, "connections"], "error")],
                           "length >= 1"),
     "file_filter and path_filter": (_set([*R0, "streams", 0, "path_filter"], ["*/x.csv"]),

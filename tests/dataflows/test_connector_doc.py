@@ -18,8 +18,8 @@ from api.templates import template_for
 from dataflows import registry
 from dataflows.config import load, validate
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.runtime import _ReceiverPartition
 from dataflows.sdk import RunContext
+from dataflows.testing import StreamDriver
 from tests.test_architecture import PUBLIC_SDK
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "connectors.md"
@@ -65,11 +65,13 @@ def test_the_example_connector_validates_runs_and_is_served(host_health: Any, tm
     (violation,) = validate({**document, "data_receiver": [bad]})
     assert violation.json_path == ["data_receiver", 0, "streams", 0, "cpu_measure"]
     assert violation.description == "unsupported cpu_measure 'median'; accepted: busiest, total"
+    (unknown,) = validate({**document, "data_receiver": [{**cls.example, "protocol": "ftp"}]})
+    assert "host_health" in unknown.description.split("accepted: ")[1].split(", ")  # the registry's list
 
     receiver = load(document).data_receiver[0]
     (stream,) = receiver.stream_list
     ctx = RunContext(home=tmp_path / "home")
-    partition = _ReceiverPartition(receiver, stream, 41, ctx, {})
+    partition = StreamDriver(receiver, ctx, 41)
     (batch,) = partition.next_batch()
     record = batch.frame.row(0, named=True)
     assert record["sample"] == 42 and 0 <= record["disk_percent"] <= 100

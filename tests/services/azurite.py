@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services.postgres import free_port
-from tests.services.process import ServerProcess, npm_package
+from tests.services.process import ServerProcess, free_port, npm_package
 from tests.services.tls import TestCertificate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,7 @@ stopped and started again on the same ports and data, for outage tests.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,8 +24,7 @@ from typing import NamedTuple
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.services.postgres import free_port
-from tests.services.process import maven_jars
+from tests.services.process import ServerProcess, free_port, maven_jars
 
 ROOT = Path(__file__).resolve().parents[2]
 POM = Path(__file__).with_name("kafka") / "pom.xml"
@@ -51,15 +48,6 @@ def kafka_jars() -> Path:
     :raises subprocess.CalledProcessError: Maven failed.
     """
     return maven_jars(POM, JARS, f"kafka_2.13-{VERSION}.jar")
-    for tool in ("mvn", "java"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"{tool} is not installed; run scripts/setup.sh --services")
-    staging = JARS.with_name(f"{VERSION}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                    f"-DoutputDirectory={staging}", "-DincludeScope=runtime"], check=True)
-    staging.rename(JARS)
-    return JARS
 
 
 class KafkaBroker:
@@ -75,7 +63,6 @@ class KafkaBroker:
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = root / "broker.log"
-        self._process: subprocess.Popen[bytes] | None = None
         (root / "log4j2.properties").write_text(_LOG4J)
         (root / "server.properties").write_text("\n".join([
             "process.roles=broker,controller",
@@ -101,6 +88,8 @@ class KafkaBroker:
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
                                   str(root / "server.properties")), check=True, capture_output=True)
+        self._server = ServerProcess(f"Kafka broker on {self.bootstrap}",
+                                     self._java("kafka.Kafka", str(root / "server.properties")), self.log_path)
 
     def _java(self, main: str, *args: str) -> list[str]:
         return ["java", "-Xms256m", "-Xmx768m", "-XX:+UseSerialGC", "-cp", f"{self.jars}/*",
@@ -111,41 +100,20 @@ class KafkaBroker:
 
         :raises TimeoutError: not ready within ``timeout`` seconds (its log is in the message).
         """
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._process = subprocess.Popen(self._java("kafka.Kafka", str(self.root / "server.properties")),
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    pass
-                admin = AdminClient({"bootstrap.servers": self.bootstrap})
-                if admin.list_topics(timeout=10).brokers:
-                    return
-            except (OSError, KafkaException):
-                time.sleep(0.3)
-        raise TimeoutError(f"Kafka broker not ready on {self.bootstrap}:\n{self.log_path.read_text()[-3000:]}")
+        self._server.start(self._answers, timeout)
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            pass
+        return bool(AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=10).brokers)
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 30 s); its data stays for :meth:`start`."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        self._server.stop(timeout=30)
 
     def kill(self) -> None:
         """SIGKILL the broker, as a crash or power loss would; its data stays for :meth:`start`."""
-        if self._process is None or self._process.poll() is not None:
-            return
-        os.killpg(self._process.pid, signal.SIGKILL)
-        self._process.wait()
+        self._server.kill()
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
         """Create ``name`` with ``partitions`` partitions (replication 1) and wait for it."""

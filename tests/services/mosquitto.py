@@ -26,16 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services.postgres import free_port
-from tests.services.process import ServerProcess, debian_bin
+from tests.services.process import ServerProcess, debian_bin, free_port
 from tests.services.tls import TestCertificate, make_certificate, make_client_certificate
 
 PASSWORD_USER = "collector"
 PASSWORD = "mqtt-test-password"
-
-
-def _bin(name: str) -> str:
-    return debian_bin(name, "Mosquitto")
 
 
 @dataclass
@@ -76,7 +71,7 @@ def mosquitto_broker() -> Iterator[Mosquitto]:
     certificate = make_certificate(root / "tls")
     client_cert, client_key = make_client_certificate(certificate, root / "tls")
     passwords = root / "passwd"
-    subprocess.run([_bin("mosquitto_passwd"), "-b", "-c", str(passwords), PASSWORD_USER, PASSWORD],
+    subprocess.run([debian_bin("mosquitto_passwd", "Mosquitto"), "-b", "-c", str(passwords), PASSWORD_USER, PASSWORD],
                    check=True, capture_output=True)
     passwords.chmod(0o600)
     port, password_port, tls_port = free_port(), free_port(), free_port()
@@ -109,7 +104,7 @@ def mosquitto_broker() -> Iterator[Mosquitto]:
         "require_certificate true",
         "",
     ]))
-    process = ServerProcess("mosquitto", [_bin("mosquitto"), "-c", str(conf)], root / "mosquitto.log")
+    process = ServerProcess("mosquitto", [debian_bin("mosquitto", "Mosquitto"), "-c", str(conf)], root / "mosquitto.log")
     broker = Mosquitto(port, password_port, tls_port, certificate, client_cert, client_key, process)
     try:
         broker.start()

@@ -28,8 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from tests.services.postgres import free_port
-from tests.services.process import ServerProcess, npm_package
+from tests.services.process import ServerProcess, free_port, npm_package
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(__file__).with_name("node_opcua")

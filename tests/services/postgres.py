@@ -2,36 +2,27 @@
 
 ``initdb`` refuses to run as root, so as root the cluster belongs to the ``postgres``
 user the Debian package creates. The data directory lives in a fresh temporary
-directory that is removed on stop.
+directory that is removed on stop. The server runs as a :class:`ServerProcess` (its
+process group killed on stop: a throwaway cluster needs no clean shutdown).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.services.process import ServerProcess, debian_bin, free_port
 
 
 def _bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        raise FileNotFoundError(f"PostgreSQL's {name} is not installed; run scripts/setup.sh --services")
-    return found[-1]
+    return debian_bin(name, "PostgreSQL", also=["/usr/lib/postgresql/*/bin"])
 
 
 @dataclass(frozen=True)
@@ -58,6 +49,11 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def _answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
 @contextmanager
 def postgres_server(port: int | None = None) -> Iterator[Postgres]:
     """Start a server (``port`` or a free one), yield it, stop it and delete its data."""
@@ -66,29 +62,14 @@ def postgres_server(port: int | None = None) -> Iterator[Postgres]:
     data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
+    process = ServerProcess("PostgreSQL", _as_owner([
+        _bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root),
+        "-c", "fsync=off"]), root / "server.log")
     try:
         subprocess.run(_as_owner([_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                                   "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
-        subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-                                  "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start"]),
-                       check=True, capture_output=True)
-        server = Postgres(port)
-        _wait(server)
-        yield server
+        process.start(lambda: _answers(port), timeout=30)
+        yield Postgres(port)
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                           capture_output=True)
+        process.kill()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait(server: Postgres, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((server.host, server.port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

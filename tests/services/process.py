@@ -1,23 +1,39 @@
-"""A server process the tests start and stop: its log in a file, ready when a check passes."""
+"""What every test service shares: a free loopback port, a Debian program's path, a
+server process the tests start and stop (its log in a file, ready when a check passes),
+and the jars and npm packages some servers are fetched as."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def debian_bin(name: str, package: str) -> str:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def debian_bin(name: str, package: str, also: Sequence[str] = ()) -> str:
     """The path of ``name``, a program of Debian's ``package`` (``/usr/sbin`` is often off
-    the ``PATH``).
+    the ``PATH``); ``also``: more places to look, as globs (the newest match wins), e.g.
+    PostgreSQL's versioned ``/usr/lib/postgresql/*/bin``.
 
     :raises FileNotFoundError: it is not installed.
     """
+    for pattern in also:
+        found = sorted(glob.glob(f"{pattern}/{name}"))
+        if found:
+            return found[-1]
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if candidate and Path(candidate).exists():
             return candidate

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services.postgres import free_port
-from tests.services.process import ServerProcess, maven_jars
+from tests.services.process import ServerProcess, free_port, maven_jars
 
 ROOT = Path(__file__).resolve().parents[2]
 POM = Path(__file__).with_name("s3proxy") / "pom.xml"

@@ -20,15 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.services.postgres import free_port
-from tests.services.process import ServerProcess, debian_bin
+from tests.services.process import ServerProcess, debian_bin, free_port
 
 SHARE = "data"
 PASSWORD = "factoryflow-test-password"
-
-
-def _bin(name: str) -> str:
-    return debian_bin(name, "Samba")
 
 
 @dataclass
@@ -50,7 +45,7 @@ class SambaServer:
 
     def sessions(self) -> str:
         """``smbstatus``'s table of sessions (it names each one's encryption)."""
-        return subprocess.run([_bin("smbstatus"), "-s", str(self.conf), "-b"], capture_output=True,
+        return subprocess.run([debian_bin("smbstatus", "Samba"), "-s", str(self.conf), "-b"], capture_output=True,
                               text=True, check=True).stdout
 
     def start(self) -> None:
@@ -99,9 +94,9 @@ def samba_server() -> Iterator[SambaServer]:
         f"  force user = {user}",
         "",
     ]))
-    subprocess.run([_bin("smbpasswd"), "-c", str(conf), "-s", "-a", user], check=True,
+    subprocess.run([debian_bin("smbpasswd", "Samba"), "-c", str(conf), "-s", "-a", user], check=True,
                    input=f"{PASSWORD}\n{PASSWORD}\n", text=True, capture_output=True)
-    process = ServerProcess("smbd", [_bin("smbd"), "-s", str(conf), "--foreground", "--no-process-group",
+    process = ServerProcess("smbd", [debian_bin("smbd", "Samba"), "-s", str(conf), "--foreground", "--no-process-group",
                                      "--debug-stdout", "-d", "1"], root / "smbd.out")
     server = SambaServer(port, user, root / "share", conf, process)
     try:

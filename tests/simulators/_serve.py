@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 
 
 @dataclass

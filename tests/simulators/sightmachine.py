@@ -24,7 +24,7 @@ import bson
 from litestar import Litestar, Request, Response, put
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 from tests.simulators._serve import Simulator, arguments
 
 Mode = Literal["ok", "503", "hang", "drop"]

@@ -74,7 +74,7 @@ def test_binary_files_through_the_file_receiver(tmp_path: Path) -> None:
     rec = load(doc).data_receiver[0]
     ctx = RunContext(home=tmp_path / "home", expected_transmits={("files", StreamKey("camera", "frames")):
                                                                  frozenset({"local"})})
-    reader = rec.open_stream(rec.streams[0], None, ctx, {})
+    reader = rec.open_stream(rec.streams[0], None, ctx, rec.open_worker(ctx))
     frame = pl.concat([b.frame for b in drain(reader)])
     assert sorted(frame["file_name"].to_list()) == ["blob.bin", "frame.png"]
     for row in frame.iter_rows(named=True):

@@ -10,10 +10,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from dataflows.testing import StreamDriver
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
-from tests.connectors.receivers.partition import Partition
 from tests.simulators.factoryio import FactoryIoSimulator, demo_scene, tag
-
 
 
 @pytest.fixture
@@ -24,9 +23,9 @@ def scene() -> Iterator[FactoryIoSimulator]:
 
 def test_wildcards_kind_and_type_pick_the_tags(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["at ?NTRY", "*reset*"], "kind": "input"}]
-    p = Partition(scene.receiver(streams), tmp_path)
+    p = StreamDriver.of(scene.receiver(streams), tmp_path)
     scene.set("At entry", True)
-    (frame,) = p.poll()
+    (frame,) = p.frames()
     # "*reset*" matches both FACTORY I/O (Reset) tags; kind input keeps one, so no suffix
     assert frame.columns == ["timestamp", "At entry", "FACTORY I/O (Reset)"]
     assert frame.row(0) == (datetime(2026, 1, 1, tzinfo=UTC), True, False)
@@ -40,9 +39,9 @@ def test_duplicate_names_are_told_apart_by_kind_and_address(scene: FactoryIoSimu
     weights = [t for t in scene.tags if t["name"] == "Weight"]
     weights[1]["value"] = 0  # an integral JSON number on a float tag, as the spec's example shows
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["Weight", "FACTORY I/O*", "Pieces sorted"]}]
-    p = Partition(scene.receiver(streams), tmp_path)
+    p = StreamDriver.of(scene.receiver(streams), tmp_path)
     scene.set("Pieces sorted", 7)
-    (frame,) = p.poll()
+    (frame,) = p.frames()
     assert frame.drop("timestamp").to_dicts() == [{
         "Weight [input 0]": 2.217, "Weight [input 1]": 0.0,
         "FACTORY I/O (Reset) [output 498]": False, "FACTORY I/O (Reset) [input 498]": False,
@@ -54,38 +53,38 @@ def test_duplicate_names_are_told_apart_by_kind_and_address(scene: FactoryIoSimu
 
 def test_ids_and_every_tag_of_a_type(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     (speed,) = scene.ids("Conveyor speed")
-    p = Partition(scene.receiver([{"asset": "a", "stream_type": "b", "ids": [speed]}]), tmp_path)
-    assert p.poll()[0].drop("timestamp").to_dicts() == [{"Conveyor speed": 1.5}]
+    p = StreamDriver.of(scene.receiver([{"asset": "a", "stream_type": "b", "ids": [speed]}]), tmp_path)
+    assert p.frames()[0].drop("timestamp").to_dicts() == [{"Conveyor speed": 1.5}]
     p.close()
-    p = Partition(scene.receiver([{"asset": "a", "stream_type": "b", "type": "float"}]), tmp_path)
-    assert p.poll()[0].columns == ["timestamp", "Weight [input 0]", "Weight [input 1]", "Conveyor speed"]
+    p = StreamDriver.of(scene.receiver([{"asset": "a", "stream_type": "b", "type": "float"}]), tmp_path)
+    assert p.frames()[0].columns == ["timestamp", "Weight [input 0]", "Weight [input 1]", "Conveyor speed"]
     p.close()
 
 
 def test_a_tag_error_is_a_marker_and_the_other_tags_go_on(scene: FactoryIoSimulator,
                                                           tmp_path: Path) -> None:
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["Entry conveyor", "Pieces sorted"]}]
-    p = Partition(scene.receiver(streams), tmp_path)
+    p = StreamDriver.of(scene.receiver(streams), tmp_path)
     (counter,) = scene.ids("Pieces sorted")
     scene.tag_errors[counter] = (500, "Tag value unavailable.")
-    (frame,) = p.poll()
+    (frame,) = p.frames()
     assert frame.drop("timestamp").to_dicts() == [{"Entry conveyor": True, "Pieces sorted": None}]
     (marker,) = p.markers()
     assert marker.level == "error" and marker.category == "input"
     assert marker.message == f"tag 'Pieces sorted' (id {counter}): 500 Tag value unavailable."
     scene.tag_errors.clear()
     scene.set("Pieces sorted", 3)
-    assert p.poll()[0]["Pieces sorted"].to_list() == [3]
+    assert p.frames()[0]["Pieces sorted"].to_list() == [3]
     p.close()
 
 
 def test_a_scene_change_resolves_the_tags_again(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["Pieces sorted", "Weight"]}]
-    p = Partition(scene.receiver(streams), tmp_path)
-    assert p.poll()[0].columns == ["timestamp", "Pieces sorted", "Weight [input 0]", "Weight [input 1]"]
+    p = StreamDriver.of(scene.receiver(streams), tmp_path)
+    assert p.frames()[0].columns == ["timestamp", "Pieces sorted", "Weight [input 0]", "Weight [input 1]"]
     # the user opens another scene: new ids, one scale only
     scene.load_scene([tag("Pieces sorted", 4, "int", "input", 12), tag("Weight", 3, "float", "input", 1.25)])
-    (frame,) = p.poll()
+    (frame,) = p.frames()
     assert frame.drop("timestamp").to_dicts() == [{"Pieces sorted": 12, "Weight": 1.25}]
     (marker,) = p.markers()
     assert marker.level == "warning" and "no longer in the scene" in marker.message
@@ -95,58 +94,58 @@ def test_a_scene_change_resolves_the_tags_again(scene: FactoryIoSimulator, tmp_p
 
 def test_server_down_and_back(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["Pieces sorted"]}]
-    p = Partition(scene.receiver(streams), tmp_path)
+    p = StreamDriver.of(scene.receiver(streams), tmp_path)
     scene.set("Pieces sorted", 1)
-    assert p.poll()[0]["Pieces sorted"].to_list() == [1]
+    assert p.frames()[0]["Pieces sorted"].to_list() == [1]
     scene.stop()
-    assert p.poll() == []
+    assert p.frames() == []
     (marker,) = p.markers()
     assert marker.category == "factoryio" and marker.level == "error"
     assert marker.message.startswith(f"Factory I/O read failed: GET {scene.base_url}/api/tag")
     assert "ConnectError" in marker.message
     scene.switches.outage = True
     scene.start()
-    assert p.poll() == []  # 503: still failing, still marked
+    assert p.frames() == []  # 503: still failing, still marked
     assert "HTTP 503 'Factory I/O is not running a scene.'" in p.markers()[0].message
     scene.switches.outage = False
     scene.set("Pieces sorted", 2)
-    assert p.poll()[0]["Pieces sorted"].to_list() == [2]
+    assert p.frames()[0]["Pieces sorted"].to_list() == [2]
     assert p.markers() == []  # cleared on recovery
     p.close()
 
 
 def test_slow_server_times_out(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     streams = [{"asset": "sorter", "stream_type": "s", "names": ["Pieces sorted"]}]
-    p = Partition(scene.receiver(streams, timeout=0.3), tmp_path)
+    p = StreamDriver.of(scene.receiver(streams, timeout=0.3), tmp_path)
     scene.switches.slow_seconds = 1.0
-    assert p.poll() == []
+    assert p.frames() == []
     assert "no answer within 0.3 s" in p.markers()[0].message
     p.close()
 
 
 def test_on_change_sends_only_changes_across_a_restart(scene: FactoryIoSimulator, tmp_path: Path) -> None:
     entry = scene.receiver([{"asset": "a", "stream_type": "b", "names": ["Pieces sorted"], "on_change": True}])
-    p = Partition(entry, tmp_path)
+    p = StreamDriver.of(entry, tmp_path)
     scene.set("Pieces sorted", 5)
-    assert len(p.poll()) == 1
-    assert p.poll() == []  # unchanged
-    state = p.part.snapshot()
+    assert len(p.frames()) == 1
+    assert p.frames() == []  # unchanged
+    state = p.snapshot()
     p.close()
-    p = Partition(entry, tmp_path, state)
-    assert p.poll() == []  # unchanged across the restart
+    p = StreamDriver.of(entry, tmp_path, state)
+    assert p.frames() == []  # unchanged across the restart
     scene.set("Pieces sorted", 6)
-    assert p.poll()[0]["Pieces sorted"].to_list() == [6]
+    assert p.frames()[0]["Pieces sorted"].to_list() == [6]
     p.close()
 
 
 def test_tags_that_appear_later_are_picked_up(scene: FactoryIoSimulator, tmp_path: Path) -> None:
-    p = Partition(scene.receiver([{"asset": "a", "stream_type": "b", "names": ["Cutter*"]}]), tmp_path)
-    assert p.poll() == []
+    p = StreamDriver.of(scene.receiver([{"asset": "a", "stream_type": "b", "names": ["Cutter*"]}]), tmp_path)
+    assert p.frames() == []
     (marker,) = p.markers()
     assert marker.level == "warning" and marker.message == "names pattern 'Cutter*' matches no tag of the scene"
     assert scene.value_requests == 0
     scene.load_scene([*scene.tags, tag("Cutter busy", 9, "bit", "input", True)])
-    assert p.poll()[0]["Cutter busy"].to_list() == [True]
+    assert p.frames()[0]["Cutter busy"].to_list() == [True]
     p.close()
 
 

@@ -16,21 +16,12 @@ import pytest
 from dataflows.config import load, validate
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import StreamKey
-from dataflows.runtime import RunContext, _ReceiverPartition
+from dataflows.runtime import RunContext
+from dataflows.testing import Clock, StreamDriver
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
 
 STREAM = StreamKey("machine", "temperature")
-
-
-class Clock:
-    """An injected clock: tests move time instead of waiting for it."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC) + timedelta(hours=1)  # files written "now" are already still
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def document(directory: Path, **keys: Any) -> dict[str, Any]:
@@ -47,13 +38,13 @@ def receiver(directory: Path, **keys: Any):
 
 
 def context(home: Path, clock: Clock | None = None) -> RunContext:
-    return RunContext(home=home, now=clock or Clock(),
+    return RunContext(home=home, now=clock or Clock.ahead(3600),
                       expected_transmits={("files", STREAM): frozenset({"local"})})
 
 
 def open_reader(tmp_path: Path, state: Any = None, clock: Clock | None = None, **keys: Any):
     rec = receiver(tmp_path / "in", **keys)
-    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), {})
+    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), None)
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_nab_file_in_chunks(tmp_path: Path, inbox: Path, nab_machine_csv: Path) 
 
 
 def test_a_growing_file_is_read_on_from_where_it_stopped(tmp_path: Path, inbox: Path) -> None:
-    clock = Clock()
+    clock = Clock.ahead(3600)  # files written now are already still
     path = inbox / "line1.csv"
     path.write_bytes(b"ts,v\n1,10\n2,20\n")
     reader = open_reader(tmp_path, clock=clock)
@@ -89,9 +80,30 @@ def test_a_growing_file_is_read_on_from_where_it_stopped(tmp_path: Path, inbox: 
     assert drain(reader) == []
 
 
+def test_minimum_file_age_is_how_long_a_file_must_be_still(tmp_path: Path, inbox: Path) -> None:
+    clock = Clock(datetime.now(UTC))
+    (inbox / "a.csv").write_bytes(b"ts,v\n1,10\n2,20")
+    text = open_reader(tmp_path, clock=clock, minimum_file_age=60)
+    assert [b.frame["v"].to_list() for b in drain(text)] == [[10]]
+    clock.now += timedelta(seconds=5)  # past poll_interval (2 s), not past minimum_file_age
+    assert drain(text) == []
+    clock.now += timedelta(seconds=60)
+    assert [b.frame["v"].to_list() for b in drain(text)] == [[20]]
+
+
+def test_a_whole_file_waits_for_minimum_file_age(tmp_path: Path, inbox: Path) -> None:
+    clock = Clock(datetime.now(UTC))
+    (inbox / "w.csv").write_bytes("ts,v\n1,10\n".encode("utf-16"))
+    parser = {"parser_name": "csv", "parser_type": "csv", "file_encoding": "utf-16"}  # whole files only
+    reader = open_reader(tmp_path, clock=clock, minimum_file_age=60, parser=parser)
+    clock.now += timedelta(seconds=5)  # still for longer than poll_interval (2 s)
+    assert drain(reader) == []
+    clock.now += timedelta(seconds=60)
+    assert [b.frame["v"].to_list() for b in drain(reader)] == [[10]]
+
+
 def test_a_last_line_without_newline_is_read_once_the_file_is_still(tmp_path: Path, inbox: Path) -> None:
-    clock = Clock()
-    clock.now = datetime.now(UTC)
+    clock = Clock(datetime.now(UTC))
     (inbox / "a.csv").write_bytes(b"ts,v\n1,10\n2,20")
     reader = open_reader(tmp_path, clock=clock)
     assert [b.frame["v"].to_list() for b in drain(reader)] == [[10]]
@@ -174,7 +186,7 @@ def test_unparseable_file_is_logged_and_marks_the_stream(tmp_path: Path, inbox: 
                                                          caplog: pytest.LogCaptureFixture) -> None:
     bad = bad_then_good(inbox)
     rec = receiver(inbox)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, context(tmp_path / "home"), {})
+    partition = StreamDriver(rec, context(tmp_path / "home"))
     with caplog.at_level(logging.ERROR):  # bad.csv, the oldest, is skipped; good.csv is read
         assert [Path(b.source).name for b in partition.next_batch()] == ["good.csv"]
     assert f"machine:temperature: {bad}, line 3: expected 2 fields, found 1; the file is skipped" in caplog.text
@@ -208,10 +220,10 @@ def test_delete_completed_waits_for_every_transmit(tmp_path: Path, inbox: Path) 
 
 
 def test_missing_directory_is_retried_with_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = Clock.ahead(3600)  # files written now are already still
     rec = receiver(tmp_path / "not-yet")
     ctx = context(tmp_path / "home", clock)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    partition = StreamDriver(rec, ctx)
     with caplog.at_level(logging.ERROR):
         assert partition.next_batch() == []
     first = (partition.next_poll - clock.now).total_seconds()
@@ -341,12 +353,12 @@ def test_files_fetched_ahead_wait_for_the_next_read(tmp_path: Path, inbox: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A read stops after READ_SECONDS; the files it fetched ahead and did not parse are
     parsed by the next reads without being fetched again."""
-    from connectors.receivers import _files
+    from connectors.receivers import _file_reader
 
     for n in range(30):
         (inbox / f"f{n:02d}.csv").write_bytes(f"n\n{n}\n".encode())
     ticks = iter(range(10**6))
-    monkeypatch.setattr(_files.time, "monotonic", lambda: next(ticks) * 0.1)  # 0.1 s per look at the clock
+    monkeypatch.setattr(_file_reader.time, "monotonic", lambda: next(ticks) * 0.1)  # 0.1 s per look at the clock
     reader = open_reader(tmp_path, process_files_alphabetically=True)
     fs = reader._connected()[0].fs
     calls: list[tuple[str, int]] = []

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from connectors.receivers.machinemetrics import iso
+from dataflows.testing import Clock, StreamDriver
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
-from tests.connectors.receivers.partition import Clock, Partition
 from tests.simulators.machinemetrics import MACHINES, MachineMetricsSimulator, parse
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "machinemetrics"
@@ -39,10 +39,10 @@ def _spec_example(mm: MachineMetricsSimulator, query: str, tmp_path: Path) -> li
               "filter": sent["filter"]}
     if query == "production":
         stream["metrics"] = [d["metric"] for d in sent["data"]]
-    p = Partition(mm.receiver([stream]), tmp_path, clock=Clock(end + timedelta(minutes=1)))
-    (frame,) = p.poll()
+    p = StreamDriver.of(mm.receiver([stream]), tmp_path, clock=Clock(end + timedelta(minutes=1)))
+    (frame,) = p.frames()
     assert mm.queries == [(query, sent)]  # the document's request, as the document writes it
-    assert p.poll() == []  # the next window has not elapsed
+    assert p.frames() == []  # the next window has not elapsed
     p.close()
     return frame.to_dicts()
 
@@ -89,16 +89,16 @@ def test_windows_are_asked_for_once_they_have_elapsed(mm: MachineMetricsSimulato
     stream = {"asset": "cell", "stream_type": "p", "query": "production", "metrics": ["totalParts"],
               "window": 600, "initial_value": iso(T0), "delay": 60}
     clock = Clock(T0 + timedelta(seconds=1850))  # three windows and 50 s: the third has not settled
-    p = Partition(mm.receiver([stream]), tmp_path, clock=clock)
-    frames = p.poll() + p.poll()
+    p = StreamDriver.of(mm.receiver([stream]), tmp_path, clock=clock)
+    frames = p.frames() + p.frames()
     assert [f["start"].to_list() for f in frames] == [[T0], [T0 + timedelta(seconds=600)]]
     assert frames[0]["totalParts"].to_list() == [mm.plant("production", T0, T0 + timedelta(seconds=600), {
         "data": [{"metric": "totalParts"}]})["aggregate"]["totalParts"]]
-    assert p.poll() == []
+    assert p.frames() == []
     clock.now = T0 + timedelta(seconds=1860)  # the third window's end plus the delay
-    (third,) = p.poll()
+    (third,) = p.frames()
     assert third["end"].to_list() == [T0 + timedelta(seconds=1800)]
-    assert p.part.snapshot().reader == iso(T0 + timedelta(seconds=1800))
+    assert p.snapshot().reader == iso(T0 + timedelta(seconds=1800))
     assert [(q["start"], q["end"]) for _, q in mm.queries] == [
         (iso(T0 + timedelta(seconds=600 * k)), iso(T0 + timedelta(seconds=600 * (k + 1)))) for k in range(3)]
     p.close()
@@ -107,10 +107,10 @@ def test_windows_are_asked_for_once_they_have_elapsed(mm: MachineMetricsSimulato
 def test_windows_start_on_whole_seconds(mm: MachineMetricsSimulator, tmp_path: Path) -> None:
     stream = {"asset": "cell", "stream_type": "p", "query": "quality", "window": 60,
               "initial_value": "2026-03-01T00:00:00.700+01:00"}  # an offset and a fraction
-    p = Partition(mm.receiver([stream]), tmp_path, clock=Clock(T0 + timedelta(minutes=5)))
-    p.poll()
+    p = StreamDriver.of(mm.receiver([stream]), tmp_path, clock=Clock(T0 + timedelta(minutes=5)))
+    p.frames()
     assert mm.queries[0][1]["start"] == "2026-02-28T23:00:00Z"
-    assert p.part.snapshot().reader == "2026-02-28T23:01:00Z"  # the state keeps what the queries use
+    assert p.snapshot().reader == "2026-02-28T23:01:00Z"  # the state keeps what the queries use
     p.close()
 
 
@@ -118,10 +118,10 @@ def test_a_first_run_without_initial_value_starts_at_the_current_window(mm: Mach
                                                                         tmp_path: Path) -> None:
     stream = {"asset": "cell", "stream_type": "d", "query": "downtime", "group_by": ["reason"], "window": 3600}
     clock = Clock(T0 + timedelta(minutes=30))
-    p = Partition(mm.receiver([stream]), tmp_path, clock=clock)
-    assert p.poll() == []
+    p = StreamDriver.of(mm.receiver([stream]), tmp_path, clock=clock)
+    assert p.frames() == []
     clock.now = T0 + timedelta(hours=1)
-    (frame,) = p.poll()
+    (frame,) = p.frames()
     assert frame["reason"].to_list() == ["Chipping Out", "Part Changeover", "Setup"]
     assert set(frame["start"].to_list()) == {T0}
     p.close()
@@ -144,13 +144,13 @@ def test_errors_are_markers_with_the_apis_error(mm: MachineMetricsSimulator, tmp
         entry["base_url"] = mm.base_url + "/v2"
     mm.forbidden = switch == "forbidden"
     mm.switches.outage = switch == "outage"
-    p = Partition(entry, tmp_path, clock=Clock(T0 + timedelta(hours=1)))
-    assert p.poll() == []
+    p = StreamDriver.of(entry, tmp_path, clock=Clock(T0 + timedelta(hours=1)))
+    assert p.frames() == []
     (marker,) = p.markers()
     assert marker.level == "error" and marker.category == "machinemetrics"
     assert marker.message.startswith("MachineMetrics query failed: POST ")
     assert message in marker.message
-    assert p.part.snapshot().reader == iso(T0)  # the state did not move
+    assert p.snapshot().reader == iso(T0)  # the state did not move
     p.close()
 
 
@@ -158,17 +158,17 @@ def test_429_backs_off_and_loses_no_window(mm: MachineMetricsSimulator, tmp_path
     stream = {"asset": "cell", "stream_type": "p", "query": "production", "metrics": ["totalParts"],
               "group_by": ["machine"], "window": 600, "initial_value": iso(T0)}
     clock = Clock(T0 + timedelta(seconds=1200))
-    p = Partition(mm.receiver([stream]), tmp_path, clock=clock)
+    p = StreamDriver.of(mm.receiver([stream]), tmp_path, clock=clock)
     mm.throttle = 2
     waits = []
     for _ in range(2):
         before = clock.now
-        assert p.part.next_batch() == []
-        waits.append((p.part.next_poll - before).total_seconds())
+        assert p.next_batch() == []
+        waits.append((p.next_poll - before).total_seconds())
         assert "HTTP 429 rate_limit_exceeded" in p.markers()[0].message
-        clock.now = p.part.next_poll
+        clock.now = p.next_poll
     assert 1.0 <= waits[0] < 1.5 and 2.0 <= waits[1] < 3.0, waits  # backoff: 1 s, then 2 s, with jitter
-    frames = p.poll() + p.poll()
+    frames = p.frames() + p.frames()
     assert [f["start"].to_list() for f in frames] == [[T0] * 3, [T0 + timedelta(seconds=600)] * 3]
     assert p.markers() == []
     p.close()

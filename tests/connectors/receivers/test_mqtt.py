@@ -19,10 +19,11 @@ import pytest
 from connectors.receivers.mqtt import MqttReceiver
 from dataflows.config import validate
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.runtime import _ReceiverPartition
+from dataflows.runtime import ReceiverSource
 from dataflows.sdk import RunContext
+from dataflows.testing import TRANSMIT, Clock, StreamDriver, load_receiver
+from dataflows.testing import markers as ledger_markers
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
-from tests.connectors.receivers.partition import TRANSMIT, Clock
 from tests.services.kafka import KafkaBroker
 from tests.services.mosquitto import (
     PASSWORD,
@@ -84,16 +85,14 @@ class Receiver:
 
     def __init__(self, config: dict[str, Any], home: Path, states: dict[str, Any] | None = None,
                  expected: frozenset[str] = frozenset()) -> None:
-        from dataflows.config import load
-
-        document = {"data_receiver": [config], "transforms": [], "data_transmit": [TRANSMIT]}
-        self.receiver: MqttReceiver = load(document).data_receiver[0]
+        self.receiver: MqttReceiver = load_receiver(config)
         self.clock = Clock(datetime.now(UTC))
         self.ctx = RunContext(home=home, now=self.clock, expected_transmits={
             (self.receiver.data_receiver_name, s.key): expected for s in self.receiver.streams})
-        shared: dict[str, Any] = {}
-        self.parts = {str(s.key): _ReceiverPartition(self.receiver, s, (states or {}).get(str(s.key)),
-                                                     self.ctx, shared) for s in self.receiver.streams}
+        source = ReceiverSource(self.receiver, self.ctx)  # one worker: one session
+        self.drivers = {str(s.key): StreamDriver(self.receiver, self.ctx, (states or {}).get(str(s.key)),
+                                                 stream=s, source=source) for s in self.receiver.streams}
+        self.parts = {key: driver.partition for key, driver in self.drivers.items()}
         self.frames: dict[str, list[pl.DataFrame]] = {key: [] for key in self.parts}
 
     def pump(self, until: Any, timeout: float = 20.0) -> dict[str, pl.DataFrame]:
@@ -121,15 +120,11 @@ class Receiver:
         return {key: part.snapshot() for key, part in self.parts.items()}
 
     def markers(self) -> list[Any]:
-        ledger = Ledger(ledger_path(self.ctx.home))
-        try:
-            return ledger.markers()
-        finally:
-            ledger.close()
+        return ledger_markers(self.ctx.home)
 
     def close(self) -> None:
-        for part in self.parts.values():
-            part.close()
+        for driver in self.drivers.values():
+            driver.close()
 
 
 # --------------------------------------------------------------------------- config
@@ -503,7 +498,7 @@ def test_a_message_that_cannot_be_buffered_is_not_acknowledged(mosquitto: Mosqui
 def test_each_listener_and_an_unreachable_broker(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """A password, TLS with a client certificate and MQTT 5; a broker that is not there
     marks the stream and a wrong password names the refusal."""
-    from tests.services.postgres import free_port
+    from tests.services.process import free_port
 
     p = uuid.uuid4().hex[:6]
     secure = {"username": PASSWORD_USER, "password": PASSWORD}

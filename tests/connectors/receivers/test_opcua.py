@@ -16,12 +16,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from dataflows.config import load
-from dataflows.ledger import Ledger, ledger_path
-from dataflows.runtime import PartitionState, _ReceiverPartition
+from dataflows.runtime import PartitionState
 from dataflows.sdk import RunContext
+from dataflows.testing import TRANSMIT, StreamDriver, load_receiver
+from dataflows.testing import markers as ledger_markers
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
-from tests.connectors.receivers.partition import TRANSMIT
 from tests.services.opcua import PASSWORD, USER, AsyncuaServer, node_opcua_sample_server
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -50,25 +49,19 @@ def tag(name: str, export: str | None = None) -> dict[str, Any]:
     return {"name": f"ns=2;s=Line1.{name}", "exportname": export or name}
 
 
-class Live:
+class Live(StreamDriver):
     """One stream through the runtime's partition, on the real clock."""
 
     def __init__(self, entry: dict[str, Any], home: Path, state: Any = None) -> None:
-        config = load({"data_receiver": [entry], "transforms": [], "data_transmit": [TRANSMIT]})
-        self.receiver = config.data_receiver[0]
-        (self.stream,) = self.receiver.stream_list
-        self.ctx = RunContext(home=home)
-        self.part = _ReceiverPartition(self.receiver, self.stream, state, self.ctx, {})
+        super().__init__(load_receiver(entry), RunContext(home=home), state)
         self.frames: list[pl.DataFrame] = []
         self.seen_markers: list[Any] = []
         _OPEN.append(self)
 
     def step(self) -> list[pl.DataFrame]:
         """One ``next_batch``, after sleeping until the partition's ``next_awake``."""
-        awake = self.part.next_awake()
-        if awake is not None:
-            time.sleep(max(0.0, (awake - datetime.now(UTC)).total_seconds()))
-        frames = [b.frame for b in self.part.next_batch()]
+        self.sleep_until_awake()
+        frames = [b.frame for b in self.next_batch()]
         self.frames += frames
         self.seen_markers += [m for m in self.markers() if m not in self.seen_markers]
         return frames
@@ -88,12 +81,12 @@ class Live:
         return [row for frame in self.frames for row in frame.to_dicts()]
 
     def markers(self) -> list[Any]:
-        return Ledger(ledger_path(self.ctx.home)).markers()
+        return ledger_markers(self.ctx.home)
 
     def close(self) -> None:
         if self in _OPEN:
             _OPEN.remove(self)
-            self.part.close()
+            super().close()
 
 
 # --------------------------------------------------------------------------- poll
@@ -155,7 +148,7 @@ def test_poll_on_change_sends_only_changes_and_keeps_the_last_values_across_a_re
     assert len(live.frames) == 1  # unchanged polls send nothing
     server.write("Temperature", 23.0)
     live.until(lambda: len(live.frames) == 2)
-    state = live.part.snapshot()
+    state = live.snapshot()
     live.close()
     again = Live(entry, tmp_path, state)
     again.run_for(1.0)
@@ -252,7 +245,7 @@ def test_subscribe_state_sends_nothing_twice_after_a_restart(server: AsyncuaServ
     live = Live(entry, tmp_path)
     server.write("Temperature", 40.0)
     live.until(lambda: any(r["t"] == 40.0 for r in live.rows()))
-    state = live.part.snapshot()
+    state = live.snapshot()
     assert isinstance(state, PartitionState) and set(state.reader["source_timestamps"]) == {"t", "m"}
     live.close()
     again = Live(entry, tmp_path, state)
@@ -279,9 +272,9 @@ def test_subscribe_a_missing_node_is_marked_and_the_others_are_subscribed(
 
 def test_changes_waiting_for_the_dataflow_are_bounded(server: AsyncuaServer, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from connectors.receivers import opcua
+    from connectors import _opcua
 
-    monkeypatch.setattr(opcua, "MAX_BUFFERED_CHANGES", 5)
+    monkeypatch.setattr(_opcua, "MAX_BUFFERED_CHANGES", 5)
     entry = receiver(server.url, [tag("Temperature", "t")], mode="subscribe", publishing_interval=0.1,
                      sampling_interval=0)
     live = Live(entry, tmp_path)
@@ -386,6 +379,23 @@ def test_the_first_connection_is_retried_until_the_server_is_up(tmp_path: Path) 
         server.close()
 
 
+def test_retry_interval_sets_how_soon_a_stream_looks_again_at_a_connection_that_is_down(
+        tmp_path: Path) -> None:
+    server = AsyncuaServer()  # never started: nothing answers there
+    waits = {}
+    for retry in (None, 0.3):
+        keys = {"poll_interval": 4} | ({"retry_interval": retry} if retry is not None else {})
+        live = Live(receiver(server.url, [tag("Temperature", "t")], **keys), tmp_path / str(retry))
+        try:
+            while not any(m.category == "opcua" for m in live.markers()):
+                live.step()
+            waits[retry] = (live.next_poll - datetime.now(UTC)).total_seconds()
+        finally:
+            live.close()
+    assert 3.5 < waits[None] <= 4.4  # poll_interval, the default
+    assert 0 < waits[0.3] <= 0.35, waits  # its own field, 10 % jitter at most
+
+
 # --------------------------------------------------------------------------- node-opcua
 
 
@@ -445,7 +455,7 @@ def test_browse_a_secure_server_with_the_receivers_certificate(tmp_path: Path) -
 
 
 def test_browse_says_why_it_cannot_reach_the_server() -> None:
-    from tests.services.postgres import free_port
+    from tests.services.process import free_port
 
     url = f"opc.tcp://127.0.0.1:{free_port()}"
     done = subprocess.run([sys.executable, "-m", "connectors.receivers.opcua", "browse", url, "--timeout", "1"],

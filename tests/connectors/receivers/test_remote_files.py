@@ -20,26 +20,17 @@ import pytest
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import StreamKey
-from dataflows.runtime import RunContext, _ReceiverPartition
+from dataflows.runtime import RunContext
+from dataflows.testing import Clock, StreamDriver
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, NAB_ROWS, TENANT_ID
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
 from tests.nab import nab_lines
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 
 STREAM = StreamKey("machine", "temperature")
 PROTOCOLS = ["s3", "azure_data_lake_gen2", "azure_data_lake", "smb"]
 BUCKET = CONTAINER = "factoryflow"  # one bucket or container per server, a folder per test
-
-
-class Clock:
-    """An injected clock, an hour ahead: files written now are already still."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC) + timedelta(hours=1)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
@@ -123,14 +114,14 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 
 def context(home: Path, clock: Clock | None = None) -> RunContext:
-    return RunContext(home=home, now=clock or Clock(),
+    return RunContext(home=home, now=clock or Clock.ahead(3600),
                       expected_transmits={("files", STREAM): frozenset({"local"})})
 
 
 def open_reader(store: Store, tmp_path: Path, state: Any = None, clock: Clock | None = None,
                 connection: dict[str, Any] | None = None, **keys: Any):
     rec = load(store.document(connection, **keys)).data_receiver[0]
-    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), {})
+    return rec.open_stream(rec.streams[0], state, context(tmp_path / "home", clock), None)
 
 
 def values(batches: list[Any]) -> list[list[int]]:
@@ -196,13 +187,12 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_skipped(store: Stor
 
 
 def test_a_whole_file_parser_waits_until_the_file_is_still(store: Store, tmp_path: Path) -> None:
-    clock = Clock()
-    clock.now = datetime.now(UTC)
+    clock = Clock(datetime.now(UTC))
     store.put("a.json", b'[{"v": 1}]')
     doc = store.document(parsers=[{"parser_name": "csv", "parser_type": "json"}])
     doc["data_receiver"][0]["streams"][0]["file_filter"] = ["*.json"]
     rec = load(doc).data_receiver[0]
-    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home", clock), {})
+    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home", clock), None)
     assert drain(reader) == []  # written just now: it may still be being written
     clock.now += timedelta(seconds=5)
     assert values(drain(reader)) == [[1]]
@@ -243,9 +233,9 @@ def test_failures_mark_the_stream_and_are_retried_with_backoff(store: Store, tmp
     store.put("a.csv", b"ts,v\n1,10\n")
     connection = _dead(store) if failure == "unreachable" else _bad_credentials(store)
     rec = load(store.document(connection)).data_receiver[0]
-    clock = Clock()
+    clock = Clock.ahead(3600)  # files written now are already still
     ctx = context(tmp_path / "home", clock)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    partition = StreamDriver(rec, ctx)
     with caplog.at_level(logging.ERROR, logger="receiver"):
         assert partition.next_batch() == []
         first = (partition.next_poll - clock.now).total_seconds()
@@ -375,9 +365,9 @@ def test_a_server_restart_is_ridden_out_with_nothing_resent_or_skipped(request: 
     store = make_store("smb", request)
     store.put("a.csv", b"ts,v\n1,10\n")
     rec = load(store.document()).data_receiver[0]
-    clock = Clock()
+    clock = Clock.ahead(3600)  # files written now are already still
     ctx = context(tmp_path / "home", clock)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    partition = StreamDriver(rec, ctx)
     assert values(partition.next_batch()) == [[10]]
     samba.stop()
     try:
@@ -407,7 +397,7 @@ def test_several_connections_per_receiver(request: pytest.FixtureRequest, tmp_pa
     doc = first.document(process_files_alphabetically=True, process_ordered_connections=True)
     doc["data_receiver"][0]["connections"].append(second.connection)
     rec = load(doc).data_receiver[0]
-    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home"), {})
+    reader = rec.open_stream(rec.streams[0], None, context(tmp_path / "home"), None)
     batches = drain(reader)
     # every file of the first connection, then the second's
     assert [b.source for b in batches] == [first.key("b.csv"), first.key("c.csv"), second.key("a.csv")]

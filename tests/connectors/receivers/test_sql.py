@@ -13,13 +13,15 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from connectors.receivers.sql import _with_literals
+from connectors.receivers.sql import _params, _with_literals
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.runtime import PartitionState, RunContext, _ReceiverPartition
+from dataflows.runtime import PartitionState, RunContext
+from dataflows.testing import Clock, StreamDriver
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
-from tests.services.postgres import Postgres, free_port, postgres_server
+from tests.services.postgres import Postgres, postgres_server
+from tests.services.process import free_port
 
 SINGLE = "SELECT * FROM readings WHERE ts > :ts ORDER BY ts"
 COMPOSITE = "SELECT * FROM readings WHERE ts > :ts OR (ts = :ts AND id > :id) ORDER BY ts, id"
@@ -66,9 +68,9 @@ def receiver(connection: dict[str, Any], query: str = SINGLE, state_fields: list
     return load(doc).data_receiver[0]
 
 
-def open_reader(rec, state: Any = None, shared: dict | None = None):
-    return rec.open_stream(rec.streams[0], state, RunContext(home=Path("/nonexistent")),
-                           {} if shared is None else shared)
+def open_reader(rec, state: Any = None):
+    ctx = RunContext(home=Path("/nonexistent"))
+    return rec.open_stream(rec.streams[0], state, ctx, rec.open_worker(ctx))
 
 
 def rows(start: int, count: int, per_timestamp: int = 1) -> list[tuple[int, datetime, float]]:
@@ -164,9 +166,8 @@ def test_state_columns_match_case_insensitively(postgres: Postgres) -> None:
 def test_bad_query_is_logged_and_retried_with_state_kept(database: Database, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     rec = receiver(database.connection, "SELECT * FROM no_such_table WHERE ts > :ts")
-    now = datetime.now(UTC)
-    ctx = RunContext(home=tmp_path, now=lambda: now)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    ctx = RunContext(home=tmp_path, now=Clock(datetime.now(UTC)))
+    partition = StreamDriver(rec, ctx)
     with caplog.at_level(logging.ERROR):
         assert partition.next_batch() == []
     assert "line1:readings: read failed (attempt 1, retrying in 3." in caplog.text
@@ -185,21 +186,21 @@ def test_connection_refused_then_recovered(tmp_path: Path, caplog: pytest.LogCap
     connection = {"database_type": "postgresql", "host": "127.0.0.1", "port": port, "username": "postgres",
                   "database_name": "postgres"}
     rec = receiver(connection)
-    clock = [datetime.now(UTC)]
-    ctx = RunContext(home=tmp_path, now=lambda: clock[0])
-    partition = _ReceiverPartition(rec, rec.streams[0], None, ctx, {})
+    clock = Clock(datetime.now(UTC))
+    ctx = RunContext(home=tmp_path, now=clock)
+    partition = StreamDriver(rec, ctx)
     caplog.set_level(logging.INFO)
     assert partition.next_batch() == []
-    clock[0] = partition.next_poll
+    clock.now = partition.next_poll
     assert partition.next_batch() == []
     assert "Connection refused" in caplog.text
-    assert partition.next_poll > clock[0] + timedelta(seconds=5.9)  # 3 s, then 6 s
-    assert partition.next_awake() == clock[0] + timedelta(seconds=1)  # the control store is watched
+    assert partition.next_poll > clock.now + timedelta(seconds=5.9)  # 3 s, then 6 s
+    assert partition.next_awake() == clock.now + timedelta(seconds=1)  # the control store is watched
     ledger = Ledger(ledger_path(tmp_path))
     assert [m.level for m in ledger.markers()] == ["error"]
     with postgres_server(port) as server:
         Database(server.connection(), server.url).insert(rows(1, 4))
-        clock[0] = partition.next_poll
+        clock.now = partition.next_poll
         assert ids(partition.next_batch()) == [1, 2, 3, 4]
         partition.close()
     assert "line1:readings: recovered after 2 failed attempts" in caplog.text
@@ -303,8 +304,7 @@ def test_the_cursor_never_advances_to_null(database: Database) -> None:
 def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
     path = tmp_path / "plant.sqlite"
     rec = receiver({"database_type": "sqlite", "database_name": str(path)})
-    now = datetime.now(UTC)
-    partition = _ReceiverPartition(rec, rec.streams[0], None, RunContext(home=tmp_path / "home", now=lambda: now), {})
+    partition = StreamDriver(rec, RunContext(home=tmp_path / "home", now=Clock(datetime.now(UTC))))
     assert partition.next_batch() == []
     (marker,) = Ledger(ledger_path(tmp_path / "home")).markers()
     assert marker.message.startswith(f"Query failed: the SQLite database file {str(path)!r} does not exist")
@@ -315,9 +315,30 @@ def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
 def test_state_values_become_postgresql_literals_for_adbc() -> None:
     query = _with_literals("SELECT x::int FROM t WHERE ts > :ts OR (ts = :ts AND id > :id) AND a = :a ;\n",
                            {"ts": datetime(2024, 1, 1, 0, 0, 0, 5), "id": -(2**63), "a": "it's \\"})
-    assert query == ("SELECT x::int FROM t WHERE ts > '2024-01-01 00:00:00.000005'::timestamp OR "
-                     "(ts = '2024-01-01 00:00:00.000005'::timestamp AND id >  -9223372036854775808) "
-                     "AND a =  E'it''s \\\\'")
+    assert query == ("SELECT x::int FROM t WHERE ts > '2024-01-01 00:00:00.000005' OR "
+                     "(ts = '2024-01-01 00:00:00.000005' AND id > -9223372036854775808) "
+                     "AND a = 'it''s \\'")
+
+
+def test_a_name_inside_a_string_literal_or_a_comment_is_no_parameter(database: Database) -> None:
+    """Only the real ``:ts`` takes the state's value, through ADBC (PostgreSQL) and through
+    SQLAlchemy (SQLite): the ``':ts'`` string and the ``:ts`` of the comments stay as written."""
+    query = ("SELECT id, ts, ':ts' AS said -- the cursor is :ts\n"
+             "FROM readings /* :ts, and :nothing */ WHERE ts > :ts ORDER BY ts")
+    assert _params(query) == {"ts"}
+    assert _with_literals(query, {"ts": datetime(2024, 1, 1)}) == (
+        "SELECT id, ts, ':ts' AS said -- the cursor is :ts\n"
+        "FROM readings /* :ts, and :nothing */ WHERE ts > '2024-01-01 00:00:00' ORDER BY ts")
+    rec = receiver(database.connection, query)
+    assert rec.violations(["data_receiver", 0]) == []  # ':nothing' in a comment is no parameter
+    database.insert(rows(1, 3))
+    reader = open_reader(rec)
+    batches = drain(reader)
+    assert ids(batches) == [1, 2, 3]
+    assert [v for b in batches for v in b.frame["said"].to_list()] == [":ts"] * 3
+    database.insert(rows(4, 1))
+    assert ids(drain(reader)) == [4]  # the cursor moved: the state's value went where :ts is
+    reader.close()
 
 
 PLAIN_TYPES = ("CREATE TABLE plain (id INTEGER PRIMARY KEY, s SMALLINT, b BIGINT, f4 REAL, f8 DOUBLE PRECISION, "

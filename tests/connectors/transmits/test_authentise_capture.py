@@ -18,6 +18,7 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Outbox
 from dataflows.records import Batch, StreamKey
+from dataflows.report import TransmitReport
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.simulators.authentise import AuthentiseSimulator
 
@@ -54,7 +55,8 @@ def captures_config(sim: AuthentiseSimulator, modeler: str, directory: Path, **o
 
 
 def sender(tmp_path: Path, config: AuthentiseCapture, sleeps: list[float] | None = None) -> CaptureSender:
-    out = CaptureSender(config, Outbox(tmp_path / "outbox.sqlite"), Ledger(ledger_path(tmp_path)))
+    report = TransmitReport(Ledger(ledger_path(tmp_path)), config.transmit_name, config.record_noun)
+    out = CaptureSender(config, Outbox(tmp_path / "outbox.sqlite"), report)
     if sleeps is not None:
         out._sleep = sleeps.append
     return out

@@ -21,15 +21,16 @@ from connectors.transmits.kafka import (
     topic_name,
 )
 from dataflows.config import load, validate
-from dataflows.delivery import spooled_batches
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
+from dataflows.spool import spooled_batches
+from dataflows.testing import sink_partition
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.nab import expected_utc
 from tests.services.kafka import KafkaBroker, kafka_broker
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 from tests.simulators.sightmachine import SightMachineSimulator
 
 
@@ -87,7 +88,7 @@ def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: P
     kafka.create_topic("queue-full", 2)
     config = transmit(bootstrap_servers=kafka.bootstrap, topic="queue-full",
                       options={"queue.buffering.max.messages": 50, "linger.ms": 1})
-    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    partition = sink_partition(config, RunContext(home=tmp_path))
     batch = Batch("r", StreamKey("press", "cycle"), frame(3000), "query", ack_key="k1")
     partition.write_batch([batch])  # 3000 messages through a queue of 50: BufferError handled
     partition.close()
@@ -118,7 +119,7 @@ def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes
     config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="spooled",
                       options={"message.timeout.ms": 1500})
     ctx = RunContext(home=tmp_path)
-    partition = config.sink(ctx).build("step", 0, 1)
+    partition = sink_partition(config, ctx)
     batch = Batch("r", StreamKey("press", "cycle"), frame(10), "query", ack_key="k1")
     partition.write_batch([batch])  # returns at once: the batch is durable in the spool
     ledger = Ledger(ledger_path(tmp_path))
@@ -130,7 +131,7 @@ def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes
     assert [b.frame["seq"].to_list() for b in spooled_batches(spool)] == [list(range(10))]  # kept
     kafka.create_topic("spooled", 1)
     back = transmit(bootstrap_servers=kafka.bootstrap, topic="spooled")  # the broker is back
-    partition = back.sink(ctx).build("step", 0, 1)
+    partition = sink_partition(back, ctx)
     wait_until(lambda: ledger.progress("kafka", "press:cycle")[0] == 10)
     partition.close()
     assert [json.loads(m.value)["seq"] for m in kafka.consume("spooled", 10)] == list(range(10))
@@ -269,7 +270,7 @@ def test_a_broker_outage_logs_each_librdkafka_message_once_per_30_seconds(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="nowhere",
                       options={"message.timeout.ms": 6000})
-    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    partition = sink_partition(config, RunContext(home=tmp_path))
     caplog.set_level(logging.DEBUG, logger="transmit.kafka.librdkafka")
     partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(5), "query")])
     ledger = Ledger(ledger_path(tmp_path))
@@ -342,7 +343,7 @@ def test_a_kafka_outage_holds_back_no_other_transmit(tmp_path: Path, nab_machine
 def test_a_producer_that_cannot_start_is_reported_and_the_spool_kept(tmp_path: Path) -> None:
     config = transmit(bootstrap_servers="127.0.0.1:9", topic="t", options={"compression.type": "nonsense"})
     ctx = RunContext(home=tmp_path)
-    partition = config.sink(ctx).build("step", 0, 1)
+    partition = sink_partition(config, ctx)
     partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(3), "query")])
     ledger = Ledger(ledger_path(tmp_path))
     wait_until(lambda: "forwarder failed" in (ledger.transmit_status("kafka").last_error or ""))

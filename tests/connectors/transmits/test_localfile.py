@@ -15,7 +15,8 @@ from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
-from tests.connectors.conformance import TransmitHarness, open_partition, transmit_harness
+from dataflows.testing import sink_partition
+from tests.connectors.conformance import TransmitHarness, transmit_harness
 
 
 def transmit() -> LocalFileTransmit:
@@ -26,7 +27,7 @@ def transmit() -> LocalFileTransmit:
 
 def test_records_and_progress(tmp_path: Path) -> None:
     ctx = RunContext(home=tmp_path)
-    partition = open_partition(transmit().sink(ctx))
+    partition = sink_partition(transmit(), ctx)
     frame = pl.DataFrame({
         "timestamp": [datetime(2021, 3, 14, 2, 30, tzinfo=ZoneInfo("UTC")), None],
         "local": [datetime(2021, 1, 1, 12, 0, 0, 500000), datetime(2021, 1, 1)],
@@ -52,7 +53,7 @@ def test_appends_across_batches_and_restarts(tmp_path: Path) -> None:
     ctx = RunContext(home=tmp_path)
     batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
     for _ in range(2):
-        partition = open_partition(transmit().sink(ctx))
+        partition = sink_partition(transmit(), ctx)
         partition.write_batch([batch])
         partition.close()
     lines = (tmp_path / "components" / "local out" / "a__s.jsonl").read_text().splitlines()
@@ -63,7 +64,7 @@ def test_appends_across_batches_and_restarts(tmp_path: Path) -> None:
 def test_resuming_after_a_crash_takes_back_what_followed_the_snapshot(tmp_path: Path) -> None:
     ctx = RunContext(home=tmp_path)
     batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
-    partition = open_partition(transmit().sink(ctx))
+    partition = sink_partition(transmit(), ctx)
     partition.write_batch([batch])
     state = partition.snapshot()  # the epoch's snapshot
     partition.write_batch([batch.with_frame(pl.DataFrame({"v": [3]}))])  # then a crash
@@ -72,7 +73,7 @@ def test_resuming_after_a_crash_takes_back_what_followed_the_snapshot(tmp_path: 
     partition.close()
     ledger = Ledger(ledger_path(tmp_path))
     assert ledger.progress("local out", "a:s") == (3, None)
-    resumed = open_partition(transmit().sink(ctx), state)  # bytewax resumes from that epoch
+    resumed = sink_partition(transmit(), ctx, state)  # bytewax resumes from that epoch
     directory = tmp_path / "components" / "local out"
     assert [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()] == [1, 2]
     assert (directory / "b__s.jsonl").read_text() == ""

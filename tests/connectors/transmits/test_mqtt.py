@@ -14,9 +14,9 @@ import pytest
 
 from connectors.transmits.mqtt import MqttPublishError, MqttTransmit, topic_for
 from dataflows.config import load, validate
-from dataflows.delivery import spooled_batches
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
+from dataflows.spool import spooled_batches
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.connectors.transmits.test_kafka import nab_receiver, nab_values
@@ -27,7 +27,7 @@ from tests.services.mosquitto import (
     Subscriber,
     mosquitto_broker,
 )
-from tests.services.postgres import free_port
+from tests.services.process import free_port
 
 
 def transmit(**keys: Any) -> MqttTransmit:

@@ -23,7 +23,9 @@ from dataflows.config import ConfigError, load, validate
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Outbox
 from dataflows.records import Batch, StreamKey
+from dataflows.report import TransmitReport
 from dataflows.runtime import RunContext
+from dataflows.testing import sink_partition
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.simulators.sightmachine import SightMachineSimulator
@@ -38,7 +40,8 @@ def rdp(entry: dict[str, Any]) -> RemoteDataPost:
 
 
 def make_sender(tmp_path: Path, config: RemoteDataPost, **kwargs: Any) -> Sender:
-    return Sender(config, Outbox(tmp_path / "outbox.sqlite"), Ledger(ledger_path(tmp_path)), **kwargs)
+    report = TransmitReport(Ledger(ledger_path(tmp_path)), config.transmit_name, config.record_noun)
+    return Sender(config, Outbox(tmp_path / "outbox.sqlite"), report, **kwargs)
 
 
 def fill(sender: Sender, n: int, start: int = 0) -> None:
@@ -78,7 +81,7 @@ def test_sslogs_reach_the_endpoint_byte_exact(tmp_path: Path, sight_machine: Sig
     assert sight_machine.sslogs == expected
     assert [ts for ts, _ in rows] == ["2024-03-10T07:30:00.000000Z", "2024-05-01T12:00:00.000000Z"]
     assert sender.outbox.depth() == (0, 0)
-    status = sender.ledger.transmit_status("sight_machine")
+    status = sender.report.ledger.transmit_status("sight_machine")
     assert status.records_delivered == 2 and status.outbox_records == 0 and status.last_success_at
 
 
@@ -137,7 +140,7 @@ def test_failures_back_off_exponentially_with_jitter_capped_at_30_seconds(
 
     def sleep(seconds: float) -> None:  # the injected clock: no real waiting
         waits.append(seconds)
-        status = sender.ledger.transmit_status("sight_machine")
+        status = sender.report.ledger.transmit_status("sight_machine")
         assert status.last_error is not None and "HTTP 503" in status.last_error
         if len(waits) == 11:
             sight_machine.mode = "ok"
@@ -151,7 +154,7 @@ def test_failures_back_off_exponentially_with_jitter_capped_at_30_seconds(
         assert 2 ** attempt <= wait <= 2 ** attempt + 1, (attempt, wait)
     assert waits[5:] == [30.0] * 6  # a down endpoint is probed at least every 30 s
     assert seqs(sight_machine) == [0, 1, 2]
-    status = sender.ledger.transmit_status("sight_machine")
+    status = sender.report.ledger.transmit_status("sight_machine")
     assert status.last_error is None and status.records_delivered == 3
 
 
@@ -179,7 +182,7 @@ def test_refused_credentials_pause_the_transmit_until_its_settings_change(
     fill(sender, 5)
     assert sender.send_once(force=True)
     assert sender.paused and [a.status for a in sight_machine.attempts] == [401]
-    status = sender.ledger.transmit_status("sight_machine")
+    status = sender.report.ledger.transmit_status("sight_machine")
     assert status.paused and "HTTP 401" in (status.last_error or "")
     assert status.outbox_records is None or status.outbox_records == 5
     assert sender.outbox.depth()[0] == 5  # nothing lost
@@ -191,7 +194,7 @@ def test_refused_credentials_pause_the_transmit_until_its_settings_change(
 
     fixed = make_sender(tmp_path, rdp(sight_machine.transmit()))  # the config changed
     fixed.resume_or_stay_paused()
-    assert not fixed.paused and not fixed.ledger.transmit_status("sight_machine").paused
+    assert not fixed.paused and not fixed.report.ledger.transmit_status("sight_machine").paused
     assert fixed.send_once(force=True)
     assert seqs(sight_machine) == [0, 1, 2, 3, 4]
 
@@ -228,7 +231,7 @@ def test_a_full_outbox_makes_write_batch_wait_not_drop(tmp_path: Path,
                                                       sight_machine: SightMachineSimulator) -> None:
     sight_machine.mode = "503"
     config = rdp(sight_machine.transmit(outbox_max_bytes=4 * 1024 * 1024, poll_interval=0))
-    partition = config.sink(RunContext(home=tmp_path)).build("step", 0, 1)
+    partition = sink_partition(config, RunContext(home=tmp_path))
     n = 60_000
     frame = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * n, "seq": list(range(n))})
     partition.write_batch([Batch("r", STREAM, frame, "q")])  # an empty outbox takes any batch
@@ -315,7 +318,7 @@ def test_a_stop_does_not_hang_on_a_full_outbox_of_a_paused_transmit(tmp_path: Pa
     ctx = RunContext(home=tmp_path)
     config = rdp(sight_machine.transmit(API_key="revoked", outbox_max_bytes=4 * 1024 * 1024,
                                         poll_interval=0))  # the endpoint answers 401
-    partition = config.sink(ctx).build("step", 0, 1)
+    partition = sink_partition(config, ctx)
     n = 60_000
     frame = pl.DataFrame({"timestamp": [datetime(2024, 1, 1, tzinfo=UTC)] * n, "seq": list(range(n))})
     partition.write_batch([Batch("r", STREAM, frame, "q")])  # fills the budget; the endpoint says 401

@@ -1,0 +1,266 @@
+"""The ``mqtt`` receiver's broker session: one paho client for the receiver's streams in a
+process, and the SQLite buffer every message is committed to before paho acknowledges it.
+
+paho's own network thread (``loop_start``) holds the connection: MQTT needs answers
+between polls (PINGREQ for the keep-alive, a PUBACK per message), so the connection
+cannot live only inside ``next_batch`` the way bytewax's async bridge would run it. The
+streams' readers only take what the buffer holds (:meth:`BufferedSession.take`) and
+delete what every transmit acknowledged (:meth:`BufferedSession.forget`).
+
+Implements the receiving half of MQTT 3.1.1 and 5 at QoS 1 on a persistent session (see
+:mod:`connectors.receivers.mqtt` for what is and is not guaranteed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import socket
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from connectors._mqtt import new_client, topic_matches
+from dataflows.sdk import RunContext, Storage
+
+if TYPE_CHECKING:
+    from connectors.receivers.mqtt import MqttReceiver
+
+__all__ = ["BufferedSession", "Message", "SessionSlot"]
+
+_BUFFER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, received REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_stream ON messages (stream, id);
+CREATE TABLE IF NOT EXISTS subscriptions (topic_filter TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS packets (mid INTEGER PRIMARY KEY, digest BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+_SHARED_LOCK = threading.Lock()  # the partitions of several workers open streams at once
+
+
+class SessionSlot:
+    """Where the receiver's streams in this process find their one :class:`BufferedSession`
+    (the receiver's ``open_worker``): made when the first stream opens, and made anew for a
+    stream opened after the last one released it. No I/O."""
+
+    def __init__(self, receiver: MqttReceiver, ctx: RunContext) -> None:
+        self._receiver = receiver
+        self._ctx = ctx
+        self._session: BufferedSession | None = None
+
+    def acquire(self) -> BufferedSession:
+        """The session, counting one more reader (who calls its ``release``)."""
+        with _SHARED_LOCK:
+            if self._session is None or self._session.closed:
+                self._session = BufferedSession(self._receiver, self._ctx)
+            self._session.users += 1
+            return self._session
+
+
+@dataclass(frozen=True)
+class Message:
+    """A buffered message: its id in the buffer, topic, payload and arrival (seconds since
+    the epoch, UTC)."""
+
+    id: int
+    topic: str
+    payload: bytes
+    received: float  # seconds since the epoch, UTC
+
+
+class BufferedSession:
+    """One paho client for the streams of a receiver in this process, buffering every
+    message it receives in SQLite before paho acknowledges it. Started on first use."""
+
+    def __init__(self, receiver: MqttReceiver, ctx: RunContext) -> None:
+        self.receiver = receiver
+        self.users = 0
+        self.closed = False
+        self._ctx = ctx
+        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
+        self._lock = threading.Lock()
+        self._filters = {str(s.key): receiver.topic_filter(s) for s in receiver.streams}
+        self._connected = False
+        self._gone = threading.Event()  # the network connection closed
+        self._problem: str | None = None
+        self._buffer_error: str | None = None  # why the last message could not be buffered
+        self._subscription_error: str | None = None  # which filters the broker refused
+        self._subscribing: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its filters
+        self._unmatched: set[str] = set()
+        self._db: Storage | None = None
+        self._client: Any = None
+        self._started = False
+        #: Names this buffer file: a stream's state counts message ids in one generation.
+        self.generation: str | None = None
+
+    @property
+    def where(self) -> str:
+        """The broker, for messages: ``host:port``."""
+        return f"{self.receiver.host}:{self.receiver.port}"
+
+    def start(self) -> None:
+        """Open the buffer and connect in the background (paho's network thread)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._db = self._ctx.storage(self.receiver.data_receiver_name, "messages.sqlite", _BUFFER_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', ?)", (uuid.uuid4().hex,))
+            (self.generation,) = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            receiver = self.receiver
+            client_id = receiver.client_id or f"factoryflow-{receiver.data_receiver_name}"
+            client, connect = new_client(receiver, client_id,
+                                         session_expiry=receiver.session_expiry_interval)
+            client.on_connect = self._on_connect
+            client.on_connect_fail = self._on_connect_fail
+            client.on_disconnect = self._on_disconnect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
+            client.connect_async(receiver.host, receiver.port, **connect)
+            client.loop_start()
+            self._client = client
+            self._log.info("connecting to %s as client %r", self.where, client_id)
+
+    def outage(self) -> str | None:
+        """Why the session is down, or None while it is up (or still connecting the first time)."""
+        for failure in (self._buffer_error, self._subscription_error):
+            if failure is not None:
+                return f"{self.where}: {failure}"
+        return None if self._connected else self._problem
+
+    # ------------------------------------------------------------------ paho's thread
+
+    def _on_connect(self, client: Any, _userdata: Any, flags: dict[str, Any], rc: Any,
+                    _properties: Any = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        if rc != 0:
+            reason = mqtt.connack_string(rc) if isinstance(rc, int) else str(rc)
+            self._problem = f"{self.where}: the broker refused the connection: {reason}"
+            self._log.error("%s", self._problem)
+            return
+        wanted = set(self._filters.values())
+        present = bool(flags.get("session present"))
+        with self._lock:
+            stored = {row[0] for row in self._db.execute("SELECT topic_filter FROM subscriptions")}
+        # a kept session holds its subscriptions: subscribing again would resend retained messages
+        subscribe = sorted(wanted - stored) if present else sorted(wanted)
+        stale = sorted(stored - wanted) if present else []
+        if stale:
+            client.unsubscribe(stale)
+        if subscribe:
+            _, mid = client.subscribe([(topic_filter, self.receiver.qos) for topic_filter in subscribe])
+            self._subscribing[mid] = subscribe
+        with self._lock:
+            with self._db.transaction():
+                self._db.execute("DELETE FROM subscriptions")
+                self._db.executemany("INSERT INTO subscriptions VALUES (?)", [(f,) for f in wanted])
+        self._connected, self._problem = True, None
+        self._gone.clear()
+        self._log.info("connected to %s (%s session); subscribed to %s", self.where,
+                       "kept" if present else "new", ", ".join(subscribe) or "nothing new")
+
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, granted: Any,
+                      _properties: Any = None) -> None:
+        filters = self._subscribing.pop(mid, [])
+        refused = [(f, g) for f, g in zip(filters, granted, strict=False)
+                   if (g if isinstance(g, int) else g.value) >= 0x80]
+        if refused:  # not kept as subscribed: the next connection asks again
+            with self._lock:
+                self._db.executemany("DELETE FROM subscriptions WHERE topic_filter = ?", [(f,) for f, _ in refused])
+            self._subscription_error = (f"the broker refused the subscription to "
+                                        f"{', '.join(repr(f) for f, _ in refused)} ({refused[0][1]})")
+            self._log.error("%s: %s", self.where, self._subscription_error)
+        else:
+            self._subscription_error = None
+
+    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+        self._problem = f"{self.where}: cannot connect (no broker answers there); retrying"
+        self._log.warning("%s", self._problem)
+
+    def _on_disconnect(self, _client: Any, _userdata: Any, rc: Any, _properties: Any = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        was_connected, self._connected = self._connected, False
+        self._gone.set()
+        if was_connected and not self.closed:  # a refused connection keeps the refusal's reason
+            reason = mqtt.error_string(rc) if isinstance(rc, int) else str(rc)
+            self._problem = f"{self.where}: connection lost ({reason}); reconnecting"
+            self._log.warning("%s", self._problem)
+
+    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+        """Buffer ``message`` for every stream whose filter matches its topic; paho sends
+        the PUBACK when this returns, so this commits first."""
+        topic = message.topic
+        streams = [key for key, topic_filter in self._filters.items() if topic_matches(topic_filter, topic)]
+        if not streams:
+            if topic not in self._unmatched and len(self._unmatched) < 1000:
+                self._unmatched.add(topic)
+                self._log.warning("a message on %r matches no stream's topic filter; dropped", topic)
+            return
+        received = datetime.now(UTC).timestamp()
+        payload = bytes(message.payload)
+        digest = hashlib.blake2b(topic.encode() + b"\x00" + payload, digest_size=16).digest() \
+            if message.qos > 0 else None
+        try:
+            with self._lock:
+                if digest is not None and message.dup and self._db.execute(
+                        "SELECT 1 FROM packets WHERE mid = ? AND digest = ?", (message.mid, digest)).fetchone():
+                    # sent again because our PUBACK was lost (a stop, a crash): it is in the buffer already
+                    self._log.debug("message %d on %r is a duplicate; buffered before", message.mid, topic)
+                    return
+                with self._db.transaction():
+                    self._db.executemany(
+                        "INSERT INTO messages (stream, topic, payload, received) VALUES (?, ?, ?, ?)",
+                        [(key, topic, payload, received) for key in streams])
+                    if digest is not None:
+                        self._db.execute("INSERT OR REPLACE INTO packets VALUES (?, ?)", (message.mid, digest))
+        except sqlite3.Error as exc:
+            # no PUBACK for what is not on disk: cut the connection, the broker sends it again
+            self._buffer_error = f"writing the buffer failed ({exc}); reconnecting to receive it again"
+            self._log.error("%s: message %d on %r: %s", self.where, message.mid, topic, self._buffer_error)
+            with contextlib.suppress(OSError):
+                client.socket().shutdown(socket.SHUT_RDWR)
+            return
+        self._buffer_error = None
+
+    # ------------------------------------------------------------------ the readers' side
+
+    def take(self, stream: str, after: int, limit: int) -> list[Message]:
+        """The next ``limit`` messages of ``stream`` after message ``after``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, received FROM messages WHERE stream = ? AND id > ? "
+                "ORDER BY id LIMIT ?", (stream, after, limit)).fetchall()
+        return [Message(*row) for row in rows]
+
+    def forget(self, stream: str, up_to: int) -> None:
+        """Delete ``stream``'s messages up to message ``up_to`` (delivered)."""
+        with self._lock:
+            self._db.execute("DELETE FROM messages WHERE stream = ? AND id <= ?", (stream, up_to))
+
+    def release(self) -> None:
+        """One reader fewer; the last one disconnects (the broker keeps the session)."""
+        with _SHARED_LOCK:
+            self.users -= 1
+            if self.users > 0:
+                return
+            self.closed = True
+        if not self._started:
+            return
+        if self._client is not None:
+            self._client.disconnect()  # after the PUBACKs paho still holds: wait until it is out
+            self._gone.wait(5)
+            self._client.loop_stop()
+        if self._db is not None:
+            with self._lock:
+                self._db.close()
+        self._log.info("disconnected from %s", self.where)

@@ -1,0 +1,91 @@
+"""Durable SQLite files: what the ledger, the control store, the outboxes and connectors'
+buffers (the MQTT receiver's) are kept in.
+
+A :class:`Storage` is one connection to one file: WAL, ``synchronous=FULL`` (a commit is
+on disk when it returns), autocommit, with :meth:`Storage.transaction` for the statements
+that must land together. Several connections (threads, processes) may share a file; one
+connection is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Storage", "open_durable"]
+
+
+def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path`` (directories and tables created):
+    autocommit, WAL, ``synchronous=FULL`` (a commit is on disk when it returns), shareable
+    across threads one at a time; ``timeout`` seconds of waiting for another writer.
+
+    :raises sqlite3.OperationalError: the file stayed locked for ``timeout`` seconds, or
+        cannot be opened."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    # Switching a brand-new file to WAL, while another connection creates it too, fails
+    # with "database is locked" without waiting out the busy timeout: wait here instead.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                db.close()
+                raise
+            time.sleep(0.01)
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
+class Storage:
+    """A durable SQLite file at ``path``, its directories and ``schema`` (SQL script, run on
+    every open: use ``CREATE TABLE IF NOT EXISTS``) created on first use.
+
+    Each statement commits on its own unless it runs inside :meth:`transaction`.
+
+    :param timeout: seconds to wait for another connection's write.
+    :raises sqlite3.OperationalError: the file cannot be opened, or stayed locked.
+    :raises sqlite3.DatabaseError: the file is not an SQLite database.
+    """
+
+    def __init__(self, path: Path, schema: str, timeout: float = 30) -> None:
+        self.path = path
+        self.db = open_durable(path, schema, timeout)
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        """Run one statement (committed at once outside a transaction)."""
+        return self.db.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
+        """Run one statement per row of ``rows``."""
+        return self.db.executemany(sql, rows)
+
+    def create_function(self, name: str, arity: int, function: Any) -> None:
+        """Make ``function`` callable from SQL on this connection, as ``name``."""
+        self.db.create_function(name, arity, function, deterministic=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Storage]:
+        """``with storage.transaction():`` the statements inside commit together, on disk
+        when the block ends, or not at all when it raises (rolled back, re-raised). It
+        takes the write lock at once (``BEGIN IMMEDIATE``), so it never fails half-way for
+        another writer."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
