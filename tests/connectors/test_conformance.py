@@ -22,7 +22,6 @@ import importlib
 import pkgutil
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -201,22 +200,20 @@ class Stream:
         self.driver = StreamDriver(self.receiver, self.ctx, state)
 
     def pump(self, until: Callable[[list[int]], bool], heal: Callable[[], None] | None = None,
-             steps: int = 200) -> list[int]:
-        """``next_batch`` (moving the clock to each next poll) until ``until(seqs so far)``."""
+             timeout: float = 20.0) -> list[int]:
+        """Poll (moving the clock to each next poll) until ``until(seqs so far)``; ``heal``
+        runs after a poll that left the stream marked."""
         assert self.driver is not None
-        seqs: list[int] = []
-        for _ in range(steps):
-            batches = self.driver.poll()
-            for batch in batches:
-                assert batch.stream == STREAM
-                seqs.extend(batch.frame["seq"].to_list())
-            if until(seqs):
-                return seqs
-            if not batches:  # a live source (OPC UA) answers on its own thread, in real time
-                time.sleep(0.01)
+
+        def seqs(batches: list[Batch]) -> list[int]:
+            assert all(batch.stream == STREAM for batch in batches)
+            return [seq for batch in batches for seq in batch.frame["seq"].to_list()]
+
+        def between() -> None:
             if heal is not None and self.markers():
                 heal()
-        raise AssertionError(f"gave up after {steps} polls with {seqs}")
+
+        return seqs(self.driver.pump(lambda got: until(seqs(got)), timeout=timeout, between=between))
 
     def drain(self) -> list[int]:
         """Everything ready over the next few polls."""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from dataflows import registry
+from dataflows.testing import poll_until
 from tests.conftest import NAB_ROWS
 from tests.dataflows.test_main import nab_config
 from tests.flowrun import REPO
@@ -35,13 +36,6 @@ def nab_home(tmp_path: Path, nab_machine_csv: Path) -> Path:
     return home
 
 
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_run_initialises_recovery_and_a_sigint_ends_with_one_summary_line(tmp_path: Path,
                                                                           nab_machine_csv: Path) -> None:
     home = nab_home(tmp_path, nab_machine_csv)
@@ -50,7 +44,8 @@ def test_run_initialises_recovery_and_a_sigint_ends_with_one_summary_line(tmp_pa
         job = subprocess.Popen([sys.executable, "-m", "dataflows", "run", "--home", str(home)], cwd=tmp_path,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out)
         output = home / "components" / "local" / "nab__csv.jsonl"
-        wait_for(lambda: output.exists() and len(output.read_bytes().splitlines()) == NAB_ROWS)
+        poll_until(lambda: output.exists() and len(output.read_bytes().splitlines()) == NAB_ROWS,
+                   timeout=60, what="every NAB row written")
         job.send_signal(signal.SIGINT)
         assert job.wait(60) == 0
     text = log.read_text()
@@ -102,7 +97,7 @@ def test_the_api_ends_on_sigint_with_status_0_and_a_summary(tmp_path: Path) -> N
     with log.open("wb") as out:
         api = subprocess.Popen([str(FACTORYFLOW), "api", "--port", str(port), "--no-start"], cwd=tmp_path,
                                env={**os.environ, "FACTORYFLOW_HOME": str(home)}, stdout=out, stderr=out)
-        wait_for(lambda: f"127.0.0.1:{port}" in log.read_text())
+        poll_until(lambda: f"127.0.0.1:{port}" in log.read_text(), timeout=60, what="the API listening")
         time.sleep(0.5)
         api.send_signal(signal.SIGINT)
         assert api.wait(60) == 0

@@ -21,7 +21,7 @@ from dataflows.config import validate
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.runtime import ReceiverSource
 from dataflows.sdk import RunContext
-from dataflows.testing import TRANSMIT, Clock, StreamDriver, load_receiver
+from dataflows.testing import TRANSMIT, Clock, StreamDriver, load_receiver, poll_until
 from dataflows.testing import markers as ledger_markers
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.services.kafka import KafkaBroker
@@ -388,9 +388,7 @@ def test_acknowledged_messages_are_in_the_buffer_until_every_transmit_has_them(
     publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(20)])
     receiver = Receiver(config, home, expected=frozenset({"t"}))
     receiver.parts["a:s"]._reader._session.start()  # connect, take the messages, do not read them
-    deadline = time.monotonic() + 10
-    while (not buffer.exists() or buffered() < 20) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(lambda: buffer.exists() and buffered() >= 20, timeout=10, what="20 messages buffered")
     receiver.close()
     assert buffered() == 20
     receiver = Receiver(config, home, expected=frozenset({"t"}))
@@ -477,9 +475,7 @@ def test_a_message_that_cannot_be_buffered_is_not_acknowledged(mosquitto: Mosqui
     receiver = Receiver(config, home)
     receiver.parts["a:s"]._reader._session.start()
     buffer = home / "components" / "mqtt" / "messages.sqlite"
-    deadline = time.monotonic() + 10
-    while not buffer.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(buffer.exists, timeout=10, what="the buffer file")
     with sqlite3.connect(buffer) as db:
         db.execute("CREATE TRIGGER full BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     publish(mosquitto, [(f"{p}/x", json.dumps({"seq": 0}))])

@@ -25,7 +25,7 @@ from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
 from dataflows.spool import spooled_batches
-from dataflows.testing import sink_partition
+from dataflows.testing import poll_until, sink_partition
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.nab import expected_utc
@@ -107,13 +107,6 @@ def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: P
     assert status.records_delivered == 3000 and status.last_success_at and status.last_error is None
 
 
-def wait_until(condition: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes_it(
         tmp_path: Path, kafka: KafkaBroker) -> None:
     config = transmit(bootstrap_servers=f"127.0.0.1:{free_port()}", topic="spooled",
@@ -124,7 +117,8 @@ def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes
     partition.write_batch([batch])  # returns at once: the batch is durable in the spool
     ledger = Ledger(ledger_path(tmp_path))
     assert ledger.acked_by("r", "press:cycle", "k1") == {"kafka"}
-    wait_until(lambda: "10 of 10 messages not delivered" in (ledger.transmit_status("kafka").last_error or ""))
+    poll_until(lambda: "10 of 10 messages not delivered" in (ledger.transmit_status("kafka").last_error or ""),
+               timeout=60)
     partition.close()
     assert ledger.progress("kafka", "press:cycle") == (0, None)  # nothing counted as delivered
     spool = ctx.component_dir("kafka") / "spool.sqlite"
@@ -132,7 +126,7 @@ def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes
     kafka.create_topic("spooled", 1)
     back = transmit(bootstrap_servers=kafka.bootstrap, topic="spooled")  # the broker is back
     partition = sink_partition(back, ctx)
-    wait_until(lambda: ledger.progress("kafka", "press:cycle")[0] == 10)
+    poll_until(lambda: ledger.progress("kafka", "press:cycle")[0] == 10, timeout=60)
     partition.close()
     assert [json.loads(m.value)["seq"] for m in kafka.consume("spooled", 10)] == list(range(10))
     assert spooled_batches(spool) == [] and ledger.transmit_status("kafka").last_error is None
@@ -274,7 +268,7 @@ def test_a_broker_outage_logs_each_librdkafka_message_once_per_30_seconds(
     caplog.set_level(logging.DEBUG, logger="transmit.kafka.librdkafka")
     partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(5), "query")])
     ledger = Ledger(ledger_path(tmp_path))
-    wait_until(lambda: "not delivered" in (ledger.transmit_status("kafka").last_error or ""))
+    poll_until(lambda: "not delivered" in (ledger.transmit_status("kafka").last_error or ""), timeout=60)
     partition.close()
     lines = [r for r in caplog.records if r.name == "transmit.kafka.librdkafka"]
     assert lines and "Connection refused" in lines[0].getMessage()
@@ -346,7 +340,7 @@ def test_a_producer_that_cannot_start_is_reported_and_the_spool_kept(tmp_path: P
     partition = sink_partition(config, ctx)
     partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(3), "query")])
     ledger = Ledger(ledger_path(tmp_path))
-    wait_until(lambda: "forwarder failed" in (ledger.transmit_status("kafka").last_error or ""))
+    poll_until(lambda: "forwarder failed" in (ledger.transmit_status("kafka").last_error or ""), timeout=60)
     assert "Invalid value \"nonsense\"" in (ledger.transmit_status("kafka").last_error or "")
     partition.close()
     assert [b.frame["seq"].to_list() for b in spooled_batches(ctx.component_dir("kafka") / "spool.sqlite")] \
