@@ -78,14 +78,16 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = [
-    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "Entry", "FilterStream",
-    "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender", "OutboxWriter",
-    "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig", "RecoverableWriter", "Refused",
-    "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes", "Storage", "StreamConfig", "StreamKey",
-    "StreamReader", "Template", "TransformConfig", "TransmitConfig", "TransmitReport", "TransmitWriter",
-    "Violation", "Written", "chrono_format", "choice_violations", "describe", "error", "field_meta",
-    "is_placeholder", "json_values", "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
-    "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap", "utcnow", "warning",
+    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "Entry",
+    "FilterStream", "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender",
+    "OutboxWriter", "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig",
+    "RecoverableWriter", "Refused", "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes",
+    "Storage", "StreamConfig", "StreamKey", "StreamReader", "Template", "TransformConfig",
+    "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "Written", "chrono_format",
+    "choice_violations", "describe", "error", "field_meta", "is_placeholder", "json_values",
+    "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
+    "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap", "utcnow",
+    "warning",
 ]
 
 #: A receiver's stream config type (:class:`StreamConfig` subclass).
