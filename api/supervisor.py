@@ -8,10 +8,15 @@ hold) goes to ``<home>/log/dataflow-console.log``; its log proper is
 
 - ``start`` checks first that the saved config can run (it refuses with the violations
   otherwise), stops a dataflow an earlier, killed API process left running on the same
-  home (``state/dataflow.pid``), then launches the child.
+  home (``state/dataflow.pid``), makes the recovery directory ready (refusing, with one
+  line, where records were delivered before and the state is gone:
+  :mod:`dataflows.recovery`), then launches the child.
 - ``stop`` is graceful: SIGTERM (each stream finishes its batch, bytewax takes a final
   snapshot, the child exits 0), then SIGKILL if the child is still alive after
-  ``stop_timeout`` seconds.
+  ``stop_timeout`` seconds. The child runs in a process group of its own, so a Ctrl-C
+  in the API's terminal (SIGINT to the terminal's foreground group) reaches only the
+  API, whose shutdown stops the child with that one SIGTERM: a second signal would stop
+  it at once, before its final snapshot.
 - A child that exits without being asked to is a crash: it is logged with its exit
   status and the tail of its console output, ``status`` reads ``failed``, and it is
   started again after a backoff that doubles per consecutive crash (1 s, 2 s, 4 s ...
@@ -38,7 +43,8 @@ import psutil
 
 from dataflows.backoff import Backoff
 from dataflows.config import ConfigError, Violation, load_file
-from dataflows.home import CONSOLE_LOG, config_path, init_recovery, log_dir, pid_path, recovery_dir
+from dataflows.home import CONSOLE_LOG, config_path, log_dir, pid_path, recovery_dir
+from dataflows.recovery import StateLost, prepare_recovery
 
 Status = Literal["running", "stopped", "failed"]
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +200,11 @@ class Supervisor:
         self._stop_orphan()
         logs = log_dir(self.home)
         logs.mkdir(parents=True, exist_ok=True)
-        recovery = init_recovery(recovery_dir(self.home))
+        try:
+            recovery = prepare_recovery(self.home, recovery_dir(self.home))
+        except StateLost as exc:  # refused, with the line naming what to do (FACTORYFLOW_FRESH_STATE=1)
+            self._last_error = str(exc)
+            raise CannotStart([Violation(str(exc), [], "error")]) from None
         console = open(logs / CONSOLE_LOG, "ab")  # noqa: SIM115 - the child holds it
         console.write(f"--- dataflow start {_iso(time.time())}\n".encode())
         console.flush()
@@ -204,7 +214,8 @@ class Supervisor:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bytewax.run", "dataflows.main:flow", "-r", str(recovery),
                  "-s", f"{self.snapshot_interval:g}", "-b", "0"],
-                cwd=self.home, env=env, stdout=console, stderr=subprocess.STDOUT)
+                cwd=self.home, env=env, stdout=console, stderr=subprocess.STDOUT,
+                process_group=0)  # a terminal's Ctrl-C is the API's to handle: one SIGTERM
         finally:
             console.close()
         self._proc = proc

@@ -2,7 +2,10 @@
 
 ``run`` initialises the recovery directory on first use, then runs the main job with
 bytewax's own runner (``bytewax.run.cli_main``), with recovery on, so every stream
-resumes from its last snapshot. Ctrl-C or SIGTERM stops it gracefully: one line logs the
+resumes from its last snapshot. It refuses to start over silently: an installation that
+delivered records before and whose recovery state is gone exits 2 with one line, unless
+``--fresh-state`` says to read every source from the start again
+(:mod:`dataflows.recovery`). Ctrl-C or SIGTERM stops it gracefully: one line logs the
 records delivered per stream and the exit status is 0.
 
 ``validate FILE`` prints every violation of a config, ``json_path`` first, and exits 0
@@ -18,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from dataflows.config import ConfigError, read_document, validate
-from dataflows.home import home_dir, init_recovery, recovery_dir
+from dataflows.home import home_dir, recovery_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,13 +30,19 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.run import cli_main
 
     from dataflows.main import flow  # logging and signal handlers: only for the job
+    from dataflows.recovery import prepare_recovery, refusal
 
     if args.home:
         os.environ["FACTORYFLOW_HOME"] = str(args.home.resolve())
     if args.config:
         os.environ["FACTORYFLOW_CONFIG"] = str(args.config.resolve())
-    recovery = init_recovery(recovery_dir(home_dir()))
+    home = home_dir()
+    problem = refusal(home, recovery_dir(home), fresh_state=args.fresh_state)
+    if problem is not None:  # one line, before the job's logging and its summary line
+        print(f"factoryflow: {problem}", file=sys.stderr)
+        return 2
     dataflow = flow()  # exits 2 with every violation when the config is invalid
+    recovery = prepare_recovery(home, recovery_dir(home), fresh_state=args.fresh_state)
     cli_main(dataflow, workers_per_process=args.workers,
              epoch_interval=timedelta(seconds=args.snapshot_interval),
              recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)))
@@ -71,6 +80,9 @@ def parser(prog: str = "python -m dataflows",
     job.add_argument("--snapshot-interval", type=float, default=5.0,
                      help="seconds between recovery snapshots (default 5)")
     job.add_argument("--workers", type=int, default=1, help="bytewax workers in this process")
+    job.add_argument("--fresh-state", action="store_true",
+                     help="start over although records were delivered before and the recovery state is "
+                          "gone: every source is read from the start again (also FACTORYFLOW_FRESH_STATE=1)")
     job.set_defaults(handler=run)
     lint = commands.add_parser("validate", help="print every violation of a config file")
     lint.add_argument("file", type=Path)

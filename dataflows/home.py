@@ -77,13 +77,16 @@ def component_dir(home: Path, name: str) -> Path:
 
 
 def init_recovery(directory: Path) -> Path:
-    """Create and initialise a bytewax recovery directory (one partition) unless it exists.
+    """Create and initialise a bytewax recovery directory (one partition) unless it holds
+    one already: a missing directory, or one without a ``part-*.sqlite3`` (a freshly
+    mounted volume). The same as ``mkdir -p DIR && python -m bytewax.recovery DIR 1``.
 
-    The same as ``mkdir DIR && python -m bytewax.recovery DIR 1``.
+    Before a start, :func:`dataflows.recovery.prepare_recovery` does this and also refuses
+    to start over silently where records were delivered before.
     """
-    if not directory.exists():
+    if not any(directory.glob("part-*.sqlite3")):
         from bytewax.recovery import init_db_dir
 
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)
         init_db_dir(directory, 1)
     return directory

@@ -12,8 +12,12 @@ python -m bytewax.recovery DIR 1``) each stream resumes from its last snapshot.
 SIGTERM or SIGINT stops it gracefully: each stream finishes the batch in hand, bytewax
 takes a final snapshot, one line logs the records delivered per stream, and the process
 exits 0. A second signal interrupts at once. An invalid config logs every violation and
-exits with status 2; so does a recovery directory that is not initialised, in one line
-naming the command that fixes it. ``python -m dataflows run`` initialises it for you.
+exits with status 2; so does a recovery directory that does not exist, in one line
+naming the command that fixes it. ``python -m dataflows run`` initialises it for you, and
+an existing directory without state (a freshly mounted volume) is initialised here, unless
+the installation delivered records before and its state is gone
+(:mod:`dataflows.recovery`: one line, exit 2). Without ``-r`` no state is kept: a warning
+says so.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
 
 __all__ = ["LOG_FORMAT", "Stop", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
-           "install_signal_handlers", "log_summary", "recovery_problem"]
+           "install_signal_handlers", "log_summary", "recovery_argument", "recovery_problem"]
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
@@ -105,22 +109,42 @@ def log_summary(home: Path, what: str) -> None:
         ledger.close()
 
 
-def recovery_problem(argv: list[str]) -> str | None:
-    """What is wrong with the recovery directory named by ``-r``/``--recovery-directory``
-    in a ``bytewax.run`` command line, or None (none named, or initialised)."""
+def recovery_argument(argv: list[str]) -> Path | None:
+    """The recovery directory named by ``-r``/``--recovery-directory`` in a ``bytewax.run``
+    command line, or None."""
     for index, arg in enumerate(argv):
-        value = None
         if arg in ("-r", "--recovery-directory") and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith("--recovery-directory="):
-            value = arg.split("=", 1)[1]
-        if value is not None:
-            directory = Path(value)
-            if not any(directory.glob("part-*.sqlite3")):
-                return (f"the recovery directory {directory} is not initialised: run the job with "
-                        f"`python -m dataflows run` (it initialises it), or first "
-                        f"`mkdir -p {directory} && python -m bytewax.recovery {directory} 1`")
+            return Path(argv[index + 1])
+        if arg.startswith("--recovery-directory="):
+            return Path(arg.split("=", 1)[1])
     return None
+
+
+def recovery_problem(argv: list[str], home: Path | None = None) -> str | None:
+    """What is wrong with the recovery directory named by ``-r`` in a ``bytewax.run``
+    command line, or None (none named, or ready). A directory that exists without state
+    (a freshly mounted volume) is initialised here, unless the installation at ``home``
+    delivered records before (:func:`dataflows.recovery.prepare_recovery`)."""
+    from dataflows.recovery import StateLost, prepare_recovery
+
+    directory = recovery_argument(argv)
+    if directory is None:
+        return None
+    if not directory.is_dir():
+        return (f"the recovery directory {directory} is not initialised: run the job with "
+                f"`python -m dataflows run` (it initialises it), or first "
+                f"`mkdir -p {directory} && python -m bytewax.recovery {directory} 1`")
+    try:
+        prepare_recovery(home or home_dir(), directory)
+    except StateLost as exc:
+        return str(exc)
+    return None
+
+
+def _runs_bytewax(argv: list[str]) -> bool:
+    """Whether this process is ``python -m bytewax.run ...`` (``factoryflow run`` passes its
+    recovery directory itself)."""
+    return bool(argv) and argv[0].replace("\\", "/").endswith("bytewax/run.py")
 
 
 def flow() -> Dataflow:
@@ -128,11 +152,11 @@ def flow() -> Dataflow:
 
     :raises SystemExit: status 2 when the config is missing or invalid.
     """
-    problem = recovery_problem(sys.argv)
+    home = home_dir()
+    problem = recovery_problem(sys.argv, home)
     if problem is not None:
         print(f"factoryflow: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    home = home_dir()
     redacting = configure_logging(home)
     stop = Stop()
     install_signal_handlers(stop)
@@ -147,5 +171,8 @@ def flow() -> Dataflow:
     streams = sum(len(r.stream_list) for r in config.data_receiver)
     _log.info("config %s: %d receivers with %d streams, %d transforms, %d transmits; home %s", path,
               len(config.data_receiver), streams, len(config.transforms), len(config.data_transmit), home)
+    if _runs_bytewax(sys.argv) and recovery_argument(sys.argv) is None:
+        _log.warning("no recovery directory (-r): no state is kept, so a restart reads every source "
+                     "from the start again; run `factoryflow run`, or bytewax.run with -r DIR")
     atexit.register(lambda: log_summary(home, f"stopped on {stop.signal}" if stop.signal else "stopped"))
     return build_flow(config, RunContext(home=home, shutdown=stop.event))

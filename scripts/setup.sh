@@ -11,6 +11,9 @@
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/packages.sh
+. scripts/packages.sh
+sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 want_test=0; want_services=0; want_bench=0
 for arg in "$@"; do
   case "$arg" in
@@ -35,51 +38,37 @@ fi
 extras=""; [ "$want_test" = 1 ] && extras="[test]"; [ "$want_bench" = 1 ] && extras="[test,bench]"
 stamp=".venv/.installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+  echo "setup.sh: installing factoryflow${extras} and its Python packages into .venv (minutes the first time)" >&2
+  .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -e ".${extras}" |
+    { grep --line-buffered -E '^(Collecting|Installing|Successfully)' || true; } | sed -u 's/^/setup.sh: pip: /' >&2
   touch "$stamp"
 fi
 
 if [ "$want_bench" = 1 ] && ! command -v kcat >/dev/null; then
-  echo "setup.sh: installing kcat from Debian's packages (the bench's Kafka limit)" >&2
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null
+  apt_install "the bench's Kafka limit" kcat
 fi
 
 if [ "$want_services" = 1 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    echo "setup.sh: installing PostgreSQL from Debian's packages" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    apt_install "the sql receiver's tests" postgresql
   fi
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres  # initdb refuses to run as root
   fi
   if ! command -v smbd >/dev/null && [ ! -x /usr/sbin/smbd ]; then
-    echo "setup.sh: installing Samba from Debian's packages" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq samba >/dev/null
+    apt_install "the smb receiver's tests" samba
   fi
   if [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
-    echo "setup.sh: installing Mosquitto from Debian's packages (the MQTT connectors' broker)" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+    apt_install "the MQTT connectors' broker" mosquitto
   fi
   if ! command -v npm >/dev/null; then
-    echo "setup.sh: installing Node.js and npm from Debian's packages" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+    apt_install "Azurite and node-opcua" nodejs npm
   fi
   if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
-    echo "setup.sh: installing Java and Maven from Debian's packages" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq default-jre-headless maven >/dev/null
+    apt_install "Kafka and S3Proxy" default-jre-headless maven
   fi
   if ! command -v chromium >/dev/null; then
-    echo "setup.sh: installing Chromium from Debian's packages (the web UI's browser tests)" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    apt_install "the web UI's browser tests" chromium
   fi
   # fetched once into .cache/: the Kafka broker's and S3Proxy's jars, Azurite from npm
   .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'

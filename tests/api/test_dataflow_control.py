@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from collections import Counter
@@ -92,6 +93,22 @@ def test_start_stop_restart_and_crash_restart(api: Api, nab_machine_csv: Path) -
     assert any("SIGTERM received" in line for line in core)  # stopped gracefully
     delivered = records(api, "nab__csv.jsonl")
     assert len({(r["timestamp"], r["value"]) for r in delivered}) == NAB_ROWS  # nothing lost
+
+
+def test_start_refuses_to_start_over_when_the_recovery_state_is_gone(api: Api, nab_machine_csv: Path) -> None:
+    api.ok("POST", "/v1/config", json=files_only(nab_machine_csv.parent))
+    api.ok("POST", "/v1/ftx/start")
+    wait(api, lambda: len(records(api, "nab__csv.jsonl")) >= NAB_ROWS, "every NAB row")
+    api.ok("POST", "/v1/ftx/stop")
+    shutil.rmtree(api.home / "recovery")  # a volume not mounted
+    body = api.client.post("/v1/ftx/start").json()
+    assert body["success"] is False and body["response"] == "failed"
+    line = (f"{api.home} has delivered {NAB_ROWS:,} records of 1 streams, but its recovery state "
+            f"{api.home / 'recovery'} is missing")
+    assert line in body["error"]["text"] and "FACTORYFLOW_FRESH_STATE=1" in body["error"]["text"]
+    assert status(api)["factorytx"]["status"] == "failed"
+    assert len(records(api, "nab__csv.jsonl")) == NAB_ROWS  # nothing read again
+    assert api.ok("POST", "/v1/ftx/stop") == "stopped"
 
 
 def test_start_refuses_a_config_that_cannot_run(api: Api) -> None:

@@ -81,7 +81,7 @@ def test_dockerfile_builds_the_project_and_runs_the_compose_command() -> None:
     cmd = next(ln for ln in lines if ln.startswith("CMD"))
     assert yaml.safe_load(cmd.removeprefix("CMD ")) == compose()["services"]["dataflow"]["command"]
     entrypoint = COMPOSE / "entrypoint.sh"
-    assert os.access(entrypoint, os.X_OK) and "init_recovery" in entrypoint.read_text()
+    assert os.access(entrypoint, os.X_OK) and 'mkdir -p "$FACTORYFLOW_RECOVERY"' in entrypoint.read_text()
     assert ".venv" in (root / ".dockerignore").read_text().split()
 
 
