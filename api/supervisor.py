@@ -44,6 +44,7 @@ import psutil
 from dataflows.backoff import Backoff
 from dataflows.config import ConfigError, Violation, load_file
 from dataflows.home import CONSOLE_LOG, config_path, log_dir, pid_path, recovery_dir
+from dataflows.integrity import check_state
 from dataflows.recovery import StateLost, prepare_recovery
 
 Status = Literal["running", "stopped", "failed"]
@@ -200,6 +201,12 @@ class Supervisor:
         self._stop_orphan()
         logs = log_dir(self.home)
         logs.mkdir(parents=True, exist_ok=True)
+        checked = check_state(self.home, recovery_dir(self.home))
+        for line in checked.rebuilt:
+            _log.warning("%s", line)
+        if checked.refused:
+            self._last_error = " ".join(checked.refused)
+            raise CannotStart([Violation(line, [], "error") for line in checked.refused])
         try:
             recovery = prepare_recovery(self.home, recovery_dir(self.home))
         except StateLost as exc:  # refused, with the line naming what to do (FACTORYFLOW_FRESH_STATE=1)

@@ -8,6 +8,10 @@ delivered records before and whose recovery state is gone exits 2 with one line,
 (:mod:`dataflows.recovery`). Ctrl-C or SIGTERM stops it gracefully: one line logs the
 records delivered per stream and the exit status is 0.
 
+Before a start every state file is checked (:mod:`dataflows.integrity`): a damaged ledger
+or control store is rebuilt; any other damaged file stops the start with one line naming
+it and ``set-aside FILE``, the command that moves it aside.
+
 ``validate FILE`` prints every violation of a config, ``json_path`` first, and exits 0
 (warnings at most) or 2 (errors). The ``factoryflow`` command adds ``api``.
 """
@@ -29,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
+    from dataflows.integrity import check_state
     from dataflows.main import flow  # logging and signal handlers: only for the job
     from dataflows.recovery import prepare_recovery, refusal
 
@@ -37,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["FACTORYFLOW_CONFIG"] = str(args.config.resolve())
     home = home_dir()
+    checked = check_state(home, recovery_dir(home))
+    for line in checked.rebuilt:
+        print(f"factoryflow: warning: {line}", file=sys.stderr)
+    for line in checked.refused:
+        print(f"factoryflow: {line}", file=sys.stderr)
+    if checked.refused:
+        return 2
     problem = refusal(home, recovery_dir(home), fresh_state=args.fresh_state)
     if problem is not None:  # one line, before the job's logging and its summary line
         print(f"factoryflow: {problem}", file=sys.stderr)
@@ -46,6 +58,19 @@ def run(args: argparse.Namespace) -> int:
     cli_main(dataflow, workers_per_process=args.workers,
              epoch_interval=timedelta(seconds=args.snapshot_interval),
              recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)))
+    return 0
+
+
+def set_aside(args: argparse.Namespace) -> int:
+    """Move a damaged state file aside (``<file>.damaged-<UTC time>``), saying what follows."""
+    from dataflows.integrity import set_aside as move
+
+    try:
+        target = move(args.file)
+    except FileNotFoundError:
+        print(f"factoryflow: {args.file} does not exist", file=sys.stderr)
+        return 2
+    print(f"{args.file} moved aside to {target}; the next start makes a new one")
     return 0
 
 
@@ -84,6 +109,10 @@ def parser(prog: str = "python -m dataflows",
                      help="start over although records were delivered before and the recovery state is "
                           "gone: every source is read from the start again (also FACTORYFLOW_FRESH_STATE=1)")
     job.set_defaults(handler=run)
+    aside = commands.add_parser("set-aside", help="move a damaged state file aside (the job names it "
+                                "and says what this costs)")
+    aside.add_argument("file", type=Path)
+    aside.set_defaults(handler=set_aside)
     lint = commands.add_parser("validate", help="print every violation of a config file")
     lint.add_argument("file", type=Path)
     lint.add_argument("--runnable", action="store_true",

@@ -71,9 +71,14 @@ def pid_path(home: Path) -> Path:
     return state_dir(home) / "dataflow.pid"
 
 
+def components_dir(home: Path) -> Path:
+    """``<home>/components``: the components' data directories."""
+    return home / "components"
+
+
 def component_dir(home: Path, name: str) -> Path:
     """``<home>/components/<name>``: the data directory of the component ``name``."""
-    return home / "components" / name
+    return components_dir(home) / name
 
 
 def init_recovery(directory: Path) -> Path:

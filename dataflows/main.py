@@ -37,6 +37,7 @@ from bytewax.dataflow import Dataflow
 from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
 from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, ledger_path, log_dir
+from dataflows.integrity import check_state
 from dataflows.ledger import Ledger
 from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
@@ -153,11 +154,20 @@ def flow() -> Dataflow:
     :raises SystemExit: status 2 when the config is missing or invalid.
     """
     home = home_dir()
+    redacting = configure_logging(home)
+    recovery = recovery_argument(sys.argv)
+    if recovery is not None:  # bytewax.run -r DIR (factoryflow run checked before it called this)
+        checked = check_state(home, recovery)
+        for line in checked.rebuilt:
+            _log.warning("%s", line)
+        for line in checked.refused:
+            _log.error("%s", line)
+        if checked.refused:
+            raise SystemExit(2)
     problem = recovery_problem(sys.argv, home)
     if problem is not None:
         print(f"factoryflow: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    redacting = configure_logging(home)
     stop = Stop()
     install_signal_handlers(stop)
     path = config_path(home)

@@ -111,6 +111,24 @@ def test_start_refuses_to_start_over_when_the_recovery_state_is_gone(api: Api, n
     assert api.ok("POST", "/v1/ftx/stop") == "stopped"
 
 
+def test_start_names_a_damaged_state_file_and_rebuilds_a_damaged_ledger(api: Api, nab_machine_csv: Path) -> None:
+    api.ok("POST", "/v1/config", json=files_only(nab_machine_csv.parent))
+    api.ok("POST", "/v1/ftx/start")
+    wait(api, lambda: len(records(api, "nab__csv.jsonl")) >= NAB_ROWS, "every NAB row")
+    api.ok("POST", "/v1/ftx/stop")
+    (part,) = (api.home / "recovery").glob("part-*.sqlite3")
+    part.write_bytes(part.read_bytes()[:1000])  # truncated
+    ledger = api.home / "state" / "ledger.sqlite"
+    ledger.write_bytes(b"garbage" * 100)
+    body = api.client.post("/v1/ftx/start").json()
+    assert body["success"] is False and body["response"] == "failed"
+    assert f"{part} is damaged (" in body["error"]["text"]
+    assert f"`factoryflow set-aside {part}` moves it aside" in body["error"]["text"]
+    web = api.ok("GET", "/v1/log/stream/factorytx_web.log", params={"lines": 1000})
+    assert any(f"{ledger} was damaged (file is not a database): moved aside" in line for line in web)
+    assert api.ok("POST", "/v1/ftx/stop") == "stopped"
+
+
 def test_start_refuses_a_config_that_cannot_run(api: Api) -> None:
     templates = api.ok("GET", "/v1/config/templates")
     api.ok("POST", "/v1/config", json=templates[3]["configuration"])  # SQL: placeholders
