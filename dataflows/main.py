@@ -151,7 +151,13 @@ def _runs_bytewax(argv: list[str]) -> bool:
 def flow() -> Dataflow:
     """Build the dataflow for the configured installation (called by ``bytewax.run``).
 
-    :raises SystemExit: status 2 when the config is missing or invalid.
+    With ``-r DIR`` it first checks the state files (:func:`dataflows.integrity.check_state`:
+    a damaged ledger is rebuilt) and makes the recovery directory ready
+    (:func:`recovery_problem`).
+
+    :raises SystemExit: status 2 when the config is missing or invalid, a state file is
+        damaged (one line each, naming the command that moves it aside), or the recovery
+        state is missing where records were delivered before (one line).
     """
     home = home_dir()
     redacting = configure_logging(home)
