@@ -166,6 +166,7 @@ class FileStreamReader(StreamReader):
         self._queue: list[_Candidate] = []
         self._prefetched: dict[str, tuple[tuple[int, int | None], bytes | BaseException]] = {}
         self._acks = ctx.acknowledgements(receiver.data_receiver_name, stream.key)
+        self._not_files: set[str] = set()  # selected entries that are no files, warned about once
         self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
 
     # -- state
@@ -275,10 +276,14 @@ class FileStreamReader(StreamReader):
                 raise FileNotFoundError(f"{location.url}{location.container} does not exist")
             top = root.rstrip("/") or "/"
             for path, info in fs.find(root, detail=True).items():
-                if info.get("type", "file") != "file":
+                kind = info.get("type", "file")
+                if kind == "directory":
                     continue
                 relative = posixpath.relpath(path, top)
                 if not self._stream.selects(relative):
+                    continue
+                if kind != "file":
+                    self._skip_once(location.url + path, bool(info.get("islink")))
                     continue
                 if location.key_filter is not None and location.container is not None and \
                         not location.key_filter.search(posixpath.relpath(path, location.container)):
@@ -286,6 +291,16 @@ class FileStreamReader(StreamReader):
                 listing[location.url + path] = (location, path, *identity(info), index)
         self._where = {key: (entry[0], entry[1]) for key, entry in listing.items()}
         return listing
+
+    def _skip_once(self, key: str, link: bool) -> None:
+        """Warn once (a marker) that ``key``, which the stream selects, is no file to read."""
+        if key in self._not_files:
+            return
+        if len(self._not_files) < 1000:  # bounded, as the listing is
+            self._not_files.add(key)
+        what = ("a symbolic link that leads nowhere, or in a loop" if link
+                else "not a regular file (a FIFO, a socket or a device)")
+        self.report_warning(f"{key} is {what}: skipped")
 
     def _candidates(self) -> list[_Candidate]:
         """The new or changed files to read, in order, at most ``files_per_poll`` of each

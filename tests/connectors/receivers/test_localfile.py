@@ -91,6 +91,30 @@ def test_minimum_file_age_is_how_long_a_file_must_be_still(tmp_path: Path, inbox
     assert [b.frame["v"].to_list() for b in drain(text)] == [[20]]
 
 
+def test_fifos_and_broken_or_looping_links_get_one_warning_each(tmp_path: Path, inbox: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    (inbox / "good.csv").write_bytes(b"ts,v\n1,10\n")
+    os.mkfifo(inbox / "pipe.csv")  # opening it would block the worker
+    (inbox / "dangling.csv").symlink_to(inbox / "nowhere.csv")
+    (inbox / "loop1.csv").symlink_to(inbox / "loop2.csv")
+    (inbox / "loop2.csv").symlink_to(inbox / "loop1.csv")
+    (inbox / "ignored.txt").symlink_to(inbox / "nowhere.txt")  # not selected by *.csv: no warning
+    partition = StreamDriver(receiver(inbox), context(tmp_path / "home"))
+    with caplog.at_level(logging.WARNING, logger="receiver"):
+        assert [b.frame["v"].to_list() for b in partition.poll()] == [[10]]
+        (inbox / "late.csv").write_bytes(b"ts,v\n2,20\n")
+        assert [b.frame["v"].to_list() for b in partition.poll()] == [[20]]  # reading goes on
+    said = sorted(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+    assert said == [  # once each, not again at the next poll
+        f"machine:temperature: {inbox / 'dangling.csv'} is a symbolic link that leads nowhere, or in a loop: skipped",
+        f"machine:temperature: {inbox / 'loop1.csv'} is a symbolic link that leads nowhere, or in a loop: skipped",
+        f"machine:temperature: {inbox / 'loop2.csv'} is a symbolic link that leads nowhere, or in a loop: skipped",
+        f"machine:temperature: {inbox / 'pipe.csv'} is not a regular file (a FIFO, a socket or a device): skipped"]
+    (marker,) = [m for m in partition.markers() if m.category == "input warning"]
+    assert marker.level == "warning" and marker.message.endswith(": skipped")
+    partition.close()
+
+
 def test_a_whole_file_waits_for_minimum_file_age(tmp_path: Path, inbox: Path) -> None:
     clock = Clock(datetime.now(UTC))
     (inbox / "w.csv").write_bytes("ts,v\n1,10\n".encode("utf-16"))
