@@ -3,9 +3,11 @@ file, read by polars with the calamine engine (fastexcel).
 
 Keys: ``sheet`` (a sheet name, or its zero-based index; the first sheet by default),
 ``header_row`` (zero-based row of the column names, after ``skip_rows``; ``null`` for
-none: columns ``column_1``, ...), ``skip_rows`` (rows above the table). A file that is not
-a workbook, or lacks the sheet, is refused with the file name: the file receiver marks
-the stream and reads it again once it changes.
+none: columns ``column_1``, ...), ``skip_rows`` (rows above the table),
+``max_inflated_bytes`` (a zip bomb guard: the most bytes an xlsx, xlsm, xlsb or ods, which are
+zip archives, may declare its members inflate to; checked before anything is inflated).
+A file that is not a workbook, lacks the sheet or is over the cap is refused with the file
+name: the file receiver marks the stream and reads it again once it changes.
 
 Implements the ``excel`` parser of issue 11 ("Parsers").
 """
@@ -13,6 +15,7 @@ Implements the ``excel`` parser of issue 11 ("Parsers").
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, ClassVar
 
@@ -40,14 +43,18 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
     header_row: Annotated[NonNegativeInt | None, describe(
         "Zero-based row of the column names below skip_rows; null: no header.")] = 0
     skip_rows: Annotated[NonNegativeInt, describe("Rows above the table.")] = 0
+    max_inflated_bytes: Annotated[int, describe(
+        "Most bytes a zipped workbook (xlsx, xlsm, xlsb, ods) may inflate to, by the sizes its members "
+        "declare; a larger one is refused (a zip bomb guard).", ge=1024 * 1024)] = 512 * 1024 * 1024
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
               text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Read the sheet of a whole workbook.
 
-        :raises ParseError: not a workbook, or no such sheet.
+        :raises ParseError: not a workbook, no such sheet, or over ``max_inflated_bytes``.
         """
+        self._check_inflated_size(body, source)
         where = {"sheet_name": self.sheet} if isinstance(self.sheet, str) else {"sheet_id": self.sheet + 1}
         skip = self.skip_rows + (self.header_row or 0)
         try:
@@ -62,3 +69,20 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
         if self.header_row is None:
             frame = frame.rename({c: f"column_{i}" for i, c in enumerate(frame.columns, 1)})
         return frame.with_columns(pl.col(c).cast(pl.String) for c in text_columns if c in frame.columns)
+
+    def _check_inflated_size(self, body: bytes, source: str) -> None:
+        """Refuse a zipped workbook whose members declare more than ``max_inflated_bytes``,
+        before anything is inflated.
+
+        :raises ParseError: over the cap.
+        """
+        if not body.startswith(b"PK\x03\x04"):
+            return  # an xls is no zip archive
+        try:
+            members = zipfile.ZipFile(io.BytesIO(body)).infolist()
+        except zipfile.BadZipFile:
+            return  # calamine names what is wrong with it
+        declared = sum(member.file_size for member in members)
+        if declared > self.max_inflated_bytes:
+            raise ParseError(source, None, f"the workbook inflates to {declared:,} bytes, over max_inflated_bytes "
+                                           f"({self.max_inflated_bytes:,}): refused (a zip bomb guard)")

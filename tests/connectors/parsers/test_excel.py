@@ -71,3 +71,24 @@ class ExcelHarness(ParserHarness):
 def test_frames_from_excel_keep_numbers_numbers() -> None:
     frame = parser().parse(b"", ExcelHarness().good(range(3)), source="w.xlsx", first_line=1)
     assert frame.schema == {"seq": pl.Int64, "value": pl.Float64}
+
+
+def test_a_workbook_that_would_inflate_past_the_cap_is_refused_before_inflating() -> None:
+    """A zip bomb: a small xlsx whose members declare far more than ``max_inflated_bytes``."""
+    import time
+    import zipfile
+
+    buffer = io.BytesIO(BOOK)
+    with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as book:
+        book.writestr("xl/media/padding.bin", b"\0" * (48 * 1024 * 1024))  # 48 MiB in about 50 KiB
+    bomb = buffer.getvalue()
+    assert len(bomb) < 200_000
+    started = time.monotonic()
+    with pytest.raises(ParseError) as refused:
+        parser(sheet="Readings", skip_rows=2, max_inflated_bytes=16 * 1024 * 1024).parse(
+            b"", bomb, source="bomb.xlsx", first_line=1)
+    assert time.monotonic() - started < 1.0  # nothing was inflated
+    assert str(refused.value).startswith("bomb.xlsx: the workbook inflates to 50,3")
+    assert str(refused.value).endswith("over max_inflated_bytes (16,777,216): refused (a zip bomb guard)")
+    frame = parser(sheet="Readings", skip_rows=2).parse(b"", bomb, source="bomb.xlsx", first_line=1)
+    assert frame["seq"].to_list() == [1, 2]  # under the default cap it is read
