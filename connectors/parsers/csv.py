@@ -86,6 +86,7 @@ class CsvSettings:
     dayfirst: bool = False
     localtz: str | None = None
     bad_lines_action: BadLinesAction = "error"
+    max_columns: int = 10_000
 
     @property
     def header_lines(self) -> int:
@@ -288,7 +289,8 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
 
     :returns: one row per record; columns named by the header.
     :raises ParseError: binary data, undecodable bytes in a set ``file_encoding``, text the
-        csv module refuses, or a bad line with ``bad_lines_action: error``.
+        csv module refuses, a bad line with ``bad_lines_action: error``, or more than
+        ``max_columns`` columns.
     """
     def report(message: str) -> None:
         (warn or _log.warning)(message)
@@ -312,6 +314,11 @@ def parse_csv(prefix: bytes, body: bytes, settings: CsvSettings, *, source: str,
         raise ParseError(source, settings.header + 1, "the header line is missing")
     first_data = text[: text.find("\n")] if header_line is None and "\n" in text else (header_line or text)
     separator = _separator(settings, first_data, source, report if not prefix else (lambda _: None))
+    width = first_data.count(separator) + 1  # at most: a quoted field may hold the separator
+    if width > settings.max_columns:
+        raise ParseError(source, settings.header + 1 if header_line is not None and settings.header is not None
+                         else first_line, f"{width:,} columns, over max_columns ({settings.max_columns:,}): "
+                         "refused (a guard against files that would take gigabytes)")
     columns = None
     if header_line is not None:
         assert settings.header is not None
@@ -458,10 +465,12 @@ class CsvParser(_CsvLike, ParserConfig, tag="csv", kw_only=True):
     parse_timestamps: Annotated[list[TimestampField], describe("Columns with explicit formats.")] = (
         msgspec.field(default_factory=list))
     bad_lines_action: Annotated[BadLinesAction, describe("error, warn or skip.")] = "error"
+    max_columns: Annotated[int, describe(
+        "Most columns a file may have; a wider one is refused (each column costs memory).", ge=1)] = 10_000
 
     def settings(self) -> CsvSettings:
         return CsvSettings(self.separator, self.file_encoding, self.header, tuple(self.parse_timestamps),
-                           bad_lines_action=self.bad_lines_action)
+                           bad_lines_action=self.bad_lines_action, max_columns=self.max_columns)
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out: list[Violation] = []
