@@ -123,7 +123,7 @@ class MqttStream(StreamConfig, kw_only=True):
 
 
 @receivers.register
-class MqttReceiver(ReceiverConfig[MqttStream, "SessionSlot"], tag="mqtt", kw_only=True):
+class MqttReceiver(ReceiverConfig[MqttStream, SessionSlot], tag="mqtt", kw_only=True):
     """Subscribes to topics of an MQTT broker (QoS 1, persistent session)."""
 
     title: ClassVar[str] = "MQTT"
