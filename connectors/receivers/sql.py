@@ -34,6 +34,7 @@ Implements the SQL receiver of ``shared/specs/factorytx-digest.md`` and the quic
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -151,25 +152,22 @@ class SqlStream(StreamConfig, kw_only=True):
     connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
 
 
-def _tokens(query: str) -> list[tuple[Any, str]]:
+@functools.lru_cache(maxsize=256)  # a stream's query is the same at every poll
+def _tokens(query: str) -> tuple[tuple[Any, str], ...]:
     """``query``'s lexical tokens (sqlparse's lexer): string literals, quoted names and
     comments come whole, so a ``:name`` inside them is not a bind parameter."""
     import sqlparse
 
-    return list(sqlparse.lexer.tokenize(query))
+    return tuple(sqlparse.lexer.tokenize(query))
 
 
-def _params(query: str) -> set[str]:
+def _params(query: str) -> frozenset[str]:
     """The names of ``query``'s ``:name`` bind parameters (not ``::type`` casts, nor a
     ``:name`` inside a string literal, a quoted name or a comment)."""
     from sqlparse import tokens
 
-    return {value[1:] for ttype, value in _tokens(query)
-            if ttype in tokens.Name.Placeholder and value.startswith(":") and value[1:2] != ":"}
-
-
-def _uses_param(query: str, name: str) -> bool:
-    return name in _params(query)
+    return frozenset(value[1:] for ttype, value in _tokens(query)
+                     if ttype in tokens.Name.Placeholder and value.startswith(":") and value[1:2] != ":")
 
 
 def _as_text(query: str) -> str:
@@ -298,6 +296,7 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
                 out.append(error(f"no connection named {stream.connection_name!r}",
                                  [*s_path, "connection_name"]))
             columns = set()
+            used = frozenset() if is_placeholder(stream.query) else _params(stream.query)
             for f_index, state_field in enumerate(stream.state_fields):
                 f_path = [*s_path, "state_fields", f_index]
                 columns.add(state_field.column_name)
@@ -309,12 +308,12 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
                     except ValueError as exc:
                         out.append(error(f"initial_value does not parse as {state_field.data_type}: {exc}",
                                          [*f_path, "initial_value"]))
-                if not is_placeholder(stream.query) and not _uses_param(stream.query, state_field.column_name):
+                if not is_placeholder(stream.query) and state_field.column_name not in used:
                     out.append(warning(f"state field {state_field.column_name!r} is never used as "
                                        f":{state_field.column_name} in the query, so the query "
                                        "re-reads rows on every poll", [*f_path, "column_name"]))
             if not is_placeholder(stream.query):
-                for unknown in sorted(_params(stream.query) - columns):
+                for unknown in sorted(used - columns):
                     out.append(error(f"query uses :{unknown}, which is not a state_fields column",
                                      [*s_path, "query"]))
         return out
