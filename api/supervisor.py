@@ -44,8 +44,7 @@ import psutil
 from dataflows.backoff import Backoff
 from dataflows.config import ConfigError, Violation, load_file
 from dataflows.home import CONSOLE_LOG, config_path, log_dir, pid_path, recovery_dir
-from dataflows.integrity import check_state
-from dataflows.recovery import StateLost, prepare_recovery
+from dataflows.recovery import preflight, prepare_recovery
 
 Status = Literal["running", "stopped", "failed"]
 REPO = Path(__file__).resolve().parents[1]
@@ -201,17 +200,13 @@ class Supervisor:
         self._stop_orphan()
         logs = log_dir(self.home)
         logs.mkdir(parents=True, exist_ok=True)
-        checked = check_state(self.home, recovery_dir(self.home))
+        checked = preflight(self.home, recovery_dir(self.home))
         for line in checked.rebuilt:
             _log.warning("%s", line)
-        if checked.refused:
+        if checked.refused:  # a damaged file, or lost state (FACTORYFLOW_FRESH_STATE=1 starts over)
             self._last_error = " ".join(checked.refused)
             raise CannotStart([Violation(line, [], "error") for line in checked.refused])
-        try:
-            recovery = prepare_recovery(self.home, recovery_dir(self.home))
-        except StateLost as exc:  # refused, with the line naming what to do (FACTORYFLOW_FRESH_STATE=1)
-            self._last_error = str(exc)
-            raise CannotStart([Violation(str(exc), [], "error")]) from None
+        recovery = prepare_recovery(self.home, recovery_dir(self.home))
         console = open(logs / CONSOLE_LOG, "ab")  # noqa: SIM115 - the child holds it
         console.write(f"--- dataflow start {_iso(time.time())}\n".encode())
         console.flush()

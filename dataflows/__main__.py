@@ -33,28 +33,24 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from dataflows.integrity import check_state
     from dataflows.main import flow  # logging and signal handlers: only for the job
-    from dataflows.recovery import prepare_recovery, refusal
+    from dataflows.recovery import preflight, prepare_recovery
 
     if args.home:
         os.environ["FACTORYFLOW_HOME"] = str(args.home.resolve())
     if args.config:
         os.environ["FACTORYFLOW_CONFIG"] = str(args.config.resolve())
     home = home_dir()
-    checked = check_state(home, recovery_dir(home))
+    recovery = recovery_dir(home)
+    checked = preflight(home, recovery, fresh_state=args.fresh_state)
     for line in checked.rebuilt:
         print(f"factoryflow: warning: {line}", file=sys.stderr)
-    for line in checked.refused:
+    for line in checked.refused:  # one line each, before the job's logging and its summary line
         print(f"factoryflow: {line}", file=sys.stderr)
     if checked.refused:
         return 2
-    problem = refusal(home, recovery_dir(home), fresh_state=args.fresh_state)
-    if problem is not None:  # one line, before the job's logging and its summary line
-        print(f"factoryflow: {problem}", file=sys.stderr)
-        return 2
     dataflow = flow()  # exits 2 with every violation when the config is invalid
-    recovery = prepare_recovery(home, recovery_dir(home), fresh_state=args.fresh_state)
+    prepare_recovery(home, recovery, fresh_state=args.fresh_state)
     cli_main(dataflow, workers_per_process=args.workers,
              epoch_interval=timedelta(seconds=args.snapshot_interval),
              recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)))

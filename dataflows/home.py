@@ -81,6 +81,11 @@ def component_dir(home: Path, name: str) -> Path:
     return components_dir(home) / name
 
 
+def recovery_initialised(directory: Path) -> bool:
+    """Whether ``directory`` holds a bytewax recovery partition (``part-*.sqlite3``)."""
+    return any(directory.glob("part-*.sqlite3"))
+
+
 def init_recovery(directory: Path) -> Path:
     """Create and initialise a bytewax recovery directory (one partition) unless it holds
     one already: a missing directory, or one without a ``part-*.sqlite3`` (a freshly
@@ -89,7 +94,7 @@ def init_recovery(directory: Path) -> Path:
     Before a start, :func:`dataflows.recovery.prepare_recovery` does this and also refuses
     to start over silently where records were delivered before.
     """
-    if not any(directory.glob("part-*.sqlite3")):
+    if not recovery_initialised(directory):
         from bytewax.recovery import init_db_dir
 
         directory.mkdir(parents=True, exist_ok=True)

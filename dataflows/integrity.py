@@ -97,7 +97,7 @@ def set_aside(path: Path, now: datetime | None = None) -> Path:
     return target
 
 
-def check_state(home: Path, recovery: Path | None) -> StateCheck:
+def check_state(home: Path, recovery: Path) -> StateCheck:
     """Check every state file of the installation at ``home`` (and the recovery
     directory ``recovery``): rebuild the ledger and the control store when damaged,
     and name every other damaged file (see the module docstring)."""
@@ -112,17 +112,17 @@ def check_state(home: Path, recovery: Path | None) -> StateCheck:
                 continue
             rebuilt.append(f"{path} was damaged ({problem}): moved aside to {target.name}; a new one is made "
                            f"(its {what} start again from nothing); delivery goes on")
-    for part in sorted(recovery.glob("part-*.sqlite3")) if recovery is not None else []:
+    for part in sorted(recovery.glob("part-*.sqlite3")):
         problem = damage(part)
         if problem is not None:
             refused.append(
                 f"{part} is damaged ({problem}): it holds the streams' state (cursor values, seen files). "
                 f"`factoryflow set-aside {part}` moves it aside; the next start then needs --fresh-state, and "
                 "every source is read from the start again")
-    for path in sorted(components_dir(home).glob("*/*.sqlite")) if components_dir(home).is_dir() else []:
+    for path in sorted(components_dir(home).glob("*/*.sqlite")):
         costs = _COSTS.get(path.name)
         problem = damage(path) if costs is not None else None
-        if costs is None or problem is None:
+        if costs is None or problem is None:  # not a file of ours to check, or sound
             continue
         holds, cost = costs
         count = _records_in(path) if path.name != "messages.sqlite" else "the"

@@ -37,13 +37,13 @@ from bytewax.dataflow import Dataflow
 from dataflows.config import ConfigError, load_file, read_document
 from dataflows.flow import build_flow
 from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, ledger_path, log_dir
-from dataflows.integrity import check_state
 from dataflows.ledger import Ledger
+from dataflows.recovery import preflight, prepare_recovery
 from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
 
 __all__ = ["LOG_FORMAT", "Stop", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
-           "install_signal_handlers", "log_summary", "recovery_argument", "recovery_problem"]
+           "install_signal_handlers", "log_summary", "recovery_argument"]
 
 LOG_FORMAT = "%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"
 _log = logging.getLogger("factoryflow")
@@ -121,27 +121,6 @@ def recovery_argument(argv: list[str]) -> Path | None:
     return None
 
 
-def recovery_problem(argv: list[str], home: Path | None = None) -> str | None:
-    """What is wrong with the recovery directory named by ``-r`` in a ``bytewax.run``
-    command line, or None (none named, or ready). A directory that exists without state
-    (a freshly mounted volume) is initialised here, unless the installation at ``home``
-    delivered records before (:func:`dataflows.recovery.prepare_recovery`)."""
-    from dataflows.recovery import StateLost, prepare_recovery
-
-    directory = recovery_argument(argv)
-    if directory is None:
-        return None
-    if not directory.is_dir():
-        return (f"the recovery directory {directory} is not initialised: run the job with "
-                f"`python -m dataflows run` (it initialises it), or first "
-                f"`mkdir -p {directory} && python -m bytewax.recovery {directory} 1`")
-    try:
-        prepare_recovery(home or home_dir(), directory)
-    except StateLost as exc:
-        return str(exc)
-    return None
-
-
 def _runs_bytewax(argv: list[str]) -> bool:
     """Whether this process is ``python -m bytewax.run ...`` (``factoryflow run`` passes its
     recovery directory itself)."""
@@ -151,9 +130,9 @@ def _runs_bytewax(argv: list[str]) -> bool:
 def flow() -> Dataflow:
     """Build the dataflow for the configured installation (called by ``bytewax.run``).
 
-    With ``-r DIR`` it first checks the state files (:func:`dataflows.integrity.check_state`:
-    a damaged ledger is rebuilt) and makes the recovery directory ready
-    (:func:`recovery_problem`).
+    With ``-r DIR`` it first runs the checks of every start
+    (:func:`dataflows.recovery.preflight`: a damaged ledger is rebuilt) and makes the
+    recovery directory ready (:func:`dataflows.recovery.prepare_recovery`).
 
     :raises SystemExit: status 2 when the config is missing or invalid, a state file is
         damaged (one line each, naming the command that moves it aside), or the recovery
@@ -163,17 +142,19 @@ def flow() -> Dataflow:
     redacting = configure_logging(home)
     recovery = recovery_argument(sys.argv)
     if recovery is not None:  # bytewax.run -r DIR (factoryflow run checked before it called this)
-        checked = check_state(home, recovery)
+        if not recovery.is_dir():
+            print(f"factoryflow: the recovery directory {recovery} is not initialised: run the job with "
+                  f"`python -m dataflows run` (it initialises it), or first "
+                  f"`mkdir -p {recovery} && python -m bytewax.recovery {recovery} 1`", file=sys.stderr)
+            raise SystemExit(2)
+        checked = preflight(home, recovery)
         for line in checked.rebuilt:
             _log.warning("%s", line)
         for line in checked.refused:
             _log.error("%s", line)
         if checked.refused:
             raise SystemExit(2)
-    problem = recovery_problem(sys.argv, home)
-    if problem is not None:
-        print(f"factoryflow: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+        prepare_recovery(home, recovery)  # an empty directory (a fresh volume) is initialised
     stop = Stop()
     install_signal_handlers(stop)
     path = config_path(home)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataflows.home import init_recovery, ledger_path
+from dataflows.home import init_recovery, ledger_path, recovery_initialised
+from dataflows.integrity import check_state
 from dataflows.ledger import Ledger
 
-__all__ = ["FRESH_STATE_ENV", "StateLost", "delivered_before", "is_initialised", "prepare_recovery", "refusal"]
+__all__ = ["FRESH_STATE_ENV", "Preflight", "StateLost", "delivered_before", "preflight", "prepare_recovery",
+           "refusal"]
 
 #: The environment variable that, set to ``1``, allows a start over with fresh state.
 FRESH_STATE_ENV = "FACTORYFLOW_FRESH_STATE"
@@ -38,9 +41,17 @@ class StateLost(RuntimeError):
     would deliver everything again. The message is the one line an operator reads."""
 
 
-def is_initialised(directory: Path) -> bool:
-    """Whether ``directory`` holds a bytewax recovery partition (``part-*.sqlite3``)."""
-    return any(directory.glob("part-*.sqlite3"))
+@dataclass
+class Preflight:
+    """What a start must say before it goes ahead (:func:`preflight`).
+
+    :ivar rebuilt: warnings: damaged files that were moved aside and are made anew.
+    :ivar refused: one line per reason the start must not go ahead (a damaged file, lost
+        state); empty when it may.
+    """
+
+    rebuilt: list[str]
+    refused: list[str]
 
 
 def delivered_before(home: Path) -> dict[tuple[str, str], int]:
@@ -56,22 +67,43 @@ def delivered_before(home: Path) -> dict[tuple[str, str], int]:
         ledger.close()
 
 
+def _starting_over(fresh_state: bool) -> bool:
+    return fresh_state or os.environ.get(FRESH_STATE_ENV) == "1"
+
+
+def _streams(delivered: dict[tuple[str, str], int]) -> int:
+    return len({stream for _, stream in delivered})
+
+
+def _lost(home: Path, directory: Path, delivered: dict[tuple[str, str], int]) -> str:
+    return (f"{home} has delivered {sum(delivered.values()):,} records of {_streams(delivered)} streams, but "
+            f"its recovery state {directory} is {'empty' if directory.exists() else 'missing'}: started so, "
+            f"every stream would read its source from the start and deliver it all again. Restore "
+            f"{directory} (a volume not mounted?), or start over on purpose: `factoryflow run --fresh-state` "
+            f"(or {FRESH_STATE_ENV}=1)")
+
+
 def refusal(home: Path, directory: Path, *, fresh_state: bool = False) -> str | None:
     """Why a start on ``directory`` must not go ahead (the line :class:`StateLost` carries),
     or None: it holds state, nothing was delivered before, or ``fresh_state`` (or
     ``FACTORYFLOW_FRESH_STATE=1``) says to start over."""
-    if is_initialised(directory) or fresh_state or os.environ.get(FRESH_STATE_ENV) == "1":
+    if recovery_initialised(directory) or _starting_over(fresh_state):
         return None
     delivered = delivered_before(home)
-    if not delivered:
-        return None
-    total = sum(delivered.values())
-    streams = len({stream for _, stream in delivered})
-    return (f"{home} has delivered {total:,} records of {streams} streams, but its recovery state "
-            f"{directory} is {'empty' if directory.exists() else 'missing'}: started so, every stream "
-            f"would read its source from the start and deliver it all again. Restore {directory} "
-            f"(a volume not mounted?), or start over on purpose: `factoryflow run --fresh-state` "
-            f"(or {FRESH_STATE_ENV}=1)")
+    return _lost(home, directory, delivered) if delivered else None
+
+
+def preflight(home: Path, directory: Path, *, fresh_state: bool = False) -> Preflight:
+    """Everything checked before a start, by every way of starting (``factoryflow run``,
+    ``bytewax.run -r``, the API): the state files (:func:`dataflows.integrity.check_state`,
+    which rebuilds a damaged ledger), then whether the recovery state was lost
+    (:func:`refusal`)."""
+    checked = check_state(home, directory)
+    refused = list(checked.refused)
+    if not refused:
+        problem = refusal(home, directory, fresh_state=fresh_state)
+        refused += [problem] if problem is not None else []
+    return Preflight(checked.rebuilt, refused)
 
 
 def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False) -> Path:
@@ -86,14 +118,13 @@ def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False) 
         (:func:`refusal`).
     :raises OSError: the directory cannot be made.
     """
-    if is_initialised(directory):
+    if recovery_initialised(directory):
         return directory
-    problem = refusal(home, directory, fresh_state=fresh_state)
-    if problem is not None:
-        raise StateLost(problem)
     delivered = delivered_before(home)
     if delivered:
+        if not _starting_over(fresh_state):
+            raise StateLost(_lost(home, directory, delivered))
         _log.warning("starting over with fresh state in %s: %d records of %d streams were delivered "
                      "before; every stream reads its source from the start again", directory,
-                     sum(delivered.values()), len({stream for _, stream in delivered}))
+                     sum(delivered.values()), _streams(delivered))
     return init_recovery(directory)
