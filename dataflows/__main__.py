@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"factoryflow: {line}", file=sys.stderr)
     if checked.refused:
         return 2
-    dataflow = flow()  # exits 2 with every violation when the config is invalid
+    dataflow = flow(recovery)  # exits 2 with every violation when the config is invalid
     prepare_recovery(home, recovery, fresh_state=args.fresh_state)
     cli_main(dataflow, workers_per_process=args.workers,
              epoch_interval=timedelta(seconds=args.snapshot_interval),

@@ -30,7 +30,11 @@ from dataflows.ledger import Ledger
 from dataflows.records import StreamKey
 from dataflows.storage import Storage
 
-__all__ = ["Acknowledgements", "RunContext", "utcnow"]
+__all__ = ["READ_WAIT", "Acknowledgements", "RunContext", "utcnow"]
+
+#: The dataflow's :attr:`RunContext.read_wait`, in seconds: most reads (a poll that finds
+#: nothing, a chunk of rows) return sooner, so the worker hands their batches on at once.
+READ_WAIT = 0.05
 
 
 def utcnow() -> datetime:
@@ -96,16 +100,32 @@ class RunContext:
         (:class:`dataflows.testing.Clock`).
     :ivar expected_transmits: for ``(receiver name, stream)``, the transmits its records
         reach; a receiver waiting for delivery needs an acknowledgement from each.
+    :ivar recovery: bytewax's recovery directory of this run; None: no state is kept.
+    :ivar read_wait: how long (seconds) a stream's partition waits for a read it started
+        before it lets the worker's other partitions run (the read goes on in the stream's
+        own thread, see :mod:`dataflows.runtime`); None: until the read returns, as tests
+        that drive one partition want. The dataflow uses :data:`READ_WAIT`.
     """
 
     home: Path
     shutdown: threading.Event = field(default_factory=threading.Event)
     now: Callable[[], datetime] = utcnow
     expected_transmits: Mapping[tuple[str, StreamKey], frozenset[str]] = field(default_factory=dict)
+    read_wait: float | None = None
+    recovery: Path | None = None
 
     def component_dir(self, name: str) -> Path:
         """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""
         return layout.component_dir(self.home, name)
+
+    def recovery_generation(self) -> str | None:
+        """The id of the recovery store this run resumes from and snapshots to (the same
+        across restarts, new after a start over: :func:`dataflows.home.recovery_generation`);
+        None without recovery.
+
+        :raises OSError: the recovery directory cannot be read or written.
+        """
+        return None if self.recovery is None else layout.recovery_generation(self.recovery)
 
     def storage(self, component: str, file: str, schema: str) -> Storage:
         """A durable SQLite file of ``component``'s own, ``components/<component>/<file>``,

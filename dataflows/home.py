@@ -18,6 +18,7 @@ Every path here is absolute when ``home`` is.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 #: The log files of an installation: the dataflow's and the control API's.
@@ -99,4 +100,47 @@ def init_recovery(directory: Path) -> Path:
 
         directory.mkdir(parents=True, exist_ok=True)
         init_db_dir(directory, 1)
+        _write_generation(directory / RECOVERY_GENERATION, uuid.uuid4().hex)  # a new store
     return directory
+
+
+#: The file in a recovery directory naming its store (see :func:`recovery_generation`).
+RECOVERY_GENERATION = "factoryflow-generation"
+
+
+def recovery_generation(directory: Path) -> str:
+    """The id of the recovery store in ``directory``: made anew each time
+    :func:`init_recovery` initialises one, the same across the runs that resume from it
+    (made on first ask for a store initialised by hand). What a transmit keeps beside its
+    output until the first snapshot (``localfile``) belongs to one generation.
+
+    :raises OSError: the directory cannot be read or written.
+    """
+    path = directory / RECOVERY_GENERATION
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        _write_generation(path, uuid.uuid4().hex, exclusive=True)
+        return path.read_text().strip()
+
+
+def _write_generation(path: Path, generation: str, exclusive: bool = False) -> None:
+    """Write ``generation`` to ``path`` durably (replacing it; ``exclusive``: unless another
+    process just made it)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(generation + "\n")
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    if exclusive:
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        temporary.unlink()
+    else:
+        os.replace(temporary, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -35,6 +35,7 @@ from types import FrameType
 from bytewax.dataflow import Dataflow
 
 from dataflows.config import ConfigError, load_file, read_document
+from dataflows.context import READ_WAIT
 from dataflows.flow import build_flow
 from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, ledger_path, log_dir
 from dataflows.ledger import Ledger
@@ -127,12 +128,15 @@ def _runs_bytewax(argv: list[str]) -> bool:
     return bool(argv) and argv[0].replace("\\", "/").endswith("bytewax/run.py")
 
 
-def flow() -> Dataflow:
+def flow(recovery: Path | None = None) -> Dataflow:
     """Build the dataflow for the configured installation (called by ``bytewax.run``).
 
     With ``-r DIR`` it first runs the checks of every start
     (:func:`dataflows.recovery.preflight`: a damaged ledger is rebuilt) and makes the
     recovery directory ready (:func:`dataflows.recovery.prepare_recovery`).
+
+    :param recovery: the recovery directory ``factoryflow run`` checked and readies itself;
+        None: ``bytewax.run``'s ``-r``, checked here.
 
     :raises SystemExit: status 2 when the config is missing or invalid, a state file is
         damaged (one line each, naming the command that moves it aside), or the recovery
@@ -140,8 +144,9 @@ def flow() -> Dataflow:
     """
     home = home_dir()
     redacting = configure_logging(home)
-    recovery = recovery_argument(sys.argv)
-    if recovery is not None:  # bytewax.run -r DIR (factoryflow run checked before it called this)
+    checked_by_caller = recovery is not None
+    recovery = recovery or recovery_argument(sys.argv)
+    if recovery is not None and not checked_by_caller:  # bytewax.run -r DIR
         if not recovery.is_dir():
             print(f"factoryflow: the recovery directory {recovery} is not initialised: run the job with "
                   f"`python -m dataflows run` (it initialises it), or first "
@@ -172,4 +177,5 @@ def flow() -> Dataflow:
         _log.warning("no recovery directory (-r): no state is kept, so a restart reads every source "
                      "from the start again; run `factoryflow run`, or bytewax.run with -r DIR")
     atexit.register(lambda: log_summary(home, f"stopped on {stop.signal}" if stop.signal else "stopped"))
-    return build_flow(config, RunContext(home=home, shutdown=stop.event))
+    return build_flow(config, RunContext(home=home, shutdown=stop.event, read_wait=READ_WAIT,
+                                          recovery=recovery))

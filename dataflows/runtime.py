@@ -32,7 +32,12 @@ restream request applied, stored by bytewax in its recovery snapshots.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -55,6 +60,12 @@ __all__ = ["CONTROL_INTERVAL", "PartitionState", "ReceiverSource", "RunContext",
 CONTROL_INTERVAL = 1.0
 #: The marker category of input read with a problem (``StreamReader.report_warning``).
 INPUT_WARNING = "input warning"
+#: The marker category of a stream whose read has not returned for :data:`STALL_SECONDS`.
+STALLED = "stalled"
+#: How long a read may run (seconds) before its stream is marked stalled.
+STALL_SECONDS = 20.0
+#: How often (seconds) a partition whose read runs on looks whether it returned.
+READ_CHECK = 0.01
 
 
 @dataclass
@@ -68,6 +79,57 @@ class PartitionState:
 
     reader: Any
     restream_id: int = 0
+
+
+@dataclass
+class _ReadOutcome:
+    """What one read in the stream's thread gave: its batches, whether more are ready,
+    the reader's state after them (``snapshot()``, taken in the same thread), the bad
+    input and warnings it reported, and the retryable error it failed with (the reader
+    then dropped its work in hand, and ``description`` is its state)."""
+
+    batches: list[Batch]
+    more: bool
+    state: Any
+    bad_input: list[str]
+    warnings: list[str]
+    failure: BaseException | None = None
+    description: str = ""
+
+
+class _ReaderThread:
+    """The thread a stream's reader does its I/O in, one call at a time, so a read that
+    blocks (a database that stopped answering, a share that hangs) holds this thread only,
+    never the worker's other partitions. A daemon: a read that never returns does not keep
+    the process from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], Any]) -> Future[Any]:
+        """Run ``job`` after the ones before it; its result (or exception) comes in the future."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        future: Future[Any] = Future()
+        self._jobs.put((future, job))
+        return future
+
+    def stop(self) -> None:
+        """End the thread after the jobs already submitted."""
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            future, job = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # noqa: BLE001 - handed to the worker, which raises it
+                    future.set_exception(exc)
 
 
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
@@ -90,7 +152,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             self._restream_id = self._control.pending(self._name, self._key)
             self._control.mark_applied(self._name, self._key, self._restream_id)
         self._reader = receiver.open_stream(stream, reader_state, ctx, worker)
-        for category in (self._category, "input", INPUT_WARNING):  # a new run
+        self._state = self._reader.snapshot()  # after the last batch handed on
+        for category in (self._category, "input", INPUT_WARNING, STALLED):  # a new run
             self._ledger.clear_marker(self._name, stream.asset, stream.stream_type, category)
         self._log.info("%s: %s from state %s", self._key,
                        "resuming" if resume_state is not None else "starting", self._reader.describe())
@@ -98,6 +161,10 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
         self._control_checked: datetime | None = None
+        self._thread = _ReaderThread("read-" + f"{self._name}-{self._key}".replace(" ", "_"))  # one word in logs
+        self._read: Future[_ReadOutcome] | None = None  # the read in the stream's thread
+        self._read_started = 0.0  # time.monotonic() when it started
+        self._stalled = False  # whether the stream is marked for a read that does not return
 
     @property
     def _category(self) -> str:
@@ -105,72 +172,131 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
 
     def next_batch(self) -> list[Batch]:
         if self._ctx.shutdown.is_set():
-            self._log.info("%s: stopping, state %s", self._key, self._reader.describe())
+            self._log.info("%s: stopping, state %s", self._key,
+                           self._reader.describe() if self._read is None else repr(self._state))
             raise StopIteration
         now = self._ctx.now()
-        if self._control_checked is None or now - self._control_checked >= timedelta(seconds=CONTROL_INTERVAL) \
-                or now < self._control_checked:  # the clock went back
-            self._apply_control(now)
-        if self._poll_at is not None and now < self._poll_at:
-            return []  # woken early to look at the control store only
-        try:
-            batches, more = self._reader.read()
-        except self._reader.retryable as exc:
-            self._bad_input(now)
-            self._failed(exc, now)
+        control_due = self._control_checked is None or now < self._control_checked \
+            or now - self._control_checked >= timedelta(seconds=CONTROL_INTERVAL)  # or the clock went back
+        if self._read is None:
+            if control_due:
+                self._apply_control(now)
+                control_due = False
+            if self._poll_at is not None and now < self._poll_at:
+                return []  # woken early to look at the control store only
+            self._start_read()
+        outcome = self._outcome(now)
+        if outcome is None:
             return []
-        self._bad_input(now)
+        if control_due and self._apply_control(now):  # the read was in flight when it came
+            return []  # the read's batches belong to the state the restream dropped
+        return self._handed_on(outcome, now)
+
+    def _start_read(self) -> None:
+        self._read = self._thread.submit(self._read_once)
+        self._read_started = time.monotonic()
+
+    def _read_once(self) -> _ReadOutcome:
+        """One read, in the stream's thread."""
+        reader = self._reader
+        try:
+            batches, more = reader.read()
+        except reader.retryable as exc:
+            description = reader.describe()
+            reader.abandon()
+            return _ReadOutcome([], False, reader.snapshot(), reader.take_bad_input(), reader.take_warnings(),
+                                exc, description)
+        return _ReadOutcome(batches, more, reader.snapshot(), reader.take_bad_input(), reader.take_warnings())
+
+    def _outcome(self, now: datetime) -> _ReadOutcome | None:
+        """The read's outcome, once it returned: waited for up to the context's
+        ``read_wait`` seconds after it started; None while it runs on (the stream is
+        marked once it ran :data:`STALL_SECONDS`)."""
+        assert self._read is not None
+        wait = self._ctx.read_wait
+        if wait is not None:
+            wait = max(0.0, self._read_started + wait - time.monotonic())
+        try:
+            outcome = self._read.result(timeout=wait)
+        except FutureTimeout:
+            running = time.monotonic() - self._read_started
+            if running >= STALL_SECONDS and not self._stalled:
+                self._stalled = True
+                message = (f"a read has not returned for {running:.0f} s (the source may have stopped "
+                           f"answering); the other streams go on. State: {self._state!r}")
+                self._log.warning("%s: %s", self._key, message)
+                self._set_marker(STALLED, "warning", message, now)
+            return None
+        finally:
+            if self._read.done():
+                self._read = None
+        if self._stalled:
+            self._stalled = False
+            self._log.info("%s: the read returned after %.0f s", self._key,
+                           time.monotonic() - self._read_started)
+            self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type, STALLED)
+        return outcome
+
+    def _handed_on(self, outcome: _ReadOutcome, now: datetime) -> list[Batch]:
+        """The read's batches, for bytewax; logs and marks what the read reported."""
+        self._state = outcome.state
+        self._bad_input(outcome, now)
+        if outcome.failure is not None:
+            self._failed(outcome.failure, outcome.description, now)
+            return []
         if self._failures:
             self._log.info("%s: recovered after %d failed attempts", self._key, self._failures)
             self._failures = 0
             self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type,
                                       self._category)
-        for batch in batches:
+        for batch in outcome.batches:
             if batch.frame.height:
                 self._ledger.record_received(self._name, self._key, batch.frame.height)
-        self._poll_at = None if more else now + timedelta(seconds=self._receiver.poll_interval)
-        return batches
+        self._poll_at = None if outcome.more else now + timedelta(seconds=self._receiver.poll_interval)
+        if outcome.more and self._ctx.read_wait is not None:
+            self._start_read()  # read on while the worker hands these batches on
+        return outcome.batches
 
-    def _bad_input(self, now: datetime) -> None:
-        reports = [("input", "error", m) for m in self._reader.take_bad_input()]
-        reports += [(INPUT_WARNING, "warning", m) for m in self._reader.take_warnings()]
+    def _set_marker(self, category: str, level: str, message: str, now: datetime) -> None:
+        self._ledger.set_marker(Marker(
+            component=self._name, component_type="Receiver", asset=self._stream.asset,
+            stream_type=self._stream.stream_type, category=category, timestamp=marker_time(now),
+            level=level, message=message))
+
+    def _bad_input(self, outcome: _ReadOutcome, now: datetime) -> None:
+        reports = [("input", "error", m) for m in outcome.bad_input]
+        reports += [(INPUT_WARNING, "warning", m) for m in outcome.warnings]
         for category, level, message in reports:
             self._log.log(logging.ERROR if level == "error" else logging.WARNING, "%s: %s", self._key,
                           message)
-            self._ledger.set_marker(Marker(
-                component=self._name, component_type="Receiver", asset=self._stream.asset,
-                stream_type=self._stream.stream_type, category=category, timestamp=marker_time(now),
-                level=level, message=message))
+            self._set_marker(category, level, message, now)
 
-    def _failed(self, exc: BaseException, now: datetime) -> None:
+    def _failed(self, exc: BaseException, state: str, now: datetime) -> None:
         self._failures += 1
         delay = self._backoff.delay(self._failures)
-        state = self._reader.describe()
         self._log.error("%s: read failed (attempt %d, retrying in %.1f s): %s. Current state: %s",
                         self._key, self._failures, delay, exc, state)
-        failure = self._reader.failure_text
-        self._ledger.set_marker(Marker(
-            component=self._name, component_type="Receiver", asset=self._stream.asset,
-            stream_type=self._stream.stream_type, category=self._category,
-            timestamp=marker_time(now), level="error",
-            message=f"{failure}: {exc}. Current state: {state}"))
-        self._reader.abandon()
+        message = f"{self._reader.failure_text}: {exc}. Current state: {state}"
+        self._set_marker(self._category, "error", message, now)
         self._poll_at = now + timedelta(seconds=delay)
 
-    def _apply_control(self, now: datetime) -> None:
+    def _apply_control(self, now: datetime) -> bool:
+        """Apply a pending restream request (no read in flight); whether there was one."""
         self._control_checked = now
         pending = self._control.pending(self._name, self._key)
         if pending <= self._restream_id:
-            return
+            return False
         self._log.info("%s: restream request %d: state %s goes back to the start", self._key,
                        pending, self._reader.describe())
         self._reader.close()
         self._reader = self._receiver.open_stream(self._stream, None, self._ctx, self._worker)
+        self._state = self._reader.snapshot()
         self._restream_id = pending
         self._poll_at = None  # read again now
         for category in ("input", INPUT_WARNING):
             self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type, category)
         self._control.mark_applied(self._name, self._key, pending)
+        return True
 
     @property
     def next_poll(self) -> datetime | None:
@@ -178,15 +304,21 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         return self._poll_at
 
     def next_awake(self) -> datetime | None:
+        if self._read is not None:  # look again soon whether it returned
+            return self._ctx.now() + timedelta(seconds=READ_CHECK)
         if self._poll_at is None:
             return None
         return min(self._poll_at, self._ctx.now() + timedelta(seconds=CONTROL_INTERVAL))
 
     def snapshot(self) -> PartitionState:
-        return PartitionState(self._reader.snapshot(), self._restream_id)
+        return PartitionState(self._state, self._restream_id)
 
     def close(self) -> None:
-        self._reader.close()
+        if self._read is None:
+            self._reader.close()
+        else:  # closed in its thread once the read returns; a read that never does is left to the exit
+            self._thread.submit(self._reader.close)
+        self._thread.stop()
         self._ledger.close()
         self._control.close()
 

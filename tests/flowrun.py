@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -63,6 +64,19 @@ class FlowProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(30)
+
+    def committed_epoch(self) -> int:
+        """The last epoch bytewax committed a snapshot of (0 before the first; -1 while the
+        recovery partition is busy)."""
+        try:
+            db = sqlite3.connect(f"file:{self.home / 'recovery' / 'part-0.sqlite3'}?mode=ro", uri=True, timeout=5)
+            try:
+                row = db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return -1
+        return row[0] or 0
 
     def log(self, run: int | None = None) -> str:
         """The log of run ``run`` (default: the latest)."""

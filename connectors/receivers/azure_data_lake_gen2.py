@@ -46,10 +46,12 @@ def container_location(fs: Any, container: str, directory: str, url: str) -> Loc
     return Location(fs, f"{container}/{folder}" if folder else container, url=url, container=container)
 
 
-#: The Azure SDK's own retries of one request (its default waits minutes on a dead
+#: The Azure SDK's own retries and timeouts of one request (its default waits minutes on a dead
 #: endpoint); the stream's backoff retries after that, and marks the stream.
 CLIENT_RETRIES: dict[str, Any] = {"retry_total": 1, "initial_backoff": 0, "increment_base": 1,
-                                  "random_jitter_range": 1}
+                                  "random_jitter_range": 1,
+                                  # seconds: a hung endpoint fails the request (and is retried)
+                                  "connection_timeout": 10, "read_timeout": 60}
 #: The same for the service principal's token requests (azure-core's retry policy).
 TOKEN_RETRIES: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.5}
 

@@ -94,7 +94,9 @@ class S3Receiver(FileReceiver, tag="s3", kw_only=True):
             client_kwargs={"region_name": conn.region_name} if conn.region_name else {},
             config_kwargs={"request_checksum_calculation": conn.request_checksum_calculation,
                            "response_checksum_validation": conn.response_checksum_validation,
-                           "retries": {"max_attempts": 2}},
+                           "retries": {"max_attempts": 2},
+                           # seconds: a hung endpoint fails the request (and is retried)
+                           "connect_timeout": 10, "read_timeout": 60},
             skip_instance_cache=True)
         prefix = conn.data_directory.strip("/")
         return Location(fs, f"{conn.bucket}/{prefix}" if prefix else conn.bucket, url="s3://",

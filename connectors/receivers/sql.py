@@ -75,6 +75,12 @@ DRIVERS = {
     "sqlite": "sqlite",
 }
 DATA_TYPES = ("timestamp", "integer", "float", "string")
+#: Seconds a connection attempt may take before it fails (and is retried with backoff).
+CONNECT_TIMEOUT = 10
+#: TCP keepalive (libpq): a connection idle this many seconds is probed, every
+#: ``KEEPALIVE_INTERVAL`` seconds, and dropped after ``KEEPALIVE_COUNT`` unanswered probes,
+#: so a server that went away (power loss, a cut cable) fails the read instead of hanging it.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 
 #: First-run values of state fields without an ``initial_value``: below any real value.
 DEFAULT_INITIAL: dict[str, Any] = {
@@ -98,11 +104,24 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     connection_name: Annotated[str | None, describe("Name streams use to pick this connection.")] = None
     odbc_driver: Annotated[str, describe("ODBC driver name for mssql.")] = "ODBC Driver 18 for SQL Server"
 
-    def url(self) -> URL:
-        """The SQLAlchemy URL (password included; never log it, log :meth:`describe` instead)."""
+    def url(self, query_timeout: float = 0) -> URL:
+        """The SQLAlchemy URL (password included; never log it, log :meth:`describe` instead),
+        with the driver's timeouts: a connect timeout (:data:`CONNECT_TIMEOUT`), TCP
+        keepalives (PostgreSQL) and ``query_timeout`` seconds per statement (PostgreSQL's
+        ``statement_timeout``; PyMySQL's read and write timeouts); 0: no limit."""
         from sqlalchemy.engine import URL
 
         query: dict[str, str] = {}
+        if self.database_type == "postgresql":
+            query |= {"connect_timeout": str(CONNECT_TIMEOUT), "keepalives": "1",
+                      "keepalives_idle": str(KEEPALIVE_IDLE), "keepalives_interval": str(KEEPALIVE_INTERVAL),
+                      "keepalives_count": str(KEEPALIVE_COUNT)}
+            if query_timeout:
+                query["options"] = f"-cstatement_timeout={round(query_timeout * 1000)}"  # no space: URIs
+        if self.database_type in ("mysql", "mariadb"):
+            query["connect_timeout"] = str(CONNECT_TIMEOUT)
+            if query_timeout:
+                query |= {"read_timeout": str(round(query_timeout)), "write_timeout": str(round(query_timeout))}
         if self.database_type == "postgresql" and self.ssl:
             query["sslmode"] = "require"
         if self.database_type == "mssql":
@@ -114,7 +133,8 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
     def describe(self) -> str:
         """Where this connection goes, without secrets."""
-        return self.url().render_as_string(hide_password=True)
+        timeouts = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count")
+        return self.url().difference_update_query(timeouts).render_as_string(hide_password=True)
 
 
 class StateField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -282,6 +302,9 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
     connections: Annotated[list[SqlConnection], describe("Databases.", min_length=1)]
     streams: Annotated[list[SqlStream], describe("Queries.", min_length=1)]
     chunk_size: Annotated[int, describe("Rows per batch read from a result.", ge=1)] = 10_000
+    query_timeout: Annotated[float, describe(
+        "Seconds a query may run before the database cancels it and the stream retries from its "
+        "state (PostgreSQL, MySQL, MariaDB); 0: no limit.", ge=0)] = 600
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out: list[Violation] = []
@@ -334,7 +357,8 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
         sqlite_file = conn.database_name if conn.database_type == "sqlite" else None
         arrow_url = None
         if conn.database_type == "postgresql":  # libpq's URI, for ADBC
-            arrow_url = conn.url().set(drivername="postgresql").render_as_string(hide_password=False)
+            arrow_url = conn.url(self.query_timeout).set(drivername="postgresql").render_as_string(
+                hide_password=False)
         return _SqlStreamReader(self, stream, worker.engine(conn), resume_state, sqlite_file, arrow_url)
 
 
@@ -355,7 +379,8 @@ class SqlEngines:
             if index not in self._engines:
                 import sqlalchemy as sa
 
-                self._engines[index] = sa.create_engine(conn.url(), pool_pre_ping=True)
+                self._engines[index] = sa.create_engine(conn.url(self._receiver.query_timeout),
+                                                        pool_pre_ping=True)
                 logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
                     "database %s", conn.describe())
             return self._engines[index]

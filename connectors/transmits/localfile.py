@@ -10,8 +10,10 @@ Delivery is exactly once, across crashes too: the transmit is recoverable
 (:class:`~dataflows.sdk.RecoverableWriter`). Its snapshot, taken by bytewax with the
 receivers' state at each epoch, holds each file's size; when the dataflow resumes after a
 crash (SIGKILL, power loss), it cuts each file back to that size, since the receivers read
-the records written after it again, and takes them off the delivered counts. The
-transmit writes on one worker (a file has one writer).
+the records written after it again, and takes them off the delivered counts. Before the
+first snapshot of a recovery store, the sizes the files had when its first run began
+(:data:`BASELINE`) play that part, so a crash in the first epoch replays nothing twice
+either. The transmit writes on one worker (a file has one writer).
 
 Each write logs a progress line per stream: records in the batch, records delivered in
 all, last ``timestamp``; the totals live in the delivery ledger.
@@ -45,8 +47,15 @@ def file_name(batch: Batch) -> str:
     return f"{safe.sub('_', batch.stream.asset)}__{safe.sub('_', batch.stream.stream_type)}.jsonl"
 
 
+#: The file beside the output holding each file's size when a recovery store's first run
+#: began (``{"generation": ..., "sizes": {...}}``): a crash before that run's first
+#: snapshot cuts the files back to it.
+BASELINE = ".baseline.json"
+
+
 class _LocalFileWriter:
     def __init__(self, config: LocalFileTransmit, ctx: RunContext, report: TransmitReport) -> None:
+        self._ctx = ctx
         self._dir = ctx.component_dir(config.transmit_name)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[bytes]] = {}
@@ -59,11 +68,17 @@ class _LocalFileWriter:
         return dict(self._sizes)
 
     def resume(self, state: dict[str, int] | None) -> None:
-        """Cut each file back to its size in ``state``: the records after it are read again."""
+        """Cut each file back to its size in ``state``: the records after it are read again.
+
+        ``None`` is a first run of the recovery store (or of this transmit in it): the sizes
+        now are kept beside the output (:data:`BASELINE`) before anything is written, so a
+        crash before the first snapshot, whose records are all read again, cuts the files
+        back to them. Without recovery the files are only appended to.
+        """
         if state is None:
-            for path in self._dir.glob("*.jsonl"):
-                self._sizes[path.name] = path.stat().st_size
-            return
+            state = self._baseline()
+            if state is None:
+                return
         self._sizes = dict(state)
         for path in sorted(self._dir.glob("*.jsonl")):
             keep = state.get(path.name, 0)
@@ -81,6 +96,33 @@ class _LocalFileWriter:
                 self._log.info("%s: resuming after a crash: %d records written after the last snapshot "
                                "taken back from %s; they are read and written again", stream, len(lines),
                                path.name)
+
+    def _baseline(self) -> dict[str, int] | None:
+        """The sizes the files had when this recovery store's first run began, if that run
+        crashed before its first snapshot; None otherwise, after keeping the sizes now."""
+        sizes = {path.name: path.stat().st_size for path in self._dir.glob("*.jsonl")}
+        generation = self._ctx.recovery_generation()
+        if generation is None:  # no state kept: a restart reads everything again anyway
+            self._sizes = sizes
+            return None
+        path = self._dir / BASELINE
+        try:
+            kept = json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and kept.get("generation") == generation:
+            self._log.info("no snapshot since this recovery store's first run began: the output is "
+                           "cut back to where that run found it")
+            return dict(kept.get("sizes", {}))
+        temporary = path.with_name(BASELINE + ".tmp")
+        with open(temporary, "wb") as out:
+            out.write(json.dumps({"generation": generation, "sizes": sizes}).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+        _fsync_dir(self._dir)
+        self._sizes = sizes
+        return None
 
     def _file(self, name: str) -> IO[bytes]:
         if name not in self._files:

@@ -49,10 +49,17 @@ def test_sigkill_at_five_random_points_of_a_backfill_loses_no_row(
     flow = flows(tmp_path / "home", config)
     rng = random.Random(15)
     points = []
+    snapshots = []  # per run: when (seconds after its start) a snapshot was committed
     for _ in range(5):
         flow.start()
         points.append(round(rng.uniform(1.0, 4.0), 2))
-        time.sleep(points[-1])
+        started, committed, at = time.monotonic(), flow.committed_epoch(), []
+        while time.monotonic() - started < points[-1]:  # mid-backfill: every run is cut short
+            if flow.committed_epoch() > committed:
+                committed = flow.committed_epoch()
+                at.append(round(time.monotonic() - started, 1))
+            time.sleep(0.05)
+        snapshots.append(at)
         flow.kill()
     flow.start()
 
@@ -67,6 +74,9 @@ def test_sigkill_at_five_random_points_of_a_backfill_loses_no_row(
     expected = set(range(1, ROWS + 1))
     assert set(in_kafka) == expected  # every row at least once, nothing invented
     assert set(at_sight_machine) == expected
+    print(f"\nsnapshots committed (snapshot interval 1 s) at {snapshots} s of each run")
+    for run, at in zip(points, snapshots, strict=True):  # a backfill spans many epochs
+        assert run < 3.5 or len(at) >= 1, (points, snapshots)
     print(f"\nSIGKILLs after {points} s of each run; {ROWS} rows expected; "
           f"Kafka: {sum(in_kafka.values())} messages, {sum(in_kafka.values()) - ROWS} duplicates; "
           f"Sight Machine: {sum(at_sight_machine.values())} sslogs, "

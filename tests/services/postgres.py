@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.services.process import ServerProcess, debian_bin, free_port
@@ -33,6 +33,7 @@ class Postgres:
     user: str = "postgres"
     database: str = "postgres"
     host: str = "127.0.0.1"
+    server: ServerProcess | None = field(default=None, compare=False, repr=False)  # to pause it
 
     @property
     def url(self) -> str:
@@ -69,7 +70,7 @@ def postgres_server(port: int | None = None) -> Iterator[Postgres]:
         subprocess.run(_as_owner([_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                                   "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
         process.start(lambda: _answers(port), timeout=30)
-        yield Postgres(port)
+        yield Postgres(port, server=process)
     finally:
         process.kill()
         shutil.rmtree(root, ignore_errors=True)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
@@ -77,6 +79,24 @@ class ServerProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def _signal_all(self, sig: int) -> None:
+        """``sig`` to the server and every process below it (PostgreSQL's backends leave its
+        process group with setsid, so a group signal misses them)."""
+        assert self._process is not None
+        root = psutil.Process(self._process.pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+
+    def pause(self) -> None:
+        """SIGSTOP the server and its children: it holds its connections open and answers
+        nothing (the kernel still accepts and acknowledges), as a hung server does."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the server and its children, after :meth:`pause`."""
+        self._signal_all(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL its process group: it saves nothing on the way out."""

@@ -394,3 +394,35 @@ def test_a_postgresql_result_with_other_types_reads_through_sqlalchemy(postgres:
     assert row["p"] == timedelta(minutes=2)
     assert reader.snapshot() == {"id": 1}
     engine.dispose()
+
+
+def test_driver_timeouts_are_in_the_connection_url() -> None:
+    rec = receiver({"database_type": "postgresql", "host": "db", "username": "u", "database_name": "plant"})
+    query = rec.connections[0].url(rec.query_timeout).query
+    assert rec.query_timeout == 600
+    assert (query["connect_timeout"], query["keepalives"], query["options"]) == (
+        "10", "1", "-cstatement_timeout=600000")
+    maria = receiver({"database_type": "mariadb", "host": "db", "username": "u", "database_name": "plant"})
+    assert dict(maria.connections[0].url(30).query) == {
+        "connect_timeout": "10", "read_timeout": "30", "write_timeout": "30"}
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT id FROM (SELECT 1 AS id FROM pg_sleep(3)) AS t WHERE id > :id ORDER BY id",  # Arrow (ADBC)
+    "SELECT id, 1.5::numeric AS n FROM (SELECT 1 AS id FROM pg_sleep(3)) AS t WHERE id > :id ORDER BY id",
+], ids=["arrow", "sqlalchemy"])
+def test_a_query_running_past_query_timeout_is_cancelled_and_retried(
+        postgres: Postgres, tmp_path: Path, query: str) -> None:
+    doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+           "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
+                              "query_timeout": 0.5, "connections": [postgres.connection()],
+                              "streams": [{"asset": "line1", "stream_type": "slow", "query": query,
+                                           "state_fields": [ID]}]}]}
+    partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=tmp_path))
+    started = datetime.now(UTC)
+    assert partition.next_batch() == []
+    assert datetime.now(UTC) - started < timedelta(seconds=2.5)  # cancelled, not waited out
+    (marker,) = Ledger(ledger_path(tmp_path)).markers()
+    assert "canceling statement due to statement timeout" in marker.message, marker.message
+    assert partition.snapshot().reader == {"id": 0}  # retried from where it was
+    partition.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import polars as pl
 
 from connectors.transmits.localfile import LocalFileTransmit
 from dataflows.config import load
+from dataflows.home import init_recovery
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import RunContext
@@ -81,6 +83,38 @@ def test_resuming_after_a_crash_takes_back_what_followed_the_snapshot(tmp_path: 
     resumed.write_batch([batch.with_frame(pl.DataFrame({"v": [3]}))])  # the replay
     resumed.close()
     assert [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_crash_before_the_first_snapshot_writes_nothing_twice(tmp_path: Path) -> None:
+    recovery = init_recovery(tmp_path / "recovery")
+    ctx = RunContext(home=tmp_path, recovery=recovery)
+    directory = tmp_path / "components" / "local out"
+    directory.mkdir(parents=True)
+    (directory / "a__s.jsonl").write_text('{"asset":"a","stream_type":"s","v":0}\n')  # from before
+    batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [1, 2]}), "q")
+
+    def values() -> list[int]:
+        return [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()]
+
+    for _ in range(2):  # the first run crashes before its first snapshot: bytewax resumes with None
+        partition = sink_partition(transmit(), ctx, None)
+        assert values() == [0]  # the crashed run's records are cut off; what was there stays
+        partition.write_batch([batch])
+        partition.close()
+    assert values() == [0, 1, 2]
+    state = partition.snapshot()
+    resumed = sink_partition(transmit(), ctx, state)  # after the first snapshot: its sizes rule
+    resumed.write_batch([batch.with_frame(pl.DataFrame({"v": [3]}))])
+    resumed.close()
+    assert values() == [0, 1, 2, 3]
+
+    shutil.rmtree(recovery)  # a start over (--fresh-state): a new store, a new baseline
+    init_recovery(recovery)
+    sink_partition(transmit(), ctx, None).close()
+    assert values() == [0, 1, 2, 3]  # nothing cut from what earlier stores delivered
+    no_state = RunContext(home=tmp_path)  # bytewax.run without -r: only appends
+    sink_partition(transmit(), no_state, None).close()
+    assert values() == [0, 1, 2, 3]
 
 
 @transmit_harness

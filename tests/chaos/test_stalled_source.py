@@ -1,0 +1,110 @@
+"""A hung database stalls only its own stream (issue 25, item 5): PostgreSQL is SIGSTOPped
+for 30 s (its kernel still accepts and acknowledges, so no timeout or keepalive fires)
+while a file stream on the same worker keeps receiving rows. The file stream's longest gap
+stays under two poll intervals, the SQL stream is marked stalled while the read hangs and
+recovers, with every row, once the server runs again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from dataflows.ledger import Ledger, ledger_path
+from tests.services.postgres import postgres_server
+
+POLL = 0.5  # seconds, both receivers
+STOPPED = 30  # seconds PostgreSQL is SIGSTOPped
+QUERIES = {  # read as Arrow through ADBC, a new connection per query: its connect times out
+    "readings": "SELECT id, value FROM readings WHERE id > :id ORDER BY id",
+    # NUMERIC is read through SQLAlchemy, on a pooled connection: its read hangs until SIGCONT
+    "totals": "SELECT id, value::numeric AS total FROM readings WHERE id > :id ORDER BY id"}
+
+
+def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    growing = data / "line.csv"
+    growing.write_text("n,written\n")
+    with postgres_server() as postgres:  # its own server: the session's is never stopped
+        assert postgres.server is not None
+        engine = sa.create_engine(postgres.url)
+        with engine.begin() as db:
+            db.execute(sa.text("CREATE TABLE readings (id INTEGER PRIMARY KEY, value DOUBLE PRECISION)"))
+            db.execute(sa.text("INSERT INTO readings SELECT n, n * 0.5 FROM generate_series(1, 100) AS n"))
+        config = {
+            "data_receiver": [
+                {"data_receiver_name": "db", "protocol": "sql", "poll_interval": POLL,
+                 "connections": [postgres.connection()],
+                 "streams": [{"asset": "press", "stream_type": stream_type, "query": query,
+                              "state_fields": [{"column_name": "id", "data_type": "integer",
+                                                "initial_value": 0}]}
+                             for stream_type, query in QUERIES.items()]},
+                {"data_receiver_name": "files", "protocol": "localfile", "poll_interval": POLL,
+                 "connections": [{"data_directory": str(data)}],
+                 "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
+                 "streams": [{"asset": "line", "stream_type": "csv", "parser": "csv",
+                              "file_filter": ["line.csv"]}]}],
+            "transforms": [],
+            "data_transmit": [{"transmit_name": "out", "transmit_type": "localfile"}]}
+        flow = flows(tmp_path / "home", config)
+        flow.start()
+        stop_writing = threading.Event()
+
+        def write_rows() -> None:  # a row every 0.1 s, as a line's PLC log grows
+            n = 0
+            while not stop_writing.is_set():
+                n += 1
+                with growing.open("a") as out:
+                    out.write(f"{n},{time.time()}\n")
+                time.sleep(0.1)
+
+        writer = threading.Thread(target=write_rows, daemon=True)
+        writer.start()
+        ledger = Ledger(ledger_path(flow.home))
+        try:
+            flow.wait_for(lambda: all(len(flow.output("out", f"press__{t}.jsonl")) == 100 for t in QUERIES)
+                          and len(flow.output("out", "line__csv.jsonl")) > 0, what="the first rows of each")
+            counts: list[tuple[float, int]] = []  # (time, file rows delivered), sampled
+            postgres.server.pause()
+            marked: dict[str, str] = {}  # SQL stream: the first marker it got
+            try:
+                deadline = time.monotonic() + STOPPED
+                while time.monotonic() < deadline:
+                    counts.append((time.monotonic(), len(flow.output("out", "line__csv.jsonl"))))
+                    for marker in ledger.markers():
+                        if marker.component == "db":
+                            marked.setdefault(marker.stream_type, f"{marker.category}: {marker.message}")
+                    time.sleep(0.05)
+            finally:
+                postgres.server.resume()
+            with engine.begin() as db:
+                db.execute(sa.text("INSERT INTO readings SELECT n, n * 0.5 FROM generate_series(101, 150) AS n"))
+            flow.wait_for(lambda: all(len(flow.output("out", f"press__{t}.jsonl")) == 150 for t in QUERIES),
+                          timeout=60, what="the rows inserted after the database ran again")
+            flow.wait_for(lambda: not any(m.component == "db" for m in ledger.markers()), timeout=10,
+                          what="the stalled marker to clear")
+        finally:
+            stop_writing.set()
+            writer.join()
+        assert flow.stop() == 0
+        engine.dispose()
+    gaps, last_change = [], counts[0][0]
+    for (_, before), (at, count) in zip(counts, counts[1:], strict=False):
+        if count != before:
+            gaps.append(at - last_change)
+            last_change = at
+    gaps.append(counts[-1][0] - last_change)
+    longest = max(gaps)
+    print(f"\nPostgreSQL stopped {STOPPED} s: file stream rows {counts[0][1]} -> {counts[-1][1]}, "
+          f"longest gaps {sorted(round(g, 2) for g in gaps)[-5:]} s (limit {2 * POLL} s); markers {marked}")
+    assert counts[-1][1] - counts[0][1] >= STOPPED * 5  # the file stream went on (10 rows a second)
+    assert longest <= 2 * POLL
+    assert "timeout expired" in marked["readings"]  # ADBC's connect_timeout
+    assert marked["totals"].startswith("stalled: a read has not returned for")
+    for stream_type in QUERIES:
+        ids = [r["id"] for r in flow.output("out", f"press__{stream_type}.jsonl")]
+        assert ids == list(range(1, 151))  # each row once, in order
