@@ -348,6 +348,12 @@ class ParserConfig(Component, tag_field="parser_type", kw_only=True):
         later chunk parsed under the file's first ``N`` lines (CSV: its header)."""
         return None
 
+    def whole_file_limit(self) -> tuple[int, str] | None:
+        """For a parser that needs whole files: the most bytes a file may have, and the key
+        that sets it (e.g. ``(67108864, "max_document_bytes")``). The file receivers refuse
+        a larger file before fetching it, with a marker naming the key; None: no limit."""
+        return None
+
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
               text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:

@@ -272,6 +272,7 @@ class _ForwarderProcess:
 
         self._mp = multiprocessing.get_context("spawn")
         self._forwarder = _Forwarder(config, home, path, shard)
+        self._path = path
         self._name = self._forwarder.thread_name
         self._log = logging.getLogger(f"transmit.{config.transmit_name}")
         self._stopping = threading.Event()
@@ -332,13 +333,30 @@ class _ForwarderProcess:
             self._closing.set()
             self._wake.set()
 
-    def stop(self) -> None:
-        """Ask the forwarder to drain and stop; wait for it (``DRAIN_SECONDS`` + 5 s)."""
+    def _waiting(self) -> int:
+        """The records left in the spool (-1: it cannot be read)."""
+        try:
+            spool = Outbox(self._path)
+        except Exception:  # noqa: BLE001 - only for the stop's log line
+            return -1
+        try:
+            return spool.depth()[0]
+        finally:
+            spool.close()
+
+    def stop(self, timeout: float = DRAIN_SECONDS + 5) -> None:
+        """Ask the forwarder to drain and stop; wait for it (``timeout`` seconds), then end
+        it, with a warning only when records are left in the spool."""
         self.ask_to_stop()
-        self._process.join(DRAIN_SECONDS + 5)
+        self._process.join(timeout)
         if self._process.is_alive():
-            self._log.warning("the forwarder is still waiting for the endpoint; what it holds is "
-                              "sent again at the next start")
+            waiting = self._waiting()
+            if waiting:
+                self._log.warning("the forwarder is still waiting for the endpoint; %s in the spool are sent "
+                                  "at the next start", f"{waiting} records" if waiting > 0 else "the records")
+            else:  # everything was acknowledged: nothing to worry an operator about
+                self._log.info("the forwarder had not ended %.0f s after the stop, with nothing left in the "
+                               "spool; ended it", timeout)
             self._process.kill()
             self._process.join()
         self._keeper.join(5)

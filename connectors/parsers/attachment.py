@@ -70,6 +70,10 @@ class AttachmentParser(ParserConfig, tag="attachment", kw_only=True):
     store: Annotated[bool, describe("Keep a copy of each file's bytes below the parser's data "
                                     "directory (stored_path).")] = True
 
+    def whole_file_limit(self) -> tuple[int, str]:
+        """``max_bytes``: a bigger file is refused before it is fetched."""
+        return self.max_bytes, "max_bytes"
+
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
               text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:

@@ -47,6 +47,10 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
         "Most bytes a zipped workbook (xlsx, xlsm, xlsb, ods) may inflate to, by the sizes its members "
         "declare; a larger one is refused (a zip bomb guard).", ge=1024 * 1024)] = 512 * 1024 * 1024
 
+    def whole_file_limit(self) -> tuple[int, str]:
+        """A workbook larger than ``max_inflated_bytes`` is over it however it is packed."""
+        return self.max_inflated_bytes, "max_inflated_bytes"
+
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,
               text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:

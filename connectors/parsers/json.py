@@ -2,7 +2,8 @@
 
 - ``json``: one document per file. The records are the document itself when it is an
   array of objects, a single object otherwise; ``record_path`` (a list of keys, e.g.
-  ``["data", "items"]``) picks the array inside a nested document first.
+  ``["data", "items"]``) picks the array inside a nested document first. A file over
+  ``max_document_bytes`` (64 MiB) is refused before it is fetched.
 - ``jsonl``: one object per line. Files are read in chunks cut at line ends, so an
   appended file is read on from where it was left, as CSV files are.
 
@@ -59,6 +60,13 @@ class JsonParser(ParserConfig, tag="json", kw_only=True):
     record_path: Annotated[list[str], describe(
         "Keys leading to the array of records in a nested document; [] for the document "
         "itself.")] = msgspec.field(default_factory=list)
+    max_document_bytes: Annotated[int, describe(
+        "Most bytes a JSON document may have; a larger file is refused before it is fetched "
+        "(parsing takes several times its size in memory).", ge=1024)] = 64 * 1024 * 1024
+
+    def whole_file_limit(self) -> tuple[int, str]:
+        """Documents are parsed whole: ``max_document_bytes``."""
+        return self.max_document_bytes, "max_document_bytes"
 
     def parse(self, prefix: bytes, body: bytes, *, source: str, first_line: int,
               warn: Callable[[str], None] | None = None,

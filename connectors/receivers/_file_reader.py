@@ -353,6 +353,10 @@ class FileStreamReader(StreamReader):
             return None, True  # still being written: read it whole once it is still
         if whole:
             seen.offset = 0
+            limit = self._parser.whole_file_limit()
+            if limit is not None and candidate.size > limit[0]:  # refused before it is fetched
+                return self._skip(candidate, ParseError(
+                    candidate.key, None, f"{candidate.size} bytes, more than {limit[1]} ({limit[0]})")), True
         data = self._fetch(candidate, seen)
         if data is None:
             return None, True

@@ -71,6 +71,30 @@ def test_an_appended_jsonl_file_is_read_on_from_where_it_was_left(tmp_path: Path
     assert [b.frame["seq"].to_list() for b in drain(reader)] == [[3]]
 
 
+def test_a_document_over_max_document_bytes_is_refused_before_it_is_fetched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "small.csv").write_bytes(b'[{"seq": 1}]')
+    with (inbox / "huge.csv").open("wb") as out:  # 200 MiB, sparse: a dump nobody should parse whole
+        out.truncate(200 * 1024 * 1024)
+    for path in inbox.iterdir():
+        os.utime(path, (1, 1))
+    fetched = []
+    cat_file = LocalFileSystem.cat_file
+    monkeypatch.setattr(LocalFileSystem, "cat_file",
+                        lambda fs, path, **kw: fetched.append(Path(path).name) or cat_file(fs, path, **kw))
+    reader = open_reader(tmp_path, parser={"parser_name": "csv", "parser_type": "json"})
+    assert [b.frame["seq"].to_list() for b in drain(reader)] == [[1]]
+    assert fetched == ["small.csv"]
+    (refused,) = reader.take_bad_input()
+    assert refused.endswith("huge.csv: 209715200 bytes, more than max_document_bytes (67108864); the file is "
+                            "skipped until it changes"), refused
+    assert drain(reader) == [] and reader.take_bad_input() == []  # once, until it changes
+
+
 @parser_harness
 class JsonHarness(ParserHarness):
     """A nested JSON document; bad input is a truncated one."""
