@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dataflows import home as layout
+from dataflows.diskspace import DiskGuard
 from dataflows.ledger import Ledger
 from dataflows.records import StreamKey
 from dataflows.storage import Storage
@@ -101,6 +102,8 @@ class RunContext:
     :ivar expected_transmits: for ``(receiver name, stream)``, the transmits its records
         reach; a receiver waiting for delivery needs an acknowledgement from each.
     :ivar recovery: bytewax's recovery directory of this run; None: no state is kept.
+    :ivar disk: the free-space floors of the volumes the job writes; the receivers wait
+        while one is below its floor (:mod:`dataflows.diskspace`). None: not watched.
     :ivar read_wait: how long (seconds) a stream's partition waits for a read it started
         before it lets the worker's other partitions run (the read goes on in the stream's
         own thread, see :mod:`dataflows.runtime`); None: until the read returns, as tests
@@ -113,10 +116,18 @@ class RunContext:
     expected_transmits: Mapping[tuple[str, StreamKey], frozenset[str]] = field(default_factory=dict)
     read_wait: float | None = None
     recovery: Path | None = None
+    disk: DiskGuard | None = None
 
     def component_dir(self, name: str) -> Path:
         """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""
         return layout.component_dir(self.home, name)
+
+    def written_directories(self) -> list[Path]:
+        """The directories the job writes: the home, its state directory, the recovery
+        directory and each component's directory (any may be a volume of its own)."""
+        components = layout.components_dir(self.home)
+        found = sorted(p for p in components.iterdir() if p.is_dir()) if components.is_dir() else []
+        return [self.home, layout.state_dir(self.home), *([self.recovery] if self.recovery else []), *found]
 
     def recovery_generation(self) -> str | None:
         """The id of the recovery store this run resumes from and snapshots to (the same

@@ -26,16 +26,20 @@ import atexit
 import logging
 import logging.handlers
 import os
+import shutil
 import signal
 import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from bytewax.dataflow import Dataflow
 
-from dataflows.config import ConfigError, load_file, read_document
+from dataflows.config import Config, ConfigError, load_file, read_document
 from dataflows.context import READ_WAIT
+from dataflows.diskspace import DiskGuard, floor_of
 from dataflows.flow import build_flow
 from dataflows.home import CORE_LOG, config_path, home_dir, init_recovery, ledger_path, log_dir
 from dataflows.ledger import Ledger
@@ -177,5 +181,39 @@ def flow(recovery: Path | None = None) -> Dataflow:
         _log.warning("no recovery directory (-r): no state is kept, so a restart reads every source "
                      "from the start again; run `factoryflow run`, or bytewax.run with -r DIR")
     atexit.register(lambda: log_summary(home, f"stopped on {stop.signal}" if stop.signal else "stopped"))
-    return build_flow(config, RunContext(home=home, shutdown=stop.event, read_wait=READ_WAIT,
-                                          recovery=recovery))
+    ctx = RunContext(home=home, shutdown=stop.event, read_wait=READ_WAIT, recovery=recovery)
+    ctx = replace(ctx, disk=DiskGuard(ctx.written_directories))
+    check_budgets(ctx, config)
+    waited = None
+    while (shortage := ctx.disk.low()) is not None and not stop.event.is_set():  # bytewax's first
+        if waited is None or time.monotonic() - waited >= 30:  # writes would fail (a Rust panic)
+            waited = time.monotonic()
+            _log.warning("%s: the job starts once there is space", shortage.describe())
+        stop.event.wait(1)
+    return build_flow(config, ctx)
+
+
+#: The config keys of a transmit's disk budget (its outbox or spool), in bytes.
+BUDGET_KEYS = ("outbox_max_bytes", "spool_max_bytes")
+
+
+def check_budgets(ctx: RunContext, config: Config) -> list[str]:
+    """At start: a warning for each transmit whose disk budget exceeds what the volume of
+    its directory can hold over its floor (the floor then bounds it: the receivers wait
+    before the volume fills). Returns the warnings, logged as they are found."""
+    warnings = []
+    for transmit in config.data_transmit:
+        for key in BUDGET_KEYS:
+            budget = getattr(transmit, key, None)
+            if not isinstance(budget, int):
+                continue
+            directory = ctx.component_dir(transmit.transmit_name)
+            where = directory if directory.is_dir() else ctx.home
+            usage = shutil.disk_usage(where)
+            room = max(0, usage.total - floor_of(where))
+            if budget > room:
+                warnings.append(f"{transmit.transmit_name}: {key} is {budget / 1e6:.0f} MB but the volume of "
+                                f"{where} holds {usage.total / 1e6:.0f} MB ({room / 1e6:.0f} MB over its free-space "
+                                f"floor): when the volume reaches the floor the receivers wait")
+                _log.warning("%s", warnings[-1])
+    return warnings

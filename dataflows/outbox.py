@@ -21,12 +21,13 @@ import fcntl
 import hashlib
 import json
 import logging
+import shutil
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from dataflows.diskspace import WaitNotice, floor_of
 from dataflows.storage import Storage
 
 #: Disk use of a drained outbox above which :meth:`Outbox.reclaim` gives the space back.
@@ -132,30 +133,32 @@ class Outbox:
 
     def wait_for_room(self, size: int, budget: int, stopping: threading.Event, log: logging.Logger,
                       full: Callable[[str | None], None] | None = None) -> None:
-        """Wait until ``size`` more bytes fit ``budget`` (an empty outbox takes anything),
+        """Wait until ``size`` more bytes fit ``budget`` and leave the volume over its free-space
+        floor (:func:`~dataflows.diskspace.floor_of`; an empty outbox takes anything that
+        leaves the floor),
         warning every 30 s. When ``stopping`` is set meanwhile, return anyway: the bytes are
         then stored over the budget, since a graceful stop must not wait for an endpoint
         that may be down or refusing for good, and nothing may be dropped. ``full`` is told
         when the wait starts (the warning's text) and when it ends (``None``)."""
-        waited = 0.0
+        notice = WaitNotice(log, full)
         while True:
             records, stored = self.depth()
-            if records == 0 or stored + size <= budget:
-                break
+            free, floor = shutil.disk_usage(self.path.parent).free, floor_of(self.path.parent)
+            low = free - 2 * size < floor  # SQLite writes it twice: to the WAL, then the database
+            if (records == 0 or stored + size <= budget) and not low:  # the floor holds even when empty:
+                break  # it leaves room to delete what is delivered
             if stopping.is_set():
-                log.warning("stopping with %s full (%d of %d bytes): storing %d more bytes over its "
-                            "budget", self.path.name, stored, budget, size)
+                log.warning("stopping with %s full (%d of %d bytes, %.1f MB free on its volume): storing %d "
+                            "more bytes", self.path.name, stored, budget, free / 1e6, size)
                 break
-            if waited % 30 == 0:
-                message = (f"{self.path.name} full ({records} entries, {stored} of {budget} bytes): waiting "
-                           f"for the endpoint before storing {size} more bytes")
-                log.warning("%s", message)
-                if waited == 0 and full is not None:
-                    full(message)
-            time.sleep(0.5)
-            waited += 0.5
-        if waited and full is not None:
-            full(None)
+            if low:
+                notice.tick(f"disk full: {free / 1e6:.1f} MB free on {self.path.parent} (min_free_bytes "
+                            f"{floor / 1e6:.1f} MB): {self.path.name} ({records} entries) waits for the "
+                            f"endpoint before storing {size} more bytes")
+            else:
+                notice.tick(f"{self.path.name} full ({records} entries, {stored} of {budget} bytes): waiting "
+                            f"for the endpoint before storing {size} more bytes")
+        notice.end()
 
     def depth(self) -> tuple[int, int]:
         """(records, bytes of bodies) stored now."""

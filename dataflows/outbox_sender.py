@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import tenacity
 
 from dataflows.backoff import ENDPOINT_BACKOFF
+from dataflows.diskspace import wait_for_space
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, start_drainer
 from dataflows.records import Batch
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["OutboxSender", "OutboxWriter", "Refused", "SendFailed"]
 
 #: About how many bytes of encoded records an outbox writer stores in one commit.
-_STORE_BYTES = 8 * 1024 * 1024
+_STORE_BYTES = 2 * 1024 * 1024
 
 
 class Refused(Exception):
@@ -238,9 +239,12 @@ class OutboxWriter:
     def _store(self, rows: list[tuple[str, str | None, bytes]], size: int, batches: list[Batch]) -> None:
         if not rows:
             return
-        self._outbox.wait_for_room(size, self._budget, self._ctx.shutdown, self._log,
-                                   lambda message: self._report.outbox_full(batches, message))
-        self._outbox.append(rows)
+        def full(message: str | None) -> None:
+            self._report.outbox_full(batches, message)
+
+        self._outbox.wait_for_room(size, self._budget, self._ctx.shutdown, self._log, full)
+        wait_for_space(lambda: self._outbox.append(rows), self._outbox.path.parent, self._ctx.shutdown,
+                       self._log, full)
         self._report.outbox(*self._outbox.depth())
         self._wake.set()
 

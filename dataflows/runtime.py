@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from dataflows.backoff import stream_backoff
 from dataflows.context import RunContext
 from dataflows.control import ControlStore, control_path
+from dataflows.diskspace import CHECK_SECONDS, Shortage
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch
 from dataflows.sdk import StreamReader
@@ -62,6 +64,8 @@ CONTROL_INTERVAL = 1.0
 INPUT_WARNING = "input warning"
 #: The marker category of a stream whose read has not returned for :data:`STALL_SECONDS`.
 STALLED = "stalled"
+#: The marker category of every stream and transmit while a volume is below its floor.
+DISK_FULL = "disk full"
 #: How long a read may run (seconds) before its stream is marked stalled.
 STALL_SECONDS = 20.0
 #: How often (seconds) a partition whose read runs on looks whether it returned.
@@ -178,6 +182,11 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         now = self._ctx.now()
         control_due = self._control_checked is None or now < self._control_checked \
             or now - self._control_checked >= timedelta(seconds=CONTROL_INTERVAL)  # or the clock went back
+        if self._read is None and self._ctx.disk is not None:
+            shortage = self._ctx.disk.low()
+            if shortage is not None:
+                self._hold_for_space(shortage)
+                return []
         if self._read is None:
             if control_due:
                 self._apply_control(now)
@@ -191,6 +200,43 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         if control_due and self._apply_control(now):  # the read was in flight when it came
             return []  # the read's batches belong to the state the restream dropped
         return self._handed_on(outcome, now)
+
+    def _hold_for_space(self, shortage: Shortage) -> None:
+        """Hold the worker while a volume the job writes is below its floor: no read, no
+        epoch closed, no snapshot written; the outbox senders and spool forwarders, apart
+        from the worker, go on delivering. Every stream and its transmits are marked
+        (category ``disk full``) meanwhile; a stop ends the wait."""
+        assert self._ctx.disk is not None
+        message = f"{shortage.describe()}: reading waits for space; what the job holds is delivered meanwhile"
+        self._log.warning("%s", message)
+        self._mark_everything(message)
+        started = logged = time.monotonic()
+        while (now_short := self._ctx.disk.low()) is not None and not self._ctx.shutdown.is_set():
+            if time.monotonic() - logged >= 30:
+                logged = time.monotonic()
+                self._log.warning("%s: reading has waited %.0f s", now_short.describe(), logged - started)
+            self._ctx.shutdown.wait(CHECK_SECONDS)
+        if not self._ctx.shutdown.is_set():
+            self._log.info("disk space is back: reading goes on after %.0f s", time.monotonic() - started)
+        self._mark_everything(None)
+
+    def _mark_everything(self, message: str | None) -> None:
+        """Set (or clear, ``None``) the ``disk full`` marker of every stream and transmit."""
+        now = self._ctx.now()
+        for (receiver, key), transmits in self._ctx.expected_transmits.items():
+            components = [(receiver, "Receiver")] + [(t.split("@")[0], "Transmit") for t in sorted(transmits)]
+            for component, kind in components:
+                try:
+                    if message is None:
+                        self._ledger.clear_marker(component, key.asset, key.stream_type, DISK_FULL)
+                    else:
+                        self._ledger.set_marker(Marker(
+                            component=component, component_type=kind, asset=key.asset,
+                            stream_type=key.stream_type, category=DISK_FULL, timestamp=marker_time(now),
+                            level="error", message=message))
+                except sqlite3.Error as exc:  # the ledger's own volume may be the full one
+                    self._log.warning("the disk-full marker could not be written: %s", exc)
+                    return
 
     def _start_read(self) -> None:
         self._read = self._thread.submit(self._read_once)

@@ -45,6 +45,7 @@ import msgspec
 
 from dataflows.backoff import Backoff
 from dataflows.context import Acknowledgements, RunContext, utcnow
+from dataflows.diskspace import DiskFull, is_disk_full, wait_for_space
 from dataflows.fields import (
     DEFAULT_SPOOL_BYTES,
     FilterStream,
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = [
-    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "Entry",
+    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "DiskFull", "Entry",
     "FilterStream", "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender",
     "OutboxWriter", "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig",
     "RecoverableWriter", "Refused", "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes",
@@ -86,8 +87,8 @@ __all__ = [
     "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "Written", "chrono_format",
     "choice_violations", "describe", "error", "field_meta", "is_placeholder", "json_values",
     "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
-    "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap", "utcnow",
-    "warning",
+    "is_disk_full", "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap",
+    "utcnow", "wait_for_space", "warning",
 ]
 
 #: A receiver's stream config type (:class:`StreamConfig` subclass).

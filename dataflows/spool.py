@@ -41,6 +41,7 @@ from bytewax.outputs import StatelessSinkPartition
 
 from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.context import RunContext
+from dataflows.diskspace import wait_for_space
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, shard_of, take_drainer_lock
 from dataflows.records import Batch, StreamKey, last_timestamp
@@ -124,9 +125,13 @@ class SpooledTransmitPartition(StatelessSinkPartition[Batch]):
 
     def write_batch(self, items: list[Batch]) -> None:
         rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
+        def full(message: str | None) -> None:
+            self._report.outbox_full(items, message)
+
         self._spool.wait_for_room(sum(len(body) for _, _, body in rows), self._budget, self._ctx.shutdown,
-                                  self._log, lambda message: self._report.outbox_full(items, message))
-        self._spool.append(rows)
+                                  self._log, full)
+        wait_for_space(lambda: self._spool.append(rows), self._spool.path.parent, self._ctx.shutdown,
+                       self._log, full)
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
         if rows:

@@ -41,6 +41,10 @@ def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connec
                 raise
             time.sleep(0.01)
     db.execute("PRAGMA synchronous=FULL")
+    # keep the write-ahead log small (checkpoints every 1 MB, truncated back to 1 MB): on a
+    # volume near full, a delete must not need the log to grow by what the last append took
+    db.execute("PRAGMA wal_autocheckpoint=256")
+    db.execute("PRAGMA journal_size_limit=1048576")
     db.executescript(schema)
     return db
 
@@ -84,7 +88,12 @@ class Storage:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:  # a full disk: the transaction stays open unless rolled back
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the connection."""

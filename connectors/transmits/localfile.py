@@ -38,6 +38,7 @@ from dataflows.sdk import (
     Written,
     records_frame,
     transmits,
+    wait_for_space,
 )
 
 
@@ -134,13 +135,26 @@ class _LocalFileWriter:
         return self._files[name]
 
     def write(self, batches: list[Batch]) -> Written:
-        for batch in batches:
-            if batch.frame.height:
-                records_frame(batch).write_ndjson(self._file(file_name(batch)))
-        for name, handle in self._files.items():
-            handle.flush()
-            os.fsync(handle.fileno())
-            self._sizes[name] = handle.tell()
+        """Append and fsync; on a full disk, cut the files back to where they were, wait for
+        space and write again (:func:`~dataflows.sdk.wait_for_space`)."""
+        def append() -> None:
+            for batch in batches:
+                if batch.frame.height:
+                    records_frame(batch).write_ndjson(self._file(file_name(batch)))
+            for name, handle in self._files.items():
+                handle.flush()
+                os.fsync(handle.fileno())
+                self._sizes[name] = handle.tell()
+
+        def undo() -> None:  # what a failed write left half
+            for name, handle in list(self._files.items()):
+                handle.close()
+                del self._files[name]
+                path = self._dir / name
+                if path.exists() and path.stat().st_size > self._sizes.get(name, 0):
+                    os.truncate(path, self._sizes.get(name, 0))
+
+        wait_for_space(append, self._dir, self._ctx.shutdown, self._log, undo=undo)
         return "delivered"  # on disk
 
     def close(self) -> None:
