@@ -120,17 +120,20 @@ class Supervisor:
 
     # -- control
 
-    def start(self) -> Status:
+    def start(self, fresh_state: bool = False) -> Status:
         """Start the dataflow unless it runs; returns the status.
 
-        :raises CannotStart: the saved config is missing or cannot run.
+        :param fresh_state: start over although records were delivered before and the
+            recovery state is gone (:func:`dataflows.recovery.refusal`).
+        :raises CannotStart: the saved config is missing or cannot run, a state file is
+            damaged, or the recovery state is gone (without ``fresh_state``).
         """
         with self._lock:
             self._wanted = True
             if self.status == "running":
                 return "running"
             self._wake.set()  # a watcher waiting to restart: let it go now
-            self._launch()
+            self._launch(fresh_state)
             return self.status
 
     def stop(self) -> Status:
@@ -195,18 +198,18 @@ class Supervisor:
             orphan.kill()
             orphan.wait(10)
 
-    def _launch(self) -> None:
+    def _launch(self, fresh_state: bool = False) -> None:
         self._check_config()
         self._stop_orphan()
         logs = log_dir(self.home)
         logs.mkdir(parents=True, exist_ok=True)
-        checked = preflight(self.home, recovery_dir(self.home))
+        checked = preflight(self.home, recovery_dir(self.home), fresh_state=fresh_state)
         for line in checked.rebuilt:
             _log.warning("%s", line)
         if checked.refused:  # a damaged file, or lost state (FACTORYFLOW_FRESH_STATE=1 starts over)
             self._last_error = " ".join(checked.refused)
             raise CannotStart([Violation(line, [], "error") for line in checked.refused])
-        recovery = prepare_recovery(self.home, recovery_dir(self.home))
+        recovery = prepare_recovery(self.home, recovery_dir(self.home), fresh_state=fresh_state)
         console = open(logs / CONSOLE_LOG, "ab")  # noqa: SIM115 - the child holds it
         console.write(f"--- dataflow start {_iso(time.time())}\n".encode())
         console.flush()

@@ -24,11 +24,15 @@ per partition or thread; never use one from two threads at once.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from dataflows.diskspace import is_disk_full
 from dataflows.home import ledger_path
 from dataflows.storage import open_durable
 
@@ -102,17 +106,38 @@ class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool = False
 
 
+_log = logging.getLogger("factoryflow.ledger")
+
+
 class Ledger:
     """A connection to the delivery ledger at ``path`` (created on first use)."""
 
     def __init__(self, path: Path) -> None:
         self._db = open_durable(path, _SCHEMA)
+        self._path = path
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        """Run a writing statement; while the disk is full, wait and try again (a warning
+        every 30 s): the ledger's rows are small, and space comes back as the job's
+        receivers wait and its senders deliver (:mod:`dataflows.diskspace`)."""
+        waited = 0.0
+        while True:
+            try:
+                return self._db.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if waited % 30 == 0:
+                    _log.warning("disk full: the delivery ledger %s cannot be written (%s); waiting for space",
+                                 self._path, exc)
+                time.sleep(0.5)
+                waited += 0.5
 
     def record_delivery(self, transmit: str, stream: str, records: int,
                         last_timestamp: str | None) -> int:
         """Add ``records`` to the count of ``transmit`` for ``stream``; returns the new total."""
         now = _now()
-        row = self._db.execute(
+        row = self._write(
             "INSERT INTO progress VALUES (?, ?, ?, ?, ?) ON CONFLICT (transmit, stream) DO UPDATE "
             "SET records = records + excluded.records, "
             "last_timestamp = coalesce(excluded.last_timestamp, last_timestamp), "
@@ -128,7 +153,7 @@ class Ledger:
 
     def ack(self, receiver: str, stream: str, ack_key: str, transmit: str) -> None:
         """Record that ``transmit`` durably delivered the batch ``ack_key``."""
-        self._db.execute("INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?)",
+        self._write("INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?)",
                          (receiver, stream, ack_key, transmit))
 
     def acked_by(self, receiver: str, stream: str, ack_key: str) -> set[str]:
@@ -139,14 +164,14 @@ class Ledger:
 
     def forget(self, receiver: str, stream: str, ack_key: str) -> None:
         """Drop the acknowledgements of ``ack_key`` once the receiver has acted on them."""
-        self._db.execute("DELETE FROM acks WHERE receiver = ? AND stream = ? AND ack_key = ?",
+        self._write("DELETE FROM acks WHERE receiver = ? AND stream = ? AND ack_key = ?",
                          (receiver, stream, ack_key))
 
     def _status(self, transmit: str, **values: object) -> None:
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in values)
-        self._db.execute(f"INSERT INTO transmit_status (transmit, {columns}) VALUES (?, {marks}) "
+        self._write(f"INSERT INTO transmit_status (transmit, {columns}) VALUES (?, {marks}) "
                          f"ON CONFLICT (transmit) DO UPDATE SET {updates}",
                          (transmit, *values.values()))
 
@@ -161,7 +186,7 @@ class Ledger:
 
     def count_error(self, component: str, component_type: str) -> None:
         """Add one to the error count of ``component``."""
-        self._db.execute("INSERT INTO errors VALUES (?, ?, 1) ON CONFLICT (component, component_type) "
+        self._write("INSERT INTO errors VALUES (?, ?, 1) ON CONFLICT (component, component_type) "
                          "DO UPDATE SET count = count + 1", (component, component_type))
 
     def error_counts(self) -> dict[tuple[str, str], int]:
@@ -171,7 +196,7 @@ class Ledger:
     def set_marker(self, marker: Marker) -> None:
         """Store ``marker``, replacing the one of the same component, stream and category;
         an error-level marker also counts as an error of its component."""
-        self._db.execute("INSERT OR REPLACE INTO markers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._write("INSERT OR REPLACE INTO markers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (marker.component, marker.component_type, marker.asset, marker.stream_type,
                           marker.category, marker.timestamp, marker.level, marker.message))
         if marker.level == "error":
@@ -179,7 +204,7 @@ class Ledger:
 
     def clear_marker(self, component: str, asset: str, stream_type: str, category: str) -> None:
         """The condition behind a marker has ended: drop it."""
-        self._db.execute("DELETE FROM markers WHERE component = ? AND asset = ? AND stream_type = ? "
+        self._write("DELETE FROM markers WHERE component = ? AND asset = ? AND stream_type = ? "
                          "AND category = ?", (component, asset, stream_type, category))
 
     def markers(self) -> list[Marker]:
@@ -191,7 +216,7 @@ class Ledger:
 
     def record_received(self, receiver: str, stream: str, records: int) -> None:
         """Add ``records`` to the records ``receiver`` has read from ``stream``."""
-        self._db.execute("INSERT INTO received VALUES (?, ?, ?) ON CONFLICT (receiver, stream) "
+        self._write("INSERT INTO received VALUES (?, ?, ?) ON CONFLICT (receiver, stream) "
                          "DO UPDATE SET records = records + excluded.records", (receiver, stream, records))
 
     def received(self) -> dict[tuple[str, str], int]:

@@ -80,7 +80,7 @@ def _lost(home: Path, directory: Path, delivered: dict[tuple[str, str], int]) ->
             f"its recovery state {directory} is {'empty' if directory.exists() else 'missing'}: started so, "
             f"every stream would read its source from the start and deliver it all again. Restore "
             f"{directory} (a volume not mounted?), or start over on purpose: `factoryflow run --fresh-state` "
-            f"(or {FRESH_STATE_ENV}=1)")
+            f"(or {FRESH_STATE_ENV}=1, or POST /v1/ftx/start?fresh_state=true)")
 
 
 def refusal(home: Path, directory: Path, *, fresh_state: bool = False) -> str | None:

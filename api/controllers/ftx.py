@@ -10,9 +10,9 @@ from api.errors import NotRunning, ok
 from api.installation import Inst, Installation
 
 
-def _control(inst: Installation, action: str) -> Any:
+def _control(inst: Installation, action: str, **options: Any) -> Any:
     with inst.config_lock:
-        result = getattr(inst.supervisor, action)()  # CannotStart: mapped in api.errors
+        result = getattr(inst.supervisor, action)(**options)  # CannotStart: mapped in api.errors
     if action != "stop" and result != "running":
         raise NotRunning(result)
     return ok(result)
@@ -25,9 +25,12 @@ class FtxController(Controller):
 
     @post("/start", sync_to_thread=True, status_code=200, operation_id="ftx_start",
           summary="Start the dataflow")
-    def start(self, inst: Inst) -> Any:
-        """Start the dataflow (``"running"``)."""
-        return _control(inst, "start")
+    def start(self, inst: Inst, fresh_state: bool = False) -> Any:
+        """Start the dataflow (``"running"``). ``?fresh_state=true`` starts over although
+        records were delivered before and the recovery state is gone (every source is read
+        again): what ``factoryflow run --fresh-state`` does; without it such a start fails
+        with the line naming how much was delivered."""
+        return _control(inst, "start", **({"fresh_state": True} if fresh_state else {}))
 
     @post("/stop", sync_to_thread=True, status_code=200, operation_id="ftx_stop",
           summary="Stop the dataflow")

@@ -106,8 +106,12 @@ def test_start_refuses_to_start_over_when_the_recovery_state_is_gone(api: Api, n
     line = (f"{api.home} has delivered {NAB_ROWS:,} records of 1 streams, but its recovery state "
             f"{api.home / 'recovery'} is missing")
     assert line in body["error"]["text"] and "FACTORYFLOW_FRESH_STATE=1" in body["error"]["text"]
+    assert "POST /v1/ftx/start?fresh_state=true" in body["error"]["text"]
     assert status(api)["factorytx"]["status"] == "failed"
     assert len(records(api, "nab__csv.jsonl")) == NAB_ROWS  # nothing read again
+    assert api.ok("POST", "/v1/ftx/start", params={"fresh_state": "true"}) == "running"  # told to start over
+    wait(api, lambda: len(records(api, "nab__csv.jsonl")) >= 2 * NAB_ROWS, "every NAB row again")
+    assert api.ok("POST", "/v1/ftx/restart") == "running"  # the new state is kept: no refusal
     assert api.ok("POST", "/v1/ftx/stop") == "stopped"
 
 

@@ -100,7 +100,8 @@ def test_a_home_that_delivered_refuses_to_start_over_without_its_recovery_state(
         f"factoryflow: {home} has delivered {NAB_ROWS:,} records of 1 streams, but its recovery state "
         f"{home / 'recovery'} is missing: started so, every stream would read its source from the start and "
         f"deliver it all again. Restore {home / 'recovery'} (a volume not mounted?), or start over on "
-        f"purpose: `factoryflow run --fresh-state` (or FACTORYFLOW_FRESH_STATE=1)")]
+        f"purpose: `factoryflow run --fresh-state` (or FACTORYFLOW_FRESH_STATE=1, or "
+        "POST /v1/ftx/start?fresh_state=true)")]
     assert not (home / "recovery").exists()
     again = _run_until_delivered(home, tmp_path, "again", 2 * NAB_ROWS, "--fresh-state")
     assert (f"WARNING starting over with fresh state in {home / 'recovery'}: {NAB_ROWS} records of 1 streams "
