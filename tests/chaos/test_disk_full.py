@@ -2,10 +2,10 @@
 (the tests run as root):
 
 - the home on 64 MB, or only the Sight Machine transmit's directory (its outbox) on 24 MB,
-  while the Sight Machine endpoint answers 503: the outbox grows until the volume reaches
+  while the Sight Machine endpoint answers 503 (Kafka, the second sink, stays up): the outbox grows until the volume reaches
   its free-space floor, the receivers wait with a ``disk full`` marker, the job never exits;
-  then space is freed and the endpoint comes back: every row arrives, duplicates stay
-  under 1 %, and every SQLite file passes ``PRAGMA integrity_check``;
+  then space is freed and the endpoint comes back: every row arrives at both, duplicates
+  stay under 1 % per sink, and every SQLite file passes ``PRAGMA integrity_check``;
 - the recovery directory on 2 MB, filled to below its floor before a start and again
   while the job runs: the job waits (no Rust panic, no exit) and goes on once space is freed.
 """
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from dataflows.ledger import Ledger, ledger_path
+from tests.services.kafka import KafkaBroker
 from tests.simulators.sightmachine import SightMachineSimulator
 
 COPIES = 12  # the NAB series this many times over, each row with an id of its own
@@ -73,9 +75,11 @@ def integrity(home: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(("volume", "size", "filler"), [("home", "64m", 16), ("outbox", "24m", 4)])
 def test_a_full_volume_holds_the_receivers_and_nothing_is_lost(
-        tmp_path: Path, nab_machine_csv: Path, sight_machine: SightMachineSimulator, flows: Any,
-        volume: str, size: str, filler: int) -> None:
+        tmp_path: Path, nab_machine_csv: Path, sight_machine: SightMachineSimulator, kafka: KafkaBroker,
+        flows: Any, volume: str, size: str, filler: int) -> None:
     rows = inputs(tmp_path / "in", nab_machine_csv)
+    topic = f"chaos.disk.{volume}"
+    kafka.create_topic(topic, 3)
     home = tmp_path / "home"
     mount = home if volume == "home" else home / "components" / "sight_machine"
     with tmpfs(mount, size):
@@ -85,7 +89,10 @@ def test_a_full_volume_holds_the_receivers_and_nothing_is_lost(
                                      "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
                                      "streams": [{"asset": "nab", "stream_type": "csv", "parser": "csv",
                                                   "file_filter": ["*.csv"]}]}],
-                  "transforms": [], "data_transmit": [sight_machine.transmit()]}
+                  "transforms": [], "data_transmit": [
+                      sight_machine.transmit(),
+                      {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+                       "topic": topic}]}
         flow = flows(home, config)
         ballast(mount / "ballast", filler)
         sight_machine.mode = "503"
@@ -109,16 +116,20 @@ def test_a_full_volume_holds_the_receivers_and_nothing_is_lost(
         flow.wait_for(lambda: len(sight_machine.sslogs) >= rows and len(ids()) == rows, timeout=300,
                       what="every row at the Sight Machine")
         flow.wait_for(lambda: held() is None, timeout=30, what="the disk-full marker to clear")
+        flow.wait_for(lambda: ledger.progress("kafka", "nab:csv")[0] >= rows, timeout=120, what="every row in Kafka")
         assert flow.stop(signal.SIGTERM) == 0
         assert flow.runs == 1  # never restarted: it never exited
         checks = integrity(home)
     got = ids()
     duplicates = sum(got.values()) - rows
+    in_kafka = Counter(json.loads(m.value)["id"] for m in kafka.consume(topic, rows, timeout=180))
+    kafka_duplicates = sum(in_kafka.values()) - rows
     print(f"\n{volume} on a {size} tmpfs, Sight Machine down: held at {outbox} records in the outbox with "
           f"{marker!r}; after space came back: {sum(got.values())} sslogs for {rows} rows, {duplicates} "
-          f"duplicates, 0 exits; integrity: {sorted(set(checks.values()))}")
-    assert set(got) == set(range(rows))  # nothing lost
-    assert duplicates <= rows // 100
+          f"duplicates; Kafka {sum(in_kafka.values())} messages, {kafka_duplicates} duplicates; 0 exits; "
+          f"integrity: {sorted(set(checks.values()))}")
+    assert set(got) == set(range(rows)) and set(in_kafka) == set(range(rows))  # nothing lost
+    assert duplicates <= rows // 100 and kafka_duplicates <= rows // 100
     assert marker is not None and marker.startswith("disk full: ") and str(mount) in marker
     assert checks and set(checks.values()) == {"ok"}
 
