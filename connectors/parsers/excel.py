@@ -5,7 +5,9 @@ Keys: ``sheet`` (a sheet name, or its zero-based index; the first sheet by defau
 ``header_row`` (zero-based row of the column names, after ``skip_rows``; ``null`` for
 none: columns ``column_1``, ...), ``skip_rows`` (rows above the table),
 ``max_inflated_bytes`` (a zip bomb guard: the most bytes an xlsx, xlsm, xlsb or ods, which are
-zip archives, may declare its members inflate to; checked before anything is inflated).
+zip archives, may declare its members inflate to; checked before anything is inflated),
+``max_cells`` (the most cells the sheet may span by the ``<dimension>`` an xlsx or xlsm
+declares, checked from the head of the sheet's XML before the sheet is read).
 A file that is not a workbook, lacks the sheet or is over the cap is refused with the file
 name: the file receiver marks the stream and reads it again once it changes.
 
@@ -15,6 +17,7 @@ Implements the ``excel`` parser of issue 11 ("Parsers").
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, ClassVar
@@ -46,6 +49,9 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
     max_inflated_bytes: Annotated[int, describe(
         "Most bytes a zipped workbook (xlsx, xlsm, xlsb, ods) may inflate to, by the sizes its members "
         "declare; a larger one is refused (a zip bomb guard).", ge=1024 * 1024)] = 512 * 1024 * 1024
+    max_cells: Annotated[int, describe(
+        "Most cells the sheet may span (rows times columns, by the dimension an xlsx or xlsm "
+        "declares); a larger one is refused before it is read.", ge=1)] = 10_000_000
 
     def whole_file_limit(self) -> tuple[int, str]:
         """A workbook larger than ``max_inflated_bytes`` is over it however it is packed."""
@@ -56,7 +62,8 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
               text_columns: Iterable[str] = (), file: SourceFile | None = None) -> pl.DataFrame:
         """Read the sheet of a whole workbook.
 
-        :raises ParseError: not a workbook, no such sheet, or over ``max_inflated_bytes``.
+        :raises ParseError: not a workbook, no such sheet, or over ``max_inflated_bytes`` or
+            ``max_cells``.
         """
         self._check_inflated_size(body, source)
         where = {"sheet_name": self.sheet} if isinstance(self.sheet, str) else {"sheet_id": self.sheet + 1}
@@ -90,3 +97,51 @@ class ExcelParser(ParserConfig, tag="excel", kw_only=True):
         if declared > self.max_inflated_bytes:
             raise ParseError(source, None, f"the workbook inflates to {declared:,} bytes, over max_inflated_bytes "
                                            f"({self.max_inflated_bytes:,}): refused (a zip bomb guard)")
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            spans = self._sheet_span(archive)
+        if spans is not None and spans[0] > self.max_cells:
+            raise ParseError(source, None, f"sheet {self.sheet!r} spans {spans[1]}, {spans[0]:,} cells, over "
+                                           f"max_cells ({self.max_cells:,}): refused before it is read")
+
+    def _sheet_span(self, archive: zipfile.ZipFile) -> tuple[int, str] | None:
+        """The cells the selected sheet of an xlsx or xlsm spans by its ``<dimension>``
+        (read from the head of its XML alone) and that range; None where the workbook does
+        not say (ods, xlsb, a sheet without a dimension, no such sheet: calamine names it)."""
+        from xml.etree import ElementTree
+
+        names = set(archive.namelist())
+        if not {"xl/workbook.xml", "xl/_rels/workbook.xml.rels"} <= names:
+            return None
+        try:
+            book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+            rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+        except ElementTree.ParseError:
+            return None
+        sheets = [(e.get("name"), next((v for k, v in e.attrib.items() if k.endswith("}id")), None))
+                  for e in book.iter() if e.tag.endswith("}sheet")]
+        targets = {e.get("Id"): e.get("Target", "") for e in rels.iter() if e.tag.endswith("}Relationship")}
+        chosen = [rid for name, rid in sheets if name == self.sheet] if isinstance(self.sheet, str) \
+            else [rid for _, rid in sheets[self.sheet:self.sheet + 1]]
+        if not chosen or chosen[0] not in targets:
+            return None
+        target = targets[chosen[0]].lstrip("/")
+        member = target if target.startswith("xl/") else f"xl/{target}"
+        if member not in names:
+            return None
+        with archive.open(member) as xml:
+            head = xml.read(64 * 1024).decode("utf-8", "replace")
+        found = re.search(r'<(?:\w+:)?dimension\s+ref="([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?"', head)
+        if found is None:
+            return None
+        first_col, first_row, last_col, last_row = found.groups()
+        columns = _column_number(last_col or first_col) - _column_number(first_col) + 1
+        rows = int(last_row or first_row) - int(first_row) + 1
+        return columns * rows, found.group(0).split('"')[1]
+
+
+def _column_number(letters: str) -> int:
+    """``A`` is 1, ``Z`` 26, ``AA`` 27."""
+    number = 0
+    for letter in letters:
+        number = number * 26 + ord(letter) - ord("A") + 1
+    return number

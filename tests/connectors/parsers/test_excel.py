@@ -92,3 +92,23 @@ def test_a_workbook_that_would_inflate_past_the_cap_is_refused_before_inflating(
     assert str(refused.value).endswith("over max_inflated_bytes (16,777,216): refused (a zip bomb guard)")
     frame = parser(sheet="Readings", skip_rows=2).parse(b"", bomb, source="bomb.xlsx", first_line=1)
     assert frame["seq"].to_list() == [1, 2]  # under the default cap it is read
+
+
+def test_a_sheet_spanning_more_than_max_cells_is_refused_before_it_is_read() -> None:
+    """Two cells at opposite corners: a tiny file whose sheet spans all of Excel's grid."""
+    import time
+
+    sparse = io.BytesIO()
+    book = xlsxwriter.Workbook(sparse, {"in_memory": True})
+    sheet = book.add_worksheet("Readings")
+    sheet.write(0, 0, "seq")
+    sheet.write(1_048_575, 16_383, 1)
+    book.close()
+    started = time.monotonic()
+    with pytest.raises(ParseError) as refused:
+        parser(sheet="Readings").parse(b"", sparse.getvalue(), source="grid.xlsx", first_line=1)
+    assert time.monotonic() - started < 1.0
+    assert str(refused.value) == ("grid.xlsx: sheet 'Readings' spans A1:XFD1048576, 17,179,869,184 cells, over "
+                                  "max_cells (10,000,000): refused before it is read")
+    frame = parser(sheet=1, skip_rows=2, max_cells=10).parse(b"", BOOK, source="book.xlsx", first_line=1)
+    assert frame["seq"].to_list() == [1, 2]  # A1:B5, 10 cells: read
