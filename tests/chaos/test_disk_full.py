@@ -120,6 +120,8 @@ def test_a_full_volume_holds_the_receivers_and_nothing_is_lost(
         assert flow.stop(signal.SIGTERM) == 0
         assert flow.runs == 1  # never restarted: it never exited
         checks = integrity(home)
+        warned = [line for line in flow.log().splitlines() if "outbox_max_bytes is" in line]
+    assert len(warned) == 1 and "sight_machine: outbox_max_bytes is 1074 MB but the volume of" in warned[0], warned
     got = ids()
     duplicates = sum(got.values()) - rows
     in_kafka = Counter(json.loads(m.value)["id"] for m in kafka.consume(topic, rows, timeout=180))
