@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, post
+from litestar.params import QueryParameter
 
 from api.errors import NotRunning, ok
 from api.installation import Inst, Installation
+
+FreshState = Annotated[bool, QueryParameter(
+    description="Start over although records were delivered before and the recovery state is gone.")]
 
 
 def _control(inst: Installation, action: str, **options: Any) -> Any:
@@ -25,7 +29,7 @@ class FtxController(Controller):
 
     @post("/start", sync_to_thread=True, status_code=200, operation_id="ftx_start",
           summary="Start the dataflow")
-    def start(self, inst: Inst, fresh_state: bool = False) -> Any:
+    def start(self, inst: Inst, fresh_state: FreshState = False) -> Any:
         """Start the dataflow (``"running"``). ``?fresh_state=true`` starts over although
         records were delivered before and the recovery state is gone (every source is read
         again): what ``factoryflow run --fresh-state`` does; without it such a start fails
