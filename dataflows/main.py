@@ -139,6 +139,11 @@ def flow(recovery: Path | None = None) -> Dataflow:
     (:func:`dataflows.recovery.preflight`: a damaged ledger is rebuilt) and makes the
     recovery directory ready (:func:`dataflows.recovery.prepare_recovery`).
 
+    Before the dataflow is built it waits while a volume the job writes is below its
+    free-space floor (:mod:`dataflows.diskspace`; bytewax's first writes to a full
+    recovery volume would panic), saying so every 30 s, and warns of a transmit's disk
+    budget over its volume (:func:`check_budgets`).
+
     :param recovery: the recovery directory ``factoryflow run`` checked and readies itself;
         None: ``bytewax.run``'s ``-r``, checked here.
 
