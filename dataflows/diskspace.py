@@ -68,10 +68,12 @@ class Shortage:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk (or the quota) is full: ENOSPC or EDQUOT, or SQLite's
-    ``database or disk is full``."""
+    """Whether ``exc`` says the disk (or the quota) is full: ENOSPC or EDQUOT (also as a
+    Rust library words it, ``(os error 28)``), or SQLite's ``database or disk is full``."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if isinstance(exc, OSError) and exc.errno is None:  # Rust's (polars'): the errno only in the text
+        return f"(os error {errno.ENOSPC})" in str(exc) or f"(os error {errno.EDQUOT})" in str(exc)
     return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
 
 

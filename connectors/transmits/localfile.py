@@ -23,6 +23,7 @@ The worked example is ``LocalFileTransmit.example``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -146,13 +147,17 @@ class _LocalFileWriter:
                 os.fsync(handle.fileno())
                 self._sizes[name] = handle.tell()
 
-        def undo() -> None:  # what a failed write left half
+        before = dict(self._sizes)  # the sizes on disk before this write
+
+        def undo() -> None:  # what a failed write left half, in every file: it is written again whole
             for name, handle in list(self._files.items()):
-                handle.close()
+                with contextlib.suppress(OSError):  # its buffer cannot be flushed either
+                    handle.close()
                 del self._files[name]
                 path = self._dir / name
-                if path.exists() and path.stat().st_size > self._sizes.get(name, 0):
-                    os.truncate(path, self._sizes.get(name, 0))
+                if path.exists() and path.stat().st_size > before.get(name, 0):
+                    os.truncate(path, before.get(name, 0))
+            self._sizes = dict(before)
 
         wait_for_space(append, self._dir, self._ctx.shutdown, self._log, undo=undo)
         return "delivered"  # on disk

@@ -129,3 +129,31 @@ class LocalFileTransmitHarness(TransmitHarness):
     def durable_seqs(self, home: Path, expected: int) -> list[int]:
         path = home / "components" / "conformance" / "conformance__test.jsonl"
         return [json.loads(line)["seq"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_write_on_a_full_disk_is_taken_back_and_made_again_once_there_is_space(tmp_path: Path) -> None:
+    import contextlib
+    import threading
+
+    from tests.chaos.test_disk_full import tmpfs
+
+    directory = tmp_path / "components" / "local out"
+    with tmpfs(directory, "1m"):
+        partition = sink_partition(transmit(), RunContext(home=tmp_path))
+        partition.write_batch([Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": [0]}), "q")])
+        ballast = directory / "ballast"
+        with contextlib.suppress(OSError), ballast.open("wb", buffering=0) as out:
+            while True:
+                out.write(b"\0" * 4096)
+        wide = Batch("r", StreamKey("a", "s"), pl.DataFrame({"v": list(range(1, 20_001))}), "q")
+        other = Batch("r", StreamKey("b", "s"), pl.DataFrame({"v": [7]}), "q")
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (partition.write_batch([other, wide]), done.set()), daemon=True)
+        writer.start()
+        assert not done.wait(2)  # waiting for space, not failing
+        ballast.unlink()
+        assert done.wait(10)
+        partition.close()
+        values = [json.loads(line)["v"] for line in (directory / "a__s.jsonl").read_text().splitlines()]
+        assert values == list(range(20_001))  # the half-written batch was taken back: each record once
+        assert [json.loads(line)["v"] for line in (directory / "b__s.jsonl").read_text().splitlines()] == [7]
