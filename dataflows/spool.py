@@ -339,7 +339,7 @@ class _ForwarderProcess:
             self._wake.set()
 
     def _waiting(self) -> int:
-        """The records left in the spool (-1: it cannot be read)."""
+        """The batches left in the spool (-1: it cannot be read)."""
         try:
             spool = Outbox(self._path)
         except Exception:  # noqa: BLE001 - only for the stop's log line
@@ -358,7 +358,7 @@ class _ForwarderProcess:
             waiting = self._waiting()
             if waiting:
                 self._log.warning("the forwarder is still waiting for the endpoint; %s in the spool are sent "
-                                  "at the next start", f"{waiting} records" if waiting > 0 else "the records")
+                                  "at the next start", f"{waiting} batches" if waiting > 0 else "the batches")
             else:  # everything was acknowledged: nothing to worry an operator about
                 self._log.info("the forwarder had not ended %.0f s after the stop, with nothing left in the "
                                "spool; ended it", timeout)

@@ -1,5 +1,5 @@
 """The stop of a transmit's forwarder says what it leaves (issue 25, item 7): a forwarder
-that has not ended by the deadline is ended, with a warning naming the records left in
+that has not ended by the deadline is ended, with a warning naming the batches left in
 the spool, and no warning at all when nothing is left (everything was acknowledged)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_a_forwarder_that_does_not_end_is_ended_and_the_line_says_what_is_left(
     (line,) = [r for r in caplog.records if r.name == "transmit.sm"]
     if left:
         assert line.levelno == logging.WARNING
-        assert line.getMessage() == ("the forwarder is still waiting for the endpoint; 3 records in the spool "
+        assert line.getMessage() == ("the forwarder is still waiting for the endpoint; 3 batches in the spool "
                                      "are sent at the next start")
     else:
         assert line.levelno == logging.INFO
