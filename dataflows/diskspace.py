@@ -126,16 +126,6 @@ class DiskGuard:
                     break
             return self._shortage
 
-    def volumes(self) -> list[tuple[Path, int, int]]:
-        """Each volume once: (a directory on it, its size, its floor) in bytes."""
-        out, seen = [], set()
-        for path in self._directories():
-            device = path.stat().st_dev
-            if device not in seen:
-                seen.add(device)
-                out.append((path, shutil.disk_usage(path).total, floor_of(path)))
-        return out
-
 
 def wait_for_space(write: Callable[[], None], where: Path, stopping: threading.Event,
                    log: logging.Logger, full: Callable[[str | None], None] | None = None,
