@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["FLOOR_FRACTION", "MIN_FREE_ENV", "DiskFull", "DiskGuard", "Shortage", "WaitNotice", "floor_of",
            "is_disk_full", "wait_for_space"]
@@ -48,6 +49,7 @@ FLOOR_MAX = 1024**3
 CHECK_SECONDS = 0.5
 
 _log = logging.getLogger("factoryflow.disk")
+T = TypeVar("T")
 
 
 class DiskFull(OSError):
@@ -126,13 +128,25 @@ class DiskGuard:
                     break
             return self._shortage
 
+    def wait_while_low(self, stopping: threading.Event, log: logging.Logger, waiting: str) -> float:
+        """Wait while a volume is below its floor, or until ``stopping`` is set: a warning
+        naming the volume and what ``waiting`` (``"reading waits for space"``) when the wait
+        starts and every 30 s. Returns the seconds waited (0: no volume was low)."""
+        started, said = time.monotonic(), None
+        while (shortage := self.low()) is not None and not stopping.is_set():
+            if said is None or time.monotonic() - said >= 30:
+                said = time.monotonic()
+                log.warning("%s: %s", shortage.describe(), waiting)
+            stopping.wait(CHECK_SECONDS)
+        return 0.0 if said is None else time.monotonic() - started
 
-def wait_for_space(write: Callable[[], None], where: Path, stopping: threading.Event,
+
+def wait_for_space(write: Callable[[], T], where: Path, stopping: threading.Event,
                    log: logging.Logger, full: Callable[[str | None], None] | None = None,
-                   undo: Callable[[], None] | None = None) -> None:
-    """Run ``write``; while it fails for lack of disk space, ``undo`` what it wrote half,
-    wait and try again (a warning every 30 s; ``full`` is told the message when the wait
-    starts and ``None`` when it ends).
+                   undo: Callable[[], None] | None = None) -> T:
+    """Run ``write`` and return what it returns; while it fails for lack of disk space,
+    ``undo`` what it wrote half, wait and try again (a warning every 30 s; ``full`` is told
+    the message when the wait starts and ``None`` when it ends).
 
     :param where: the directory written, for the message.
     :raises DiskFull: still no space when ``stopping`` is set.
@@ -141,7 +155,7 @@ def wait_for_space(write: Callable[[], None], where: Path, stopping: threading.E
     notice = WaitNotice(log, full)
     while True:
         try:
-            write()
+            result = write()
             break
         except (OSError, sqlite3.OperationalError) as exc:
             if not is_disk_full(exc):
@@ -156,6 +170,7 @@ def wait_for_space(write: Callable[[], None], where: Path, stopping: threading.E
                                              "again at the next start") from exc
             notice.tick(message)
     notice.end()
+    return result
 
 
 class WaitNotice:

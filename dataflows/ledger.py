@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
-from dataflows.diskspace import is_disk_full
+from dataflows.diskspace import wait_for_space
 from dataflows.home import ledger_path
 from dataflows.storage import open_durable
 
@@ -107,6 +107,8 @@ class TransmitStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _log = logging.getLogger("factoryflow.ledger")
+#: A ledger write waits out a full disk whatever stops: what it counts is small.
+_NEVER = threading.Event()
 
 
 class Ledger:
@@ -120,18 +122,7 @@ class Ledger:
         """Run a writing statement; while the disk is full, wait and try again (a warning
         every 30 s): the ledger's rows are small, and space comes back as the job's
         receivers wait and its senders deliver (:mod:`dataflows.diskspace`)."""
-        waited = 0.0
-        while True:
-            try:
-                return self._db.execute(sql, params)
-            except sqlite3.OperationalError as exc:
-                if not is_disk_full(exc):
-                    raise
-                if waited % 30 == 0:
-                    _log.warning("disk full: the delivery ledger %s cannot be written (%s); waiting for space",
-                                 self._path, exc)
-                time.sleep(0.5)
-                waited += 0.5
+        return wait_for_space(lambda: self._db.execute(sql, params), self._path.parent, _NEVER, _log)
 
     def record_delivery(self, transmit: str, stream: str, records: int,
                         last_timestamp: str | None) -> int:

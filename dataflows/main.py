@@ -30,7 +30,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -189,12 +188,8 @@ def flow(recovery: Path | None = None) -> Dataflow:
     ctx = RunContext(home=home, shutdown=stop.event, read_wait=READ_WAIT, recovery=recovery)
     ctx = replace(ctx, disk=DiskGuard(ctx.written_directories))
     check_budgets(ctx, config)
-    waited = None
-    while (shortage := ctx.disk.low()) is not None and not stop.event.is_set():  # bytewax's first
-        if waited is None or time.monotonic() - waited >= 30:  # writes would fail (a Rust panic)
-            waited = time.monotonic()
-            _log.warning("%s: the job starts once there is space", shortage.describe())
-        stop.event.wait(1)
+    # bytewax's first writes to a full recovery volume would fail (a Rust panic)
+    ctx.disk.wait_while_low(stop.event, _log, "the job starts once there is space")
     return build_flow(config, ctx)
 
 

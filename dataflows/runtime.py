@@ -48,7 +48,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from dataflows.backoff import stream_backoff
 from dataflows.context import RunContext
 from dataflows.control import ControlStore, control_path
-from dataflows.diskspace import CHECK_SECONDS, Shortage
+from dataflows.diskspace import Shortage
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch
 from dataflows.sdk import StreamReader
@@ -207,17 +207,11 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         from the worker, go on delivering. Every stream and its transmits are marked
         (category ``disk full``) meanwhile; a stop ends the wait."""
         assert self._ctx.disk is not None
-        message = f"{shortage.describe()}: reading waits for space; what the job holds is delivered meanwhile"
-        self._log.warning("%s", message)
-        self._mark_everything(message)
-        started = logged = time.monotonic()
-        while (now_short := self._ctx.disk.low()) is not None and not self._ctx.shutdown.is_set():
-            if time.monotonic() - logged >= 30:
-                logged = time.monotonic()
-                self._log.warning("%s: reading has waited %.0f s", now_short.describe(), logged - started)
-            self._ctx.shutdown.wait(CHECK_SECONDS)
+        waiting = "reading waits for space; what the job holds is delivered meanwhile"
+        self._mark_everything(f"{shortage.describe()}: {waiting}")
+        waited = self._ctx.disk.wait_while_low(self._ctx.shutdown, self._log, waiting)
         if not self._ctx.shutdown.is_set():
-            self._log.info("disk space is back: reading goes on after %.0f s", time.monotonic() - started)
+            self._log.info("disk space is back: reading goes on after %.0f s", waited)
         self._mark_everything(None)
 
     def _mark_everything(self, message: str | None) -> None:

@@ -2,20 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dataflows.main import init_recovery
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def growing_csv(path: Path, every: float = 0.1) -> Iterator[None]:
+    """``path`` (``n,written``) gets a row every ``every`` seconds until the block ends, as
+    a line's PLC log grows: a live stream beside a fault."""
+    path.write_text("n,written\n")
+    stop = threading.Event()
+
+    def write_rows() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with path.open("a") as out:
+                out.write(f"{n},{time.time()}\n")
+            time.sleep(every)
+
+    writer = threading.Thread(target=write_rows, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+
+
+def gaps(counts: list[tuple[float, int]]) -> list[float]:
+    """The seconds between changes of a sampled count (``(time.monotonic(), count)``), from
+    its first non-zero sample; the last runs to the end of the sampling."""
+    counts = counts[next(i for i, (_, count) in enumerate(counts) if count):]
+    out, last = [], counts[0][0]
+    for (_, before), (at, count) in zip(counts, counts[1:], strict=False):
+        if count != before:
+            out.append(at - last)
+            last = at
+    return [*out, counts[-1][0] - last]
 
 
 def drain(reader: Any) -> list[Any]:

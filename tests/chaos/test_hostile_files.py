@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import psutil
 
 from dataflows.ledger import Ledger, ledger_path
 from tests.connectors.parsers.test_excel import BOOK
+from tests.flowrun import gaps, growing_csv
 
 POLL = 0.5  # seconds
 RSS_LIMIT = 1024**3  # bytes: the bomb alone took RSS past 6 GiB before its cap
@@ -58,7 +58,6 @@ def test_hostile_files_are_refused_and_the_live_stream_goes_on(tmp_path: Path, f
     inbox = tmp_path / "in"
     inbox.mkdir()
     live = inbox / "line.csv"
-    live.write_text("n,written\n")
     hostile(inbox / "hostile")
     streams = [("line", "csv", ["line.csv"]), ("hostile", "excel", ["hostile/*.xlsx"]),
                ("hostile", "csv", ["hostile/*.csv"]), ("hostile", "json", ["hostile/*.json"])]
@@ -71,25 +70,13 @@ def test_hostile_files_are_refused_and_the_live_stream_goes_on(tmp_path: Path, f
         "streams": [{"asset": asset, "stream_type": kind, "path_filter": paths} for asset, kind, paths in streams]}],
         "transforms": [], "data_transmit": [{"transmit_name": "out", "transmit_type": "localfile"}]}
     flow = flows(tmp_path / "home", config)
-    stop_writing = threading.Event()
-
-    def write_rows() -> None:  # a row every 0.1 s
-        n = 0
-        while not stop_writing.is_set():
-            n += 1
-            with live.open("a") as out:
-                out.write(f"{n},{time.time()}\n")
-            time.sleep(0.1)
-
-    writer = threading.Thread(target=write_rows, daemon=True)
-    writer.start()
-    flow.start()
-    assert flow.proc is not None
-    process = psutil.Process(flow.proc.pid)
-    ledger = Ledger(ledger_path(flow.home))
-    counts: list[tuple[float, int]] = []
-    peak = 0
-    try:
+    with growing_csv(live):
+        flow.start()
+        assert flow.proc is not None
+        process = psutil.Process(flow.proc.pid)
+        ledger = Ledger(ledger_path(flow.home))
+        counts: list[tuple[float, int]] = []
+        peak = 0
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             counts.append((time.monotonic(), ledger.progress("out", "line:csv")[0]))
@@ -99,17 +86,10 @@ def test_hostile_files_are_refused_and_the_live_stream_goes_on(tmp_path: Path, f
         stopping = time.monotonic()
         assert flow.stop(signal.SIGTERM, timeout=30) == 0
         stopped = time.monotonic() - stopping
-    finally:
-        stop_writing.set()
-        writer.join()
     live_counts = [c for _, c in counts if c]
-    gaps, last = [], next(at for at, c in counts if c)
-    for (_, before), (at, count) in zip(counts, counts[1:], strict=False):
-        if before and count != before:
-            gaps.append(at - last)
-            last = at
+    longest = max(gaps(counts))
     print(f"\nhostile files: peak RSS {peak / 2**20:.0f} MiB (limit {RSS_LIMIT / 2**20:.0f} MiB), live rows "
-          f"{live_counts[0]} -> {live_counts[-1]}, longest gap {max(gaps):.2f} s (limit {2 * POLL} s), "
+          f"{live_counts[0]} -> {live_counts[-1]}, longest gap {longest:.2f} s (limit {2 * POLL} s), "
           f"stopped {stopped:.1f} s after SIGTERM (limit 5 s); markers:\n" +
           "\n".join(f"  {k}: {v}" for k, v in sorted(markers.items())))
     hostile_dir = inbox / "hostile"
@@ -119,5 +99,5 @@ def test_hostile_files_are_refused_and_the_live_stream_goes_on(tmp_path: Path, f
     assert f"{hostile_dir / 'dump.json'}: 209715200 bytes, more than max_document_bytes" in markers[("json", "input")]
     assert "skipped" in markers[("csv", "input warning")]  # the FIFO and the loop: warnings
     assert peak < RSS_LIMIT
-    assert max(gaps) <= 2 * POLL
+    assert longest <= 2 * POLL
     assert stopped < 5

@@ -6,7 +6,6 @@ recovers, with every row, once the server runs again."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dataflows.ledger import Ledger, ledger_path
+from tests.flowrun import gaps, growing_csv
 from tests.services.postgres import postgres_server
 
 POLL = 0.5  # seconds, both receivers
@@ -28,7 +28,6 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
     data = tmp_path / "in"
     data.mkdir()
     growing = data / "line.csv"
-    growing.write_text("n,written\n")
     with postgres_server() as postgres:  # its own server: the session's is never stopped
         assert postgres.server is not None
         engine = sa.create_engine(postgres.url)
@@ -52,20 +51,8 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
             "data_transmit": [{"transmit_name": "out", "transmit_type": "localfile"}]}
         flow = flows(tmp_path / "home", config)
         flow.start()
-        stop_writing = threading.Event()
-
-        def write_rows() -> None:  # a row every 0.1 s, as a line's PLC log grows
-            n = 0
-            while not stop_writing.is_set():
-                n += 1
-                with growing.open("a") as out:
-                    out.write(f"{n},{time.time()}\n")
-                time.sleep(0.1)
-
-        writer = threading.Thread(target=write_rows, daemon=True)
-        writer.start()
         ledger = Ledger(ledger_path(flow.home))
-        try:
+        with growing_csv(growing):
             flow.wait_for(lambda: all(len(flow.output("out", f"press__{t}.jsonl")) == 100 for t in QUERIES)
                           and len(flow.output("out", "line__csv.jsonl")) > 0, what="the first rows of each")
             counts: list[tuple[float, int]] = []  # (time, file rows delivered), sampled
@@ -87,20 +74,12 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
                           timeout=60, what="the rows inserted after the database ran again")
             flow.wait_for(lambda: not any(m.component == "db" for m in ledger.markers()), timeout=10,
                           what="the stalled marker to clear")
-        finally:
-            stop_writing.set()
-            writer.join()
         assert flow.stop() == 0
         engine.dispose()
-    gaps, last_change = [], counts[0][0]
-    for (_, before), (at, count) in zip(counts, counts[1:], strict=False):
-        if count != before:
-            gaps.append(at - last_change)
-            last_change = at
-    gaps.append(counts[-1][0] - last_change)
-    longest = max(gaps)
+    between = gaps(counts)
+    longest = max(between)
     print(f"\nPostgreSQL stopped {STOPPED} s: file stream rows {counts[0][1]} -> {counts[-1][1]}, "
-          f"longest gaps {sorted(round(g, 2) for g in gaps)[-5:]} s (limit {2 * POLL} s); markers {marked}")
+          f"longest gaps {sorted(round(g, 2) for g in between)[-5:]} s (limit {2 * POLL} s); markers {marked}")
     assert counts[-1][1] - counts[0][1] >= STOPPED * 5  # the file stream went on (10 rows a second)
     assert longest <= 2 * POLL
     assert "timeout expired" in marked["readings"]  # ADBC's connect_timeout
