@@ -79,12 +79,11 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
 
 
-def floor_of(path: Path) -> int:
-    """The free-space floor in bytes of the volume holding ``path``."""
+def floor_of(total: int) -> int:
+    """The free-space floor in bytes of a volume of ``total`` bytes (``shutil.disk_usage``'s)."""
     configured = os.environ.get(MIN_FREE_ENV, "").strip()
     if configured:
         return int(configured)
-    total = shutil.disk_usage(path).total
     return int(min(FLOOR_MAX, max(FLOOR_MIN, total * FLOOR_FRACTION)))
 
 
@@ -120,7 +119,8 @@ class DiskGuard:
                     if device in seen:
                         continue
                     seen.add(device)
-                    free, floor = shutil.disk_usage(path).free, floor_of(path)
+                    usage = shutil.disk_usage(path)
+                    free, floor = usage.free, floor_of(usage.total)
                 except OSError:  # vanished meanwhile
                     continue
                 if free < floor:

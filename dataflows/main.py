@@ -210,7 +210,7 @@ def check_budgets(ctx: RunContext, config: Config) -> list[str]:
             directory = ctx.component_dir(transmit.transmit_name)
             where = directory if directory.is_dir() else ctx.home
             usage = shutil.disk_usage(where)
-            room = max(0, usage.total - floor_of(where))
+            room = max(0, usage.total - floor_of(usage.total))
             if budget > room:
                 warnings.append(f"{transmit.transmit_name}: {key} is {budget / 1e6:.0f} MB but the volume of "
                                 f"{where} holds {usage.total / 1e6:.0f} MB ({room / 1e6:.0f} MB over its free-space "

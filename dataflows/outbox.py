@@ -143,7 +143,8 @@ class Outbox:
         notice = WaitNotice(log, full)
         while True:
             records, stored = self.depth()
-            free, floor = shutil.disk_usage(self.path.parent).free, floor_of(self.path.parent)
+            usage = shutil.disk_usage(self.path.parent)
+            free, floor = usage.free, floor_of(usage.total)
             low = free - 2 * size < floor  # SQLite writes it twice: to the WAL, then the database
             if (records == 0 or stored + size <= budget) and not low:  # the floor holds even when empty:
                 break  # it leaves room to delete what is delivered
