@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up factoryflow in this checkout: a Python 3.11/3.12 virtualenv in .venv with the project.
 #   --test      also the test dependencies
-#   --services  also the real services the tests start: PostgreSQL and Samba (Debian's
+#   --services  also the real services the tests start: PostgreSQL, MariaDB and Samba (Debian's
 #               packages), Apache Kafka and S3Proxy (their jars from Maven Central, run with
 #               the machine's Java), Azurite and node-opcua's sample server (npm, run with
 #               the machine's Node.js) and Chromium (Debian's package, for the web UI's
@@ -54,6 +54,9 @@ if [ "$want_services" = 1 ]; then
   fi
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --no-create-home postgres  # initdb refuses to run as root
+  fi
+  if [ ! -x /usr/sbin/mariadbd ] && ! command -v mariadbd >/dev/null; then
+    apt_install "the sql receiver's MariaDB tests" mariadb-server
   fi
   if ! command -v smbd >/dev/null && [ ! -x /usr/sbin/smbd ]; then
     apt_install "the smb receiver's tests" samba

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from tests.flowrun import FlowProcess
     from tests.services.azurite import Azurite
     from tests.services.kafka import KafkaBroker
+    from tests.services.mariadb import MariaDB
     from tests.services.mosquitto import Mosquitto
     from tests.services.postgres import Postgres
     from tests.services.s3proxy import S3Server
@@ -63,6 +64,15 @@ def postgres() -> Iterator[Postgres]:
     from tests.services.postgres import postgres_server
 
     with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    """A MariaDB server for the whole session (started and stopped by the tests)."""
+    from tests.services.mariadb import mariadb_server
+
+    with mariadb_server() as server:
         yield server
 
 

@@ -37,9 +37,10 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -81,6 +82,22 @@ CONNECT_TIMEOUT = 10
 #: ``KEEPALIVE_INTERVAL`` seconds, and dropped after ``KEEPALIVE_COUNT`` unanswered probes,
 #: so a server that went away (power loss, a cut cable) fails the read instead of hanging it.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+
+#: Seconds past ``query_timeout`` after which a PostgreSQL connection read through SQLAlchemy
+#: that has not answered is closed from this side (the server's own ``statement_timeout``
+#: answers first when the server runs; a stopped or hung server never answers).
+CLIENT_GRACE = 10
+#: Seconds the commit fence may hold rows back before the stream gets a warning naming the
+#: transaction that holds it.
+FENCE_WARN = 60.0
+#: The state key of the primary keys (and cursor timestamps) delivered within ``lag``.
+LAG_WINDOW = "factoryflow.lag_window"
+#: PostgreSQL's commit fence: every transaction id below it has ended (committed or not).
+FENCE_QUERY = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+#: The oldest transaction still open that holds an id: what holds the fence back.
+OLDEST_OPEN_QUERY = (
+    "SELECT pid, backend_xid::text, xact_start, state, left(query, 120) FROM pg_stat_activity "
+    "WHERE backend_xid IS NOT NULL ORDER BY xact_start NULLS LAST LIMIT 1")
 
 #: First-run values of state fields without an ``initial_value``: below any real value.
 DEFAULT_INITIAL: dict[str, Any] = {
@@ -131,10 +148,47 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         return URL.create(DRIVERS[self.database_type], username=self.username, password=self.password,
                           host=self.host, port=self.port, database=self.database_name, query=query)
 
+    def engine(self, query_timeout: float = 0) -> sa.Engine:
+        """A SQLAlchemy engine for this connection with the driver's timeouts (:meth:`url`):
+        PostgreSQL opens a connection per poll (``NullPool``: each poll's connect is bounded by
+        its connect timeout, where a pooled connection's liveness check on a hung server has
+        no bound); MySQL and MariaDB connections send TCP keepalives; SQL Server's login
+        times out after :data:`CONNECT_TIMEOUT` and its statements after ``query_timeout``
+        seconds (pyodbc's query timeout). Making it does no I/O."""
+        import sqlalchemy as sa
+
+        if self.database_type == "postgresql":
+            return sa.create_engine(self.url(query_timeout), poolclass=sa.NullPool)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.database_type == "mssql":
+            options["connect_args"] = {"timeout": CONNECT_TIMEOUT}
+        engine = sa.create_engine(self.url(query_timeout), **options)
+        if self.database_type in ("mysql", "mariadb", "mssql"):
+            database_type = self.database_type
+
+            @sa.event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                if database_type == "mssql":
+                    if query_timeout:
+                        dbapi_connection.timeout = max(1, round(query_timeout))
+                else:
+                    _keepalive(dbapi_connection._sock)
+        return engine
+
     def describe(self) -> str:
         """Where this connection goes, without secrets."""
         timeouts = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count")
         return self.url().difference_update_query(timeouts).render_as_string(hide_password=True)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalives on ``sock`` as libpq sends them for PostgreSQL (:data:`KEEPALIVE_IDLE`,
+    :data:`KEEPALIVE_INTERVAL`, :data:`KEEPALIVE_COUNT`)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                          ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        if hasattr(socket, option):  # Linux; macOS lacks some
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class StateField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -163,13 +217,35 @@ class StateField(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
         return str(value)
 
 
+_LAG_TEXT = ("Seconds each poll reads again behind the newest timestamp delivered, for rows that "
+             "commit late; needs primary_key. 0: none.")
+_PRIMARY_KEY_TEXT = ("Columns that identify a row: with lag, rows of the window read again that were "
+                     "delivered already are dropped.")
+_FENCE_TEXT = ("PostgreSQL: deliver only rows of transactions older than every transaction still open "
+               "(the first state field holds the inserting transaction's id, pg_current_xact_id()).")
+
+
 class SqlStream(StreamConfig, kw_only=True):
-    """A query over one database, advanced by its ``state_fields``."""
+    """A query over one database, advanced by its ``state_fields``; ``lag``,
+    ``primary_key`` and ``commit_fence`` set here win over the receiver's."""
 
     query: Annotated[NonEmptyStr, describe("SQL with :name bind parameters, ordered by the state columns.")]
     state_fields: Annotated[list[StateField], describe("Cursor columns.")] = msgspec.field(
         default_factory=list)
     connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
+    lag: Annotated[Annotated[float, msgspec.Meta(ge=0)] | None, describe(_LAG_TEXT)] = None
+    primary_key: Annotated[list[NonEmptyStr] | None, describe(_PRIMARY_KEY_TEXT)] = None
+    commit_fence: Annotated[bool | None, describe(_FENCE_TEXT)] = None
+
+
+class Incremental(msgspec.Struct, frozen=True):
+    """How a stream keeps up with rows that commit out of order (``docs/sql.md``): ``lag``
+    seconds read again behind the newest delivered timestamp, deduplicated on
+    ``primary_key``; or PostgreSQL's ``commit_fence``."""
+
+    lag: float
+    primary_key: tuple[str, ...]
+    commit_fence: bool
 
 
 @functools.lru_cache(maxsize=256)  # a stream's query is the same at every poll
@@ -188,6 +264,20 @@ def _params(query: str) -> frozenset[str]:
 
     return frozenset(value[1:] for ttype, value in _tokens(query)
                      if ttype in tokens.Name.Placeholder and value.startswith(":") and value[1:2] != ":")
+
+
+def _limit(query: str) -> int | None:
+    """The row limit of ``query``'s last ``LIMIT n``, ``TOP n`` or ``FETCH FIRST n``, if any."""
+    from sqlparse import tokens
+
+    words = [(ttype, value) for ttype, value in _tokens(query) if ttype not in tokens.Whitespace
+             and ttype not in tokens.Newline]
+    found = None
+    for (ttype, value), (next_type, next_value) in zip(words, words[1:], strict=False):
+        if (ttype in tokens.Keyword or ttype in tokens.Name) and value.upper() in ("LIMIT", "TOP", "FIRST", "NEXT") \
+                and next_type in tokens.Literal.Number.Integer:
+            found = int(next_value)
+    return found
 
 
 def _as_text(query: str) -> str:
@@ -305,6 +395,43 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
     query_timeout: Annotated[float, describe(
         "Seconds a query may run before the database cancels it and the stream retries from its "
         "state (PostgreSQL, MySQL, MariaDB); 0: no limit.", ge=0)] = 600
+    lag: Annotated[float, describe(_LAG_TEXT, ge=0)] = 0
+    primary_key: Annotated[list[NonEmptyStr], describe(_PRIMARY_KEY_TEXT)] = msgspec.field(default_factory=list)
+    commit_fence: Annotated[bool, describe(_FENCE_TEXT)] = False
+
+    def incremental(self, stream: SqlStream) -> Incremental:
+        """``stream``'s ``lag``, ``primary_key`` and ``commit_fence``, its own or the receiver's."""
+        return Incremental(
+            self.lag if stream.lag is None else stream.lag,
+            tuple(self.primary_key if stream.primary_key is None else stream.primary_key),
+            self.commit_fence if stream.commit_fence is None else stream.commit_fence)
+
+    def _incremental_violations(self, stream: SqlStream, path: JsonPath, s_path: JsonPath) -> list[Violation]:
+        """What is wrong with ``stream``'s ``lag``, ``primary_key`` and ``commit_fence``."""
+        out: list[Violation] = []
+        settings = self.incremental(stream)
+        lag_path = [*s_path, "lag"] if stream.lag is not None else [*path, "lag"]
+        fence_path = [*s_path, "commit_fence"] if stream.commit_fence is not None else [*path, "commit_fence"]
+        timestamps = [f.column_name for f in stream.state_fields if f.data_type == "timestamp"]
+        if settings.lag and not settings.primary_key:
+            out.append(error("lag needs primary_key: the columns that identify a row, so that rows read "
+                             "again within the lag are not delivered twice", lag_path))
+        if settings.lag and len(timestamps) != 1:
+            out.append(error(f"lag needs exactly one state field of data_type timestamp (the cursor it "
+                             f"reads behind); this stream has {len(timestamps)}", lag_path))
+        if settings.commit_fence:
+            database_type = self.connection_for(stream).database_type
+            if database_type != "postgresql":
+                out.append(error(f"commit_fence works on postgresql, not {database_type}: on SQL Server bound a "
+                                 "rowversion cursor by MIN_ACTIVE_ROWVERSION() in the query; elsewhere use lag "
+                                 "with primary_key (docs/sql.md)", fence_path))
+            elif not stream.state_fields or stream.state_fields[0].data_type != "integer":
+                out.append(error("commit_fence needs the first state field to be the integer id of the "
+                                 "inserting transaction (a column with DEFAULT pg_current_xact_id(), selected "
+                                 "as bigint), the first column of ORDER BY", fence_path))
+            if settings.lag:
+                out.append(error("commit_fence needs no lag: use one of them", fence_path))
+        return out
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out: list[Violation] = []
@@ -315,6 +442,7 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
                 out.append(error("sqlite needs database_name (the database file path)", c_path))
         for s_index, stream in enumerate(self.streams):
             s_path = [*path, "streams", s_index]
+            out += self._incremental_violations(stream, path, s_path)
             if stream.connection_name is not None and stream.connection_name not in names:
                 out.append(error(f"no connection named {stream.connection_name!r}",
                                  [*s_path, "connection_name"]))
@@ -377,10 +505,7 @@ class SqlEngines:
         index = self._receiver.connections.index(conn)
         with self._lock:
             if index not in self._engines:
-                import sqlalchemy as sa
-
-                self._engines[index] = sa.create_engine(conn.url(self._receiver.query_timeout),
-                                                        pool_pre_ping=True)
+                self._engines[index] = conn.engine(self._receiver.query_timeout)
                 logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
                     "database %s", conn.describe())
             return self._engines[index]
@@ -388,6 +513,11 @@ class SqlEngines:
 
 class QueryError(RuntimeError):
     """A query ran but its result cannot advance the stream's state."""
+
+
+class QueryTimeout(RuntimeError):
+    """The database did not answer within ``query_timeout`` plus :data:`CLIENT_GRACE`
+    seconds, so this side closed the connection (retried)."""
 
 
 class ArrowDriverError(RuntimeError):
@@ -400,6 +530,80 @@ class ArrowDriverError(RuntimeError):
         return cls(f"({type(exc).__module__}.{type(exc).__qualname__}) {exc}")
 
 
+class _Deadline:
+    """A bound on one blocking call of a stream's thread: after ``seconds`` a timer shuts
+    down the socket ``fd_of()`` names, so a call waiting on a server that stopped answering
+    (SIGSTOPped, hung; its kernel still acknowledges, so no keepalive fails) returns with
+    an error, which :meth:`guard` turns into :class:`QueryTimeout`."""
+
+    def __init__(self, seconds: float, fd_of: Callable[[], int | None]) -> None:
+        self._seconds = seconds
+        self._fd_of = fd_of
+        self._lock = threading.Lock()  # the timer shuts down only while the call runs
+        self._fired = False
+
+    def _fire(self) -> None:
+        with self._lock:
+            fd = self._fd_of()
+            if fd is None or fd < 0:
+                return
+            self._fired = True
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Bound the calls in the ``with`` block.
+
+        :raises QueryTimeout: the bound passed and the call failed for it.
+        """
+        if not self._seconds:
+            yield
+            return
+        timer = threading.Timer(self._seconds, self._fire)
+        timer.daemon = True
+        self._fired = False
+        timer.start()
+        try:
+            yield
+        except Exception as exc:
+            if self._fired:
+                raise QueryTimeout(f"no answer from the database for {self._seconds:g} s ({what}; "
+                                   f"query_timeout plus {CLIENT_GRACE} s): the connection was closed") from exc
+            raise
+        finally:
+            timer.cancel()
+            with self._lock:  # a timer firing now waits for this, then finds no socket
+                pass
+
+
+def _as_datetime(value: Any) -> datetime:
+    """A cursor timestamp as a datetime without a zone (one with a zone in UTC), so any two
+    compare (SQLite keeps timestamps as ISO text; ``timestamptz`` comes with a zone).
+
+    :raises QueryError: the value is no timestamp.
+    """
+    if not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise QueryError(f"the timestamp state column holds {value!r}, which is no timestamp, so lag "
+                             "cannot read behind it") from None
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _like(value: datetime, example: Any) -> Any:
+    """``value`` in the form of ``example``: ISO text for text (the same separator, whole
+    seconds unless ``example`` has a fraction: cut down, so a bound never passes a row),
+    else a datetime with or without a zone as ``example`` has."""
+    if isinstance(example, str):
+        sep = "T" if "T" in example else " "
+        return value.isoformat(sep=sep, timespec="microseconds" if "." in example else "seconds")
+    if isinstance(example, datetime) and example.tzinfo is not None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 class _SqlStreamReader(StreamReader):
     marker_category = "query"
     failure_text = "Query failed"
@@ -410,7 +614,7 @@ class _SqlStreamReader(StreamReader):
         import sqlalchemy as sa
 
         self._sa = sa
-        self.retryable = (sa.exc.SQLAlchemyError, OSError, QueryError)
+        self.retryable = (sa.exc.SQLAlchemyError, OSError, QueryError, QueryTimeout)
         self._arrow_url = arrow_url
         self._arrow_close: Callable[[], None] | None = None
         if arrow_url is not None:
@@ -418,18 +622,47 @@ class _SqlStreamReader(StreamReader):
         self._receiver = receiver
         self._stream = stream
         self._engine = engine
+        self._fields = {f.column_name: f for f in stream.state_fields}
+        self._settings = receiver.incremental(stream)
+        self._lag = timedelta(seconds=self._settings.lag) if self._settings.lag else None
+        timestamps = [f.column_name for f in stream.state_fields if f.data_type == "timestamp"]
+        self._ts = timestamps[0] if self._lag is not None and timestamps else None
+        self._window: pl.DataFrame | None = None  # primary key + timestamp delivered within lag
         self._state = self._reconcile(resume_state)
         self._sqlite_file = sqlite_file if sqlite_file not in (None, "", ":memory:") else None
         self._conn: sa.Connection | None = None
         self._chunks: Iterator[pl.DataFrame] | None = None
+        self._fence: int | None = None  # this poll's commit fence
+        self._held_since: datetime | None = None  # when the fence began holding rows back
+        self._held_reported = False
+        self._poll = _PollTally()
+        self._limit_reported = False
+        grace = receiver.query_timeout + CLIENT_GRACE if receiver.query_timeout else 0
+        postgres = engine.dialect.name == "postgresql"
+        self._deadline = _Deadline(grace if postgres else 0, self._socket)
+
+    def _socket(self) -> int | None:
+        """The socket of the SQLAlchemy connection in use (psycopg's), or None."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        with contextlib.suppress(Exception):
+            return int(conn.connection.dbapi_connection.fileno())  # type: ignore[union-attr]
+        return None
 
     def _reconcile(self, saved: dict[str, Any] | None) -> dict[str, Any]:
         """The state to start from: the saved values of the configured ``state_fields``; a
         field added since the state was saved starts at its ``initial_value``, one removed
-        from the config is dropped (both logged)."""
-        fields = {f.column_name: f for f in self._stream.state_fields}
+        from the config is dropped (both logged). The keys delivered within ``lag`` come
+        back too, when ``lag`` is still set."""
+        fields = self._fields
         if saved is None:
             return {name: f.initial() for name, f in fields.items()}
+        saved = dict(saved)
+        window = saved.pop(LAG_WINDOW, None)
+        if self._lag is not None and isinstance(window, pl.DataFrame) \
+                and set(window.columns) == {*self._settings.primary_key, self._ts}:
+            self._window = window
         log = logging.getLogger(f"receiver.{self._receiver.data_receiver_name}")
         state = {}
         for name, state_field in fields.items():
@@ -444,38 +677,183 @@ class _SqlStreamReader(StreamReader):
                      self._stream.key, name, saved[name])
         return state
 
+    def _binds(self) -> dict[str, Any]:
+        """The query's bind values: the state; with ``lag``, the timestamp ``lag`` seconds
+        behind the newest delivered (not before its ``initial_value``) and every other state
+        field at its ``initial_value``, so the poll reads the whole window again."""
+        if self._lag is None:
+            return dict(self._state)
+        assert self._ts is not None
+        binds = {name: f.initial() for name, f in self._fields.items()}
+        newest = self._state[self._ts]
+        behind = _as_datetime(newest) - self._lag
+        binds[self._ts] = _like(max(behind, _as_datetime(binds[self._ts])), newest)
+        return binds
+
     def read(self) -> tuple[list[Batch], bool]:
         if self._chunks is None:
             if self._sqlite_file is not None and not os.path.exists(self._sqlite_file):
                 # sqlite3 would create an empty database there and fail with "no such table"
                 raise FileNotFoundError(f"the SQLite database file {self._sqlite_file!r} does not exist")
+            self._poll = _PollTally()
+            if self._settings.commit_fence:
+                self._fence = self._read_fence()
             if self._arrow_url is not None:
                 self._chunks = self._arrow_result()
             if self._chunks is None:  # not PostgreSQL, or a column without a plain Arrow type
-                self._conn = self._engine.connect().execution_options(
-                    stream_results=True, max_row_buffer=self._receiver.chunk_size)
-                self._chunks = pl.read_database(
-                    self._sa.text(_as_text(self._stream.query)), self._conn, iter_batches=True,
-                    batch_size=self._receiver.chunk_size,
-                    execute_options={"parameters": dict(self._state)})
+                with self._deadline.guard("connecting"):
+                    self._conn = self._engine.connect().execution_options(
+                        stream_results=True, max_row_buffer=self._receiver.chunk_size)
+                with self._deadline.guard("running the query"):
+                    self._chunks = pl.read_database(
+                        self._sa.text(_as_text(self._stream.query)), self._conn, iter_batches=True,
+                        batch_size=self._receiver.chunk_size,
+                        execute_options={"parameters": self._binds()})
         frame = self._next_chunk()
         if frame is None or frame.height == 0:
+            self._end_of_poll()
             self.abandon()
             return [], False
-        self._state = self._advance(frame)
+        held = False
+        if self._fence is not None:
+            frame, held = self._settled(frame)
+        if self._lag is not None:
+            frame = self._new_rows(frame)
+        elif frame.height:
+            self._state = self._advance(frame)
+        if held:  # the rest of the result waits for older transactions: read it next poll
+            self.abandon()
+        if frame.height == 0:
+            return [], not held
         batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._stream.query)
-        return [batch], True
+        return [batch], not held
 
     def _next_chunk(self) -> pl.DataFrame | None:
         assert self._chunks is not None
         if self._arrow_close is None:
-            return next(self._chunks, None)
+            with self._deadline.guard("reading the result"):
+                return next(self._chunks, None)
         import adbc_driver_manager
 
         try:
             return next(self._chunks, None)
         except adbc_driver_manager.Error as exc:
             raise ArrowDriverError.of(exc) from exc
+
+    def _read_fence(self) -> int:
+        """PostgreSQL's commit fence now: every transaction with a lower id has ended, so no
+        row with a lower inserting-transaction id can appear any more."""
+        with self._deadline.guard("reading the commit fence"):
+            self._conn = self._engine.connect()
+            try:
+                return int(self._conn.execute(self._sa.text(FENCE_QUERY)).scalar_one())
+            finally:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+    def _settled(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
+        """The rows of ``frame`` below this poll's commit fence, and whether any were held
+        back (they belong to transactions that ended while an older one is still open). A
+        fence held back for :data:`FENCE_WARN` seconds gets a warning naming the oldest
+        open transaction."""
+        assert self._fence is not None
+        column = self._column(frame, self._stream.state_fields[0].column_name)
+        settled = frame.filter(pl.col(column) < self._fence)
+        if settled.height == frame.height:
+            if self._held_since is not None:
+                logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
+                    "%s: the commit fence moved past %d: the rows held back are delivered",
+                    self._stream.key, self._fence)
+            self._held_since, self._held_reported = None, False
+            return frame, False
+        now = datetime.now(UTC)
+        self._held_since = self._held_since or now
+        if not self._held_reported and (now - self._held_since).total_seconds() >= FENCE_WARN:
+            self._held_reported = True
+            self.report_warning(
+                f"the commit fence has held rows back for {(now - self._held_since).total_seconds():.0f} s: "
+                f"{frame.height - settled.height} rows of transactions from id {self._fence} on wait until "
+                f"every older transaction ends ({self._oldest_open()}); they are delivered then")
+        return settled, True
+
+    def _oldest_open(self) -> str:
+        """The oldest transaction still open, in words (what the server lets this user see)."""
+        try:
+            with self._deadline.guard("looking at pg_stat_activity"):
+                self._conn = self._engine.connect()
+                try:
+                    row = self._conn.execute(self._sa.text(OLDEST_OPEN_QUERY)).first()
+                finally:
+                    conn, self._conn = self._conn, None
+                    conn.close()
+        except (self._sa.exc.SQLAlchemyError, QueryTimeout, OSError) as exc:
+            return f"pg_stat_activity could not be read: {exc}"
+        if row is None:
+            return "none open now"
+        pid, xid, started, state, query = row
+        since = f"since {started.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, " if started else ""
+        return f"the oldest is transaction {xid}, server process {pid}, {since}{state or 'state hidden'}: " \
+               f"{query!r}" if query else f"the oldest is transaction {xid}, server process {pid}"
+
+    def _column(self, frame: pl.DataFrame, name: str) -> str:
+        """The result column of a state or key column: the same name, else one that differs
+        only in case (PostgreSQL folds names to lower case).
+
+        :raises QueryError: no such column.
+        """
+        if name in frame.columns:
+            return name
+        for column in frame.columns:
+            if column.lower() == name.lower():
+                return column
+        raise QueryError(f"column {name!r} is not in the query result (columns: {', '.join(frame.columns)})")
+
+    def _new_rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """With ``lag``: the rows of ``frame`` not delivered yet (by ``primary_key``, against
+        the window of keys delivered within ``lag``), which join the window; the state moves
+        to the newest timestamp read, and the window keeps only keys not older than ``lag``
+        behind it."""
+        assert self._ts is not None
+        keys = {name: self._column(frame, name) for name in self._settings.primary_key}
+        ts = self._column(frame, self._ts)
+        window = self._window
+        fresh = frame
+        if window is not None and window.height:
+            seen = window.select([pl.col(name).cast(frame.schema[column], strict=False).alias(column)
+                                  for name, column in keys.items()])
+            fresh = frame.join(seen, on=list(keys.values()), how="anti", maintain_order="left")
+        self._poll.read(frame.height, fresh.height)
+        state = self._advance(frame)
+        if _as_datetime(state[self._ts]) >= _as_datetime(self._state[self._ts]):
+            self._state = state
+        if fresh.height:
+            added = fresh.select([pl.col(column).alias(name) for name, column in keys.items()]
+                                 + [pl.col(ts).alias(self._ts)])
+            window = added if window is None or not window.height else pl.concat(
+                [window.cast(dict(added.schema), strict=False), added], how="vertical")  # type: ignore[arg-type]
+        if window is not None:
+            newest = self._state[self._ts]
+            bound = _like(_as_datetime(newest) - self._lag, newest)
+            column = window[self._ts]
+            if column.dtype == pl.String or isinstance(bound, datetime) and column.dtype.is_temporal():
+                window = window.filter(pl.col(self._ts).is_null() | (pl.col(self._ts) >= bound))
+            self._window = window
+        return fresh
+
+    def _end_of_poll(self) -> None:
+        """With ``lag``: a result as long as the query's ``LIMIT`` that held no new row means
+        the rows within ``lag`` fill the ``LIMIT``: the stream cannot advance, which gets a
+        warning (once until a row is new again)."""
+        if self._lag is None or self._poll.new or not self._poll.rows:
+            self._limit_reported = self._limit_reported and not self._poll.new
+            return
+        limit = _limit(self._stream.query)
+        if limit is not None and self._poll.rows >= limit and not self._limit_reported:
+            self._limit_reported = True
+            self.report_warning(
+                f"the query's LIMIT {limit} is filled by rows delivered already within lag "
+                f"({self._settings.lag:g} s), so the stream cannot advance past {self._state[self._ts]!r}: "  # type: ignore[index]
+                "raise the LIMIT above the rows written within lag, or lower lag")
 
     def _arrow_result(self) -> Iterator[pl.DataFrame] | None:
         """Run the query through ADBC: its result in chunks, or None when a column has no
@@ -493,7 +871,7 @@ class _SqlStreamReader(StreamReader):
             raise ArrowDriverError.of(exc) from exc
         try:
             cursor = connection.cursor()
-            cursor.execute(_with_literals(self._stream.query, self._state, self._engine.dialect))
+            cursor.execute(_with_literals(self._stream.query, self._binds(), self._engine.dialect))
             reader = cursor.fetch_record_batch()
         except BaseException as exc:
             connection.close()
@@ -548,9 +926,13 @@ class _SqlStreamReader(StreamReader):
         return state
 
     def snapshot(self) -> dict[str, Any]:
+        if self._lag is not None and self._window is not None:
+            return {**self._state, LAG_WINDOW: self._window}
         return dict(self._state)
 
     def describe(self) -> str:
+        if self._lag is not None and self._window is not None:
+            return f"{self._state!r} ({self._window.height} keys delivered within lag)"
         return repr(self._state)
 
     def abandon(self) -> None:
@@ -568,3 +950,16 @@ class _SqlStreamReader(StreamReader):
 
     def close(self) -> None:
         self.abandon()
+
+
+class _PollTally:
+    """What one poll's result held: rows read, and rows new (not delivered within lag)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.new = 0
+
+    def read(self, rows: int, new: int) -> None:
+        """Count one chunk."""
+        self.rows += rows
+        self.new += new

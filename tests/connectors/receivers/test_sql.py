@@ -20,6 +20,7 @@ from dataflows.runtime import PartitionState, RunContext
 from dataflows.testing import Clock, StreamDriver
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.flowrun import drain
+from tests.services.mariadb import MariaDB
 from tests.services.postgres import Postgres, postgres_server
 from tests.services.process import free_port
 
@@ -35,9 +36,10 @@ class Database:
     def __init__(self, connection: dict[str, Any], url: str) -> None:
         self.connection = connection
         self.engine = sa.create_engine(url)
+        timestamp = "DATETIME(6)" if connection["database_type"] == "mariadb" else "TIMESTAMP"
         with self.engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE IF EXISTS readings"))
-            conn.execute(sa.text("CREATE TABLE readings (id INTEGER PRIMARY KEY, ts TIMESTAMP, value FLOAT, "
+            conn.execute(sa.text(f"CREATE TABLE readings (id INTEGER PRIMARY KEY, ts {timestamp}, value FLOAT, "
                                  "note VARCHAR(200))"))
 
     def insert(self, rows: list[tuple[int, datetime, float]]) -> None:
@@ -46,11 +48,14 @@ class Database:
                          [{"id": i, "ts": t, "value": v} for i, t, v in rows])
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "postgresql":
         pg: Postgres = request.getfixturevalue("postgres")
         db = Database(pg.connection(), pg.url)
+    elif request.param == "mariadb":
+        maria: MariaDB = request.getfixturevalue("mariadb")
+        db = Database(maria.connection(), maria.url)
     else:
         path = tmp_path / "plant.sqlite"
         db = Database({"database_type": "sqlite", "database_name": str(path)}, f"sqlite:///{path}")
@@ -59,12 +64,13 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 
 def receiver(connection: dict[str, Any], query: str = SINGLE, state_fields: list | None = None,
-             chunk_size: int = 10_000):
+             chunk_size: int = 10_000, **stream: Any):
+    """A ``sql`` receiver of one stream (``stream``: more of its keys, e.g. ``lag``)."""
     doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
            "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 3,
                               "chunk_size": chunk_size, "connections": [connection],
                               "streams": [{"asset": "line1", "stream_type": "readings", "query": query,
-                                           "state_fields": state_fields or [TS]}]}]}
+                                           "state_fields": state_fields or [TS], **stream}]}]}
     return load(doc).data_receiver[0]
 
 
@@ -290,6 +296,8 @@ def test_the_cursor_never_advances_to_null(database: Database) -> None:
     with database.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO readings (id, ts, value) VALUES (5, NULL, 5.0), (6, NULL, 6.0)"))
     query = "SELECT * FROM readings WHERE ts > :ts OR ts IS NULL ORDER BY ts NULLS LAST, id"
+    if database.connection["database_type"] == "mariadb":  # no NULLS LAST
+        query = "SELECT * FROM readings WHERE ts > :ts OR ts IS NULL ORDER BY ts IS NULL, ts, id"
     reader = open_reader(receiver(database.connection, query))
     assert ids(drain(reader)) == [1, 2, 3, 4, 5, 6]  # the NULL rows are delivered, not lost
     assert str(reader.snapshot()["ts"]) == "2024-01-01 00:00:04"  # never None
@@ -426,3 +434,144 @@ def test_a_query_running_past_query_timeout_is_cancelled_and_retried(
     assert "canceling statement due to statement timeout" in marker.message, marker.message
     assert partition.snapshot().reader == {"id": 0}  # retried from where it was
     partition.close()
+
+
+# --- rows that commit late: lag with primary_key, and PostgreSQL's commit fence (issue 26) ---
+
+def violations_of(receiver_doc: dict[str, Any]) -> list[tuple[str, str]]:
+    from dataflows.config import validate
+
+    doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+           "data_receiver": [receiver_doc]}
+    return [(".".join(map(str, v.json_path)), v.description) for v in validate(doc) if v.level == "error"]
+
+
+def sql_doc(connection: dict[str, Any], state_fields: list, **keys: Any) -> dict[str, Any]:
+    stream = {k: v for k, v in keys.items() if k.startswith("s_")}
+    return {"data_receiver_name": "db", "protocol": "sql", "connections": [connection],
+            **{k: v for k, v in keys.items() if not k.startswith("s_")},
+            "streams": [{"asset": "a", "stream_type": "b", "query": COMPOSITE, "state_fields": state_fields,
+                         **{k[2:]: v for k, v in stream.items()}}]}
+
+
+def test_lag_and_commit_fence_are_refused_where_they_cannot_work() -> None:
+    sqlite = {"database_type": "sqlite", "database_name": "/tmp/x.sqlite"}
+    pg = {"database_type": "postgresql", "host": "db", "database_name": "mes"}
+    no_key = violations_of(sql_doc(sqlite, [TS, ID], s_lag=10))
+    assert [path for path, _ in no_key] == ["data_receiver.0.streams.0.lag"]
+    assert "lag needs primary_key" in no_key[0][1]
+    assert [p for p, _ in violations_of(sql_doc(sqlite, [TS, ID], lag=10))] == ["data_receiver.0.lag"]
+    assert violations_of(sql_doc(sqlite, [TS, ID], lag=10, primary_key=["id"])) == []
+    assert violations_of(sql_doc(sqlite, [TS, ID], s_lag=5, s_primary_key=["id"])) == []
+    no_ts = violations_of(sql_doc(sqlite, [ID], s_lag=5, s_primary_key=["id"]))
+    assert "exactly one state field of data_type timestamp" in no_ts[0][1]
+    fence_sqlite = violations_of(sql_doc(sqlite, [ID], s_commit_fence=True))
+    assert fence_sqlite[0][0] == "data_receiver.0.streams.0.commit_fence"
+    assert "works on postgresql, not sqlite" in fence_sqlite[0][1]
+    fence_ts = violations_of(sql_doc(pg, [TS, ID], commit_fence=True))
+    assert fence_ts[0][0] == "data_receiver.0.commit_fence" and "first state field" in fence_ts[0][1]
+    assert violations_of(sql_doc(pg, [ID, TS], commit_fence=True)) == []
+
+
+LAGGED = {"lag": 10, "primary_key": ["id"]}
+
+
+def test_lag_delivers_rows_that_commit_late_once(database: Database) -> None:
+    base = datetime(2024, 1, 1, 12)
+    database.insert([(i, base + timedelta(seconds=i), float(i)) for i in (1, 2, 3, 5, 6)])
+    rec = receiver(database.connection, chunk_size=2, **LAGGED)
+    reader = open_reader(rec)
+    assert ids(drain(reader)) == [1, 2, 3, 5, 6]
+    assert ids(drain(reader)) == []  # the window read again, every row in it delivered
+    # rows that committed after 6 was read, with earlier timestamps: 4 within lag, 0 not
+    database.insert([(4, base + timedelta(seconds=4), 4.0), (0, base - timedelta(seconds=30), 0.0)])
+    database.insert([(7, base + timedelta(seconds=7), 7.0)])
+    assert ids(drain(reader)) == [4, 7]  # 0 is older than lag behind the newest: never read
+    state = reader.snapshot()
+    assert state["ts"] in (base + timedelta(seconds=7), "2024-01-01 12:00:07")
+    reader.close()
+    # a restart resumes with the keys delivered within lag: nothing twice, the late row once
+    database.insert([(8, base + timedelta(seconds=2.5), 8.0)])
+    again = open_reader(rec, state)
+    assert ids(drain(again)) == [8]
+    assert "keys delivered within lag" in again.describe()
+    window = again.snapshot()["factoryflow.lag_window"]
+    assert sorted(window["id"].to_list()) == [1, 2, 3, 4, 5, 6, 7, 8]  # all within 10 s of 12:00:07
+    database.insert([(9, base + timedelta(seconds=40), 9.0)])
+    assert ids(drain(again)) == [9]
+    assert again.snapshot()["factoryflow.lag_window"]["id"].to_list() == [9]  # the rest fell out of the lag
+    again.close()
+
+
+def test_equal_timestamps_across_chunks_with_lag_and_restarts(database: Database) -> None:
+    database.insert(rows(1, 1000, per_timestamp=100))  # 10 timestamps, 100 rows each
+    rec, state, got = receiver(database.connection, SINGLE, [TS], chunk_size=30, **LAGGED), None, []
+    for _ in range(200):  # a restart (new reader from the snapshot) after every chunk handed on
+        reader = open_reader(rec, state)
+        batches, more = reader.read()
+        while more and not batches:  # chunks of the window read again: all delivered already
+            batches, more = reader.read()
+        reader.close()
+        got += ids(batches)
+        state = reader.snapshot()
+        if not batches:
+            break
+    assert got == list(range(1, 1001))  # in order, once
+
+
+def test_a_limit_below_the_rows_within_lag_is_reported(database: Database) -> None:
+    base = datetime(2024, 1, 1, 12)
+    database.insert([(i, base + timedelta(seconds=i / 10), float(i)) for i in range(1, 31)])
+    rec = receiver(database.connection, SINGLE.replace("ORDER BY ts", "ORDER BY ts LIMIT 20"), **LAGGED)
+    reader = open_reader(rec)
+    assert ids(drain(reader)) == list(range(1, 21))
+    assert reader.take_warnings() == []
+    assert ids(drain(reader)) == []  # rows 1-20 read again within lag fill the LIMIT: 21-30 wait
+    (warning,) = reader.take_warnings()
+    assert "the query's LIMIT 20 is filled by rows delivered already within lag (10 s)" in warning, warning
+    reader.close()
+    unlimited = open_reader(receiver(database.connection, **LAGGED), reader.snapshot())
+    assert ids(drain(unlimited)) == list(range(21, 31))
+    unlimited.close()
+
+
+def test_the_row_limit_of_a_query() -> None:
+    from connectors.receivers.sql import _limit
+
+    assert _limit(SINGLE) is None
+    assert _limit(SINGLE + " LIMIT 500") == 500
+    assert _limit("SELECT TOP 100 * FROM t WHERE ts > :ts ORDER BY ts") == 100
+    assert _limit("SELECT * FROM t WHERE ts > :ts ORDER BY ts FETCH FIRST 50 ROWS ONLY") == 50
+    assert _limit("SELECT * FROM t WHERE note = 'LIMIT 5' AND ts > :ts ORDER BY ts") is None
+
+
+def test_the_commit_fence_holds_rows_of_later_transactions_until_older_ones_end(
+        postgres: Postgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = sa.create_engine(postgres.url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS fenced"))
+        conn.execute(sa.text("CREATE TABLE fenced (id SERIAL PRIMARY KEY, value FLOAT, "
+                             "txid xid8 NOT NULL DEFAULT pg_current_xact_id())"))
+    query = ("SELECT txid::text::bigint AS txid, id, value FROM fenced "
+             "WHERE txid::text::bigint > :txid OR (txid::text::bigint = :txid AND id > :id) ORDER BY txid, id")
+    fields = [{"column_name": "txid", "data_type": "integer", "initial_value": 0}, ID]
+    fenced = open_reader(receiver(postgres.connection(), query, fields, commit_fence=True))
+    plain = open_reader(receiver(postgres.connection(), query, fields))
+    early = engine.connect()
+    early.begin()
+    early.execute(sa.text("INSERT INTO fenced (value) VALUES (1)"))  # takes its id (1) and its txid first
+    with engine.begin() as conn:  # a later transaction commits first
+        conn.execute(sa.text("INSERT INTO fenced (value) VALUES (2)"))
+    monkeypatch.setattr("connectors.receivers.sql.FENCE_WARN", 0.0)
+    assert ids(drain(fenced)) == []  # held back while the older transaction is open
+    (warning,) = fenced.take_warnings()
+    assert "the commit fence has held rows back" in warning and "INSERT INTO fenced" in warning, warning
+    assert ids(drain(plain)) == [2]  # the cursor passes the open transaction's txid
+    early.commit()
+    early.close()
+    assert ids(drain(fenced)) == [1, 2]  # once the older one ended: both, in commit order
+    assert ids(drain(plain)) == []  # row 1 is lost to the plain cursor
+    assert ids(drain(fenced)) == []
+    fenced.close()
+    plain.close()
+    engine.dispose()
