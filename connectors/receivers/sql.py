@@ -125,7 +125,9 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         """The SQLAlchemy URL (password included; never log it, log :meth:`describe` instead),
         with the driver's timeouts: a connect timeout (:data:`CONNECT_TIMEOUT`), TCP
         keepalives (PostgreSQL) and ``query_timeout`` seconds per statement (PostgreSQL's
-        ``statement_timeout``; PyMySQL's read and write timeouts); 0: no limit."""
+        ``statement_timeout``; PyMySQL's read and write timeouts, ``query_timeout`` plus
+        :data:`CLIENT_GRACE`, as MariaDB's own ``max_statement_time`` is set on connect by
+        :meth:`engine`); 0: no limit."""
         from sqlalchemy.engine import URL
 
         query: dict[str, str] = {}
@@ -138,7 +140,8 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         if self.database_type in ("mysql", "mariadb"):
             query["connect_timeout"] = str(CONNECT_TIMEOUT)
             if query_timeout:
-                query |= {"read_timeout": str(round(query_timeout)), "write_timeout": str(round(query_timeout))}
+                client = str(round(query_timeout + CLIENT_GRACE))
+                query |= {"read_timeout": client, "write_timeout": client}
         if self.database_type == "postgresql" and self.ssl:
             query["sslmode"] = "require"
         if self.database_type == "mssql":
@@ -152,9 +155,10 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         """A SQLAlchemy engine for this connection with the driver's timeouts (:meth:`url`):
         PostgreSQL opens a connection per poll (``NullPool``: each poll's connect is bounded by
         its connect timeout, where a pooled connection's liveness check on a hung server has
-        no bound); MySQL and MariaDB connections send TCP keepalives; SQL Server's login
-        times out after :data:`CONNECT_TIMEOUT` and its statements after ``query_timeout``
-        seconds (pyodbc's query timeout). Making it does no I/O."""
+        no bound); MySQL and MariaDB connections send TCP keepalives, and MariaDB's sessions
+        cancel a statement after ``query_timeout`` seconds (``max_statement_time``); SQL
+        Server's login times out after :data:`CONNECT_TIMEOUT` and its statements after
+        ``query_timeout`` seconds (pyodbc's query timeout). Making it does no I/O."""
         import sqlalchemy as sa
 
         if self.database_type == "postgresql":
@@ -171,8 +175,11 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
                 if database_type == "mssql":
                     if query_timeout:
                         dbapi_connection.timeout = max(1, round(query_timeout))
-                else:
-                    _keepalive(dbapi_connection._sock)
+                    return
+                _keepalive(dbapi_connection._sock)
+                if database_type == "mariadb" and query_timeout:
+                    with dbapi_connection.cursor() as cursor:
+                        cursor.execute(f"SET SESSION max_statement_time = {float(query_timeout)!r}")
         return engine
 
     def describe(self) -> str:
@@ -569,12 +576,20 @@ class _Deadline:
         except Exception as exc:
             if self._fired:
                 raise QueryTimeout(f"no answer from the database for {self._seconds:g} s ({what}; "
-                                   f"query_timeout plus {CLIENT_GRACE} s): the connection was closed") from exc
+                                   f"query_timeout plus {CLIENT_GRACE:g} s): the connection was closed") from exc
             raise
         finally:
             timer.cancel()
             with self._lock:  # a timer firing now waits for this, then finds no socket
                 pass
+
+
+def _sockets_to(port: int) -> set[int]:
+    """The file descriptors of this process's TCP connections to ``port``: a connection made
+    by a C library (ADBC's libpq) is found as the one that was not there before."""
+    import psutil
+
+    return {c.fd for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr[1] == port}
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -617,6 +632,7 @@ class _SqlStreamReader(StreamReader):
         self.retryable = (sa.exc.SQLAlchemyError, OSError, QueryError, QueryTimeout)
         self._arrow_url = arrow_url
         self._arrow_close: Callable[[], None] | None = None
+        self._arrow_fd: int | None = None  # the socket of ADBC's connection, when known
         if arrow_url is not None:
             self.retryable += (ArrowDriverError,)
         self._receiver = receiver
@@ -642,7 +658,9 @@ class _SqlStreamReader(StreamReader):
         self._deadline = _Deadline(grace if postgres else 0, self._socket)
 
     def _socket(self) -> int | None:
-        """The socket of the SQLAlchemy connection in use (psycopg's), or None."""
+        """The socket of the connection in use (ADBC's or psycopg's), or None."""
+        if self._arrow_fd is not None:
+            return self._arrow_fd
         conn = self._conn
         if conn is None or conn.closed:
             return None
@@ -730,15 +748,15 @@ class _SqlStreamReader(StreamReader):
 
     def _next_chunk(self) -> pl.DataFrame | None:
         assert self._chunks is not None
-        if self._arrow_close is None:
-            with self._deadline.guard("reading the result"):
+        with self._deadline.guard("reading the result"):
+            if self._arrow_close is None:
                 return next(self._chunks, None)
-        import adbc_driver_manager
+            import adbc_driver_manager
 
-        try:
-            return next(self._chunks, None)
-        except adbc_driver_manager.Error as exc:
-            raise ArrowDriverError.of(exc) from exc
+            try:
+                return next(self._chunks, None)
+            except adbc_driver_manager.Error as exc:
+                raise ArrowDriverError.of(exc) from exc
 
     def _read_fence(self) -> int:
         """PostgreSQL's commit fence now: every transaction with a lower id has ended, so no
@@ -865,20 +883,27 @@ class _SqlStreamReader(StreamReader):
         import adbc_driver_postgresql.dbapi as adbc
 
         assert self._arrow_url is not None
+        port = self._engine.url.port or 5432
+        before = _sockets_to(port)
         try:
             connection = adbc.connect(self._arrow_url)
         except adbc_driver_manager.Error as exc:
             raise ArrowDriverError.of(exc) from exc
+        new = _sockets_to(port) - before  # libpq's socket, unless another thread connected meanwhile
+        self._arrow_fd = next(iter(new)) if len(new) == 1 else None
         try:
-            cursor = connection.cursor()
-            cursor.execute(_with_literals(self._stream.query, self._binds(), self._engine.dialect))
-            reader = cursor.fetch_record_batch()
+            with self._deadline.guard("running the query"):
+                cursor = connection.cursor()
+                cursor.execute(_with_literals(self._stream.query, self._binds(), self._engine.dialect))
+                reader = cursor.fetch_record_batch()
         except BaseException as exc:
+            self._arrow_fd = None
             connection.close()
             if isinstance(exc, adbc_driver_manager.Error):
                 raise ArrowDriverError.of(exc) from exc
             raise
         def close() -> None:
+            self._arrow_fd = None
             reader.close()
             cursor.close()
             connection.close()

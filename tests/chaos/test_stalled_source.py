@@ -1,8 +1,11 @@
-"""A hung database stalls only its own stream (issue 25, item 5): PostgreSQL is SIGSTOPped
-for 30 s (its kernel still accepts and acknowledges, so no timeout or keepalive fires)
+"""A hung database stalls only its own stream (issue 25, item 5) and its polls time out
+within their bound (issue 26, item 4): PostgreSQL is SIGSTOPped for 30 s (its kernel still
+accepts and acknowledges, so no keepalive fails and its own statement_timeout cannot fire)
 while a file stream on the same worker keeps receiving rows. The file stream's longest gap
-stays under two poll intervals, the SQL stream is marked stalled while the read hangs and
-recovers, with every row, once the server runs again."""
+stays under two poll intervals; each SQL stream's poll fails within ``query_timeout`` plus
+the client's grace (a connect timeout, or the client closing a connection that stopped
+answering), so the stream is marked with what happened, never just "stalled", and it
+recovers, with every row once, when the server runs again."""
 
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ from tests.services.postgres import postgres_server
 
 POLL = 0.5  # seconds, both receivers
 STOPPED = 30  # seconds PostgreSQL is SIGSTOPped
-QUERIES = {  # read as Arrow through ADBC, a new connection per query: its connect times out
+QUERY_TIMEOUT = 5  # seconds: the client's bound is this plus CLIENT_GRACE (10 s), under STALL_SECONDS
+QUERIES = {  # read as Arrow through ADBC
     "readings": "SELECT id, value FROM readings WHERE id > :id ORDER BY id",
-    # NUMERIC is read through SQLAlchemy, on a pooled connection: its read hangs until SIGCONT
+    # NUMERIC is read through SQLAlchemy and psycopg
     "totals": "SELECT id, value::numeric AS total FROM readings WHERE id > :id ORDER BY id"}
 
 
@@ -37,7 +41,7 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
         config = {
             "data_receiver": [
                 {"data_receiver_name": "db", "protocol": "sql", "poll_interval": POLL,
-                 "connections": [postgres.connection()],
+                 "query_timeout": QUERY_TIMEOUT, "connections": [postgres.connection()],
                  "streams": [{"asset": "press", "stream_type": stream_type, "query": query,
                               "state_fields": [{"column_name": "id", "data_type": "integer",
                                                 "initial_value": 0}]}
@@ -58,6 +62,9 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
             counts: list[tuple[float, int]] = []  # (time, file rows delivered), sampled
             postgres.server.pause()
             marked: dict[str, str] = {}  # SQL stream: the first marker it got
+            paused = time.monotonic()
+            marked_after: dict[str, float] = {}  # SQL stream: seconds from SIGSTOP to its marker
+            categories: set[str] = set()
             try:
                 deadline = time.monotonic() + STOPPED
                 while time.monotonic() < deadline:
@@ -65,6 +72,8 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
                     for marker in ledger.markers():
                         if marker.component == "db":
                             marked.setdefault(marker.stream_type, f"{marker.category}: {marker.message}")
+                            marked_after.setdefault(marker.stream_type, time.monotonic() - paused)
+                            categories.add(marker.category)
                     time.sleep(0.05)
             finally:
                 postgres.server.resume()
@@ -79,11 +88,15 @@ def test_a_stopped_database_stalls_only_its_stream(tmp_path: Path, flows: Any) -
     between = gaps(counts)
     longest = max(between)
     print(f"\nPostgreSQL stopped {STOPPED} s: file stream rows {counts[0][1]} -> {counts[-1][1]}, "
-          f"longest gaps {sorted(round(g, 2) for g in between)[-5:]} s (limit {2 * POLL} s); markers {marked}")
+          f"longest gaps {sorted(round(g, 2) for g in between)[-5:]} s (limit {2 * POLL} s); markers {marked}, "
+          f"marked after {marked_after} s")
     assert counts[-1][1] - counts[0][1] >= STOPPED * 5  # the file stream went on (10 rows a second)
     assert longest <= 2 * POLL
-    assert "timeout expired" in marked["readings"]  # ADBC's connect_timeout
-    assert marked["totals"].startswith("stalled: a read has not returned for")
+    for stream_type in QUERIES:  # a connect timeout, or the client closed a stopped connection
+        assert marked[stream_type].startswith("query: Query failed: "), marked
+        assert "timeout expired" in marked[stream_type] or "no answer from the database" in marked[stream_type]
+        assert marked_after[stream_type] < QUERY_TIMEOUT + 10 + POLL + 1  # within the client's bound
+    assert categories == {"query"}  # never only "stalled"
     for stream_type in QUERIES:
         ids = [r["id"] for r in flow.output("out", f"press__{stream_type}.jsonl")]
         assert ids == list(range(1, 151))  # each row once, in order

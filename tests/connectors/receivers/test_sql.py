@@ -411,8 +411,8 @@ def test_driver_timeouts_are_in_the_connection_url() -> None:
     assert (query["connect_timeout"], query["keepalives"], query["options"]) == (
         "10", "1", "-cstatement_timeout=600000")
     maria = receiver({"database_type": "mariadb", "host": "db", "username": "u", "database_name": "plant"})
-    assert dict(maria.connections[0].url(30).query) == {
-        "connect_timeout": "10", "read_timeout": "30", "write_timeout": "30"}
+    assert dict(maria.connections[0].url(30).query) == {  # the server's max_statement_time answers first
+        "connect_timeout": "10", "read_timeout": "40", "write_timeout": "40"}
 
 
 @pytest.mark.parametrize("query", [
@@ -575,3 +575,85 @@ def test_the_commit_fence_holds_rows_of_later_transactions_until_older_ones_end(
     fenced.close()
     plain.close()
     engine.dispose()
+
+
+@pytest.mark.parametrize(("query", "pause_at"), [
+    ("SELECT id FROM (SELECT 1 AS id FROM pg_sleep(1.5)) AS t WHERE id > :id ORDER BY id", 0.5),  # ADBC
+    # ADBC runs it (1.5 s), finds NUMERIC, then SQLAlchemy runs it again: stopped during that run
+    ("SELECT id, 1.5::numeric AS n FROM (SELECT 1 AS id FROM pg_sleep(1.5)) AS t WHERE id > :id ORDER BY id", 2.0),
+], ids=["arrow", "sqlalchemy"])
+def test_a_server_that_stops_answering_mid_query_is_cut_off_at_the_client_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str, pause_at: float) -> None:
+    """A SIGSTOPped server cancels nothing (its statement_timeout cannot fire) and its kernel
+    acknowledges keepalives, so the client closes the connection itself after query_timeout
+    plus CLIENT_GRACE seconds."""
+    import threading
+
+    monkeypatch.setattr("connectors.receivers.sql.CLIENT_GRACE", 1.0)
+    with postgres_server() as server:
+        assert server.server is not None
+        doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+               "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
+                                  "query_timeout": 1, "connections": [server.connection()],
+                                  "streams": [{"asset": "line1", "stream_type": "slow", "query": query,
+                                               "state_fields": [ID]}]}]}
+        partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=tmp_path))
+        pause = threading.Timer(pause_at, server.server.pause)  # while pg_sleep runs
+        pause.start()
+        started = datetime.now(UTC)
+        try:
+            assert partition.next_batch() == []
+            took = (datetime.now(UTC) - started).total_seconds()
+        finally:
+            pause.join()
+            server.server.resume()
+        assert 1.9 < took < 6, took  # cut off query_timeout 1 + 1 s after the stopped statement began
+        (marker,) = Ledger(ledger_path(tmp_path)).markers()
+        assert "Query failed: no answer from the database for 2 s (" in marker.message, marker.message
+        assert "query_timeout plus 1 s): the connection was closed" in marker.message, marker.message
+        assert partition.snapshot().reader == {"id": 0}
+        partition.close()
+
+
+def test_mariadb_cancels_a_query_past_query_timeout_and_a_stopped_server_is_cut_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MariaDB's own max_statement_time cancels a slow query; a SIGSTOPped server is cut
+    off by PyMySQL's read timeout, query_timeout plus CLIENT_GRACE."""
+    import threading
+
+    from tests.services.mariadb import mariadb_server
+
+    monkeypatch.setattr("connectors.receivers.sql.CLIENT_GRACE", 1.0)
+    query = "SELECT id FROM (SELECT 1 AS id, SLEEP(:pause) AS s) AS t WHERE id > :id ORDER BY id"
+    with mariadb_server() as server:
+        assert server.server is not None
+        for stopped in (False, True):
+            home = tmp_path / f"stopped-{stopped}"
+            doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+                   "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
+                                      "query_timeout": 1, "connections": [server.connection()],
+                                      "streams": [{"asset": "line1", "stream_type": "slow",
+                                                   "query": query.replace(":pause", "3"),
+                                                   "state_fields": [ID]}]}]}
+            partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=home))
+            pause = threading.Timer(0.3, server.server.pause)
+            if stopped:
+                pause.start()
+            started = datetime.now(UTC)
+            try:
+                assert partition.next_batch() == []
+                took = (datetime.now(UTC) - started).total_seconds()
+            finally:
+                pause.cancel()
+                if stopped:
+                    pause.join()
+                    server.server.resume()
+            (marker,) = Ledger(ledger_path(home)).markers()
+            if stopped:  # no answer: the client's read timeout, 1 + 1 s
+                assert 1.9 < took < 4, took
+                assert "during query (timed out)" in marker.message, marker.message
+            else:  # the server cancels it at query_timeout
+                assert 0.9 < took < 2.5, took
+                assert "max_statement_time exceeded" in marker.message, marker.message
+            assert partition.snapshot().reader == {"id": 0}
+            partition.close()
