@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from connectors.receivers.sql import _params, _with_literals
+from connectors.receivers._sql_text import params as _params
+from connectors.receivers._sql_text import with_literals as _with_literals
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.runtime import PartitionState, RunContext
@@ -536,7 +537,7 @@ def test_a_limit_below_the_rows_within_lag_is_reported(database: Database) -> No
 
 
 def test_the_row_limit_of_a_query() -> None:
-    from connectors.receivers.sql import _limit
+    from connectors.receivers._sql_text import limit as _limit
 
     assert _limit(SINGLE) is None
     assert _limit(SINGLE + " LIMIT 500") == 500
@@ -562,7 +563,7 @@ def test_the_commit_fence_holds_rows_of_later_transactions_until_older_ones_end(
     early.execute(sa.text("INSERT INTO fenced (value) VALUES (1)"))  # takes its id (1) and its txid first
     with engine.begin() as conn:  # a later transaction commits first
         conn.execute(sa.text("INSERT INTO fenced (value) VALUES (2)"))
-    monkeypatch.setattr("connectors.receivers.sql.FENCE_WARN", 0.0)
+    monkeypatch.setattr("connectors.receivers._sql_cursor.FENCE_WARN", 0.0)
     assert ids(drain(fenced)) == []  # held back while the older transaction is open
     (warning,) = fenced.take_warnings()
     assert "the commit fence has held rows back" in warning and "INSERT INTO fenced" in warning, warning
@@ -589,7 +590,7 @@ def test_a_server_that_stops_answering_mid_query_is_cut_off_at_the_client_bound(
     plus CLIENT_GRACE seconds."""
     import threading
 
-    monkeypatch.setattr("connectors.receivers.sql.CLIENT_GRACE", 1.0)
+    monkeypatch.setattr("connectors.receivers._sql_cursor.CLIENT_GRACE", 1.0)
     with postgres_server() as server:
         assert server.server is not None
         doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
@@ -623,7 +624,7 @@ def test_mariadb_cancels_a_query_past_query_timeout_and_a_stopped_server_is_cut_
 
     from tests.services.mariadb import mariadb_server
 
-    monkeypatch.setattr("connectors.receivers.sql.CLIENT_GRACE", 1.0)
+    monkeypatch.setattr("connectors.receivers._sql_cursor.CLIENT_GRACE", 1.0)
     query = "SELECT id FROM (SELECT 1 AS id, SLEEP(:pause) AS s) AS t WHERE id > :id ORDER BY id"
     with mariadb_server() as server:
         assert server.server is not None
