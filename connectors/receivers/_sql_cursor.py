@@ -4,9 +4,12 @@ answering, timestamps for ``lag``, and the constants of the commit fence (``docs
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -38,23 +41,75 @@ class QueryTimeout(RuntimeError):
     seconds, so this side closed the connection (retried)."""
 
 
+class _Watchdog:
+    """One daemon thread that runs callbacks at their time (``time.monotonic()``), for every
+    :class:`Deadline` of the process: arming one costs a heap push, not a thread."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], None]]] = []  # a heap; cancelled ones stay
+        self._armed: set[int] = set()
+        self._count = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, delay: float, callback: Callable[[], None]) -> int:
+        """Run ``callback`` in ``delay`` seconds unless :meth:`disarm` is called first."""
+        with self._wake:
+            token = next(self._count)
+            heapq.heappush(self._due, (time.monotonic() + delay, token, callback))
+            self._armed.add(token)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sql-deadlines", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        """Cancel the callback of ``token`` (nothing if it ran)."""
+        with self._wake:
+            self._armed.discard(token)
+            if len(self._due) > 2 * len(self._armed) + 64:  # mostly cancelled: keep the heap small
+                self._due = [entry for entry in self._due if entry[1] in self._armed]
+                heapq.heapify(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._due and self._due[0][1] not in self._armed:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._wake.wait()
+                    continue
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                _, token, callback = heapq.heappop(self._due)
+                self._armed.discard(token)
+            callback()
+
+
+_WATCHDOG = _Watchdog()
+
+
 class Deadline:
     """A bound on one blocking call of a stream's thread: after ``seconds`` (``grace`` of
-    them past ``query_timeout``, for the message; 0: no bound) a timer shuts
-    down the socket ``fd_of()`` names, so a call waiting on a server that stopped answering
-    (SIGSTOPped, hung; its kernel still acknowledges, so no keepalive fails) returns with
-    an error, which :meth:`guard` turns into :class:`QueryTimeout`."""
+    them past ``query_timeout``, for the message; 0: no bound) the socket ``fd_of()``
+    names is shut down, so a call waiting on a server that stopped answering (SIGSTOPped,
+    hung; its kernel still acknowledges, so no keepalive fails) returns with an error,
+    which :meth:`guard` turns into :class:`QueryTimeout`."""
 
     def __init__(self, seconds: float, fd_of: Callable[[], int | None], grace: float = 0) -> None:
         self._seconds = seconds
         self._grace = grace
         self._fd_of = fd_of
-        self._lock = threading.Lock()  # the timer shuts down only while the call runs
+        self._lock = threading.Lock()  # the socket is shut down only while the call runs
+        self._running = False
         self._fired = False
 
     def _fire(self) -> None:
         with self._lock:
-            fd = self._fd_of()
+            fd = self._fd_of() if self._running else None
             if fd is None or fd < 0:
                 return
             self._fired = True
@@ -70,10 +125,9 @@ class Deadline:
         if not self._seconds:
             yield
             return
-        timer = threading.Timer(self._seconds, self._fire)
-        timer.daemon = True
-        self._fired = False
-        timer.start()
+        with self._lock:
+            self._running, self._fired = True, False
+        token = _WATCHDOG.arm(self._seconds, self._fire)
         try:
             yield
         except Exception as exc:
@@ -82,9 +136,9 @@ class Deadline:
                                    f"query_timeout plus {self._grace:g} s): the connection was closed") from exc
             raise
         finally:
-            timer.cancel()
-            with self._lock:  # a timer firing now waits for this, then finds no socket
-                pass
+            _WATCHDOG.disarm(token)
+            with self._lock:  # a callback running now waits for this, then does nothing
+                self._running = False
 
 
 def sockets_to(port: int) -> set[int]:
