@@ -238,13 +238,13 @@ class SqlStreamReader(StreamReader):
     def _settled(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
         """The rows of ``frame`` below this poll's commit fence, and whether any were held
         back (they belong to transactions that ended while an older one is still open). A
-        fence held back for :data:`_sql_cursor.FENCE_WARN` seconds gets a warning naming the oldest
-        open transaction."""
+        fence held back for ``FENCE_WARN`` seconds gets a warning naming the oldest open
+        transaction, and a line in the log when it moves on."""
         assert self._fence is not None
         column = self._column(frame, self._stream.state_fields[0].column_name)
         settled = frame.filter(pl.col(column) < self._fence)
         if settled.height == frame.height:
-            if self._held_since is not None:
+            if self._held_reported:  # the warning's episode ends
                 logging.getLogger(f"receiver.{self._receiver.data_receiver_name}").info(
                     "%s: the commit fence moved past %d: the rows held back are delivered",
                     self._stream.key, self._fence)
