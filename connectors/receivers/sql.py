@@ -118,7 +118,7 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         with the driver's timeouts: a connect timeout (:data:`CONNECT_TIMEOUT`), TCP
         keepalives (PostgreSQL) and ``query_timeout`` seconds per statement (PostgreSQL's
         ``statement_timeout``; PyMySQL's read and write timeouts, ``query_timeout`` plus
-        :data:`~connectors.receivers._sql_cursor.CLIENT_GRACE`, as MariaDB's own ``max_statement_time`` is set on connect by
+        ``CLIENT_GRACE``, as MariaDB's own ``max_statement_time`` is set on connect by
         :meth:`engine`); 0: no limit."""
         from sqlalchemy.engine import URL
 
@@ -295,7 +295,8 @@ class SqlReceiver(ReceiverConfig[SqlStream, "SqlEngines"], tag="sql", kw_only=Tr
     chunk_size: Annotated[int, describe("Rows per batch read from a result.", ge=1)] = 10_000
     query_timeout: Annotated[float, describe(
         "Seconds a query may run before the database cancels it and the stream retries from its "
-        "state (PostgreSQL, MySQL, MariaDB); 0: no limit.", ge=0)] = 600
+        "state (PostgreSQL, MySQL, MariaDB, SQL Server); a server that does not answer at all is cut "
+        "off 10 s later; 0: no limit.", ge=0)] = 600
     lag: Annotated[float, describe(_LAG_TEXT, ge=0)] = 0
     primary_key: Annotated[list[NonEmptyStr], describe(_PRIMARY_KEY_TEXT)] = msgspec.field(default_factory=list)
     commit_fence: Annotated[bool, describe(_FENCE_TEXT)] = False
