@@ -13,8 +13,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from connectors.receivers._sql_text import params as _params
-from connectors.receivers._sql_text import with_literals as _with_literals
+from connectors.receivers._sql_text import limit, params, with_literals
 from dataflows.config import load
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.runtime import PartitionState, RunContext
@@ -322,7 +321,7 @@ def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
 
 
 def test_state_values_become_postgresql_literals_for_adbc() -> None:
-    query = _with_literals("SELECT x::int FROM t WHERE ts > :ts OR (ts = :ts AND id > :id) AND a = :a ;\n",
+    query = with_literals("SELECT x::int FROM t WHERE ts > :ts OR (ts = :ts AND id > :id) AND a = :a ;\n",
                            {"ts": datetime(2024, 1, 1, 0, 0, 0, 5), "id": -(2**63), "a": "it's \\"})
     assert query == ("SELECT x::int FROM t WHERE ts > '2024-01-01 00:00:00.000005' OR "
                      "(ts = '2024-01-01 00:00:00.000005' AND id > -9223372036854775808) "
@@ -334,8 +333,8 @@ def test_a_name_inside_a_string_literal_or_a_comment_is_no_parameter(database: D
     SQLAlchemy (SQLite): the ``':ts'`` string and the ``:ts`` of the comments stay as written."""
     query = ("SELECT id, ts, ':ts' AS said -- the cursor is :ts\n"
              "FROM readings /* :ts, and :nothing */ WHERE ts > :ts ORDER BY ts")
-    assert _params(query) == {"ts"}
-    assert _with_literals(query, {"ts": datetime(2024, 1, 1)}) == (
+    assert params(query) == {"ts"}
+    assert with_literals(query, {"ts": datetime(2024, 1, 1)}) == (
         "SELECT id, ts, ':ts' AS said -- the cursor is :ts\n"
         "FROM readings /* :ts, and :nothing */ WHERE ts > '2024-01-01 00:00:00' ORDER BY ts")
     rec = receiver(database.connection, query)
@@ -537,13 +536,11 @@ def test_a_limit_below_the_rows_within_lag_is_reported(database: Database) -> No
 
 
 def test_the_row_limit_of_a_query() -> None:
-    from connectors.receivers._sql_text import limit as _limit
-
-    assert _limit(SINGLE) is None
-    assert _limit(SINGLE + " LIMIT 500") == 500
-    assert _limit("SELECT TOP 100 * FROM t WHERE ts > :ts ORDER BY ts") == 100
-    assert _limit("SELECT * FROM t WHERE ts > :ts ORDER BY ts FETCH FIRST 50 ROWS ONLY") == 50
-    assert _limit("SELECT * FROM t WHERE note = 'LIMIT 5' AND ts > :ts ORDER BY ts") is None
+    assert limit(SINGLE) is None
+    assert limit(SINGLE + " LIMIT 500") == 500
+    assert limit("SELECT TOP 100 * FROM t WHERE ts > :ts ORDER BY ts") == 100
+    assert limit("SELECT * FROM t WHERE ts > :ts ORDER BY ts FETCH FIRST 50 ROWS ONLY") == 50
+    assert limit("SELECT * FROM t WHERE note = 'LIMIT 5' AND ts > :ts ORDER BY ts") is None
 
 
 def test_the_commit_fence_holds_rows_of_later_transactions_until_older_ones_end(
