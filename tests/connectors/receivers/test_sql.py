@@ -657,3 +657,21 @@ def test_mariadb_cancels_a_query_past_query_timeout_and_a_stopped_server_is_cut_
                 assert "max_statement_time exceeded" in marker.message, marker.message
             assert partition.snapshot().reader == {"id": 0}
             partition.close()
+
+
+def test_the_guides_stream_configs_validate() -> None:
+    """Every ```json stream of docs/sql.md, on a PostgreSQL receiver, has no error."""
+    import json
+    import re
+
+    from dataflows.config import validate
+
+    guide = (Path(__file__).resolve().parents[3] / "docs" / "sql.md").read_text()
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", guide, re.DOTALL)]
+    assert len(blocks) == 3 and any("lag" in b for b in blocks) and any("commit_fence" in b for b in blocks)
+    for stream in blocks:
+        doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+               "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "streams": [stream],
+                                  "connections": [{"database_type": "postgresql", "host": "db",
+                                                   "database_name": "mes"}]}]}
+        assert [v for v in validate(doc) if v.level == "error"] == [], stream
