@@ -86,6 +86,13 @@ def _arrow_chunks(reader: Any, chunk_size: int) -> Iterator[pl.DataFrame]:
 
 
 class SqlStreamReader(StreamReader):
+    """One ``sql`` stream's reads (:class:`~dataflows.sdk.StreamReader`): each :meth:`read`
+    hands on one chunk of at most ``chunk_size`` rows as a batch. Its state (snapshot) is a
+    dict of the state fields' values as the database returns them, plus, with ``lag``, the
+    keys delivered within it under :data:`~connectors.receivers._sql_cursor.LAG_WINDOW`.
+    Failures it retries raise SQLAlchemy's errors, ``OSError``, :class:`QueryError`,
+    :class:`QueryTimeout` or :class:`ArrowDriverError`."""
+
     marker_category = "query"
     failure_text = "Query failed"
 
