@@ -231,16 +231,21 @@ class SqlStreamReader(StreamReader):
             except adbc_driver_manager.Error as exc:
                 raise ArrowDriverError.of(exc) from exc
 
-    def _read_fence(self) -> int:
-        """PostgreSQL's commit fence now: every transaction with a lower id has ended, so no
-        row with a lower inserting-transaction id can appear any more."""
-        with self._deadline.guard("reading the commit fence"):
+    def _first_row(self, query: str, what: str) -> Any:
+        """The first row of ``query`` (None if none), on a connection of its own, bounded
+        like the stream's query (``what``: the bound's words)."""
+        with self._deadline.guard(what):
             self._conn = self._engine.connect()
             try:
-                return int(self._conn.execute(self._sa.text(FENCE_QUERY)).scalar_one())
+                return self._conn.execute(self._sa.text(query)).first()
             finally:
                 conn, self._conn = self._conn, None
                 conn.close()
+
+    def _read_fence(self) -> int:
+        """PostgreSQL's commit fence now: every transaction with a lower id has ended, so no
+        row with a lower inserting-transaction id can appear any more."""
+        return int(self._first_row(FENCE_QUERY, "reading the commit fence")[0])
 
     def _settled(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
         """The rows of ``frame`` below this poll's commit fence, and whether any were held
@@ -270,13 +275,7 @@ class SqlStreamReader(StreamReader):
     def _oldest_open(self) -> str:
         """The oldest transaction still open, in words (what the server lets this user see)."""
         try:
-            with self._deadline.guard("looking at pg_stat_activity"):
-                self._conn = self._engine.connect()
-                try:
-                    row = self._conn.execute(self._sa.text(OLDEST_OPEN_QUERY)).first()
-                finally:
-                    conn, self._conn = self._conn, None
-                    conn.close()
+            row = self._first_row(OLDEST_OPEN_QUERY, "looking at pg_stat_activity")
         except (self._sa.exc.SQLAlchemyError, QueryTimeout, OSError) as exc:
             return f"pg_stat_activity could not be read: {exc}"
         if row is None:

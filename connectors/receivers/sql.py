@@ -160,16 +160,14 @@ class SqlConnection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
             options["connect_args"] = {"timeout": CONNECT_TIMEOUT}
         engine = sa.create_engine(self.url(query_timeout), **options)
         if self.database_type in ("mysql", "mariadb", "mssql"):
-            database_type = self.database_type
-
             @sa.event.listens_for(engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-                if database_type == "mssql":
+                if self.database_type == "mssql":
                     if query_timeout:
                         dbapi_connection.timeout = max(1, round(query_timeout))
                     return
                 _keepalive(dbapi_connection._sock)
-                if database_type == "mariadb" and query_timeout:
+                if self.database_type == "mariadb" and query_timeout:
                     with dbapi_connection.cursor() as cursor:
                         cursor.execute(f"SET SESSION max_statement_time = {float(query_timeout)!r}")
         return engine

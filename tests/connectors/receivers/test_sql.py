@@ -74,6 +74,16 @@ def receiver(connection: dict[str, Any], query: str = SINGLE, state_fields: list
     return load(doc).data_receiver[0]
 
 
+def slow_stream(connection: dict[str, Any], query: str, home: Path, query_timeout: float) -> StreamDriver:
+    """The partition of one stream ``line1:slow`` running ``query`` with ``query_timeout``."""
+    doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
+           "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
+                              "query_timeout": query_timeout, "connections": [connection],
+                              "streams": [{"asset": "line1", "stream_type": "slow", "query": query,
+                                           "state_fields": [ID]}]}]}
+    return StreamDriver(load(doc).data_receiver[0], RunContext(home=home))
+
+
 def open_reader(rec, state: Any = None):
     ctx = RunContext(home=Path("/nonexistent"))
     return rec.open_stream(rec.streams[0], state, ctx, rec.open_worker(ctx))
@@ -421,12 +431,7 @@ def test_driver_timeouts_are_in_the_connection_url() -> None:
 ], ids=["arrow", "sqlalchemy"])
 def test_a_query_running_past_query_timeout_is_cancelled_and_retried(
         postgres: Postgres, tmp_path: Path, query: str) -> None:
-    doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
-           "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
-                              "query_timeout": 0.5, "connections": [postgres.connection()],
-                              "streams": [{"asset": "line1", "stream_type": "slow", "query": query,
-                                           "state_fields": [ID]}]}]}
-    partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=tmp_path))
+    partition = slow_stream(postgres.connection(), query, tmp_path, query_timeout=0.5)
     started = datetime.now(UTC)
     assert partition.next_batch() == []
     assert datetime.now(UTC) - started < timedelta(seconds=2.5)  # cancelled, not waited out
@@ -592,12 +597,7 @@ def test_a_server_that_stops_answering_mid_query_is_cut_off_at_the_client_bound(
     monkeypatch.setattr("connectors.receivers._sql_cursor.CLIENT_GRACE", 1.0)
     with postgres_server() as server:
         assert server.server is not None
-        doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
-               "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
-                                  "query_timeout": 1, "connections": [server.connection()],
-                                  "streams": [{"asset": "line1", "stream_type": "slow", "query": query,
-                                               "state_fields": [ID]}]}]}
-        partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=tmp_path))
+        partition = slow_stream(server.connection(), query, tmp_path, query_timeout=1)
         pause = threading.Timer(pause_at, server.server.pause)  # while pg_sleep runs
         pause.start()
         started = datetime.now(UTC)
@@ -624,18 +624,12 @@ def test_mariadb_cancels_a_query_past_query_timeout_and_a_stopped_server_is_cut_
     from tests.services.mariadb import mariadb_server
 
     monkeypatch.setattr("connectors.receivers._sql_cursor.CLIENT_GRACE", 1.0)
-    query = "SELECT id FROM (SELECT 1 AS id, SLEEP(:pause) AS s) AS t WHERE id > :id ORDER BY id"
+    query = "SELECT id FROM (SELECT 1 AS id, SLEEP(3) AS s) AS t WHERE id > :id ORDER BY id"
     with mariadb_server() as server:
         assert server.server is not None
         for stopped in (False, True):
             home = tmp_path / f"stopped-{stopped}"
-            doc = {"transforms": [], "data_transmit": [{"transmit_name": "t", "transmit_type": "localfile"}],
-                   "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 1,
-                                      "query_timeout": 1, "connections": [server.connection()],
-                                      "streams": [{"asset": "line1", "stream_type": "slow",
-                                                   "query": query.replace(":pause", "3"),
-                                                   "state_fields": [ID]}]}]}
-            partition = StreamDriver(load(doc).data_receiver[0], RunContext(home=home))
+            partition = slow_stream(server.connection(), query, home, query_timeout=1)
             pause = threading.Timer(0.3, server.server.pause)
             if stopped:
                 pause.start()
