@@ -11,31 +11,32 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, get
+from litestar import Litestar, MediaType, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import ClientException, NotAuthorizedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.response import File
+from litestar.response import File, Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from api import status
 from api.controllers import CONTROLLERS
-from api.errors import exception_handlers
+from api.errors import Handler, exception_handlers
 from api.installation import Installation, provide_control, provide_ledger
+from api.limits import BodyRefused, check_body
 from api.rates import RecordRates
+from api.redaction import request_secrets, scrub_content
 from api.supervisor import CannotStart, Supervisor
 from dataflows.config import ConfigError
 from dataflows.ledger import Ledger, ledger_path
-from dataflows.secrets import RedactingFilter
+from dataflows.secrets import RedactingFilter, secret_values
 
 _log = logging.getLogger("api")
 
@@ -72,18 +73,6 @@ def openapi_config() -> OpenAPIConfig:
                          render_plugins=[swagger, JsonRenderPlugin()])
 
 
-def check_json(body: bytes) -> None:
-    """:raises ClientException: ``body`` is not JSON (400, naming line, column and why)."""
-    if not body.strip():
-        return
-    try:
-        json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise ClientException(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except UnicodeDecodeError as exc:
-        raise ClientException(f"invalid JSON: not UTF-8 at byte {exc.start}") from None
-
-
 def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str | None = None,
                restream_timeout: float = 60.0, autostart: bool = False,
                redacting: RedactingFilter | None = None, max_body: int = MAX_BODY,
@@ -109,8 +98,23 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         if api_key and not ui_shell(request.url.path) \
                 and not hmac.compare_digest(request.headers.get("x-api-key", ""), api_key):
             raise NotAuthorizedException("missing or wrong X-API-Key")
-        if request.method in ("POST", "PUT") and "json" in request.headers.get("content-type", ""):
-            check_json(await request.body())  # cached: the handler decodes the same bytes
+        if request.method in ("POST", "PUT"):  # whatever its content type, the handler decodes JSON
+            try:
+                document = check_body(await request.body())  # cached: the handler decodes the same bytes
+            except BodyRefused as exc:
+                raise ClientException(str(exc)) from None
+            request_secrets.set(frozenset(secret_values(document)))
+
+    def scrubbed(response: Response[Any]) -> Response[Any]:
+        if isinstance(response, Response) and not isinstance(response, (File, Stream)):  # not a file
+            response.content = scrub_content(response.content, inst.redacting.secrets | request_secrets.get())
+        return response
+
+    async def after_request(response: Response[Any]) -> Response[Any]:
+        return scrubbed(response)
+
+    def scrubbing(handler: Handler) -> Handler:
+        return lambda request, exc: scrubbed(handler(request, exc))
 
     def startup() -> None:
         status.machine_info(home)  # the first cpu_percent() reading is meaningless; take it now
@@ -135,9 +139,11 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
             "control": Provide(provide_control),
         },
         before_request=before_request,
+        after_request=after_request,
         on_startup=[startup],
         on_shutdown=[inst.supervisor.close, sampling.set],
-        exception_handlers=exception_handlers(),  # type: ignore[arg-type]
+        exception_handlers={error: scrubbing(handler)  # type: ignore[misc]
+                            for error, handler in exception_handlers().items()},
         request_max_body_size=max_body,
         logging_config=None,  # logging is configured by python -m api (FactoryTX line format)
         openapi_config=openapi_config(),

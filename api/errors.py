@@ -20,7 +20,8 @@ error                          HTTP status  error.code  response
 ``UnknownMeta``                404          404         ``{}``
 :class:`RestreamFailed`        500 (400)    500 (400)   ``"Restream failed"``
 ``HTTPException``              its own      its own     ``{}``
-anything else                  500          500         ``{}``, logged with traceback
+anything else                  500          500         ``{}``, logged with traceback;
+                                                        the text names no exception
 =============================  ===========  ==========  ============================
 
 Implements the wrapper of ``shared/specs/factorytx-rest-api.txt``.
@@ -136,7 +137,8 @@ def _http(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("%s %s failed", request.method, request.url.path)
-    return failure({}, 500, f"{type(exc).__name__}: {exc}", status_code=500)
+    return failure({}, 500, f"internal error in {request.method} {request.url.path}; the API's log "
+                   "(GET /v1/log/stream/factorytx_web.log) has the details", status_code=500)
 
 
 def exception_handlers() -> dict[type[Exception], Handler]:

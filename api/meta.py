@@ -76,19 +76,38 @@ def _template(cls: type[msgspec.Struct]) -> dict[str, Any]:
     return out
 
 
+def _known_subtype(reg: registry.Registry[Any], subtype: str) -> str | None:
+    """The registered tag ``subtype`` names: itself, or for FactoryTX's
+    ``<protocol>_<file format>`` subtypes (``localfile_csv``) the longest tag it extends."""
+    if reg.get(subtype) is not None:
+        return subtype
+    extended = [tag for tag in reg.tags() if subtype.startswith(f"{tag}_")]
+    return max(extended, key=len) if extended else None
+
+
 def describe_object(object_id: str, subtype: str | None) -> dict[str, Any]:
-    """The ``/v1/meta/<object_id>`` response for ``subtype`` (the default transmit type when
-    ``data_transmit`` is asked without one).
+    """The ``/v1/meta/<object_id>`` response for ``subtype``.
+
+    ``subtype`` may be FactoryTX's ``<protocol>_<file format>`` (``localfile_csv`` is the
+    ``localfile`` receiver; the answer echoes the subtype asked). ``transmit`` is
+    FactoryTX's name of ``data_transmit``, where the contract ignores the subtype: an
+    unknown one, or none, is the default transmit type (``remotedatapost``).
 
     :raises UnknownMeta: unknown object id, or a subtype that is missing or unknown.
     """
     registry.load_all()
     found = {oid: reg for oid, _, reg in _OBJECTS}
+    ignore_unknown = object_id == "transmit"
+    if ignore_unknown:
+        object_id = "data_transmit"
     if object_id not in found:
-        raise UnknownMeta(f"unknown object_id {object_id!r}; accepted: {', '.join(found)}")
+        raise UnknownMeta(f"unknown object_id {object_id!r}; accepted: {', '.join(found)}, transmit")
     reg = found[object_id]
+    tag = _known_subtype(reg, subtype) if subtype else None
+    if ignore_unknown and tag is None:
+        subtype = None
     subtype = subtype or reg.default_tag
-    cls = reg.get(subtype) if subtype else None
+    cls = reg.get(tag or subtype) if subtype else None
     if cls is None:
         raise UnknownMeta(f"{object_id} needs a subtype; accepted: {', '.join(reg.tags())}"
                           if not subtype else

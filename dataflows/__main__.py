@@ -70,19 +70,24 @@ def set_aside(args: argparse.Namespace) -> int:
     return 0
 
 
+def counted(count: int, noun: str) -> str:
+    """``"1 error"``, ``"2 errors"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def check(args: argparse.Namespace) -> int:
     """Print every violation of the config file; 2 when any is an error."""
     try:
         document = read_document(args.file)
     except ConfigError as exc:
         for violation in exc.violations:
-            print(f"error: {violation.description}")
+            print(f"error: {violation}")
         return 2
     violations = validate(document, runnable=args.runnable)
     for v in violations:
         print(f"{v.level}: {v}")
     errors = sum(v.level == "error" for v in violations)
-    print(f"{args.file}: {errors} errors, {len(violations) - errors} warnings")
+    print(f"{args.file}: {counted(errors, 'error')}, {counted(len(violations) - errors, 'warning')}")
     return 2 if errors else 0
 
 

@@ -315,6 +315,9 @@ def _validate(document: Any, *, runnable: bool,
     document = _normalise(document)
 
     walker = _Walker()
+    if not any(section in document for section in SECTIONS):
+        walker.out.append(error(f"the config has none of the sections {', '.join(SECTIONS)}; "
+                                "an empty config would collect nothing", []))
     for key in document:
         if key not in SECTIONS:
             walker.out.append(error(f"unknown key `{key}`; accepted: {', '.join(SECTIONS)}", [key]))

@@ -10,6 +10,7 @@ json_path, level}``).
 from __future__ import annotations
 
 import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -36,8 +37,9 @@ class Violation(msgspec.Struct, frozen=True):
     level: Level = "error"
 
     def __str__(self) -> str:
-        """``json/path/0: description`` (``<root>: ...`` for the whole document)."""
-        return f"{'/'.join(map(str, self.json_path)) or '<root>'}: {self.description}"
+        """``json/path/0: description`` (the description alone for the whole document)."""
+        where = "/".join(map(str, self.json_path))
+        return f"{where}: {self.description}" if where else self.description
 
 
 def error(description: str, path: JsonPath) -> Violation:
@@ -133,6 +135,31 @@ def timezone_violations(value: str | None, path: JsonPath) -> list[Violation]:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return [error(f"{value!r} is not an IANA timezone name (e.g. 'America/Chicago')", path)]
+    return []
+
+
+#: A host name (RFC 1123 labels; ``_`` tolerated, as resolvers do) or an IPv4 address.
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
+def http_url_violations(key: str, value: str | None, path: JsonPath) -> list[Violation]:
+    """An error, at ``path + [key]``, when ``value`` is not an ``http://`` or ``https://`` URL
+    with a valid host and port (placeholders are left alone). The message names the scheme
+    or the host, never the whole URL: a URL may carry a password."""
+    if not value or is_placeholder(value):
+        return []
+    where = [*path, key]
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in ("http", "https"):
+        found = f"it starts with {parts.scheme + '://'!r}" if parts.netloc else "it has no scheme"
+        return [error(f"{key} must start with http:// or https:// ({found})", where)]
+    host = parts.hostname or ""
+    if not host or (not _HOST.fullmatch(host) and not (":" in host and "[" in parts.netloc)):
+        return [error(f"{key} has no valid host name: {host!r}", where)]
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return [error(f"{key} has an invalid port after host {host!r}", where)]
     return []
 
 

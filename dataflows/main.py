@@ -175,7 +175,7 @@ def flow(recovery: Path | None = None) -> Dataflow:
         config = load_file(path)
     except ConfigError as exc:
         for violation in exc.violations:
-            _log.error("config %s at %s: %s", path, violation.json_path, violation.description)
+            _log.error("config %s: %s", path, violation)
         raise SystemExit(2) from None
     redacting.use(read_document(path))
     streams = sum(len(r.stream_list) for r in config.data_receiver)

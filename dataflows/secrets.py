@@ -19,7 +19,7 @@ import copy
 import logging
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Union, get_args, get_origin
 
 import msgspec
@@ -222,6 +222,17 @@ def _redacted_urls(document: Any) -> Iterator[JsonPath]:
 MIN_SCRUBBED = 4
 
 
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` (those of :data:`MIN_SCRUBBED` characters or more),
+    and the password of every URL in it (``https://user:********@host``), replaced by
+    :data:`REDACTED`: the one redaction of free text (log lines, API answers, violations,
+    markers), whatever config the text came from."""
+    for secret in secrets:
+        if len(secret) >= MIN_SCRUBBED:
+            text = text.replace(secret, REDACTED)
+    return _redact_userinfo(text) if "@" in text else text
+
+
 class RedactingFilter(logging.Filter):
     """Replaces each of ``secrets`` in log records by :data:`REDACTED` (install on handlers)."""
 
@@ -234,12 +245,12 @@ class RedactingFilter(logging.Filter):
         self.secrets = {v for v in secret_values(document) if len(v) >= MIN_SCRUBBED}
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret replaced by :data:`REDACTED`."""
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        """``text`` with every secret and every URL's password replaced by :data:`REDACTED`."""
+        return scrub(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg, record.args = self.scrub(record.getMessage()), None
+        text = record.getMessage()
+        scrubbed = self.scrub(text)
+        if scrubbed != text:
+            record.msg, record.args = scrubbed, None
         return True

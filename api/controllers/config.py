@@ -11,9 +11,9 @@ from litestar.params import FromPath, JSONBody
 from api import status
 from api.errors import InvalidConfig, ok, violations_json
 from api.installation import Inst
+from api.redaction import redacted
 from api.supervisor import CannotStart
 from api.templates import template_for, templates
-from dataflows.secrets import redact
 
 _log = logging.getLogger("api")
 EMPTY_CONFIG: dict[str, Any] = {"data_receiver": [], "transforms": [], "data_transmit": []}
@@ -28,7 +28,7 @@ class ConfigController(Controller):
     def get_config(self, inst: Inst) -> Any:
         """The saved configuration, secrets redacted, with ``meta.last_modified`` (UTC)."""
         document = inst.document()
-        return ok(redact(document if document is not None else EMPTY_CONFIG),
+        return ok(redacted(document if document is not None else EMPTY_CONFIG),
                   meta={"last_modified": status.last_modified(inst.config_path)})
 
     @post("/", sync_to_thread=True, status_code=200, operation_id="post_config",
@@ -50,7 +50,7 @@ class ConfigController(Controller):
                     inst.supervisor.restart()
                 except CannotStart as exc:
                     _log.error("the saved config cannot run, the dataflow stays down: %s", exc)
-        return ok(redact(document), meta={"last_modified": status.last_modified(inst.config_path),
+        return ok(redacted(document), meta={"last_modified": status.last_modified(inst.config_path),
                                           "violations": violations_json(violations)})
 
     @post("/validate", sync_to_thread=True, status_code=200, operation_id="post_validate",
@@ -66,7 +66,7 @@ class ConfigController(Controller):
          summary="List the configuration templates")
     def get_templates(self) -> Any:
         """Every configuration template: ``[{"configuration", "name", "description"}]``."""
-        return ok([{**t, "configuration": redact(t["configuration"])} for t in templates()])
+        return ok([{**t, "configuration": redacted(t["configuration"])} for t in templates()])
 
     @get("/templates/{protocol:str}", sync_to_thread=False, operation_id="get_template",
          summary="Read the template of a receiver protocol")
@@ -75,4 +75,4 @@ class ConfigController(Controller):
         found = template_for(protocol)
         if found is None:
             return {"response": "Requested configuration is not available", "success": False}
-        return ok(redact(found))
+        return ok(redacted(found))

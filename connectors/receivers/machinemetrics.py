@@ -56,6 +56,7 @@ from dataflows.sdk import (
     Violation,
     describe,
     error,
+    http_url_violations,
     is_placeholder,
     receivers,
 )
@@ -134,10 +135,7 @@ class MachineMetricsReceiver(ReceiverConfig[MachineMetricsStream, None], tag="ma
     streams: Annotated[list[MachineMetricsStream], describe("Queries.", min_length=1)]
 
     def violations(self, path: JsonPath) -> list[Violation]:
-        out = []
-        if not is_placeholder(self.base_url) and not self.base_url.startswith(("http://", "https://")):
-            out.append(error(f"base_url {self.base_url!r} is not an http:// or https:// URL",
-                             [*path, "base_url"]))
+        out = http_url_violations("base_url", self.base_url, path)
         for index, stream in enumerate(self.streams):
             s_path = [*path, "streams", index]
             if stream.query == "production" and not stream.metrics:

@@ -60,8 +60,7 @@ from dataflows.sdk import (
     TransmitReport,
     Violation,
     describe,
-    error,
-    is_placeholder,
+    http_url_violations,
     records_frame,
     transmits,
 )
@@ -146,12 +145,8 @@ class AuthentiseCapture(TransmitConfig, tag="authentise_capture", kw_only=True):
         "Disk budget of the outbox in bytes; when full, the dataflow waits.", ge=1024 * 1024)] = 1024 ** 3
 
     def violations(self, path: JsonPath) -> list[Violation]:
-        out = []
-        for key in ("users_url", "data_url", "modeler"):
-            value = getattr(self, key)
-            if not is_placeholder(value) and not value.startswith(("http://", "https://")):
-                out.append(error(f"{key} {value!r} is not an http:// or https:// URL", [*path, key]))
-        return out
+        return [v for key in ("users_url", "data_url", "modeler")
+                for v in http_url_violations(key, getattr(self, key), path)]
 
     def fingerprint(self) -> str:
         """A digest of the settings Authentise judges; a pause for refused credentials lasts

@@ -62,6 +62,7 @@ from dataflows.sdk import (
     Written,
     describe,
     error,
+    is_placeholder,
     json_values,
     records_frame,
     transmits,
@@ -217,6 +218,19 @@ class _KafkaWriter:
 OptionValue = str | int | float | bool
 
 
+def _librdkafka_violations(settings: dict[str, Any], path: JsonPath) -> list[Violation]:
+    """librdkafka's own verdict on the producer ``settings`` (an unknown property, a value it
+    refuses), found by creating a producer that never connects (no ``bootstrap.servers``)."""
+    import confluent_kafka
+
+    try:
+        confluent_kafka.Producer({**{k: v for k, v in settings.items() if k != "bootstrap.servers"},
+                                  "log_level": 0})
+    except confluent_kafka.KafkaException as exc:
+        return [error(f"librdkafka refuses the producer settings: {exc.args[0].str()}", path)]
+    return []
+
+
 @transmits.register
 class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
     """Produces one Kafka message per record (confluent-kafka), acknowledged by the broker."""
@@ -252,6 +266,8 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
             out.append(error("set the brokers with 'bootstrap_servers', not in options",
                              [*path, "options", "bootstrap.servers"]))
         settings = self.producer_config()
+        if not any(is_placeholder(value) for value in self.options.values()):
+            out.extend(_librdkafka_violations(settings, [*path, "options"]))
         if str(settings["acks"]).lower() not in ("all", "-1"):
             out.append(warning(f"acks={settings['acks']}: the broker may lose acknowledged records",
                                [*path, "options", "acks"]))

@@ -68,6 +68,7 @@ from dataflows.sdk import (
     Violation,
     describe,
     error,
+    http_url_violations,
     json_values,
     records_frame,
     transmits,
@@ -255,10 +256,7 @@ class RemoteDataPost(TransmitConfig, tag="remotedatapost", kw_only=True):
         return msgspec.structs.replace(self, **filled), missing
 
     def violations(self, path: JsonPath) -> list[Violation]:
-        if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            return [error(f"base_url {self.base_url!r} is not an http:// or https:// URL",
-                          [*path, "base_url"])]
-        return []
+        return http_url_violations("base_url", self.base_url, path)
 
     def fingerprint(self) -> str:
         """A digest of the settings the endpoint judges (URL and credentials); a pause for

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import hypothesis
 import schemathesis
@@ -14,6 +15,7 @@ from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
+from api.limits import MAX_DEPTH, MAX_NUMBER_DIGITS
 from api.supervisor import Supervisor
 from tests.specs import rest_examples
 
@@ -91,3 +93,40 @@ def test_invalid_json_is_refused_naming_line_and_column(tmp_path: Path) -> None:
             assert answer.status_code == 400
             assert answer.json()["error"]["text"] == ("invalid JSON at line 3 column 5: Expecting property "
                                                       "name enclosed in double quotes")
+
+
+def test_bodies_beyond_the_bounds_are_400_naming_the_limit(tmp_path: Path) -> None:
+    deep = b"[" * 10_000 + b"]" * 10_000
+    just_too_deep = b'{"a": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
+    huge = b'{"data_receiver": [], "x": ' + b"7" * 5_000 + b"}"
+    with TestClient(create_app(tmp_path / "home", supervisor=Supervisor(tmp_path / "home"))) as client:
+        for path in ("/v1/config", "/v1/config/validate", "/v1/restream"):
+            for body in (deep, just_too_deep):
+                for content_type in ("application/json", "text/plain", "application/x-www-form-urlencoded"):
+                    answer = client.post(path, content=body, headers={"content-type": content_type})
+                    assert answer.status_code == 400, (path, content_type, answer.text)
+                    assert answer.json()["error"]["text"] == (f"JSON nested deeper than {MAX_DEPTH} levels; "
+                                                              f"at most {MAX_DEPTH} are accepted")
+            answer = client.post(path, content=huge, headers={"content-type": "application/json"})
+            assert answer.status_code == 400
+            assert answer.json()["error"]["text"] == (f"a number of 5000 characters; at most {MAX_NUMBER_DIGITS} "
+                                                      "are accepted")
+            for constant in (b"NaN", b"-Infinity"):
+                answer = client.post(path, content=b'{"x": ' + constant + b"}")
+                assert answer.status_code == 400 and "is not a JSON value" in answer.json()["error"]["text"]
+        answer = client.post("/v1/config/validate", content=b'{"a": ' + b"[" * (MAX_DEPTH - 1) + b"]" *
+                             (MAX_DEPTH - 1) + b"}")
+        assert answer.status_code == 200  # at the limit: validated (and refused as a config)
+
+
+def test_an_unexpected_error_is_a_500_naming_no_exception(tmp_path: Path) -> None:
+    class Broken(Supervisor):
+        def info(self) -> dict[str, Any]:
+            raise RuntimeError("internal detail /secret/path")
+
+    home = tmp_path / "home"
+    with TestClient(create_app(home, supervisor=Broken(home))) as client:
+        answer = client.get("/v1/status")
+    assert answer.status_code == 500
+    assert answer.json() == {"success": False, "response": {}, "error": {"code": 500, "text": (
+        "internal error in GET /v1/status; the API's log (GET /v1/log/stream/factorytx_web.log) has the details")}}

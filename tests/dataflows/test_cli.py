@@ -152,6 +152,14 @@ def test_validate_prints_every_violation_with_its_json_path(tmp_path: Path) -> N
         ("error: data_transmit/0/transmit_type: unknown transmit_type 'ftp'; accepted: "
          f"{', '.join(registry.transmits.tags())}"),
         f"{bad}: 2 errors, 0 warnings"]
+    config["data_transmit"][0]["transmit_type"] = "localfile"
+    bad.write_text(json.dumps(config))
+    one = subprocess.run([str(FACTORYFLOW), "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert one.stdout.splitlines()[-1] == f"{bad}: 1 error, 0 warnings"
+    missing = subprocess.run([str(FACTORYFLOW), "validate", str(tmp_path / "none.json")], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.stdout.splitlines() == [
+        f"error: cannot read config file {str(tmp_path / 'none.json')!r}: No such file or directory"]
 
 
 def test_the_api_ends_on_sigint_with_status_0_and_a_summary(tmp_path: Path) -> None:

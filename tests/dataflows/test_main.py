@@ -141,9 +141,9 @@ def test_invalid_config_exits_2_naming_every_violation(tmp_path: Path, flows: An
     flow.start()
     assert flow.proc.wait(60) == 2
     log = flow.log()
-    assert "at ['data_receiver', 0, 'poll_interval']: Expected `float`, got `str`" in log
-    assert "at ['data_receiver', 0]: missing required key `connections`" in log
-    assert "at ['data_transmit', 0, 'transmit_type']: unknown transmit_type 'kafka2'" in log
+    assert ": data_receiver/0/poll_interval: Expected `float`, got `str`" in log
+    assert ": data_receiver/0: missing required key `connections`" in log
+    assert ": data_transmit/0/transmit_type: unknown transmit_type 'kafka2'" in log
 
 
 def test_poison_files_mark_their_stream_and_stop_nothing(tmp_path: Path, flows: Any,

@@ -6,7 +6,7 @@
 import { basicSetup, EditorView } from "codemirror";
 import { json, jsonParseLinter } from "@codemirror/lang-json";
 import { syntaxTree } from "@codemirror/language";
-import { forceLinting, linter, lintGutter } from "@codemirror/lint";
+import { linter, lintGutter, setDiagnostics } from "@codemirror/lint";
 import { EditorSelection } from "@codemirror/state";
 
 // A node's children that carry values: skips punctuation ("{", ",", ":") and errors.
@@ -59,12 +59,19 @@ function violationDiagnostics(view) {
   });
 }
 
+// Every mark: JSON syntax errors, then the violations at their json_path.
+function diagnostics(view) {
+  return [...jsonParseLinter()(view), ...violationDiagnostics(view)];
+}
+
 // Mark violations ({description, json_path, level}) in the editor: red for errors, yellow
 // for warnings, each at its json_path (found again after every edit, with JSON syntax
 // errors beside them). Returns the marks in document order.
+// The marks are set at once: CodeMirror's forceLinting only hurries a lint already pending,
+// so after a pause longer than the linter's delay it marked nothing.
 export function showViolations(view, violations) {
   shown.set(view, violations);
-  forceLinting(view);
+  view.dispatch(setDiagnostics(view.state, diagnostics(view)));
   return violationDiagnostics(view).sort((a, b) => a.from - b.from);
 }
 
@@ -84,7 +91,7 @@ export function createEditor(parent, text, onChange) {
       basicSetup,
       EditorView.lineWrapping,
       json(),
-      linter((view) => [...jsonParseLinter()(view), ...violationDiagnostics(view)], { delay: 300 }),
+      linter(diagnostics, { delay: 300 }),
       lintGutter(),
       EditorView.contentAttributes.of({ "aria-label": "Configuration (JSON)" }),
       EditorView.updateListener.of((update) => { if (update.docChanged && onChange) onChange(); }),
