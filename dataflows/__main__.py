@@ -26,6 +26,7 @@ from pathlib import Path
 
 from dataflows.config import ConfigError, read_document, validate
 from dataflows.home import home_dir, recovery_dir
+from dataflows.secrets import scrub, secret_values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +85,9 @@ def check(args: argparse.Namespace) -> int:
             print(f"error: {violation}")
         return 2
     violations = validate(document, runnable=args.runnable)
+    secrets = secret_values(document)
     for v in violations:
-        print(f"{v.level}: {v}")
+        print(scrub(f"{v.level}: {v}", secrets))
     errors = sum(v.level == "error" for v in violations)
     print(f"{args.file}: {counted(errors, 'error')}, {counted(len(violations) - errors, 'warning')}")
     return 2 if errors else 0
