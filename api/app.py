@@ -117,7 +117,7 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         return lambda request, exc: scrubbed(handler(request, exc))
 
     def startup() -> None:
-        status.machine_info(home)  # the first cpu_percent() reading is meaningless; take it now
+        threading.Thread(target=status.cpu_percent, name="cpu-sample", daemon=True).start()  # first reading: 1 s
         threading.Thread(target=inst.rates.run, args=(lambda: Ledger(ledger_path(home)), sampling),
                          name="record-rates", daemon=True).start()
         if autostart and inst.config_path.exists():

@@ -11,6 +11,8 @@ Implements the ``status``, ``streams`` and ``log/stream`` responses of
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,29 @@ GIB = 1024.0**3
 LOG_FILES = (CORE_LOG, WEB_LOG)
 
 
+#: Shortest interval psutil's CPU percentage is measured over, in seconds.
+CPU_INTERVAL = 1.0
+_cpu: dict[str, float | None] = {"at": None, "percent": None}
+_cpu_lock = threading.Lock()
+
+
+def cpu_percent() -> float:
+    """The machine's CPU use (0-100) since the previous measurement, measured at most every
+    :data:`CPU_INTERVAL` seconds: psutil measures since its previous call, so two requests
+    a moment apart (the UI's first page load makes two) read ~0 % without this. The first
+    call starts the measurement and waits :data:`CPU_INTERVAL` for it."""
+    with _cpu_lock:
+        if _cpu["at"] is None:
+            psutil.cpu_percent(interval=None)  # the start of the first interval
+            _cpu["at"] = time.monotonic()
+        since = time.monotonic() - (_cpu["at"] or 0.0)
+        if _cpu["percent"] is None and since < CPU_INTERVAL:
+            time.sleep(CPU_INTERVAL - since)  # once, at the first reading
+        if _cpu["percent"] is None or since >= CPU_INTERVAL:
+            _cpu["percent"], _cpu["at"] = float(psutil.cpu_percent(interval=None)), time.monotonic()
+        return _cpu["percent"] or 0.0
+
+
 def machine_info(path: Path) -> dict[str, Any]:
     """CPU, memory and disk (of the file system holding ``path``) in FactoryTX's units:
     sizes in GiB as floats, percentages 0-100, ``cpu_count`` a float."""
@@ -39,7 +64,7 @@ def machine_info(path: Path) -> dict[str, Any]:
         "disk": {"total_gb": disk.total / GIB, "percent_free": 100.0 - disk.percent,
                  "percent_used": float(disk.percent), "used_gb": disk.used / GIB,
                  "available_gb": disk.free / GIB},
-        "cpu": {"percent": float(psutil.cpu_percent(interval=None)),
+        "cpu": {"percent": cpu_percent(),
                 "cpu_count": float(psutil.cpu_count() or 0)},
         "memory": {"total_gb": memory.total / GIB, "percent_free": 100.0 - memory.percent,
                    "percent_used": float(memory.percent),

@@ -83,6 +83,7 @@ class Supervisor:
         self._last_error: str | None = None
         self._wake = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._action: str | None = None  # "starting", "stopping", "restarting" while one runs
 
     # -- state
 
@@ -106,11 +107,13 @@ class Supervisor:
         return self._wanted
 
     def info(self) -> dict[str, Any]:
-        """Details for ``/v1/status``: pid, start time (ISO UTC), restarts after crashes, the
-        last unexpected exit and the last error."""
+        """Details for ``/v1/status``: what a request is doing to the dataflow now
+        (``action``: ``starting``, ``stopping``, ``restarting`` or None), pid, start time
+        (ISO UTC), restarts after crashes, the last unexpected exit and the last error."""
         with self._lock:
             alive = self._proc is not None and self._proc.poll() is None
             return {
+                "action": self._action,
                 "pid": self._proc.pid if alive and self._proc else None,
                 "started_at": _iso(self._started_at) if alive else None,
                 "crash_restarts": self._restarts,
@@ -133,7 +136,11 @@ class Supervisor:
             if self.status == "running":
                 return "running"
             self._wake.set()  # a watcher waiting to restart: let it go now
-            self._launch(fresh_state)
+            self._action = self._action or "starting"
+            try:
+                self._launch(fresh_state)
+            finally:
+                self._action = None
             return self.status
 
     def stop(self) -> Status:
@@ -142,6 +149,15 @@ class Supervisor:
             self._wanted = False
             self._wake.set()
             proc = self._proc
+            self._action = self._action or "stopping"
+        try:
+            self._stop(proc)
+        finally:
+            if self._action == "stopping":
+                self._action = None
+        return self.status
+
+    def _stop(self, proc: subprocess.Popen[bytes] | None) -> None:
         if proc is not None and proc.poll() is None:
             _log.info("stopping the dataflow (pid %d)", proc.pid)
             proc.send_signal(signal.SIGTERM)
@@ -155,15 +171,18 @@ class Supervisor:
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(10)
-        return self.status
 
     def restart(self) -> Status:
-        """Stop, then start.
+        """Stop, then start (``action`` reads ``restarting`` throughout).
 
         :raises CannotStart: the saved config is missing or cannot run.
         """
-        self.stop()
-        return self.start()
+        self._action = "restarting"
+        try:
+            self.stop()
+            return self.start()
+        finally:
+            self._action = None
 
     def close(self) -> None:
         """Stop the dataflow (at API shutdown)."""

@@ -151,10 +151,19 @@ def records_frame(batch: Batch, time_format: str = ISO_UTC) -> pl.DataFrame:
 
 
 def last_timestamp(frame: pl.DataFrame) -> str | None:
-    """The latest ``timestamp`` of a batch, ISO UTC, when it has such a column."""
-    if "timestamp" not in frame.columns or not isinstance(frame.schema["timestamp"], pl.Datetime):
+    """The latest ``timestamp`` of a batch, ISO UTC, when it has such a column: a datetime
+    column, or text that reads as ISO-8601 (naive text is taken as UTC)."""
+    if "timestamp" not in frame.columns:
         return None
-    latest = frame.select(pl.col("timestamp").max()).item()
+    column = pl.col("timestamp")
+    if frame.schema["timestamp"] == pl.String:
+        column = column.str.to_datetime(strict=False, time_zone="UTC")
+    elif not isinstance(frame.schema["timestamp"], pl.Datetime):
+        return None
+    try:
+        latest = frame.select(column.max()).item()
+    except pl.exceptions.PolarsError:  # text that is not a timestamp
+        return None
     if latest is None:
         return None
     if latest.tzinfo is None:

@@ -72,7 +72,7 @@ from dataflows.outbox import Entry, Outbox
 from dataflows.outbox_sender import OutboxSender, OutboxWriter, Refused, SendFailed
 from dataflows.records import Batch, StreamKey, json_values, records_frame, stream_matches
 from dataflows.registry import load_package, parsers, receivers, transforms, transmits
-from dataflows.report import TransmitReport
+from dataflows.report import AckWait, TransmitReport, WriteInterrupted
 from dataflows.storage import Storage
 from dataflows.timestamps import chrono_format, localize
 
@@ -80,12 +80,12 @@ if TYPE_CHECKING:
     import polars as pl
 
 __all__ = [
-    "DEFAULT_SPOOL_BYTES", "Acknowledgements", "Backoff", "Batch", "Component", "DiskFull", "Entry",
+    "DEFAULT_SPOOL_BYTES", "AckWait", "Acknowledgements", "Backoff", "Batch", "Component", "DiskFull", "Entry",
     "FilterStream", "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender",
     "OutboxWriter", "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig",
     "RecoverableWriter", "Refused", "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes",
     "Storage", "StreamConfig", "StreamKey", "StreamReader", "Template", "TransformConfig",
-    "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "Written", "chrono_format",
+    "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "WriteInterrupted", "Written", "chrono_format",
     "choice_violations", "describe", "error", "field_meta", "http_url_violations", "is_placeholder", "json_values",
     "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
     "is_disk_full", "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap",

@@ -177,7 +177,16 @@ class _Forwarder:
         self._ctx = RunContext(home=self._home)
         self._closing = closing
         self._wake = wake
+        threading.Thread(target=self._relay_stop, name=f"{self.thread_name}-stop", daemon=True).start()
         self._forward()
+
+    def _relay_stop(self) -> None:
+        """Set the writer's ``ctx.shutdown`` once the dataflow stops: a writer waiting on a
+        dead endpoint then gives up (:class:`~dataflows.report.AckWait`), the spool keeps
+        the batches, and the stop is not held for the whole drain."""
+        while not self._closing.wait(1.0):
+            pass
+        self._ctx.shutdown.set()
 
     def _forward(self) -> None:
         spool = Outbox(self._path)

@@ -122,7 +122,8 @@ async function validate() {
 async function save() {
   const config = parsed();
   if (!config) return;
-  const { data } = await api("POST", "/v1/config", config);
+  const { data } = await whileWaiting("Saving (a running dataflow restarts on the new config)",
+                                      api("POST", "/v1/config", config));
   if (data.success) {
     listViolations((data.meta && data.meta.violations) || []);
     setText(editor, JSON.stringify(data.response, null, 2));
@@ -225,10 +226,10 @@ async function loadStatus() {
   const s = data.response;
   if (!s) return;
   const state = s.factorytx.status;
-  $("status-state").textContent = state;
   const process = s.factorytx.process || {};
+  $("status-state").textContent = process.action ? `${state}, ${process.action}…` : state;
   $("status-process").textContent = process.pid ? `(pid ${process.pid})` : "";
-  setState(state);
+  setState(state, process.action);
   const body = $("transmits");
   body.replaceChildren();
   for (const [name, t] of Object.entries(s.last_data_transmit || {})) {
@@ -255,15 +256,40 @@ async function loadStatus() {
   }));
 }
 
-function setState(state) {
+// The dataflow's state; while a request starts, stops or restarts it, that action.
+function setState(state, action) {
   const pill = $("dataflow-state");
-  pill.textContent = `dataflow ${state}`;
-  pill.className = `pill ${state}`;
+  pill.textContent = action ? `dataflow ${action}…` : `dataflow ${state}`;
+  pill.className = `pill ${action || state}`;
+}
+
+// While `request` (a save, start, stop or restart) runs, say so, and every second show what
+// the dataflow is doing and each transmit's last error: a stop waits for the transmits to
+// finish what they hold, and a dead endpoint is then the reason to read.
+async function whileWaiting(text, request) {
+  notice(`${text}…`);
+  const tick = async () => {
+    const { data } = await api("GET", "/v1/status");
+    const s = data.response;
+    if (!s) return;
+    const action = (s.factorytx.process || {}).action;
+    setState(s.factorytx.status, action);
+    const errors = Object.entries(s.last_data_transmit || {}).filter(([, t]) => t.last_error)
+      .map(([name, t]) => `${name}: ${t.last_error}`);
+    notice(`${text}… ${action ? `The dataflow is ${action}.` : ""}` +
+           `${errors.length ? ` Transmit errors: ${errors.join("; ")}` : ""}`);
+  };
+  const timer = setInterval(() => tick().catch(() => {}), 1000);
+  try {
+    return await request;
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 async function control(action) {
-  notice(`${action}…`);
-  const { data } = await api("POST", `/v1/ftx/${action}`);
+  const { data } = await whileWaiting(action === "stop" ? "Stopping" : action === "start" ? "Starting" : "Restarting",
+                                      api("POST", `/v1/ftx/${action}`));
   notice(data.success ? `${action}: ${data.response}` : `${action} failed: ${errorText(data)}`, !data.success);
   await loadStatus();
 }
@@ -329,5 +355,6 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("log-filter").oninput = showLog;
   await show();
   await loadTemplates();
-  api("GET", "/v1/status").then(({ data }) => data.response && setState(data.response.factorytx.status));
+  api("GET", "/v1/status").then(({ data }) => data.response
+    && setState(data.response.factorytx.status, (data.response.factorytx.process || {}).action));
 });

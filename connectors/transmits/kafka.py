@@ -50,6 +50,7 @@ import msgspec
 
 from dataflows.sdk import (
     DEFAULT_SPOOL_BYTES,
+    AckWait,
     Batch,
     JsonPath,
     NonEmptyStr,
@@ -153,24 +154,30 @@ class RepeatFilter(logging.Filter):
 
 
 class _KafkaWriter:
-    def __init__(self, config: KafkaTransmit) -> None:
+    def __init__(self, config: KafkaTransmit, ctx: RunContext, report: TransmitReport) -> None:
         from confluent_kafka import Producer
 
         self._config = config
+        self._ctx = ctx
+        self._report = report
         self._name = config.transmit_name
         self._log = logging.getLogger(f"transmit.{self._name}")
         client_log = logging.getLogger(f"transmit.{self._name}.librdkafka")
         if not any(isinstance(f, RepeatFilter) for f in client_log.filters):
             client_log.addFilter(RepeatFilter())
         self._producer = Producer({**config.producer_config(), "logger": client_log,
-                                   "on_delivery": self._on_delivery})
+                                   "on_delivery": self._on_delivery, "error_cb": self._on_error})
         self._errors: list[KafkaError] = []
+        self._client_error: str | None = None  # librdkafka's last error ("1/1 brokers are down")
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._client_error = err.str()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:  # with delivery.report.only.error, only failures come here
             self._errors.append(err)
 
-    def _produce(self, batch: Batch) -> int:
+    def _produce(self, batch: Batch, wait: AckWait) -> int:
         if not batch.frame.height:
             return 0
         topic = self._config.topic or topic_name(self._config.topic_prefix or "", batch.stream)
@@ -186,18 +193,25 @@ class _KafkaWriter:
                         break
                     except BufferError:  # local queue full: let librdkafka send, then retry
                         poll(0.05)
+                        wait.check(len(self._producer), self._client_error)
         return frame.height
 
     def write(self, batches: list[Batch]) -> Written:
         """Produce every record of ``batches`` and return once the broker acknowledged them
         all: the producer's queue is empty and no delivery failed.
 
+        While no message is acknowledged for 10 s, the transmit's last error says so; when
+        the dataflow stops, a broker that acknowledges nothing for 2 s ends the wait.
+
         :raises KafkaDeliveryError: some messages were not delivered.
+        :raises WriteInterrupted: the dataflow is stopping and the broker acknowledges nothing.
         """
-        total = sum(self._produce(batch) for batch in batches)
+        wait = AckWait(self._report, self._ctx.shutdown, f"broker {self._config.bootstrap_servers}")
+        total = sum(self._produce(batch, wait) for batch in batches)
         started = time.monotonic()
         last_log = started
         while (left := self._producer.flush(0.5)) > 0:
+            wait.check(left, self._client_error)
             if time.monotonic() - last_log >= 30:
                 last_log = time.monotonic()
                 self._log.warning("waiting %.0f s for the broker to acknowledge %d of %d messages",
@@ -209,7 +223,9 @@ class _KafkaWriter:
         return "delivered"  # every message acknowledged
 
     def close(self) -> None:
-        left = self._producer.flush(30)
+        # a write returns only once its messages are acknowledged, or raises with its batches kept
+        # in the spool: what is still queued here is sent again anyway, so a dead broker gets 2 s
+        left = self._producer.flush(2 if self._ctx.shutdown.is_set() else 30)
         if left:
             self._log.warning("closing with %d messages unacknowledged (they are resent on restart)",
                               left)
@@ -281,7 +297,7 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         return {**PRODUCER_DEFAULTS, **self.options, "bootstrap.servers": self.bootstrap_servers}
 
     def open_writer(self, ctx: RunContext, report: TransmitReport) -> _KafkaWriter:
-        return _KafkaWriter(self)
+        return _KafkaWriter(self, ctx, report)
 
 
 @transmits.register

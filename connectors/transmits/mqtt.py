@@ -49,6 +49,7 @@ from connectors._mqtt import (
 )
 from dataflows.sdk import (
     DEFAULT_SPOOL_BYTES,
+    AckWait,
     Batch,
     JsonPath,
     NonEmptyStr,
@@ -82,8 +83,10 @@ class MqttPublishError(RuntimeError):
 class _MqttWriter:
     """One paho client, connected in the background (it reconnects by itself)."""
 
-    def __init__(self, config: MqttTransmit) -> None:
+    def __init__(self, config: MqttTransmit, ctx: RunContext, report: TransmitReport) -> None:
         self._config = config
+        self._ctx = ctx
+        self._report = report
         self._log = logging.getLogger(f"transmit.{config.transmit_name}")
         self._connected = threading.Event()
         self._client = self._connect()
@@ -123,13 +126,21 @@ class _MqttWriter:
     def write(self, batches: list[Batch]) -> Written:
         """Publish every record of ``batches`` and return once the broker acknowledged each.
 
+        While nothing is acknowledged for 10 s the transmit's last error says so; when the
+        dataflow stops, a broker that acknowledges nothing for 2 s ends the wait.
+
         :raises MqttPublishError: not connected within ``publish_timeout`` seconds, or no
             acknowledgement came for that long while some are missing.
+        :raises WriteInterrupted: the dataflow is stopping and the broker acknowledges nothing.
         """
-        if not self._connected.wait(self._config.publish_timeout):
-            raise MqttPublishError(f"transmit {self._config.transmit_name!r}: not connected to "
-                                   f"{self._config.host}:{self._config.port} after "
-                                   f"{self._config.publish_timeout:g} s")
+        where = f"{self._config.host}:{self._config.port}"
+        wait = AckWait(self._report, self._ctx.shutdown, f"broker {where}")
+        deadline = time.monotonic() + self._config.publish_timeout
+        while not self._connected.wait(0.5):
+            wait.check(sum(batch.frame.height for batch in batches), f"not connected to {where}")
+            if time.monotonic() >= deadline:
+                raise MqttPublishError(f"transmit {self._config.transmit_name!r}: not connected to {where} "
+                                       f"after {self._config.publish_timeout:g} s")
         infos = []
         for batch in batches:
             for topic, payload in self._messages(batch):
@@ -141,6 +152,7 @@ class _MqttWriter:
             except (RuntimeError, ValueError):  # published while disconnected: paho sends it on reconnect
                 time.sleep(0.5)
             still = [info for info in pending if not info.is_published()]
+            wait.check(len(still))
             if len(still) < len(pending):
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress >= self._config.publish_timeout:
@@ -211,4 +223,4 @@ class MqttTransmit(TransmitConfig, tag="mqtt", kw_only=True):
         return out + connection_violations(self, path)
 
     def open_writer(self, ctx: RunContext, report: TransmitReport) -> _MqttWriter:
-        return _MqttWriter(self)
+        return _MqttWriter(self, ctx, report)

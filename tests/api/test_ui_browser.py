@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from dataflows.demo import Plant, demo_config
 from dataflows.home import config_path
 from tests.flowrun import REPO
+from tests.services.process import free_port
 from tests.walkthrough import ApiProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -281,3 +282,43 @@ def test_with_an_api_key_the_ui_asks_for_it_and_loads_nothing_without_it(browser
         s.close()
     finally:
         assert api.stop() == 0  # a clean exit on SIGTERM
+
+
+def test_a_restart_waiting_on_a_dead_broker_shows_what_it_waits_for(browser: Browser, tmp_path: Path) -> None:
+    """A Kafka transmit whose broker never answers: the Status page shows its last error within
+    seconds, and a Restart shows "restarting…" with that error until it is done, in seconds."""
+    home = tmp_path / "home"
+    api = ApiProcess(home)
+    plant = Plantation(home)
+    try:
+        config = demo_config(home)
+        config["data_transmit"].append({"transmit_name": "plant_kafka", "transmit_type": "kafka",
+                                        "bootstrap_servers": f"127.0.0.1:{free_port()}", "topic": "plant"})
+        assert api.call("POST", "/v1/config", json=config)["success"]
+        assert api.call("POST", "/v1/ftx/start")["response"] == "running"
+        s = Session(browser, api.url)
+        page = s.open("status")
+        kafka = page.locator("#transmits tr", has_text="plant_kafka")
+        expect(kafka.locator("td.error")).to_contain_text("has acknowledged none of", timeout=60_000)
+        page.get_by_role("button", name="Restart", exact=True).click()
+        expect(page.locator("#dataflow-state")).to_have_text("dataflow restarting…", timeout=5_000)
+        expect(page.locator("#notice")).to_contain_text("The dataflow is restarting.")
+        expect(page.locator("#notice")).to_contain_text(re.compile(r"Transmit errors: plant_kafka: .*broker 127\.0\.0\.1:"))
+        s.shot("waiting")
+        expect(page.locator("#notice")).to_have_text("restart: running", timeout=30_000)
+        expect(page.locator("#dataflow-state")).to_have_text("dataflow running")
+        assert s.outside() == []
+        s.close()
+    finally:
+        plant.close()
+        assert api.stop() == 0
+
+
+def test_the_streams_caption_reads_whole_at_390_pixels(browser: Browser, installation: ApiProcess) -> None:
+    s = Session(browser, installation.url, 390)
+    page = s.open("streams")
+    caption = page.locator("#streams-caption")
+    expect(caption).to_be_visible()
+    right = page.evaluate("() => document.getElementById('streams-caption').getBoundingClientRect().right")
+    assert right <= 390 and caption.inner_text().endswith("over the last hour.")
+    s.close()

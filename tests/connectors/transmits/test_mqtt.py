@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -14,9 +16,12 @@ import pytest
 
 from connectors.transmits.mqtt import MqttPublishError, MqttTransmit, topic_for
 from dataflows.config import load, validate
+from dataflows.context import RunContext
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
+from dataflows.report import TransmitReport, WriteInterrupted
 from dataflows.spool import spooled_batches
+from dataflows.testing import poll_until
 from tests.conftest import NAB_ROWS
 from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.connectors.transmits.test_kafka import nab_receiver, nab_values
@@ -63,27 +68,33 @@ def frame(n: int) -> pl.DataFrame:
                          "seq": range(n)})
 
 
-def write_once(config: MqttTransmit, batches: list[Batch]) -> None:
-    writer = config.open_writer(None, None)  # type: ignore[arg-type]
+def open_writer(config: MqttTransmit, home: Path) -> Any:
+    """The transmit's writer on an installation at ``home`` (its report writes the ledger there)."""
+    return config.open_writer(RunContext(home=home), TransmitReport(Ledger(ledger_path(home)), config.transmit_name,
+                                                                     config.record_noun))
+
+
+def write_once(config: MqttTransmit, batches: list[Batch], home: Path) -> None:
+    writer = open_writer(config, home)
     try:
         assert writer.write(batches) == "delivered"
     finally:
         writer.close()
 
 
-def test_records_and_batches_on_each_listener(mosquitto: Mosquitto) -> None:
+def test_records_and_batches_on_each_listener(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """One message per record, or one per batch, each acknowledged; with a password, and
     over TLS with a client certificate."""
     name = uuid.uuid4().hex[:8]
     subscriber = Subscriber(mosquitto, f"{name}/#", f"sub-{name}")
     batch = Batch("r", StreamKey("press", "cycle"), frame(5), "query")
-    write_once(transmit(host="127.0.0.1", port=mosquitto.port, topic=f"{name}/{{asset}}/{{stream_type}}"), [batch])
+    write_once(transmit(host="127.0.0.1", port=mosquitto.port, topic=f"{name}/{{asset}}/{{stream_type}}"), [batch], tmp_path)
     write_once(transmit(host="127.0.0.1", port=mosquitto.password_port, username=PASSWORD_USER, password=PASSWORD,
-                        topic=f"{name}/password/{{asset}}", payload="batch"), [batch])
+                        topic=f"{name}/password/{{asset}}", payload="batch"), [batch], tmp_path)
     write_once(transmit(host="127.0.0.1", port=mosquitto.tls_port, username=PASSWORD_USER, password=PASSWORD,
                         tls=True, ca_file=str(mosquitto.certificate.cert), cert_file=str(mosquitto.client_cert),
                         key_file=str(mosquitto.client_key), topic=f"{name}/tls/{{asset}}",
-                        protocol_version="5"), [batch])
+                        protocol_version="5"), [batch], tmp_path)
     got = subscriber.wait_for(11, timeout=20)
     subscriber.close()
     records = [json.loads(p) for t, p in got if t == f"{name}/press/cycle"]
@@ -94,15 +105,45 @@ def test_records_and_batches_on_each_listener(mosquitto: Mosquitto) -> None:
     assert [json.loads(p)["seq"] for t, p in got if t == f"{name}/tls/press"] == [0, 1, 2, 3, 4]
 
 
-def test_a_wrong_password_or_no_broker_fails_the_write(mosquitto: Mosquitto) -> None:
+def test_a_wrong_password_or_no_broker_fails_the_write(mosquitto: Mosquitto, tmp_path: Path) -> None:
     batch = Batch("r", StreamKey("press", "cycle"), frame(2), "query")
     for config in (transmit(host="127.0.0.1", port=mosquitto.password_port, username=PASSWORD_USER,
                             password="wrong", publish_timeout=2),
                    transmit(host="127.0.0.1", port=free_port(), publish_timeout=2)):
-        writer = config.open_writer(None, None)  # type: ignore[arg-type]
+        writer = open_writer(config, tmp_path)
         with pytest.raises(MqttPublishError, match="not connected to 127.0.0.1:"):
             writer.write([batch])
         writer.close()
+
+
+def test_a_dead_broker_is_the_last_error_within_seconds_and_a_stop_ends_the_wait(tmp_path: Path) -> None:
+    """No broker: after 10 s the transmit's last error says so (the write keeps waiting, up to
+    ``publish_timeout``); once the dataflow stops, the wait ends within seconds."""
+    config = transmit(host="127.0.0.1", port=free_port(), publish_timeout=120)
+    ctx = RunContext(home=tmp_path)
+    writer = config.open_writer(ctx, TransmitReport(Ledger(ledger_path(tmp_path)), "mqtt", "messages"))
+    failure: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(failure, writer.write, [
+        Batch("r", StreamKey("press", "cycle"), frame(3), "query")]))
+    thread.start()
+    ledger = Ledger(ledger_path(tmp_path))
+    poll_until(lambda: ledger.transmit_status("mqtt").last_error is not None, timeout=20)
+    error = ledger.transmit_status("mqtt").last_error or ""
+    assert error.startswith("the broker 127.0.0.1:") and "acknowledged none of 3 messages" in error, error
+    assert thread.is_alive()  # still waiting: publish_timeout is 120 s
+    stopping = time.monotonic()
+    ctx.shutdown.set()
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - stopping < 5
+    assert isinstance(failure[0], WriteInterrupted) and "the spool keeps them" in str(failure[0])
+    writer.close()
+
+
+def _capture(out: list[BaseException], call: Any, *args: Any) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        out.append(exc)
 
 
 def test_every_record_arrives_through_a_broker_restart(tmp_path: Path, nab_machine_csv: Path, flows: Any) -> None:
