@@ -31,6 +31,7 @@ from api.controllers import CONTROLLERS
 from api.errors import Handler, exception_handlers
 from api.installation import Installation, provide_control, provide_ledger
 from api.limits import BodyRefused, check_body
+from api.openapi import declare_errors
 from api.rates import RecordRates
 from api.redaction import request_secrets, scrub_content
 from api.supervisor import CannotStart, Supervisor
@@ -129,7 +130,7 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
     def provide_installation() -> Installation:
         return inst
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*CONTROLLERS, ui_page, create_static_files_router(
             path=SCHEMA_ASSETS, directories=[swagger_ui_path], include_in_schema=False),
             create_static_files_router(path="/ui", directories=[UI_DIR], include_in_schema=False)],
@@ -148,3 +149,5 @@ def create_app(home: Path, *, supervisor: Supervisor | None = None, api_key: str
         logging_config=None,  # logging is configured by python -m api (FactoryTX line format)
         openapi_config=openapi_config(),
     )
+    declare_errors(app.openapi_schema)
+    return app

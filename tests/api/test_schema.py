@@ -9,25 +9,38 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis
+import pytest
 import schemathesis
 from hypothesis import given, settings
 from litestar.testing import TestClient
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from api.app import create_app
 from api.limits import MAX_DEPTH, MAX_NUMBER_DIGITS
 from api.supervisor import Supervisor
 from tests.specs import rest_examples
 
+KEY = "plant-floor-key"
 
-def test_no_server_errors_anywhere_in_the_schema(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["open", "with-api-key"])
+def test_every_operation_answers_as_its_schema_declares(tmp_path: Path, keyed: bool) -> None:
+    """Every operation fuzzed from the OpenAPI document: each answer's status is declared and
+    its body matches the declared schema; no 5xx but restream's documented 500. With an API
+    key set, each operation is also called without it (401 only) and with a wrong one."""
     home = tmp_path / "home"
     (home / "conf.d").mkdir(parents=True)
     # a saved config with placeholders: valid, so restream and streams have names to work
     # with, but not runnable, so no fuzzed /v1/ftx/start launches a dataflow
     (home / "conf.d" / "config.json").write_text(json.dumps(rest_examples()["POST /v1/config"]))
-    app = create_app(home, supervisor=Supervisor(home, stop_timeout=10), restream_timeout=2)
-    schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
+    app = create_app(home, supervisor=Supervisor(home, stop_timeout=10), restream_timeout=2,
+                     api_key=KEY if keyed else None)
+    schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app, headers={"X-API-Key": KEY})
     statuses: dict[str, Counter[int]] = {}
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -36,30 +49,42 @@ def test_no_server_errors_anywhere_in_the_schema(tmp_path: Path) -> None:
         label = f"{operation.method.upper()} {operation.path}"
         statuses[label] = Counter()
         try:
-            fuzz(operation, label, statuses[label])
+            fuzz(operation, label, statuses[label], {"X-API-Key": KEY} if keyed else {})
+            if keyed:
+                refused = Counter()
+                fuzz(operation, label, refused, {"X-API-Key": "wrong"}, examples=5)
+                fuzz(operation, label, refused, {}, examples=5)
+                assert set(refused) == {401}, refused
         except Exception as exc:  # collect every operation's failure, then report them all
             failures.append(f"{label}: {exc}")
     assert failures == []
     assert all(sum(counter.values()) > 0 for counter in statuses.values()), statuses
     assert all(code < 500 for label, counter in statuses.items() for code in counter
                if label != "POST /v1/restream"), statuses
+    total = sum((counter for counter in statuses.values()), Counter())
+    print(f"\n{'with' if keyed else 'without'} an API key: {sum(total.values())} requests over "
+          f"{len(operations)} operations, by status: {dict(sorted(total.items()))}")
 
 
-def fuzz(operation: schemathesis.APIOperation, label: str, seen: Counter[int]) -> None:
-    """Call ``operation`` with generated requests; fail on any 5xx but restream's documented 500."""
+def fuzz(operation: schemathesis.APIOperation, label: str, seen: Counter[int], headers: dict[str, str],
+         examples: int = 25) -> None:
+    """Call ``operation`` with generated requests; fail on an undeclared status, a body off its
+    schema, or any 5xx but restream's documented 500."""
 
-    @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(hypothesis.HealthCheck))
     @given(case=operation.as_strategy())
     def call(case: schemathesis.Case) -> None:
-        response = case.call()
+        response = case.call(headers=headers)
         seen[response.status_code] += 1
         if label == "POST /v1/restream" and response.status_code == 500:
             body = response.json()  # documented: unknown receiver or stream, with the reason
             assert body["success"] is False and body["response"] == "Restream failed"
             assert body["error"]["text"].startswith(("unknown data receiver", "receiver "))
-            return
-        case.validate_response(response, checks=[not_a_server_error])
+        else:
+            case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=[status_code_conformance, content_type_conformance,
+                                                  response_schema_conformance])
 
     call()
 
