@@ -7,7 +7,8 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from dataflows.control import ControlStore, control_path
 from dataflows.home import log_dir
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.secrets import RedactingFilter, restore_secrets
+
+#: Longest a ``/v1/status`` or ``/v1/streams`` answer is reused, in seconds.
+ANSWER_SECONDS = 1.0
 
 
 class Installation:
@@ -40,6 +44,11 @@ class Installation:
         self.config_lock = threading.Lock()
         self.redacting = redacting or RedactingFilter()
         self.rates = rates or RecordRates()
+        self._cache_lock = threading.Lock()
+        self._config_read_lock = threading.Lock()
+        self._cached: tuple[tuple[int, int, int], Config | None] | None = None
+        self._answers: dict[str, tuple[float, Any]] = {}
+        self._answer_locks: dict[str, threading.Lock] = {}
 
     @property
     def config_path(self) -> Path:
@@ -71,12 +80,40 @@ class Installation:
         return document, violations + validate(document)
 
     def config(self) -> Config | None:
-        """The saved config, typed (placeholders allowed), or None when missing or invalid."""
+        """The saved config, typed (placeholders allowed), or None when missing or invalid.
+
+        Read and validated again only when the file changed (its size, mtime or inode):
+        ``/v1/status`` and ``/v1/streams`` ask for it on every request."""
         try:
-            document = self.document()
-            return None if document is None else load(document, runnable=False)
-        except ConfigError:
+            stat = self.config_path.stat()
+        except FileNotFoundError:
             return None
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._config_read_lock:  # many requests at once: one reads, the others wait for it
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
+            try:
+                document = self.document()
+                config = None if document is None else load(document, runnable=False)
+            except ConfigError:
+                config = None
+            self._cached = (key, config)
+            return config
+
+    def answer(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The answer ``compute`` gives, computed at most once per :data:`ANSWER_SECONDS`
+        whatever the number of clients asking (one computes, the others wait for it): what
+        ``/v1/status`` and ``/v1/streams`` read from the ledger is then at most that old.
+        Saving a config forgets every answer."""
+        with self._cache_lock:
+            lock = self._answer_locks.setdefault(name, threading.Lock())
+        with lock:
+            kept = self._answers.get(name)
+            if kept is not None and time.monotonic() - kept[0] < ANSWER_SECONDS:
+                return kept[1]
+            value = compute()
+            self._answers[name] = (time.monotonic(), value)
+            return value
 
     def save(self, document: Any) -> None:
         """Write ``document`` atomically (temp file, fsync, rename, fsync of the directory)."""
@@ -98,6 +135,7 @@ class Installation:
         finally:
             os.close(directory)
         self.redacting.use(document)
+        self._answers.clear()
 
     def ledger(self) -> Ledger:
         """A new connection to the installation's ledger; close it after use."""

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from api.rates import RecordRates
 from dataflows.config import Config
 from dataflows.home import CORE_LOG, WEB_LOG
-from dataflows.ledger import Ledger, ledger_path
+from dataflows.ledger import Ledger, Marker, ledger_path
 
 GIB = 1024.0**3
 #: The log files ``GET /v1/log/stream/<log_filename>`` serves; any other name is a 404.
@@ -80,10 +80,7 @@ def services(config: Config | None, running: bool, ledger: Ledger) -> dict[str, 
     if config is None:
         return {}
     state = "running" if running else "stopped"
-    errors: dict[str, int] = {}
-    for marker in ledger.markers():
-        if marker.level == "error":
-            errors[marker.component] = errors.get(marker.component, 0) + 1
+    errors = ledger.error_markers()
     out: dict[str, Any] = {}
     for receiver in config.data_receiver:
         name = receiver.data_receiver_name
@@ -97,6 +94,14 @@ def services(config: Config | None, running: bool, ledger: Ledger) -> dict[str, 
             "status": "stopped" if status.paused or not running else "running",
             "paused": status.paused}
     return out
+
+
+def with_state(services_running: dict[str, Any], running: bool) -> dict[str, Any]:
+    """:func:`services` as computed for a running dataflow, for the dataflow's state now
+    (stopped: every service ``stopped``)."""
+    if running:
+        return services_running
+    return {name: {**service, "status": "stopped"} for name, service in services_running.items()}
 
 
 def last_data_transmit(config: Config | None, ledger: Ledger) -> dict[str, Any]:
@@ -123,15 +128,19 @@ def streams(document_config: Config | None, ledger: Ledger,
     oldest first, from ``rates``)."""
     if document_config is None:
         return []
-    markers = ledger.markers()
+    by_stream: dict[tuple[str, str], list[Marker]] = {}
+    for marker in ledger.markers():
+        by_stream.setdefault((marker.asset, marker.stream_type), []).append(marker)
     received = ledger.received()
+    progress = ledger.all_progress()
     out = []
     for receiver, stream in document_config.streams():
         name = receiver.data_receiver_name
-        mine = [m for m in markers if m.asset == stream.asset and m.stream_type == stream.stream_type
-                and (m.component == name or m.component_type != "Receiver")]
+        mine = [m for m in by_stream.get((stream.asset, stream.stream_type), [])
+                if m.component == name or m.component_type != "Receiver"]
         key = str(stream.key)
-        delivered = {t.transmit_name: ledger.progress(t.transmit_name, key) for t in document_config.data_transmit}
+        delivered = {t.transmit_name: progress.get((t.transmit_name, key), (0, None))
+                     for t in document_config.data_transmit}
         stamps = [last for _, last in delivered.values() if last]
         out.append({
             "stream": key, "asset": stream.asset, "stream_type": stream.stream_type,

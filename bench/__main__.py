@@ -22,6 +22,9 @@ replicated over four machines, each machine a stream and so a bytewax partition)
 - **memory**: the SQL scenario at 20,000 rows beside the full one: peak RSS.
 - **start-up**: the fixed start-up of ``bench/startup.py`` (first record minus the floor of
   importing bytewax and polars).
+- **api**: ``GET /v1/status`` and ``GET /v1/streams`` of an installation of 1,000 streams
+  from 200 concurrent clients (``bench/api.py``): requests/s and p50/p99 latency. Limit: the
+  same server sending a static file of the UI.
 
 The throughput scenarios and their limits run in turn three times (``--repeat``), and
 each one's median run is shown. Every figure of the job is measured from the start of its
@@ -64,6 +67,7 @@ from typing import Any
 
 import polars as pl
 
+from bench.api import api_under_load
 from bench.common import (
     LINES,
     PLANT_TIME,
@@ -417,7 +421,7 @@ def machine() -> str:
 
 # --- running -----------------------------------------------------------------------------
 
-SCENARIOS = ("csv_kafka", "sql_kafka", "csv_sight_machine", "latency", "scale_out", "memory", "startup")
+SCENARIOS = ("csv_kafka", "sql_kafka", "csv_sight_machine", "latency", "scale_out", "memory", "startup", "api")
 
 
 @contextmanager
@@ -498,6 +502,11 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
                               f"memory: PostgreSQL → Kafka at {small:,}", "(target ≤ 2)"))
         if "startup" in only:
             bench.add(Row("start-up (fixed)", startup()))
+        if "api" in only:  # records are requests answered 200; the first row is the server's floor
+            (floor_name, floor), *answers = api_under_load(bench.work)
+            bench.add(Row(floor_name, floor))
+            for name, measure in answers:
+                bench.add(Row(name, measure, floor_name, "(p99 stated)"))
 
 
 def _with_payload(measure: Measure, payload: int) -> Measure:

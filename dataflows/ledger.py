@@ -142,6 +142,11 @@ class Ledger:
                                "AND stream = ?", (transmit, stream)).fetchone()
         return (int(row[0]), row[1]) if row else (0, None)
 
+    def all_progress(self) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """(records delivered, last timestamp) per ``(transmit, stream)``, in one query."""
+        return {(r[0], r[1]): (int(r[2]), r[3]) for r in
+                self._db.execute("SELECT transmit, stream, records, last_timestamp FROM progress")}
+
     def ack(self, receiver: str, stream: str, ack_key: str, transmit: str) -> None:
         """Record that ``transmit`` durably delivered the batch ``ack_key``."""
         self._write("INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?)",
@@ -197,6 +202,11 @@ class Ledger:
         """The condition behind a marker has ended: drop it."""
         self._write("DELETE FROM markers WHERE component = ? AND asset = ? AND stream_type = ? "
                          "AND category = ?", (component, asset, stream_type, category))
+
+    def error_markers(self) -> dict[str, int]:
+        """Error-level markers per component (one aggregate query, no marker read)."""
+        return {r[0]: int(r[1]) for r in self._db.execute(
+            "SELECT component, count(*) FROM markers WHERE level = 'error' GROUP BY component")}
 
     def markers(self) -> list[Marker]:
         """Every stored marker, oldest first."""

@@ -20,17 +20,23 @@ class StatusController(Controller):
 
     @get("/", sync_to_thread=True, operation_id="get_status", summary="Read the status")
     def get_status(self, inst: Inst, ledger: LedgerConnection) -> Any:
-        """Machine resources, the dataflow's status, its services and the last delivery per transmit."""
+        """Machine resources, the dataflow's status, its services and the last delivery per
+        transmit. What comes from the ledger and the machine is at most 1 s old; the
+        dataflow's status and process are read at each request."""
         config = inst.config()
-        running = inst.supervisor.status == "running"
+        state = inst.supervisor.status
+        ledger_part = inst.answer("status", lambda: {
+            "last_data_transmit": status.last_data_transmit(config, ledger),
+            "machine_info": status.machine_info(inst.home),
+            "services": status.services(config, True, ledger)})
         return ok({
             "backup": {"config": {
                 "last_success": None, "error_code": "not_configured",
                 "error_message": "factoryflow does not back files up to the Sight Machine cloud"}},
-            "last_data_transmit": status.last_data_transmit(config, ledger),
-            "machine_info": status.machine_info(inst.home),
-            "factorytx": {"status": inst.supervisor.status,
-                          "services": status.services(config, running, ledger),
+            "last_data_transmit": ledger_part["last_data_transmit"],
+            "machine_info": ledger_part["machine_info"],
+            "factorytx": {"status": state,
+                          "services": status.with_state(ledger_part["services"], state == "running"),
                           "process": inst.supervisor.info()},
         })
 

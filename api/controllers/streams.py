@@ -18,5 +18,5 @@ class StreamsController(Controller):
 
     @get("/", sync_to_thread=True, operation_id="get_streams", summary="List the streams")
     def get_streams(self, inst: Inst, ledger: LedgerConnection) -> Any:
-        """Every configured stream with its warning and error markers."""
-        return ok(status.streams(inst.config(), ledger, inst.rates))
+        """Every configured stream with its warning and error markers (at most 1 s old)."""
+        return ok(inst.answer("streams", lambda: status.streams(inst.config(), ledger, inst.rates)))
