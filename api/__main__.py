@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m api") -> None:
     # it found; these take it, so the summary below is logged and the exit status is 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
+    # keep-alive past the 5 s default: a client reusing a connection the server just timed out
+    # gets it closed under it, the usual cause of an unanswered request under load
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True, timeout_keep_alive=65)
     log_summary(home, "control API stopped, the dataflow with it")
 
 

@@ -221,10 +221,11 @@ function gb(value) {
   return `${value.toFixed(1)} GiB`;
 }
 
+// The Status page from /v1/status; returns that answer's response (undefined: refused).
 async function loadStatus() {
   const { data } = await api("GET", "/v1/status");
   const s = data.response;
-  if (!s) return;
+  if (!s) return s;
   const state = s.factorytx.status;
   const process = s.factorytx.process || {};
   $("status-state").textContent = process.action ? `${state}, ${process.action}…` : state;
@@ -254,6 +255,7 @@ async function loadStatus() {
     dd.textContent = v;
     return [dt, dd];
   }));
+  return s;
 }
 
 // The dataflow's state; while a request starts, stops or restarts it, that action.
@@ -269,8 +271,7 @@ function setState(state, action) {
 async function whileWaiting(text, request) {
   notice(`${text}…`);
   const tick = async () => {
-    const { data } = await api("GET", "/v1/status");
-    const s = data.response;
+    const s = page() === "status" ? await loadStatus() : (await api("GET", "/v1/status")).data.response;
     if (!s) return;
     const action = (s.factorytx.process || {}).action;
     setState(s.factorytx.status, action);

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import msgspec
 import psutil
 import pytest
 
+from api import status
 from dataflows import registry
 from dataflows.ledger import Ledger, Marker, ledger_path
 from dataflows.main import LOG_FORMAT
@@ -135,6 +138,23 @@ def test_status_shape_and_units(api: Api) -> None:
                        "paused": False}}
     assert response["last_data_transmit"]["transmit_0"]["records_delivered"] == 0
     assert response["backup"]["config"]["error_code"] == "not_configured"
+
+
+def test_cpu_is_measured_over_a_second_so_a_page_load_never_reads_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status, "_cpu", {"at": None, "percent": None})
+    def burn() -> None:  # the machine is busy during the first measure
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            pass
+
+    burner = threading.Thread(target=burn)
+    burner.start()
+    started = time.monotonic()
+    first = status.cpu_percent()  # starts the first measure and waits its second
+    burner.join()
+    assert time.monotonic() - started >= status.CPU_INTERVAL * 0.95
+    assert status.cpu_percent() == first  # a moment later: the same measure, not a fresh ~0
+    assert first > 0
 
 
 def test_streams_lists_configured_streams_with_their_markers(api: Api) -> None:

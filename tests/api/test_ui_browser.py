@@ -302,6 +302,7 @@ def test_a_restart_waiting_on_a_dead_broker_shows_what_it_waits_for(browser: Bro
         expect(kafka.locator("td.error")).to_contain_text("has acknowledged none of", timeout=60_000)
         page.get_by_role("button", name="Restart", exact=True).click()
         expect(page.locator("#dataflow-state")).to_have_text("dataflow restarting…", timeout=5_000)
+        expect(page.locator("#status-state")).to_contain_text("restarting…")
         expect(page.locator("#notice")).to_contain_text("The dataflow is restarting.")
         expect(page.locator("#notice")).to_contain_text(re.compile(r"Transmit errors: plant_kafka: .*broker 127\.0\.0\.1:"))
         s.shot("waiting")
