@@ -44,11 +44,10 @@ class Installation:
         self.config_lock = threading.Lock()
         self.redacting = redacting or RedactingFilter()
         self.rates = rates or RecordRates()
-        self._cache_lock = threading.Lock()
-        self._config_read_lock = threading.Lock()
-        self._cached: tuple[tuple[int, int, int], Config | None] | None = None
+        self._locks_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}  # one per cached thing: one computes, others wait
+        self._config: tuple[tuple[int, int, int], Config | None] | None = None
         self._answers: dict[str, tuple[float, Any]] = {}
-        self._answer_locks: dict[str, threading.Lock] = {}
 
     @property
     def config_path(self) -> Path:
@@ -89,25 +88,27 @@ class Installation:
         except FileNotFoundError:
             return None
         key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        with self._config_read_lock:  # many requests at once: one reads, the others wait for it
-            if self._cached is not None and self._cached[0] == key:
-                return self._cached[1]
+        with self._lock("config"):
+            if self._config is not None and self._config[0] == key:
+                return self._config[1]
             try:
                 document = self.document()
                 config = None if document is None else load(document, runnable=False)
             except ConfigError:
                 config = None
-            self._cached = (key, config)
+            self._config = (key, config)
             return config
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(name, threading.Lock())
 
     def answer(self, name: str, compute: Callable[[], Any]) -> Any:
         """The answer ``compute`` gives, computed at most once per :data:`ANSWER_SECONDS`
         whatever the number of clients asking (one computes, the others wait for it): what
         ``/v1/status`` and ``/v1/streams`` read from the ledger is then at most that old.
         Saving a config forgets every answer."""
-        with self._cache_lock:
-            lock = self._answer_locks.setdefault(name, threading.Lock())
-        with lock:
+        with self._lock(f"answer:{name}"):
             kept = self._answers.get(name)
             if kept is not None and time.monotonic() - kept[0] < ANSWER_SECONDS:
                 return kept[1]

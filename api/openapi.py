@@ -59,10 +59,9 @@ def declare_errors(openapi: OpenAPI) -> None:
                 continue
             codes = ["400", "401", "500"] + (["404"] if "{" in path else []) + (["413"] if method != "get" else [])
             responses = operation.responses if operation.responses is not None else {}
-            for code in codes:
-                kept = responses.get(code)
-                description = kept.description if isinstance(kept, OpenAPIResponse) and code == "500" \
-                    and path == "/v1/restream" else _DESCRIPTIONS[code]
-                responses[code] = OpenAPIResponse(description=description,
+            for code in codes:  # a handler's own declaration keeps its words (restream's 500);
+                kept = responses.get(code)  # Litestar's generic 400 does not
+                own = isinstance(kept, OpenAPIResponse) and code != "400"
+                responses[code] = OpenAPIResponse(description=kept.description if own else _DESCRIPTIONS[code],
                                                   content={"application/json": OpenAPIMediaType(schema=failure)})
             operation.responses = responses

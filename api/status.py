@@ -44,15 +44,14 @@ def cpu_percent() -> float:
     a moment apart (the UI's first page load makes two) read ~0 % without this. The first
     call starts the measurement and waits :data:`CPU_INTERVAL` for it."""
     with _cpu_lock:
-        if _cpu["at"] is None:
-            psutil.cpu_percent(interval=None)  # the start of the first interval
-            _cpu["at"] = time.monotonic()
-        since = time.monotonic() - (_cpu["at"] or 0.0)
-        if _cpu["percent"] is None and since < CPU_INTERVAL:
-            time.sleep(CPU_INTERVAL - since)  # once, at the first reading
-        if _cpu["percent"] is None or since >= CPU_INTERVAL:
-            _cpu["percent"], _cpu["at"] = float(psutil.cpu_percent(interval=None)), time.monotonic()
-        return _cpu["percent"] or 0.0
+        if _cpu["percent"] is None:  # the first reading: measure over one interval, now
+            psutil.cpu_percent(interval=None)
+            time.sleep(CPU_INTERVAL)
+        elif time.monotonic() - (_cpu["at"] or 0.0) < CPU_INTERVAL:
+            return _cpu["percent"]
+        percent = float(psutil.cpu_percent(interval=None))
+        _cpu["percent"], _cpu["at"] = percent, time.monotonic()
+        return percent
 
 
 def machine_info(path: Path) -> dict[str, Any]:
