@@ -18,6 +18,7 @@ from typing import Any
 MAX_DEPTH = 64
 #: Longest number accepted in a request body, in characters (sign, digits, point, exponent).
 MAX_NUMBER_DIGITS = 100
+_TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels; at most {MAX_DEPTH} are accepted"
 
 
 class BodyRefused(ValueError):
@@ -68,9 +69,8 @@ def check_body(body: bytes) -> Any:
         raise BodyRefused(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError as exc:
         raise BodyRefused(f"invalid JSON: not UTF-8 at byte {exc.start}") from None
-    except RecursionError:
-        raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels; at most {MAX_DEPTH} are accepted") \
-            from None
+    except RecursionError:  # deeper than the decoder's own recursion: far beyond the bound
+        raise BodyRefused(_TOO_DEEP) from None
     if _depth(document) > MAX_DEPTH:
-        raise BodyRefused(f"JSON nested deeper than {MAX_DEPTH} levels; at most {MAX_DEPTH} are accepted")
+        raise BodyRefused(_TOO_DEEP)
     return document

@@ -72,25 +72,25 @@ def machine_info(path: Path) -> dict[str, Any]:
     }
 
 
-def services(config: Config | None, running: bool, ledger: Ledger) -> dict[str, Any]:
-    """``factorytx.services``: per receiver and transmit, its type and ``status``
-    (``running``, ``stopped``, or ``unknown`` when the config cannot be read), and for
-    receivers the streams and their error markers."""
+def services(config: Config | None, ledger: Ledger) -> dict[str, Any]:
+    """``factorytx.services`` while the dataflow runs: per receiver and transmit, its type
+    and ``status`` (``running``, or ``stopped`` for a paused transmit), and for receivers
+    the streams and their error markers; :func:`with_state` gives it for the dataflow's
+    state now."""
     if config is None:
         return {}
-    state = "running" if running else "stopped"
     errors = ledger.error_markers()
     out: dict[str, Any] = {}
     for receiver in config.data_receiver:
         name = receiver.data_receiver_name
         out[name] = {"component_type": "Receiver", "protocol": type(receiver).__struct_config__.tag,
-                     "status": state, "streams": len(receiver.stream_list),
+                     "status": "running", "streams": len(receiver.stream_list),
                      "streams_failing": errors.get(name, 0)}
     for transmit in config.data_transmit:
         status = ledger.transmit_status(transmit.transmit_name)
         out[transmit.transmit_name] = {
             "component_type": "Transmit", "transmit_type": type(transmit).__struct_config__.tag,
-            "status": "stopped" if status.paused or not running else "running",
+            "status": "stopped" if status.paused else "running",
             "paused": status.paused}
     return out
 

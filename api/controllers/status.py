@@ -28,7 +28,7 @@ class StatusController(Controller):
         ledger_part = inst.answer("status", lambda: {
             "last_data_transmit": status.last_data_transmit(config, ledger),
             "machine_info": status.machine_info(inst.home),
-            "services": status.services(config, True, ledger)})
+            "services": status.services(config, ledger)})
         return ok({
             "backup": {"config": {
                 "last_success": None, "error_code": "not_configured",

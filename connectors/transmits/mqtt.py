@@ -136,8 +136,9 @@ class _MqttWriter:
         where = f"{self._config.host}:{self._config.port}"
         wait = AckWait(self._report, self._ctx.shutdown, f"broker {where}")
         deadline = time.monotonic() + self._config.publish_timeout
+        records = sum(batch.frame.height for batch in batches)
         while not self._connected.wait(0.5):
-            wait.check(sum(batch.frame.height for batch in batches), f"not connected to {where}")
+            wait.check(records, f"not connected to {where}")
             if time.monotonic() >= deadline:
                 raise MqttPublishError(f"transmit {self._config.transmit_name!r}: not connected to {where} "
                                        f"after {self._config.publish_timeout:g} s")
