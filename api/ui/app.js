@@ -270,9 +270,10 @@ function setState(state, action) {
 // finish what they hold, and a dead endpoint is then the reason to read.
 async function whileWaiting(text, request) {
   notice(`${text}…`);
+  let done = false;  // a tick still in flight when the request ends must not overwrite its answer
   const tick = async () => {
     const s = page() === "status" ? await loadStatus() : (await api("GET", "/v1/status")).data.response;
-    if (!s) return;
+    if (!s || done) return;
     const action = (s.factorytx.process || {}).action;
     setState(s.factorytx.status, action);
     const errors = Object.entries(s.last_data_transmit || {}).filter(([, t]) => t.last_error)
@@ -284,6 +285,7 @@ async function whileWaiting(text, request) {
   try {
     return await request;
   } finally {
+    done = true;
     clearInterval(timer);
   }
 }
