@@ -108,6 +108,8 @@ class RunContext:
         before it lets the worker's other partitions run (the read goes on in the stream's
         own thread, see :mod:`dataflows.runtime`); None: until the read returns, as tests
         that drive one partition want. The dataflow uses :data:`READ_WAIT`.
+    :ivar shard: in a spool's forwarder (:mod:`dataflows.spool`), its shard: 0 to the
+        workers' count - 1 (a Kafka writer's transactional id ends with it).
     """
 
     home: Path
@@ -117,6 +119,7 @@ class RunContext:
     read_wait: float | None = None
     recovery: Path | None = None
     disk: DiskGuard | None = None
+    shard: int = 0
 
     def component_dir(self, name: str) -> Path:
         """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""

@@ -25,10 +25,15 @@ import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
+from dataflows import positions
 from dataflows.diskspace import WaitNotice, floor_of
+from dataflows.positions import NO_UPDATE, PositionStore, Update
 from dataflows.storage import Storage
+
+if TYPE_CHECKING:
+    from dataflows.records import Batch
 
 #: Disk use of a drained outbox above which :meth:`Outbox.reclaim` gives the space back.
 RECLAIM_BYTES = 1024 * 1024
@@ -40,7 +45,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS depth (
     one INTEGER PRIMARY KEY CHECK (one = 1), records INTEGER NOT NULL, bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO depth VALUES (1, 0, 0);
-"""
+CREATE TABLE IF NOT EXISTS identity (one INTEGER PRIMARY KEY CHECK (one = 1), id TEXT NOT NULL);
+INSERT OR IGNORE INTO identity VALUES (1, lower(hex(randomblob(16))));
+""" + positions.SCHEMA
 
 
 class Entry(NamedTuple):
@@ -61,17 +68,38 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = Storage(path, _SCHEMA, timeout=60)
+        self._positions: PositionStore | None = None
 
-    def append(self, records: Sequence[tuple[str, str | None, bytes]]) -> None:
-        """Store ``(stream, timestamp, body)`` records in one transaction; durable on return."""
-        if not records:
+    def keep_positions(self, recovery: str | None) -> None:
+        """Keep the source positions of what this connection stores, so records read again
+        after a crash are not stored twice (:meth:`fresh`); ``recovery`` is the recovery
+        store's generation (:class:`~dataflows.positions.PositionStore`)."""
+        self._positions = PositionStore(self._db, recovery)
+
+    def fresh(self, batches: list[Batch]) -> list[tuple[Batch, Update]]:
+        """``batches`` without the records this outbox stored before (by their positions,
+        once :meth:`keep_positions` was called), each with the update to store with its
+        records (:meth:`append`; :meth:`~dataflows.positions.Update.merge` joins several)."""
+        if self._positions is None:
+            return [(batch, NO_UPDATE) for batch in batches]
+        return self._positions.fresh(batches)
+
+    def append(self, records: Sequence[tuple[str, str | None, bytes]], update: Update | None = None) -> None:
+        """Store ``(stream, timestamp, body)`` records, and the positions they reach
+        (:meth:`fresh`), in one transaction; durable on return."""
+        if not records and (update is None or update == NO_UPDATE):
             return
         size = sum(len(body) for _, _, body in records)
         with self._db.transaction():
-            self._db.executemany("INSERT INTO outbox (stream, timestamp, body) VALUES (?, ?, ?)",
-                                 records)
-            self._db.execute("UPDATE depth SET records = records + ?, bytes = bytes + ?",
-                             (len(records), size))
+            if records:
+                self._db.executemany("INSERT INTO outbox (stream, timestamp, body) VALUES (?, ?, ?)",
+                                     records)
+                self._db.execute("UPDATE depth SET records = records + ?, bytes = bytes + ?",
+                                 (len(records), size))
+            if update is not None and self._positions is not None:
+                self._positions.store(update)
+        if update is not None and self._positions is not None:
+            self._positions.stored(update)
 
     def peek(self, max_records: int, max_bytes: int, mine: Callable[[str], bool] | None = None) -> list[Entry]:
         """The oldest records, at most ``max_records`` and ``max_bytes`` of bodies in all, but
@@ -111,6 +139,21 @@ class Outbox:
                     (json.dumps([entry.id for entry in entries]),)).fetchall()
             self._db.execute("UPDATE depth SET records = records - ?, bytes = bytes - ?",
                              (len(removed), sum(r[0] for r in removed)))
+
+    def through(self, marks: dict[str, int]) -> list[Entry]:
+        """Each stream's records up to its mark (the record id, included), oldest first: what
+        an endpoint that commits with the ids (Kafka transactions) holds already."""
+        out: list[Entry] = []
+        for stream, last in marks.items():
+            out += [Entry(*row) for row in self._db.execute(
+                "SELECT id, stream, timestamp, body FROM outbox WHERE stream = ? AND id <= ? ORDER BY id",
+                (stream, last))]
+        return sorted(out)
+
+    def identity(self) -> str:
+        """This outbox file's own id (random, made with the file): record ids are only
+        comparable within one file."""
+        return str(self._db.execute("SELECT id FROM identity").fetchone()[0])
 
     def disk_bytes(self) -> int:
         """Bytes the outbox takes on disk: the database file and its write-ahead log."""

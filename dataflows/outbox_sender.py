@@ -22,6 +22,7 @@ from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.diskspace import wait_for_space
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, start_drainer
+from dataflows.positions import NO_UPDATE, Update
 from dataflows.records import Batch
 from dataflows.report import TransmitReport
 
@@ -201,6 +202,7 @@ class OutboxWriter:
         self._join_seconds = join_seconds
         directory = ctx.component_dir(transmit)
         self._outbox = Outbox(directory / "outbox.sqlite")
+        self._outbox.keep_positions(ctx.recovery_generation())
         self._log = logging.getLogger(f"transmit.{transmit}")
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -221,29 +223,33 @@ class OutboxWriter:
     def write(self, batches: list[Batch]) -> Literal["stored"]:
         """Store the batches' records durably; the sender delivers them later. They are
         encoded and stored about :data:`_STORE_BYTES` at a time, so the encoded records of
-        a big epoch never sit in memory all at once."""
+        a big epoch never sit in memory all at once; each piece with the source positions
+        its records reach, so records read again after a crash are not stored twice."""
         rows: list[tuple[str, str | None, bytes]] = []
+        updates: list[Update] = []
         size = 0
-        for batch in batches:
+        for batch, update in self._outbox.fresh(batches):
+            updates.append(update)
             if batch.frame.height:
                 stream = str(batch.stream)
                 encoded = [(stream, timestamp, body) for timestamp, body in self._encode(batch)]
                 rows.extend(encoded)
                 size += sum(len(body) for _, _, body in encoded)
             if size >= _STORE_BYTES:
-                self._store(rows, size, batches)
-                rows, size = [], 0
-        self._store(rows, size, batches)
+                self._store(rows, Update.merge(updates), size, batches)
+                rows, updates, size = [], [], 0
+        self._store(rows, Update.merge(updates), size, batches)
         return "stored"  # durably in the outbox: the receiver may act on it
 
-    def _store(self, rows: list[tuple[str, str | None, bytes]], size: int, batches: list[Batch]) -> None:
-        if not rows:
+    def _store(self, rows: list[tuple[str, str | None, bytes]], update: Update, size: int,
+               batches: list[Batch]) -> None:
+        if not rows and update == NO_UPDATE:
             return
         def full(message: str | None) -> None:
             self._report.outbox_full(batches, message)
 
         self._outbox.wait_for_room(size, self._budget, self._ctx.shutdown, self._log, full)
-        wait_for_space(lambda: self._outbox.append(rows), self._outbox.path.parent, self._ctx.shutdown,
+        wait_for_space(lambda: self._outbox.append(rows, update), self._outbox.path.parent, self._ctx.shutdown,
                        self._log, full)
         self._report.outbox(*self._outbox.depth())
         self._wake.set()

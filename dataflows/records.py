@@ -84,6 +84,33 @@ def is_glob(text: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """Where the records of a batch sit in their source (see :mod:`dataflows.positions`).
+
+    :ivar scope: what the ordinals count within: a file's path; ``""`` for one sequence.
+    :ivar ordinals: one row per record of the batch, in its order; the columns are compared
+        left to right (a file's record number; an SQL row's cursor values).
+    :ivar identity: the scope's version (a file's modification time when first read).
+    :ivar generation: the stream's restream request id (set by the runtime).
+    """
+
+    scope: str
+    ordinals: pl.DataFrame
+    identity: str = ""
+    generation: int = 0
+
+    @classmethod
+    def records(cls, scope: str, first: int, count: int, identity: str = "") -> Position:
+        """Records numbered ``first`` to ``first + count - 1`` within ``scope`` (a file's
+        records, counted from 0 at its first line)."""
+        return cls(scope, pl.DataFrame({"record": pl.int_range(first, first + count, eager=True)}), identity)
+
+    def filter(self, mask: pl.Series) -> Position:
+        """The position of the records ``mask`` keeps."""
+        return replace(self, ordinals=self.ordinals.filter(mask))
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Records of one stream read in one go.
 
@@ -97,6 +124,8 @@ class Batch:
         after a durable write.
     :ivar origin: the stream the receiver read, when a transform (``replicate``) moved the
         records to another stream; acknowledgements go to it.
+    :ivar position: where each record sits in the source (:mod:`dataflows.positions`), so
+        a transmit never stores a record read again after a crash twice; None: unknown.
     """
 
     receiver: str
@@ -105,6 +134,7 @@ class Batch:
     source: str
     ack_key: str | None = field(default=None)
     origin: StreamKey | None = field(default=None)
+    position: Position | None = field(default=None)
 
     def ack_stream(self) -> StreamKey:
         """The stream the receiver waits on for this batch's acknowledgement."""
@@ -115,8 +145,11 @@ class Batch:
         return ack_name(transmit, self.stream, self.ack_stream())
 
     def with_frame(self, frame: pl.DataFrame) -> Batch:
-        """A copy holding ``frame`` instead."""
-        return replace(self, frame=frame)
+        """A copy holding ``frame`` instead. Its records keep their positions when it has as
+        many rows (a transform that changes values); otherwise the positions are dropped,
+        since they no longer say which record is which."""
+        position = self.position if self.position is not None and frame.height == self.frame.height else None
+        return replace(self, frame=frame, position=position)
 
     def __len__(self) -> int:
         return self.frame.height

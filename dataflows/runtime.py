@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -295,6 +295,9 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._poll_at = None if outcome.more else now + timedelta(seconds=self._receiver.poll_interval)
         if outcome.more and self._ctx.read_wait is not None:
             self._start_read()  # read on while the worker hands these batches on
+        if self._restream_id:  # positions count anew after a restream (dataflows.positions)
+            return [b if b.position is None else replace(b, position=replace(b.position, generation=self._restream_id))
+                    for b in outcome.batches]
         return outcome.batches
 
     def _set_marker(self, category: str, level: str, message: str, now: datetime) -> None:

@@ -39,7 +39,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 import msgspec
 
@@ -70,6 +80,7 @@ from dataflows.fields import (
 )
 from dataflows.outbox import Entry, Outbox
 from dataflows.outbox_sender import OutboxSender, OutboxWriter, Refused, SendFailed
+from dataflows.positions import Position
 from dataflows.records import Batch, StreamKey, json_values, records_frame, stream_matches
 from dataflows.registry import load_package, parsers, receivers, transforms, transmits
 from dataflows.report import AckWait, TransmitReport, WriteInterrupted
@@ -82,10 +93,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SPOOL_BYTES", "AckWait", "Acknowledgements", "Backoff", "Batch", "Component", "DiskFull", "Entry",
     "FilterStream", "JsonPath", "Level", "NonEmptyStr", "NonNegativeInt", "Outbox", "OutboxSender",
-    "OutboxWriter", "ParseError", "ParserConfig", "PollInterval", "Port", "ReceiverConfig",
+    "OutboxWriter", "ParseError", "ParserConfig", "PollInterval", "Port", "Position", "ReceiverConfig",
     "RecoverableWriter", "Refused", "RunContext", "SendFailed", "SourceFile", "SpoolMaxBytes",
     "Storage", "StreamConfig", "StreamKey", "StreamReader", "Template", "TransformConfig",
-    "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "WriteInterrupted", "Written", "chrono_format",
+    "TransactionalWriter", "TransmitConfig", "TransmitReport", "TransmitWriter", "Violation", "WriteInterrupted", "Written", "chrono_format",
     "choice_violations", "describe", "error", "field_meta", "http_url_violations", "is_placeholder", "json_values",
     "load_package", "localize", "parsers", "receivers", "records_frame", "secret_paths",
     "is_disk_full", "stream_matches", "timezone_violations", "transforms", "transmits", "unwrap",
@@ -222,6 +233,26 @@ class RecoverableWriter(TransmitWriter, Protocol):
         """Called once, before any write, with the :meth:`snapshot` of the epoch the
         dataflow resumes from (``None`` on a first run): drop whatever was written after
         it, since the receivers replay those records."""
+        ...
+
+
+@runtime_checkable
+class TransactionalWriter(TransmitWriter, Protocol):
+    """A spooled transmit's writer whose endpoint commits a write atomically with the spool
+    records it came from (Kafka transactions): exactly once across crashes of the job and
+    of the forwarder. The forwarder (:mod:`dataflows.spool`) asks :meth:`committed` once
+    the writer is open and deletes what the endpoint holds already, then hands each write
+    its marks; after a failed write it opens a new writer, which asks again."""
+
+    def committed(self, spool: str) -> dict[str, int]:
+        """Per stream (``asset:stream_type``), the last record id of the spool ``spool``
+        (:meth:`~dataflows.outbox.Outbox.identity`) the endpoint committed. It fences any
+        older writer of the same shard first (a zombie's write can then never commit)."""
+        ...
+
+    def write_marked(self, batches: list[Batch], spool: str, marks: dict[str, int]) -> Written:
+        """Write ``batches`` and ``marks`` (per stream, the last spool record id among
+        them) in one atomic commit; like :meth:`TransmitWriter.write` otherwise."""
         ...
 
 

@@ -44,10 +44,13 @@ from dataflows.context import RunContext
 from dataflows.diskspace import wait_for_space
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, shard_of, take_drainer_lock
+from dataflows.positions import Update
 from dataflows.records import Batch, StreamKey, last_timestamp
 from dataflows.report import TransmitReport
+from dataflows.sdk import TransactionalWriter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from dataflows.sdk import TransmitConfig, TransmitWriter
@@ -114,6 +117,7 @@ class SpooledTransmitPartition(StatelessSinkPartition[Batch]):
         path = spool_path(ctx, self._name)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._spool = Outbox(path)
+        self._spool.keep_positions(ctx.recovery_generation())
         self._report = TransmitReport(Ledger(ledger_path(ctx.home)), self._name, config.record_noun)
         self._forwarders: list[_ForwarderProcess] = []
         self._lock = take_drainer_lock(path.with_name("forwarder.lock"))
@@ -124,13 +128,15 @@ class SpooledTransmitPartition(StatelessSinkPartition[Batch]):
                                 for k in range(forwarders)]
 
     def write_batch(self, items: list[Batch]) -> None:
-        rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b in items if b.frame.height]
+        fresh = self._spool.fresh(items)  # what the spool stored before a crash is not stored again
+        rows = [(str(b.stream), last_timestamp(b.frame), _encode(b)) for b, _ in fresh if b.frame.height]
+        update = Update.merge([u for _, u in fresh])
         def full(message: str | None) -> None:
             self._report.outbox_full(items, message)
 
         self._spool.wait_for_room(sum(len(body) for _, _, body in rows), self._budget, self._ctx.shutdown,
                                   self._log, full)
-        wait_for_space(lambda: self._spool.append(rows), self._spool.path.parent, self._ctx.shutdown,
+        wait_for_space(lambda: self._spool.append(rows, update), self._spool.path.parent, self._ctx.shutdown,
                        self._log, full)
         self._report.outbox(*self._spool.depth())
         self._report.acknowledge(items)  # durable in the spool: the receiver may act on it
@@ -174,7 +180,7 @@ class _Forwarder:
             :data:`DRAIN_SECONDS`, then return.
         :param wake: a :class:`_Signal` set when a batch was spooled.
         """
-        self._ctx = RunContext(home=self._home)
+        self._ctx = RunContext(home=self._home, shard=self._shard.index)
         self._closing = closing
         self._wake = wake
         threading.Thread(target=self._relay_stop, name=f"{self.thread_name}-stop", daemon=True).start()
@@ -200,8 +206,8 @@ class _Forwarder:
                     drain_until = time.monotonic() + DRAIN_SECONDS
                 try:
                     if writer is None:
-                        writer = self._config.open_writer(self._ctx, report)
-                    entries = spool.peek(1000, _FORWARD_BYTES, self._shard.mine if self._shard.of > 1 else None)
+                        writer = self._open(spool, report)
+                    entries = spool.peek(1000, _FORWARD_BYTES, self._mine)
                     if not entries:
                         if drain_until is not None:
                             return
@@ -220,6 +226,9 @@ class _Forwarder:
                     failures = 0
                     continue
                 failures += 1
+                if isinstance(writer, TransactionalWriter):  # a new one learns what was committed
+                    writer, closing_writer = None, writer
+                    closing_writer.close()
                 if drain_until is not None:
                     return  # stopping: the endpoint is down, the spool keeps the batches
                 delay = ENDPOINT_BACKOFF.delay(failures)
@@ -232,19 +241,54 @@ class _Forwarder:
             spool.close()
             report.close()
 
+    @property
+    def _mine(self) -> Callable[[str], bool] | None:
+        return self._shard.mine if self._shard.of > 1 else None
+
+    def _open(self, spool: Outbox, report: TransmitReport) -> TransmitWriter:
+        """The transmit's writer; a transactional one (exactly once) first learns what the
+        endpoint committed, and what of that the spool still holds is deleted."""
+        writer = self._config.open_writer(self._ctx, report)
+        if not isinstance(writer, TransactionalWriter):
+            return writer
+        self._spool_id = spool.identity()
+        try:
+            marks = writer.committed(self._spool_id)
+        except BaseException:
+            writer.close()
+            raise
+        mine = self._mine
+        committed = spool.through({s: m for s, m in marks.items() if mine is None or mine(s)})
+        if committed:
+            self._log.info("%d batches in the spool were committed before the last stop: deleted, not sent "
+                           "again", len(committed))
+            self._delivered(spool, report, committed)
+        return writer
+
     def _send(self, writer: TransmitWriter, spool: Outbox, report: TransmitReport,
               entries: list[Entry]) -> bool:
         batches = [_decode(entry.body) for entry in entries]
         try:
-            writer.write(batches)
+            if isinstance(writer, TransactionalWriter):
+                marks: dict[str, int] = {}
+                for entry in entries:
+                    marks[entry.stream] = entry.id
+                writer.write_marked(batches, self._spool_id, marks)
+            else:
+                writer.write(batches)
         except Exception as exc:  # the endpoint failed: keep the batches, say why, retry
             report.failed(str(exc))
             self._log.error("%s", exc)
             return False
-        spool.delete(entries)
-        report.count(batches)  # acknowledged already, when they were spooled
-        report.drained(spool)
+        self._delivered(spool, report, entries, batches)
         return True
+
+    def _delivered(self, spool: Outbox, report: TransmitReport, entries: list[Entry],
+                   batches: list[Batch] | None = None) -> None:
+        """Delete delivered ``entries`` (decoded: ``batches``) from the spool and count them."""
+        spool.delete(entries)
+        report.count(batches if batches is not None else [_decode(entry.body) for entry in entries])
+        report.drained(spool)  # acknowledged already, when they were spooled
 
 
 class _Shard:

@@ -43,6 +43,7 @@ import polars as pl
 from dataflows.sdk import (
     Batch,
     ParseError,
+    Position,
     RunContext,
     SourceFile,
     StreamReader,
@@ -125,6 +126,8 @@ class SeenFile(msgspec.Struct, kw_only=True):
     line: int = 0
     prefix: bytes = b""
     failed: bool = False
+    records: int = 0  # records handed on from this file so far: the next one's number
+    born: float | None = None  # the mtime when it was first read: this version's identity
 
 
 @dataclass(slots=True)
@@ -473,6 +476,12 @@ class FileStreamReader(StreamReader):
         """Record ``data`` (parsed into ``frame``) as read: the batch to hand on, and whether
         the file is read to its end."""
         key = candidate.key
+        whole = self._header_lines is None
+        if seen.born is None or whole:
+            seen.born, seen.records = candidate.mtime, 0  # a whole file is read again as a new version
+        position = Position.records(key, seen.records, frame.height,
+                                    f"{seen.born!r}:{candidate.size}" if whole else repr(seen.born))
+        seen.records += frame.height
         seen.offset += len(data)
         seen.line += data.count(b"\n")
         seen.size, seen.mtime, seen.etag = max(candidate.size, seen.offset), candidate.mtime, candidate.etag
@@ -484,7 +493,8 @@ class FileStreamReader(StreamReader):
             self._pending_delete[key] = ack_key
         if frame.height == 0 and ack_key is None:
             return None, finished
-        return Batch(self._receiver.data_receiver_name, self._stream.key, frame, key, ack_key), finished
+        return Batch(self._receiver.data_receiver_name, self._stream.key, frame, key, ack_key,
+                     position=position if frame.height else None), finished
 
     def _skip(self, candidate: _Candidate, exc: ParseError) -> None:
         """Mark the stream with ``exc`` and skip the file until it changes."""

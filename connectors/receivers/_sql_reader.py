@@ -29,7 +29,7 @@ from connectors.receivers._sql_cursor import (
     sockets_to,
 )
 from connectors.receivers._sql_text import as_text, limit, with_literals
-from dataflows.sdk import Batch, StreamReader
+from dataflows.sdk import Batch, Position, StreamReader
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -216,8 +216,17 @@ class SqlStreamReader(StreamReader):
             self.abandon()
         if frame.height == 0:
             return [], not held
-        batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._stream.query)
+        batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._stream.query,
+                      position=self._position(frame))
         return [batch], not held
+
+    def _position(self, frame: pl.DataFrame) -> Position | None:
+        """Each row's cursor values (the state fields, in their order), the positions that
+        tell a transmit which rows it stored before a crash (``docs/delivery.md``); None
+        with ``lag``, whose rows do not come in cursor order."""
+        if self._lag is not None:
+            return None
+        return Position("", frame.select([pl.col(self._column(frame, name)).alias(name) for name in self._state]))
 
     def _next_chunk(self) -> pl.DataFrame | None:
         assert self._chunks is not None

@@ -88,6 +88,7 @@ from dataflows.sdk import (
     Batch,
     JsonPath,
     PollInterval,
+    Position,
     ReceiverConfig,
     RunContext,
     StreamConfig,
@@ -337,9 +338,13 @@ class _MqttReader(StreamReader):
                 raise MqttConnectionError(problem)
             return [], False
         records: list[dict[str, Any]] = []
+        ordinals: tuple[list[int], list[int]] = ([], [])  # each record's message id and place in it
         for message in messages:
             try:
-                records += self._decode(message)
+                decoded = self._decode(message)
+                records += decoded
+                ordinals[0].extend([message.id] * len(decoded))
+                ordinals[1].extend(range(len(decoded)))
             except BadMessage as exc:
                 self.report_bad_input(f"message {message.id} on {message.topic!r} (arrived "
                                       f"{_utc(message.received).isoformat()}): {exc}; skipped")
@@ -347,7 +352,11 @@ class _MqttReader(StreamReader):
         frame = self._frame(records)
         ack_key = f"mqtt|{self._buffer}|{self._last_id}"
         self._pending[ack_key] = self._last_id
-        batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._source, ack_key)
+        position = Position("", pl.DataFrame({"message": ordinals[0], "record": ordinals[1]},
+                                              schema={"message": pl.Int64, "record": pl.Int64}),
+                            identity=self._buffer or "") if frame.height == len(records) else None
+        batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._source, ack_key,
+                      position=position)
         return [batch], len(messages) == self._receiver.chunk_size
 
     def _decode(self, message: Message) -> list[dict[str, Any]]:

@@ -39,12 +39,13 @@ The worked example is ``KafkaTransmit.example``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -88,6 +89,14 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "delivery.report.only.error": True,
 }
 
+#: librdkafka settings ``exactly_once`` adds: a transaction left open by a crashed job holds
+#: ``read_committed`` consumers back for at most ``transaction.timeout.ms`` (a restarted
+#: forwarder aborts it at once); a message must fail within it.
+TRANSACTION_DEFAULTS: dict[str, str | int | float | bool] = {
+    "transaction.timeout.ms": 60_000,
+    "message.timeout.ms": 60_000,
+}
+
 #: librdkafka settings whose values are secrets (redacted in the API and the logs):
 #: ``sasl.password``, ``ssl.key.password``, ``ssl.keystore.password``,
 #: ``sasl.oauthbearer.client.secret``, ``ssl.key.pem``, ``sasl.oauthbearer.config``, ...
@@ -121,6 +130,15 @@ class KafkaDeliveryError(RuntimeError):
         super().__init__(f"transmit {transmit!r}: {failed} of {total} messages not delivered: {first}")
         self.failed = failed
         self.first = first
+
+    @classmethod
+    def of(cls, transmit: str, doing: str, error: KafkaError) -> KafkaDeliveryError:
+        """The error of a transaction that failed ``doing`` (``committing a transaction``)."""
+        failure = cls.__new__(cls)
+        RuntimeError.__init__(failure, f"transmit {transmit!r}: {doing} failed: {error.str()}; nothing of it "
+                                       "is visible to read_committed consumers, and it is sent again")
+        failure.failed, failure.first = 0, error
+        return failure
 
 
 class RepeatFilter(logging.Filter):
@@ -165,10 +183,13 @@ class _KafkaWriter:
         client_log = logging.getLogger(f"transmit.{self._name}.librdkafka")
         if not any(isinstance(f, RepeatFilter) for f in client_log.filters):
             client_log.addFilter(RepeatFilter())
-        self._producer = Producer({**config.producer_config(), "logger": client_log,
+        self._producer = Producer({**self._settings(), "logger": client_log,
                                    "on_delivery": self._on_delivery, "error_cb": self._on_error})
         self._errors: list[KafkaError] = []
         self._client_error: str | None = None  # librdkafka's last error ("1/1 brokers are down")
+
+    def _settings(self) -> dict[str, Any]:
+        return self._config.producer_config()
 
     def _on_error(self, err: KafkaError) -> None:
         self._client_error = err.str()
@@ -183,18 +204,26 @@ class _KafkaWriter:
         topic = self._config.topic or topic_name(self._config.topic_prefix or "", batch.stream)
         key = str(batch.stream).encode()
         headers = [("receiver", batch.receiver.encode()), ("source", batch.source.encode())]
-        produce, poll = self._producer.produce, self._producer.poll
+        produce = self._producer.produce
         frame = records_frame(batch)
         for part in frame.iter_slices(_ENCODE_ROWS):  # bounded Python objects
             for value in json_values(part):
-                while True:
-                    try:
-                        produce(topic, value, key, headers=headers)
-                        break
-                    except BufferError:  # local queue full: let librdkafka send, then retry
-                        poll(0.05)
-                        wait.check(len(self._producer), self._client_error)
+                try:
+                    produce(topic, value, key, headers=headers)
+                except BufferError:
+                    self._produce_one(topic, value, key, headers, wait)
         return frame.height
+
+    def _produce_one(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None,
+                     wait: AckWait) -> None:
+        """Produce one message, waiting while the local queue is full (librdkafka sends meanwhile)."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+                wait.check(len(self._producer), self._client_error)
 
     def write(self, batches: list[Batch]) -> Written:
         """Produce every record of ``batches`` and return once the broker acknowledged them
@@ -229,6 +258,81 @@ class _KafkaWriter:
         if left:
             self._log.warning("closing with %d messages unacknowledged (they are resent on restart)",
                               left)
+
+
+class _TransactionalKafkaWriter(_KafkaWriter):
+    """``delivery_guarantee: exactly_once``: each write is one Kafka transaction holding the
+    records and, in the positions topic, the last spool record id of each stream among
+    them (KIP-98 transactions; the positions topic plays Kafka Connect's offsets topic's
+    part, KIP-618). A forwarder that starts (:meth:`committed`) fences the older producer of
+    its ``transactional.id`` (a zombie's transaction is aborted and can never commit), then
+    reads the positions back with ``read_committed``; the spool deletes what is there."""
+
+    def __init__(self, config: KafkaTransmit, ctx: RunContext, report: TransmitReport) -> None:
+        self._prefix = config.transactional_prefix()
+        self._shard_id = f"{self._prefix}.{ctx.shard}"
+        super().__init__(config, ctx, report)
+        self._in_transaction = False
+
+    def _settings(self) -> dict[str, Any]:
+        return {**super()._settings(), "transactional.id": self._shard_id}
+
+    def committed(self, spool: str) -> dict[str, int]:
+        from confluent_kafka import KafkaException
+
+        self._config.ensure_positions_topic()
+        try:
+            self._producer.init_transactions(30)
+        except KafkaException as exc:
+            raise KafkaDeliveryError.of(self._name, "starting its transactions", exc.args[0]) from None
+        marks: dict[str, int] = {}
+        for key, value in self._config.read_positions():
+            stream = key.removeprefix(f"{self._prefix}|")
+            if stream != key and value.get("spool") == spool and isinstance(value.get("record"), int):
+                marks[stream] = value["record"]
+        return marks
+
+    def write(self, batches: list[Batch]) -> Written:
+        raise NotImplementedError("an exactly_once Kafka writer writes with marks (write_marked)")
+
+    def write_marked(self, batches: list[Batch], spool: str, marks: dict[str, int]) -> Written:
+        """Produce ``batches`` and their ``marks`` in one transaction; return once it committed.
+
+        :raises KafkaDeliveryError: the transaction was aborted (nothing of it is visible to a
+            ``read_committed`` consumer) or its outcome is unknown; the forwarder starts a new
+            writer, which reads the positions back.
+        :raises WriteInterrupted: the dataflow is stopping and the broker answers nothing.
+        """
+        from confluent_kafka import KafkaException
+
+        wait = AckWait(self._report, self._ctx.shutdown, f"broker {self._config.bootstrap_servers}")
+        try:
+            self._producer.begin_transaction()
+            self._in_transaction = True
+            for batch in batches:
+                self._produce(batch, wait)
+            for stream, record in marks.items():
+                self._produce_one(self._config.positions_topic, msgspec.json.encode({"spool": spool, "record": record}),
+                                  f"{self._prefix}|{stream}".encode(), None, wait)
+            while True:
+                try:
+                    self._producer.commit_transaction(0.5)
+                    break
+                except KafkaException as exc:
+                    if not exc.args[0].retriable():
+                        raise
+                    wait.check(max(1, len(self._producer)), self._client_error)
+        except KafkaException as exc:
+            raise KafkaDeliveryError.of(self._name, "committing a transaction", exc.args[0]) from None
+        finally:
+            self._errors = []
+        self._in_transaction = False
+        return "delivered"
+
+    def close(self) -> None:
+        if self._in_transaction:  # not committed: the next writer's init_transactions aborts it anyway
+            with contextlib.suppress(Exception):
+                self._producer.abort_transaction(2)
 
 
 OptionValue = str | int | float | bool
@@ -267,9 +371,96 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
                                          secret_keys=SECRET_OPTIONS)
     ] = msgspec.field(default_factory=dict)
     spool_max_bytes: SpoolMaxBytes = DEFAULT_SPOOL_BYTES
+    delivery_guarantee: Annotated[Literal["at_least_once", "exactly_once"], describe(
+        "'exactly_once': each write is a Kafka transaction with the positions it reaches, so a "
+        "read_committed consumer sees every record once across crashes (docs/delivery.md); "
+        "'at_least_once': a crash may send the records in flight again.")] = "at_least_once"
+    transactional_id: Annotated[NonEmptyStr | None, describe(
+        "exactly_once: the prefix of the producers' transactional.id and of this transmit's keys in "
+        "the positions topic; unique per installation on one Kafka cluster. Default "
+        "'factoryflow.<transmit_name>'.")] = None
+    positions_topic: Annotated[NonEmptyStr, describe(
+        "exactly_once: the compacted topic the committed positions are kept in (created when "
+        "missing).")] = "factoryflow.positions"
 
     def spool_bytes(self) -> int:
         return self.spool_max_bytes
+
+    def transactional_prefix(self) -> str:
+        """``transactional_id``, by default ``factoryflow.<transmit_name>``."""
+        return self.transactional_id or f"factoryflow.{self.transmit_name}"
+
+    def client_config(self) -> dict[str, Any]:
+        """The settings an admin client or consumer of this transmit's cluster shares with
+        its producer: the brokers, and the ``options`` for security and the client id."""
+        shared = ("security.", "sasl.", "ssl.", "client.id", "socket.", "broker.address.family")
+        return {"bootstrap.servers": self.bootstrap_servers,
+                **{k: v for k, v in self.options.items() if k.startswith(shared)}}
+
+    def ensure_positions_topic(self) -> None:
+        """Create ``positions_topic`` (compacted, one partition, the broker's replication
+        factor) unless it exists.
+
+        :raises KafkaDeliveryError: the broker refused or did not answer within 30 s.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(self.client_config())
+        topic = NewTopic(self.positions_topic, num_partitions=1, replication_factor=-1,
+                         config={"cleanup.policy": "compact"})
+        try:
+            admin.create_topics([topic], request_timeout=30)[self.positions_topic].result(35)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaDeliveryError.of(self.transmit_name, f"creating the positions topic "
+                                            f"{self.positions_topic!r}", exc.args[0]) from None
+
+    def read_positions(self, timeout: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
+        """Every committed message of ``positions_topic``, oldest first, as (key, value);
+        read with ``isolation.level=read_committed`` up to its end.
+
+        :raises KafkaDeliveryError: the topic could not be read to its end within ``timeout`` s.
+        """
+        import uuid
+
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        consumer = Consumer({**self.client_config(), "group.id": f"factoryflow-positions-{uuid.uuid4()}",
+                             "isolation.level": "read_committed", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        try:
+            deadline = time.monotonic() + timeout
+            partitions: list[int] = []
+            while not partitions and time.monotonic() < deadline:  # a topic just created may not show yet
+                metadata = consumer.list_topics(self.positions_topic, timeout=10).topics[self.positions_topic]
+                partitions = list(metadata.partitions) if metadata.error is None else []
+                if not partitions:
+                    time.sleep(0.2)
+            consumer.assign([TopicPartition(self.positions_topic, p, OFFSET_BEGINNING) for p in partitions])
+            out: list[tuple[str, dict[str, Any]]] = []
+            ended: set[int] = set()
+            while not partitions or len(ended) < len(partitions):
+                if time.monotonic() > deadline:
+                    raise KafkaDeliveryError.of(self.transmit_name, f"reading the positions topic "
+                                                f"{self.positions_topic!r} to its end within {timeout:.0f} s",
+                                                KafkaError(KafkaError._TIMED_OUT))
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        ended.add(message.partition())
+                        continue
+                    raise KafkaDeliveryError.of(self.transmit_name, "reading the positions topic", error)
+                with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+                    value = msgspec.json.decode(message.value() or b"null")
+                    if isinstance(value, dict):
+                        out.append(((message.key() or b"").decode(), value))
+            return out
+        finally:
+            consumer.close()
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out = []
@@ -284,6 +475,13 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         settings = self.producer_config()
         if not any(is_placeholder(value) for value in self.options.values()):
             out.extend(_librdkafka_violations(settings, [*path, "options"]))
+        if self.exactly_once and "transactional.id" in self.options:
+            out.append(error("set the transactional id with 'transactional_id' (a prefix; each forwarder "
+                             "adds its shard), not in options", [*path, "options", "transactional.id"]))
+        if self.exactly_once and (str(settings["acks"]).lower() not in ("all", "-1")
+                                  or str(settings["enable.idempotence"]).lower() not in ("true", "1")):
+            out.append(error("exactly_once needs acks=all and enable.idempotence=true (Kafka transactions)",
+                             [*path, "options"]))
         if str(settings["acks"]).lower() not in ("all", "-1"):
             out.append(warning(f"acks={settings['acks']}: the broker may lose acknowledged records",
                                [*path, "options", "acks"]))
@@ -293,11 +491,18 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         return out
 
     def producer_config(self) -> dict[str, Any]:
-        """The librdkafka settings of the producer: defaults, then ``options``."""
-        return {**PRODUCER_DEFAULTS, **self.options, "bootstrap.servers": self.bootstrap_servers}
+        """The librdkafka settings of the producer: defaults (with ``exactly_once``, also
+        :data:`TRANSACTION_DEFAULTS`), then ``options``."""
+        defaults = {**PRODUCER_DEFAULTS, **TRANSACTION_DEFAULTS} if self.exactly_once else PRODUCER_DEFAULTS
+        return {**defaults, **self.options, "bootstrap.servers": self.bootstrap_servers}
+
+    @property
+    def exactly_once(self) -> bool:
+        """Whether ``delivery_guarantee`` is ``exactly_once``."""
+        return self.delivery_guarantee == "exactly_once"
 
     def open_writer(self, ctx: RunContext, report: TransmitReport) -> _KafkaWriter:
-        return _KafkaWriter(self, ctx, report)
+        return _TransactionalKafkaWriter(self, ctx, report) if self.exactly_once else _KafkaWriter(self, ctx, report)
 
 
 @transmits.register

@@ -1,0 +1,215 @@
+"""Source positions: where each record sits in its source, so that a record read again is
+known and never stored twice by a transmit.
+
+After a crash the receivers resume from the last recovery snapshot and read again what they
+had read since; a transmit whose spool or outbox already holds those records would send
+them twice. So every batch a receiver reads carries a :class:`Position`, and each
+store-and-forward transmit keeps, in the same SQLite transaction that stores the records
+(its spool or outbox), the last position it stored per stream and scope
+(:class:`PositionStore`). Records at or before it are dropped on the way in, whatever the
+receiver reads again from its older snapshot.
+
+A position is a *scope* (what the ordinals count within: a file's path, or ``""`` for a
+stream that is one sequence, like an SQL cursor) with an *identity* (what tells versions of
+a scope apart: a file's modification time when it was first read, so a file rewritten or
+made anew under the same name starts over), one *ordinal* per record (a tuple of values
+compared left to right: a file's record number, an SQL row's cursor values), and the
+restream *generation* (a restream starts the stream's positions over, so its data is sent
+again, once). Ordinals grow within a scope in the order the receiver hands records on.
+
+A record whose ordinal holds a null is always kept. Batches without a position (sources
+that have none yet) are kept whole: at-least-once, as before.
+
+Implements "Delivered once" (``docs/delivery.md``).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from dataflows.records import Batch, Position
+
+if TYPE_CHECKING:
+    from dataflows.storage import Storage
+
+__all__ = ["NO_UPDATE", "SCHEMA", "Position", "PositionStore", "Update"]
+
+#: The tables a spool or outbox keeps its positions in (``CREATE ... IF NOT EXISTS``).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS positions (
+    key TEXT NOT NULL, scope TEXT NOT NULL, identity TEXT NOT NULL, generation INTEGER NOT NULL,
+    ordinal BLOB NOT NULL, updated REAL NOT NULL, PRIMARY KEY (key, scope));
+CREATE TABLE IF NOT EXISTS positions_store (
+    one INTEGER PRIMARY KEY CHECK (one = 1), recovery TEXT NOT NULL);
+"""
+
+#: Positions not written for this long before the newest one are forgotten, in seconds: a
+#: receiver reads again only what it read since its last snapshot, taken every few seconds.
+FORGET_SECONDS = 7 * 86400.0
+
+
+@dataclass(slots=True)
+class _Stored:
+    identity: str
+    generation: int
+    last: pl.DataFrame  # one row: the ordinal of the last record stored
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What a transmit stores with a write: the last position per key and scope
+    (:meth:`PositionStore.fresh`), and the keys a restream starts over."""
+
+    last: dict[tuple[str, str], _Stored]
+    reset: dict[str, int]  # key -> the restream generation it starts over at
+
+    @staticmethod
+    def merge(updates: list[Update]) -> Update:
+        """One update doing what ``updates`` do, in their order."""
+        last: dict[tuple[str, str], _Stored] = {}
+        reset: dict[str, int] = {}
+        for update in updates:
+            for key, generation in update.reset.items():
+                last = {k: v for k, v in last.items() if k[0] != key}
+                reset[key] = generation
+            last.update(update.last)
+        return Update(last, reset)
+
+
+#: The update of a batch without a position.
+NO_UPDATE = Update({}, {})
+
+
+def position_key(batch: Batch) -> str:
+    """Whose positions a batch advances: its receiver, the stream it was read on and the
+    stream it is on now (``replicate`` copies each keep their own)."""
+    return f"{batch.receiver}|{batch.ack_stream()}|{batch.stream}"
+
+
+def _after(ordinals: pl.DataFrame, last: pl.DataFrame) -> pl.Series:
+    """Which rows of ``ordinals`` come after ``last`` (left to right); a null: kept."""
+    later = pl.lit(False)
+    equal = pl.lit(True)
+    for name in ordinals.columns:
+        value = pl.lit(last.get_column(name)).first()
+        later = later | (equal & (pl.col(name) > value))
+        equal = equal & (pl.col(name) == value)
+    nulls = pl.any_horizontal(pl.col(c).is_null() for c in ordinals.columns)
+    return ordinals.select((later.fill_null(False) | nulls).alias("after")).to_series()
+
+
+def _last(ordinals: pl.DataFrame) -> pl.DataFrame | None:
+    """The greatest ordinal of ``ordinals`` (left to right; nulls left out), one row."""
+    present = ordinals.drop_nulls()
+    if not present.height:
+        return None
+    return present.sort(present.columns).tail(1)
+
+
+def _encode(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer)
+    return buffer.getvalue()
+
+
+class PositionStore:
+    """The positions a spool or outbox stored, in its own SQLite file (``db``), per
+    :func:`position_key` and scope. One object per writer (worker); a stream is written by
+    one worker, so what it caches stays true.
+
+    :param recovery: the recovery store's generation
+        (:meth:`~dataflows.context.RunContext.recovery_generation`): positions stored under
+        another (a start over with fresh state) are forgotten; None (no state kept, every
+        start reads everything again): positions are neither kept nor compared.
+    """
+
+    def __init__(self, db: Storage, recovery: str | None) -> None:
+        self._db = db
+        self.enabled = recovery is not None
+        self._cache: dict[tuple[str, str], _Stored | None] = {}
+        self._generations: dict[str, int] = {}
+        if recovery is None:
+            return
+        with db.transaction():
+            row = db.execute("SELECT recovery FROM positions_store").fetchone()
+            if row is None or row[0] != recovery:
+                db.execute("DELETE FROM positions")
+                db.execute("INSERT OR REPLACE INTO positions_store VALUES (1, ?)", (recovery,))
+            db.execute("DELETE FROM positions WHERE updated < (SELECT max(updated) FROM positions) - ?",
+                       (FORGET_SECONDS,))
+
+    def _stored(self, key: str, scope: str) -> _Stored | None:
+        if (key, scope) not in self._cache:
+            row = self._db.execute("SELECT identity, generation, ordinal FROM positions WHERE key = ? AND scope = ?",
+                                   (key, scope)).fetchone()
+            self._cache[(key, scope)] = None if row is None else _Stored(
+                row[0], row[1], pl.read_ipc(io.BytesIO(row[2])))
+        return self._cache[(key, scope)]
+
+    def _generation(self, key: str) -> int:
+        if key not in self._generations:
+            row = self._db.execute("SELECT max(generation) FROM positions WHERE key = ?", (key,)).fetchone()
+            self._generations[key] = row[0] if row and row[0] is not None else 0
+        return self._generations[key]
+
+    def fresh(self, batches: list[Batch]) -> list[tuple[Batch, Update]]:
+        """``batches`` without the records stored already (a batch left empty is left out;
+        one without a position is kept whole), each with the update that stores its
+        position (:meth:`store`, in the transaction that stores its records;
+        :meth:`Update.merge` joins those of batches stored together)."""
+        if not self.enabled:
+            return [(batch, NO_UPDATE) for batch in batches]
+        kept: list[tuple[Batch, Update]] = []
+        last: dict[tuple[str, str], _Stored] = {}
+        reset: dict[str, int] = {}
+        for batch in batches:
+            position = batch.position
+            if position is None or not batch.frame.height or position.ordinals.height != batch.frame.height:
+                kept.append((batch, NO_UPDATE))
+                continue
+            key = position_key(batch)
+            generation = reset.get(key, self._generation(key))
+            if position.generation < generation:
+                continue  # read before a restream that is applied already: stored then
+            starts_over = position.generation > generation
+            if starts_over:  # a restream: the stream starts over
+                reset[key] = position.generation
+                last = {k: v for k, v in last.items() if k[0] != key}
+            scoped = (key, position.scope)
+            stored = last.get(scoped) or (None if key in reset else self._stored(*scoped))
+            if stored is not None and stored.identity == position.identity \
+                    and stored.last.schema == position.ordinals.schema:
+                mask = _after(position.ordinals, stored.last)
+                if not mask.any():
+                    continue
+                if not mask.all():
+                    position = position.filter(mask)
+                    batch = replace(batch, frame=batch.frame.filter(mask), position=position)
+            newest = _last(position.ordinals)
+            advanced = {} if newest is None else {scoped: _Stored(position.identity, position.generation, newest)}
+            last.update(advanced)
+            kept.append((batch, Update(advanced, {key: position.generation} if starts_over else {})))
+        return kept
+
+    def store(self, update: Update) -> None:
+        """Write ``update``; call it inside the transaction that stores the records."""
+        if not update.last and not update.reset:
+            return
+        for key in update.reset:
+            self._db.execute("DELETE FROM positions WHERE key = ?", (key,))
+        now = time.time()
+        self._db.executemany(
+            "INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?, ?)",
+            [(key, scope, s.identity, s.generation, _encode(s.last), now) for (key, scope), s in update.last.items()])
+
+    def stored(self, update: Update) -> None:
+        """Take ``update`` as written (after its transaction committed)."""
+        for key, generation in update.reset.items():
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != key}
+            self._generations[key] = generation
+        self._cache.update(update.last)
