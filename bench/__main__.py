@@ -11,6 +11,8 @@ replicated over four machines, each machine a stream and so a bytewax partition)
 - **PostgreSQL → Kafka**: the same records in a table, one ``sql`` stream per machine with
   a timestamp cursor. Limit: the fastest plain read of the table into polars (SQLAlchemy
   chunks, connectorx, ADBC).
+- **exactly_once**: both Kafka scenarios again with ``delivery_guarantee: exactly_once``
+  (a Kafka transaction per forwarder write), beside ``at_least_once`` in the same run.
 - **CSV → Sight Machine**: the CSV files into the ``remotedatapost`` transmit (outbox, gzip
   of BSON sslogs) and the Sight Machine simulator in a process of its own. Limit: the
   transmit's BSON + gzip encoding alone.
@@ -135,9 +137,9 @@ class Bench:
         """A fresh ``FACTORYFLOW_HOME``."""
         return Path(tempfile.mkdtemp(prefix="home-", dir=self.work))
 
-    def kafka(self, topic: str) -> dict[str, Any]:
+    def kafka(self, topic: str, guarantee: str = "at_least_once") -> dict[str, Any]:
         return {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": self.bootstrap,
-                "topic": topic}
+                "topic": topic, "delivery_guarantee": guarantee}
 
 
 # --- data --------------------------------------------------------------------------------
@@ -191,19 +193,19 @@ def sql_receiver(bench: Bench, table: str) -> dict[str, Any]:
 
 # --- scenarios ---------------------------------------------------------------------------
 
-def csv_kafka(bench: Bench, workers: int = 1, processes: int = 1) -> Measure:
-    """The CSV files into Kafka."""
+def csv_kafka(bench: Bench, workers: int = 1, processes: int = 1, guarantee: str = "at_least_once") -> Measure:
+    """The CSV files into Kafka (``delivery_guarantee``: ``guarantee``)."""
     assert bench.csv_dir is not None
     config = {"data_receiver": [csv_receiver(bench.csv_dir)], "transforms": [PLANT_TIME],
-              "data_transmit": [bench.kafka(bench.topic("csv"))]}
+              "data_transmit": [bench.kafka(bench.topic("csv"), guarantee)]}
     return run_job(bench.home(), config, "kafka", bench.rows, workers=workers, processes=processes)
 
 
 def sql_kafka(bench: Bench, workers: int = 1, processes: int = 1, table: str = "nab",
-              rows: int | None = None) -> Measure:
-    """The table into Kafka."""
+              rows: int | None = None, guarantee: str = "at_least_once") -> Measure:
+    """The table into Kafka (``delivery_guarantee``: ``guarantee``)."""
     config = {"data_receiver": [sql_receiver(bench, table)], "transforms": [],
-              "data_transmit": [bench.kafka(bench.topic("sql"))]}
+              "data_transmit": [bench.kafka(bench.topic("sql"), guarantee)]}
     return run_job(bench.home(), config, "kafka", rows or bench.rows, workers=workers, processes=processes)
 
 
@@ -472,12 +474,16 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
                 ("limit: raw produce", lambda: limit_produce(bench), None, ""),
                 ("limit: kcat -P", lambda: limit_kcat(bench), None, ""),
                 ("CSV → Kafka", lambda: _with_payload(csv_kafka(bench), payload), "limit: raw produce",
-                 "(target ≥ 0.85)")])
+                 "(target ≥ 0.85)"),
+                ("CSV → Kafka, exactly_once", lambda: _with_payload(csv_kafka(bench, guarantee="exactly_once"),
+                                                                    payload), "CSV → Kafka", "(target ≥ 0.85)")])
         if sql:
             interleaved(bench, repeat, [
                 ("limit: plain read", lambda: limit_read(bench), None, ""),
                 ("PostgreSQL → Kafka", lambda: _with_payload(sql_kafka(bench), payload), "limit: plain read",
-                 "(target ≥ 0.6)")])
+                 "(target ≥ 0.6)"),
+                ("PostgreSQL → Kafka, exactly_once", lambda: _with_payload(
+                    sql_kafka(bench, guarantee="exactly_once"), payload), "PostgreSQL → Kafka", "(target ≥ 0.85)")])
         if "csv_sight_machine" in only:
             interleaved(bench, repeat, [
                 ("limit: BSON + gzip", lambda: limit_encode(bench), None, ""),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -57,7 +58,7 @@ FORGET_SECONDS = 7 * 86400.0
 class _Stored:
     identity: str
     generation: int
-    last: pl.DataFrame  # one row: the ordinal of the last record stored
+    last: pl.DataFrame  # one row: the ordinal of the last record stored; with lag: the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,28 @@ def _last(ordinals: pl.DataFrame) -> pl.DataFrame | None:
     if not present.height:
         return None
     return present.sort(present.columns).tail(1)
+
+
+def _unseen(ordinals: pl.DataFrame, window: pl.DataFrame, lag: float) -> pl.Series:
+    """Which rows of ``ordinals`` (timestamp, key...) are new against the ``window`` of
+    those stored: not older than ``lag`` seconds behind the newest stored, and of a key not
+    in the window. A null timestamp or key: kept."""
+    ts, keys = ordinals.columns[0], ordinals.columns[1:]
+    bound = window.get_column(ts).max() - timedelta(seconds=lag)  # type: ignore[operator]
+    fresh = ordinals.with_row_index("_row").join(window.select(keys), on=keys, how="anti")
+    fresh = fresh.filter(pl.col(ts).is_null() | (pl.col(ts) >= bound) | pl.any_horizontal(
+        pl.col(k).is_null() for k in keys))
+    return pl.Series("after", [False] * ordinals.height).scatter(fresh.get_column("_row"), True)
+
+
+def _window(window: pl.DataFrame | None, added: pl.DataFrame, lag: float) -> pl.DataFrame | None:
+    """The keys stored within ``lag`` seconds of the newest timestamp, ``added`` joined."""
+    joined = added.drop_nulls() if window is None else pl.concat([window, added.drop_nulls()])
+    if not joined.height:
+        return window
+    ts = joined.columns[0]
+    newest = joined.get_column(ts).max()
+    return joined.filter(pl.col(ts) >= newest - timedelta(seconds=lag))  # type: ignore[operator]
 
 
 def _encode(frame: pl.DataFrame) -> bytes:
@@ -182,15 +205,19 @@ class PositionStore:
                 last = {k: v for k, v in last.items() if k[0] != key}
             scoped = (key, position.scope)
             stored = last.get(scoped) or (None if key in reset else self._stored(*scoped))
-            if stored is not None and stored.identity == position.identity \
-                    and stored.last.schema == position.ordinals.schema:
-                mask = _after(position.ordinals, stored.last)
+            if stored is not None and (stored.identity != position.identity
+                                       or stored.last.schema != position.ordinals.schema):
+                stored = None  # another version of the scope, or another cursor: it starts over
+            if stored is not None:
+                mask = (_after(position.ordinals, stored.last) if position.lag is None
+                        else _unseen(position.ordinals, stored.last, position.lag))
                 if not mask.any():
                     continue
                 if not mask.all():
                     position = position.filter(mask)
                     batch = replace(batch, frame=batch.frame.filter(mask), position=position)
-            newest = _last(position.ordinals)
+            newest = (_last(position.ordinals) if position.lag is None
+                      else _window(None if stored is None else stored.last, position.ordinals, position.lag))
             advanced = {} if newest is None else {scoped: _Stored(position.identity, position.generation, newest)}
             last.update(advanced)
             kept.append((batch, Update(advanced, {key: position.generation} if starts_over else {})))

@@ -92,12 +92,17 @@ class Position:
         left to right (a file's record number; an SQL row's cursor values).
     :ivar identity: the scope's version (a file's modification time when first read).
     :ivar generation: the stream's restream request id (set by the runtime).
+    :ivar lag: for records that come out of order within ``lag`` seconds of the newest (an
+        SQL cursor with ``lag``): the ordinals are then a timestamp (UTC, no zone) followed
+        by the record's key, and a record is known by its key within that window; one older
+        than the window behind the newest stored is taken as stored.
     """
 
     scope: str
     ordinals: pl.DataFrame
     identity: str = ""
     generation: int = 0
+    lag: float | None = None
 
     @classmethod
     def records(cls, scope: str, first: int, count: int, identity: str = "") -> Position:

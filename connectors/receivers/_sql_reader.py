@@ -85,6 +85,20 @@ def _arrow_chunks(reader: Any, chunk_size: int) -> Iterator[pl.DataFrame]:
         yield _as_sqlalchemy_types(pl.from_arrow(pa.Table.from_batches(pending, schema=reader.schema)))  # type: ignore[arg-type]
 
 
+def _utc(column: pl.Series) -> pl.Series | None:
+    """A timestamp column as UTC without a zone (text parsed as ISO-8601; naive values taken
+    as UTC), or None when it holds no timestamps."""
+    if column.dtype == pl.String:
+        column = column.str.to_datetime(strict=False, time_unit="us")
+    if column.dtype == pl.Date:
+        column = column.cast(pl.Datetime("us"))
+    if not isinstance(column.dtype, pl.Datetime):
+        return None
+    if column.dtype.time_zone is not None:
+        column = column.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return column.cast(pl.Datetime("us"))
+
+
 class SqlStreamReader(StreamReader):
     """One ``sql`` stream's reads (:class:`~dataflows.sdk.StreamReader`): each :meth:`read`
     hands on one chunk of at most ``chunk_size`` rows as a batch. Its state (snapshot) is a
@@ -221,12 +235,18 @@ class SqlStreamReader(StreamReader):
         return [batch], not held
 
     def _position(self, frame: pl.DataFrame) -> Position | None:
-        """Each row's cursor values (the state fields, in their order), the positions that
-        tell a transmit which rows it stored before a crash (``docs/delivery.md``); None
-        with ``lag``, whose rows do not come in cursor order."""
-        if self._lag is not None:
+        """Each row's position, which tells a transmit which rows it stored before a crash
+        (``docs/delivery.md``): its cursor values (the state fields, in their order); with
+        ``lag``, its timestamp (UTC) and ``primary_key``, known within ``lag`` seconds of
+        the newest. None when the timestamp column cannot be read as one."""
+        if self._lag is None:
+            return Position("", frame.select([pl.col(self._column(frame, name)).alias(name) for name in self._state]))
+        assert self._ts is not None
+        stamp = _utc(frame.get_column(self._column(frame, self._ts)))
+        if stamp is None:
             return None
-        return Position("", frame.select([pl.col(self._column(frame, name)).alias(name) for name in self._state]))
+        keys = [pl.col(self._column(frame, name)).alias(name) for name in self._settings.primary_key]
+        return Position("", frame.select(stamp.alias(self._ts), *keys), lag=self._lag.total_seconds())
 
     def _next_chunk(self) -> pl.DataFrame | None:
         assert self._chunks is not None

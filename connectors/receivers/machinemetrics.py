@@ -48,6 +48,7 @@ from dataflows.sdk import (
     Batch,
     JsonPath,
     NonEmptyStr,
+    Position,
     ReceiverConfig,
     RunContext,
     StreamConfig,
@@ -241,8 +242,12 @@ class _MachineMetricsReader(StreamReader):
         frame = frame.with_columns(pl.col(name).dt.replace_time_zone("UTC")
                                    for name, dtype in frame.schema.items()
                                    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None)
+        # a window is asked once; asked again after a crash, its rows are known by the window's
+        # start and their place in the answer
+        ordinals = pl.DataFrame({"window": [start.replace(tzinfo=None)] * frame.height,
+                                 "row": range(frame.height)}, schema={"window": pl.Datetime("us"), "row": pl.Int64})
         batch = Batch(self._receiver.data_receiver_name, self._stream.key, frame,
-                      f"{self.url} {iso(start)}..{iso(end)}")
+                      f"{self.url} {iso(start)}..{iso(end)}", position=Position("", ordinals))
         return [batch], more
 
     def _ask(self, start: datetime, end: datetime) -> dict[str, Any]:

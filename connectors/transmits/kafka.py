@@ -395,6 +395,7 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         its producer: the brokers, and the ``options`` for security and the client id."""
         shared = ("security.", "sasl.", "ssl.", "client.id", "socket.", "broker.address.family")
         return {"bootstrap.servers": self.bootstrap_servers,
+                "logger": logging.getLogger(f"transmit.{self.transmit_name}.librdkafka"),
                 **{k: v for k, v in self.options.items() if k.startswith(shared)}}
 
     def ensure_positions_topic(self) -> None:
@@ -428,7 +429,7 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
 
         consumer = Consumer({**self.client_config(), "group.id": f"factoryflow-positions-{uuid.uuid4()}",
                              "isolation.level": "read_committed", "enable.auto.commit": False,
-                             "enable.partition.eof": True})
+                             "enable.partition.eof": True, "fetch.wait.max.ms": 10})
         try:
             deadline = time.monotonic() + timeout
             partitions: list[int] = []

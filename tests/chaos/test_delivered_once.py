@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from tests.flowrun import FlowProcess
@@ -69,9 +70,23 @@ def _transmits(kafka: KafkaBroker, topic: str, sight_machine: SightMachineSimula
             sight_machine.transmit(max_request_records=POST_RECORDS)]
 
 
+#: The two kinds of SQL position: an ordered cursor, and a timestamp with ``lag`` (rows known
+#: by their ``primary_key`` within the window).
+CURSORS = {
+    "id": {"query": "SELECT id, ts AS timestamp, value FROM backfill WHERE id > :id ORDER BY id",
+           "state_fields": [{"column_name": "id", "data_type": "integer", "initial_value": -1}]},
+    "timestamp with lag": {
+        "query": "SELECT id, ts AS timestamp, value FROM backfill WHERE ts > :timestamp ORDER BY ts",
+        "state_fields": [{"column_name": "timestamp", "data_type": "timestamp",
+                          "initial_value": "2025-12-31T00:00:00"}],
+        "lag": 5, "primary_key": ["id"]},
+}
+
+
+@pytest.mark.parametrize("cursor", list(CURSORS))
 def test_twenty_sigkills_of_a_sql_backfill_deliver_every_row_once(
         tmp_path: Path, postgres: Postgres, kafka: KafkaBroker, sight_machine: SightMachineSimulator,
-        flows: Any) -> None:
+        flows: Any, cursor: str) -> None:
     engine = sa.create_engine(postgres.url)
     with engine.begin() as db:
         db.execute(sa.text("DROP TABLE IF EXISTS backfill"))
@@ -79,19 +94,16 @@ def test_twenty_sigkills_of_a_sql_backfill_deliver_every_row_once(
         db.execute(sa.text("INSERT INTO backfill SELECT n, TIMESTAMP '2026-01-01' + n * INTERVAL '1 second', "
                            "n * 0.25 FROM generate_series(0, :last) AS n"), {"last": ROWS - 1})
     engine.dispose()
-    kafka.create_topic("once.sql", 3)
+    topic = f"once.sql.{cursor.replace(' ', '_')}"
+    kafka.create_topic(topic, 3)
     config = {
         "data_receiver": [{"data_receiver_name": "db", "protocol": "sql", "poll_interval": 0.5, "chunk_size": 5000,
                            "connections": [postgres.connection()],
-                           "streams": [{"asset": "chaos", "stream_type": "backfill",
-                                        "query": "SELECT id, ts AS timestamp, value FROM backfill "
-                                                 "WHERE id > :id ORDER BY id",
-                                        "state_fields": [{"column_name": "id", "data_type": "integer",
-                                                          "initial_value": -1}]}]}],
-        "transforms": [], "data_transmit": _transmits(kafka, "once.sql", sight_machine)}
+                           "streams": [{"asset": "chaos", "stream_type": "backfill", **CURSORS[cursor]}]}],
+        "transforms": [], "data_transmit": _transmits(kafka, topic, sight_machine)}
     flow = flows(tmp_path / "home", config)
     points = _kill_at_random_moments(flow, seed=28)
-    _check(flow, kafka, "once.sql", sight_machine, "id", points)
+    _check(flow, kafka, topic, sight_machine, "id", points)
 
 
 def test_twenty_sigkills_of_a_2000_file_backfill_deliver_every_row_once(

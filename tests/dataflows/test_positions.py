@@ -4,7 +4,7 @@ stored twice; a restream and a start over store them again (``dataflows/position
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -111,3 +111,23 @@ def test_a_transform_that_changes_the_row_count_drops_the_positions() -> None:
     batch = _file_batch(0, 3)
     assert batch.with_frame(batch.frame.with_columns(pl.col("n") * 2)).position is not None
     assert batch.with_frame(batch.frame.head(2)).position is None
+
+
+def test_with_lag_a_record_is_known_by_its_key_within_the_window(tmp_path: Path) -> None:
+    """An SQL cursor with ``lag``: rows come out of timestamp order within ``lag``; a late row
+    read again after a crash is known by its key, a new late row is stored, and a row older
+    than the window behind the newest stored is taken as stored."""
+    outbox = _outbox(tmp_path / "outbox.sqlite")
+
+    def rows(*keyed: tuple[int, int]) -> Batch:  # (seconds, id)
+        ordinals = pl.DataFrame({"ts": [datetime(2026, 1, 1) + timedelta(seconds=s) for s, _ in keyed],
+                                 "id": [k for _, k in keyed]}, schema={"ts": pl.Datetime("us"), "id": pl.Int64})
+        return Batch("sql", STREAM, pl.DataFrame({"n": [k for _, k in keyed]}), "SELECT",
+                     position=Position("", ordinals, lag=10.0))
+
+    assert _store(outbox, [rows((100, 1), (101, 2), (105, 3))]) == [1, 2, 3]
+    assert _store(outbox, [rows((100, 1), (101, 2), (98, 4), (105, 3), (106, 5))]) == [4, 5]
+    assert _store(outbox, [rows((50, 6), (97, 7), (95, 8))]) == [7]  # 95 and 50 lie behind 96..106
+    assert _store(outbox, [rows((200, 9))]) == [9]
+    assert _store(outbox, [rows((105, 10), (195, 11))]) == [11]  # the window moved to 190..200
+    outbox.close()
