@@ -87,7 +87,7 @@ class Outbox:
     def append(self, records: Sequence[tuple[str, str | None, bytes]], update: Update | None = None) -> None:
         """Store ``(stream, timestamp, body)`` records, and the positions they reach
         (:meth:`fresh`), in one transaction; durable on return."""
-        if not records and (update is None or update == NO_UPDATE):
+        if not records and (update is None or update.empty):
             return
         size = sum(len(body) for _, _, body in records)
         with self._db.transaction():

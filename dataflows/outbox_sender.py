@@ -22,7 +22,7 @@ from dataflows.backoff import ENDPOINT_BACKOFF
 from dataflows.diskspace import wait_for_space
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Entry, Outbox, start_drainer
-from dataflows.positions import NO_UPDATE, Update
+from dataflows.positions import Update
 from dataflows.records import Batch
 from dataflows.report import TransmitReport
 
@@ -243,7 +243,7 @@ class OutboxWriter:
 
     def _store(self, rows: list[tuple[str, str | None, bytes]], update: Update, size: int,
                batches: list[Batch]) -> None:
-        if not rows and update == NO_UPDATE:
+        if not rows and update.empty:
             return
         def full(message: str | None) -> None:
             self._report.outbox_full(batches, message)

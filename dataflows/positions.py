@@ -58,7 +58,7 @@ FORGET_SECONDS = 7 * 86400.0
 class _Stored:
     identity: str
     generation: int
-    last: pl.DataFrame  # one row: the ordinal of the last record stored; with lag: the window
+    last: pl.DataFrame  # one row: the last record's ordinal; with lag: the window; scoped: one row a scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,11 @@ class Update:
 
     last: dict[tuple[str, str], _Stored]
     reset: dict[str, int]  # key -> the restream generation it starts over at
+
+    @property
+    def empty(self) -> bool:
+        """Whether it changes nothing."""
+        return not self.last and not self.reset
 
     @staticmethod
     def merge(updates: list[Update]) -> Update:
@@ -92,16 +97,20 @@ def position_key(batch: Batch) -> str:
     return f"{batch.receiver}|{batch.ack_stream()}|{batch.stream}"
 
 
-def _after(ordinals: pl.DataFrame, last: pl.DataFrame) -> pl.Series:
-    """Which rows of ``ordinals`` come after ``last`` (left to right); a null: kept."""
+def _later(columns: list[str], stored: list[pl.Expr]) -> pl.Expr:
+    """Whether ``columns`` come after the ``stored`` values, left to right; a null: kept."""
     later = pl.lit(False)
     equal = pl.lit(True)
-    for name in ordinals.columns:
-        value = pl.lit(last.get_column(name)).first()
+    for name, value in zip(columns, stored, strict=True):
         later = later | (equal & (pl.col(name) > value))
         equal = equal & (pl.col(name) == value)
-    nulls = pl.any_horizontal(pl.col(c).is_null() for c in ordinals.columns)
-    return ordinals.select((later.fill_null(False) | nulls).alias("after")).to_series()
+    return later.fill_null(False) | pl.any_horizontal(pl.col(c).is_null() for c in columns)
+
+
+def _after(ordinals: pl.DataFrame, last: pl.DataFrame) -> pl.Series:
+    """Which rows of ``ordinals`` come after ``last`` (one row)."""
+    stored = [pl.lit(last.get_column(name)).first() for name in ordinals.columns]
+    return ordinals.select(_later(ordinals.columns, stored).alias("after")).to_series()
 
 
 def _last(ordinals: pl.DataFrame) -> pl.DataFrame | None:
@@ -110,6 +119,24 @@ def _last(ordinals: pl.DataFrame) -> pl.DataFrame | None:
     if not present.height:
         return None
     return present.sort(present.columns).tail(1)
+
+
+def _after_in_scope(ordinals: pl.DataFrame, lasts: pl.DataFrame) -> pl.Series:
+    """Which rows of ``ordinals`` (scope, ordinal...) differ from their scope's last stored
+    (``lasts``); a scope with none stored, or a null: kept."""
+    scope, rest = ordinals.columns[0], ordinals.columns[1:]
+    joined = ordinals.join(lasts, on=scope, how="left", suffix="_stored", maintain_order="left")
+    new = pl.col(f"{rest[0]}_stored").is_null() | pl.any_horizontal(
+        pl.col(c).is_null() | (pl.col(c) != pl.col(f"{c}_stored")) for c in rest)
+    return joined.select(new.fill_null(True).alias("after")).to_series()
+
+
+def _last_in_scope(lasts: pl.DataFrame | None, ordinals: pl.DataFrame) -> pl.DataFrame | None:
+    """The last ordinal of each scope (in the order stored) among ``lasts`` and ``ordinals``."""
+    both = ordinals.drop_nulls() if lasts is None else pl.concat([lasts, ordinals.drop_nulls()])
+    if not both.height:
+        return lasts
+    return both.group_by(both.columns[0], maintain_order=True).last()
 
 
 def _unseen(ordinals: pl.DataFrame, window: pl.DataFrame, lag: float) -> pl.Series:
@@ -132,6 +159,24 @@ def _window(window: pl.DataFrame | None, added: pl.DataFrame, lag: float) -> pl.
     ts = joined.columns[0]
     newest = joined.get_column(ts).max()
     return joined.filter(pl.col(ts) >= newest - timedelta(seconds=lag))  # type: ignore[operator]
+
+
+def _fresh_rows(position: Position, stored: pl.DataFrame) -> pl.Series:
+    """Which records of ``position`` are not among those ``stored`` stands for."""
+    if position.lag is not None:
+        return _unseen(position.ordinals, stored, position.lag)
+    if position.scoped:
+        return _after_in_scope(position.ordinals, stored)
+    return _after(position.ordinals, stored)
+
+
+def _advanced(position: Position, stored: pl.DataFrame | None) -> pl.DataFrame | None:
+    """What stands for the records stored once those of ``position`` are (None: nothing)."""
+    if position.lag is not None:
+        return _window(stored, position.ordinals, position.lag)
+    if position.scoped:
+        return _last_in_scope(stored, position.ordinals)
+    return _last(position.ordinals)
 
 
 def _encode(frame: pl.DataFrame) -> bytes:
@@ -209,15 +254,13 @@ class PositionStore:
                                        or stored.last.schema != position.ordinals.schema):
                 stored = None  # another version of the scope, or another cursor: it starts over
             if stored is not None:
-                mask = (_after(position.ordinals, stored.last) if position.lag is None
-                        else _unseen(position.ordinals, stored.last, position.lag))
+                mask = _fresh_rows(position, stored.last)
                 if not mask.any():
                     continue
                 if not mask.all():
                     position = position.filter(mask)
                     batch = replace(batch, frame=batch.frame.filter(mask), position=position)
-            newest = (_last(position.ordinals) if position.lag is None
-                      else _window(None if stored is None else stored.last, position.ordinals, position.lag))
+            newest = _advanced(position, None if stored is None else stored.last)
             advanced = {} if newest is None else {scoped: _Stored(position.identity, position.generation, newest)}
             last.update(advanced)
             kept.append((batch, Update(advanced, {key: position.generation} if starts_over else {})))
@@ -225,7 +268,7 @@ class PositionStore:
 
     def store(self, update: Update) -> None:
         """Write ``update``; call it inside the transaction that stores the records."""
-        if not update.last and not update.reset:
+        if update.empty:
             return
         for key in update.reset:
             self._db.execute("DELETE FROM positions WHERE key = ?", (key,))

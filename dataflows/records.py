@@ -96,6 +96,10 @@ class Position:
         SQL cursor with ``lag``): the ordinals are then a timestamp (UTC, no zone) followed
         by the record's key, and a record is known by its key within that window; one older
         than the window behind the newest stored is taken as stored.
+    :ivar scoped: each record names its own scope in the first ordinal column (an OPC UA
+        tag; ``scope`` is then ``""``), and a record is known when the rest equals the last
+        stored of its scope: a live source sends only its current value again after a
+        restart, and its clocks may go back, so no order is assumed.
     """
 
     scope: str
@@ -103,6 +107,7 @@ class Position:
     identity: str = ""
     generation: int = 0
     lag: float | None = None
+    scoped: bool = False
 
     @classmethod
     def records(cls, scope: str, first: int, count: int, identity: str = "") -> Position:

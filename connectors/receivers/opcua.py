@@ -74,7 +74,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -99,6 +99,7 @@ from dataflows.sdk import (
     JsonPath,
     NonEmptyStr,
     NonNegativeInt,
+    Position,
     ReceiverConfig,
     RunContext,
     StreamConfig,
@@ -381,10 +382,12 @@ class _OpcUaReader(StreamReader):
         if self._receiver.mode == "poll":
             self._next_poll()
             frame = self._poll_frame(polls)
+            position = None
         else:
-            frame = self._change_frame(changes)
+            frame, position = self._change_frame(changes)
         if frame is not None:
-            return [Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._url)], False
+            return [Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._url,
+                          position=position)], False
         outage = self._session.outage()
         if outage is not None:
             raise OpcUaError(outage)
@@ -463,8 +466,13 @@ class _OpcUaReader(StreamReader):
         return pl.DataFrame(rows, schema={"timestamp": pl.Datetime("us", "UTC"), **self._schema()},
                             orient="row")
 
-    def _change_frame(self, changes: list[tuple[str, Any]]) -> pl.DataFrame | None:
+    def _change_frame(self, changes: list[tuple[str, Any]]) -> tuple[pl.DataFrame | None, Position | None]:
+        """One row per data change not sent already, and each one's position: its tag and
+        source timestamp, so a change sent again after a restart (a new subscription's first
+        notification) is known (``docs/delivery.md``)."""
         rows: list[dict[str, Any]] = []
+        tags: list[str] = []
+        sources: list[datetime | None] = []  # UTC
         where = {t.export: t.where for t in self._feed.tags}
         empty = {t.exportname: None for t in self._stream.opcua_tags}
         for export, data_value in changes:
@@ -479,11 +487,17 @@ class _OpcUaReader(StreamReader):
                 self._sent[export] = source.isoformat()
             rows.append({"timestamp": stamp, "server_timestamp": server, "status_code": status_name(data_value),
                          **empty, export: value})
+            tags.append(export)
+            sources.append(source)
         if not rows:
-            return None
-        return pl.DataFrame(rows, schema={"timestamp": pl.Datetime("us", "UTC"),
-                                          "server_timestamp": pl.Datetime("us", "UTC"),
-                                          "status_code": pl.String(), **self._schema()}, orient="row")
+            return None, None
+        frame = pl.DataFrame(rows, schema={"timestamp": pl.Datetime("us", "UTC"),
+                                           "server_timestamp": pl.Datetime("us", "UTC"),
+                                           "status_code": pl.String(), **self._schema()}, orient="row")
+        naive = [None if t is None else t.astimezone(UTC).replace(tzinfo=None) for t in sources]
+        ordinals = pl.DataFrame({"tag": tags, "source": naive},
+                                schema={"tag": pl.String, "source": pl.Datetime("us")})
+        return frame, Position("", ordinals, scoped=True)
 
     # ------------------------------------------------------------------ state
 

@@ -32,7 +32,16 @@ by letting librdkafka send, and deletes batches from the spool only when the bro
 acknowledged every message of them. A message that librdkafka could not deliver within
 ``message.timeout.ms``, or that the broker refused, raises :class:`KafkaDeliveryError` in
 the forwarder: the transmit's last error, then a retry with backoff, nothing dropped
-(at-least-once; the batch in flight at a crash is produced again).
+(``delivery_guarantee: at_least_once``, the default: the batch in flight at a crash is
+produced again).
+
+``delivery_guarantee: exactly_once``: each forwarder write is one Kafka transaction (KIP-98)
+holding the records and, in the compacted ``positions_topic``, the last spool record of each
+stream among them (as Kafka Connect's exactly-once sources write their offsets, KIP-618);
+a starting forwarder fences the older producer of its ``transactional.id``, reads the
+positions back with ``read_committed`` and deletes from the spool what Kafka holds. With
+the spool's source positions (:mod:`dataflows.positions`), a ``read_committed`` consumer
+sees every record once across crashes of the job, the forwarder and the broker.
 
 The worked example is ``KafkaTransmit.example``.
 """
@@ -293,7 +302,8 @@ class _TransactionalKafkaWriter(_KafkaWriter):
         return marks
 
     def write(self, batches: list[Batch]) -> Written:
-        raise NotImplementedError("an exactly_once Kafka writer writes with marks (write_marked)")
+        """One transaction of ``batches`` without marks (:meth:`write_marked`)."""
+        return self.write_marked(batches, "", {})
 
     def write_marked(self, batches: list[Batch], spool: str, marks: dict[str, int]) -> Written:
         """Produce ``batches`` and their ``marks`` in one transaction; return once it committed.

@@ -255,8 +255,9 @@ def test_snapshot_then_resume_continues_where_it_stopped(source: conformance.Rec
     stream.close()
 
 
-#: Receivers whose records carry no source position: they read a live value (a new reading
-#: after a restart is a new record, not one read again).
+#: Receivers whose harness reads records without a source position: they poll live values
+#: (a new reading after a restart is a new record, not one read again). OPC UA subscriptions
+#: carry positions (``test_opcua.py``); its harness polls.
 UNPOSITIONED = {"factoryio", "opcua"}
 
 

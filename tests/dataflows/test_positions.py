@@ -131,3 +131,29 @@ def test_with_lag_a_record_is_known_by_its_key_within_the_window(tmp_path: Path)
     assert _store(outbox, [rows((200, 9))]) == [9]
     assert _store(outbox, [rows((105, 10), (195, 11))]) == [11]  # the window moved to 190..200
     outbox.close()
+
+
+def test_scoped_records_compare_within_their_own_scope(tmp_path: Path) -> None:
+    """OPC UA: each record names its tag and is known when it equals its tag's last stored
+    (the current value a new subscription sends again); clocks may differ and go back."""
+    outbox = _outbox(tmp_path / "outbox.sqlite")
+
+    def changes(*tagged: tuple[str, int | None]) -> Batch:  # (tag, seconds)
+        ordinals = pl.DataFrame({"tag": [t for t, _ in tagged],
+                                 "source": [None if s is None else datetime(2026, 1, 1) + timedelta(seconds=s)
+                                            for _, s in tagged]}, schema={"tag": pl.String, "source": pl.Datetime("us")})
+        return Batch("opcua", STREAM, pl.DataFrame({"n": list(range(len(tagged)))}), "opc.tcp://",
+                     position=Position("", ordinals, scoped=True))
+
+    def tags(batch: Batch) -> list[str]:
+        kept = outbox.fresh([batch])
+        outbox.append([], Update.merge([u for _, u in kept]))
+        return [t for b, _ in kept for t in b.position.ordinals["tag"].to_list()] if kept else []  # type: ignore[union-attr]
+
+    assert tags(changes(("fast", 100), ("slow", 10), ("fast", 101))) == ["fast", "slow", "fast"]
+    # after a restart: each tag's current value again, then new changes (the slow clock's too)
+    assert tags(changes(("fast", 101), ("slow", 10), ("slow", 11), ("fast", 102), ("new", 5))) == \
+        ["slow", "fast", "new"]
+    assert tags(changes(("slow", 11), ("fast", None))) == ["fast"]  # no source timestamp: kept
+    assert tags(changes(("fast", 50))) == ["fast"]  # a clock set back: a new change all the same
+    outbox.close()

@@ -16,6 +16,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from dataflows.outbox import Outbox
+from dataflows.positions import Update
+from dataflows.records import Batch
 from dataflows.runtime import PartitionState
 from dataflows.sdk import RunContext
 from dataflows.testing import TRANSMIT, StreamDriver, load_receiver
@@ -55,13 +58,16 @@ class Live(StreamDriver):
     def __init__(self, entry: dict[str, Any], home: Path, state: Any = None) -> None:
         super().__init__(load_receiver(entry), RunContext(home=home), state)
         self.frames: list[pl.DataFrame] = []
+        self.batches: list[Batch] = []
         self.seen_markers: list[Any] = []
         _OPEN.append(self)
 
     def step(self) -> list[pl.DataFrame]:
         """One ``next_batch``, after sleeping until the partition's ``next_awake``."""
         self.sleep_until_awake()
-        frames = [b.frame for b in self.next_batch()]
+        batches = self.next_batch()
+        self.batches += batches
+        frames = [b.frame for b in batches]
         self.frames += frames
         self.seen_markers += [m for m in self.markers() if m not in self.seen_markers]
         return frames
@@ -255,6 +261,40 @@ def test_subscribe_state_sends_nothing_twice_after_a_restart(server: AsyncuaServ
     again.until(lambda: len(again.rows()) == 1)
     assert again.rows()[0]["t"] == 41.0
     again.close()
+
+
+def test_subscribe_changes_sent_again_after_a_crash_are_known_by_tag_and_source_timestamp(
+        server: AsyncuaServer, tmp_path: Path) -> None:
+    """Resumed from a snapshot older than the last change sent (a crash), the new
+    subscription's first notification is that change again: its position (tag, source
+    timestamp) tells an outbox it stored it already; a new change is stored."""
+    entry = receiver(server.url, [tag("Temperature", "t"), tag("Mode", "m")], mode="subscribe",
+                     publishing_interval=0.1)
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.keep_positions("recovery-1")
+
+    def store(batches: list[Batch]) -> list[Any]:
+        fresh = outbox.fresh(batches)
+        outbox.append([("s", None, b"x") for b, _ in fresh for _ in range(b.frame.height)],
+                      Update.merge([u for _, u in fresh]))
+        return [v for b, _ in fresh for v in b.frame["t"].to_list() if v is not None]
+
+    live = Live(entry, tmp_path)
+    live.until(lambda: len(live.rows()) >= 2)  # each tag's initial value
+    older = live.snapshot()
+    server.write("Temperature", 40.0, source_timestamp=datetime(2026, 6, 1, tzinfo=UTC))
+    live.until(lambda: any(r["t"] == 40.0 for r in live.rows()))
+    assert 40.0 in store(live.batches)
+    assert all(b.position is not None and b.position.scoped for b in live.batches)
+    live.close()
+    again = Live(entry, tmp_path, older)
+    again.until(lambda: any(r["t"] == 40.0 for r in again.rows()))  # the reader sends it again ...
+    assert store(again.batches) == []  # ... and it is not stored twice
+    server.write("Temperature", 41.0, source_timestamp=datetime(2026, 6, 1, 0, 0, 1, tzinfo=UTC))
+    again.until(lambda: any(r["t"] == 41.0 for r in again.rows()))
+    assert store(again.batches) == [41.0]
+    again.close()
+    outbox.close()
 
 
 def test_subscribe_a_missing_node_is_marked_and_the_others_are_subscribed(

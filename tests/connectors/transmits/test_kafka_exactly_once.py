@@ -20,6 +20,7 @@ from dataflows.config import load
 from dataflows.context import RunContext
 from dataflows.control import ControlStore, control_path
 from dataflows.ledger import Ledger, ledger_path
+from dataflows.report import AckWait
 from dataflows.spool import spool_path, spooled_batches
 from tests.flowrun import FlowProcess
 from tests.services.kafka import KafkaBroker, Message, kafka_broker
@@ -187,3 +188,41 @@ def test_exactly_once_settings_are_validated() -> None:
     settings = transmit.producer_config()
     assert settings["transaction.timeout.ms"] == settings["message.timeout.ms"] == 60_000
     assert transmit.transactional_prefix() == "factoryflow.k"
+
+
+def test_a_zombie_forwarder_is_fenced_and_its_transaction_never_seen(tmp_path: Path, kafka: KafkaBroker) -> None:
+    """A forwarder that hangs mid-transaction while a new one of its shard starts (its
+    ``init_transactions`` fences the old producer): the zombie's commit fails, none of its
+    records is visible to a ``read_committed`` consumer, and the new one's marks stand."""
+    import polars as pl
+    from confluent_kafka import KafkaException
+
+    from dataflows.records import Batch, StreamKey
+    from dataflows.report import TransmitReport
+
+    kafka.create_topic("eos.zombie", 1)
+    transmit = load({"data_receiver": [], "transforms": [], "data_transmit": [{
+        "transmit_name": "zombie", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
+        "topic": "eos.zombie", "delivery_guarantee": "exactly_once"}]}, runnable=False).data_transmit[0]
+    report = TransmitReport(Ledger(tmp_path / "ledger.sqlite"), "zombie", "messages")
+
+    def batch(first: int) -> Batch:
+        return Batch("files", StreamKey("a", "csv"), pl.DataFrame({"n": list(range(first, first + 100))}), "f")
+
+    zombie = transmit.open_writer(RunContext(home=tmp_path), report)
+    assert zombie.committed("spool-1") == {}
+    zombie._producer.begin_transaction()  # the zombie is mid-transaction when it hangs
+    zombie._in_transaction = True
+    zombie._produce(batch(0), AckWait(report, zombie._ctx.shutdown, "broker"))
+    zombie._producer.flush(10)
+    fresh = transmit.open_writer(RunContext(home=tmp_path), report)
+    assert fresh.committed("spool-1") == {}  # fences the zombie
+    fresh.write_marked([batch(100)], "spool-1", {"a:csv": 7})
+    with pytest.raises(KafkaException, match="(?i)fenced|epoch"):
+        zombie._producer.commit_transaction(10)
+    assert [json.loads(m.value or b"{}")["n"] for m in kafka.consume("eos.zombie", 100)] == list(range(100, 200))
+    again = transmit.open_writer(RunContext(home=tmp_path), report)
+    assert again.committed("spool-1") == {"a:csv": 7}  # marks of another spool file would not count
+    for writer in (zombie, fresh, again):
+        writer.close()
+    report.close()
