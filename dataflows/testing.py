@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dataflows.context import RunContext
 from dataflows.delivery import transmit_sink
 from dataflows.ledger import Ledger, Marker
+from dataflows.outbox import Outbox
+from dataflows.positions import Update
 from dataflows.records import Batch
 from dataflows.runtime import PartitionState, ReceiverSource
 
@@ -205,6 +207,16 @@ def sink_partition(transmit: TransmitConfig, ctx: RunContext, resume_state: Any 
     if hasattr(sink, "build_part"):
         return sink.build_part("step", sink.list_parts()[0], resume_state)
     return sink.build("step", 0, 1)
+
+
+def store_once(outbox: Outbox, batches: list[Batch]) -> list[Batch]:
+    """Store ``batches`` in ``outbox`` as an outbox writer does (one row a record, with their
+    source positions, :mod:`dataflows.positions`): the batches, or parts of them, that were
+    not stored before."""
+    fresh = outbox.fresh(batches)
+    outbox.append([(str(b.stream), None, b"") for b, _ in fresh for _ in range(b.frame.height)],
+                  Update.merge([u for _, u in fresh]))
+    return [b for b, _ in fresh if b.frame.height]
 
 
 def poll_until(condition: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05,

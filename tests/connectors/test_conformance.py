@@ -38,11 +38,10 @@ from dataflows.control import ControlStore, control_path
 from dataflows.delivery import transmit_sink
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.outbox import Outbox
-from dataflows.positions import Update
 from dataflows.records import Batch, StreamKey
 from dataflows.runtime import PartitionState
 from dataflows.sdk import ParseError, RunContext, SourceFile
-from dataflows.testing import Clock, StreamDriver, load_receiver, sink_partition
+from dataflows.testing import Clock, StreamDriver, load_receiver, sink_partition, store_once
 from tests.connectors import conformance
 
 for _module in pkgutil.walk_packages(tests.connectors.__path__, "tests.connectors."):
@@ -270,10 +269,7 @@ def test_records_read_again_after_a_crash_are_not_stored_twice(source: conforman
     outbox.keep_positions("recovery-1")
 
     def store(batches: list[Batch]) -> list[int]:
-        fresh = outbox.fresh(batches)
-        outbox.append([("s", None, b"x") for b, _ in fresh for _ in range(b.frame.height)],
-                      Update.merge([u for _, u in fresh]))
-        return [seq for b, _ in fresh if b.frame.height for seq in b.frame["seq"].to_list()]
+        return [seq for b in store_once(outbox, batches) for seq in b.frame["seq"].to_list()]
 
     def pump(n: int) -> list[Batch]:
         assert stream.driver is not None

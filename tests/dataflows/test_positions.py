@@ -10,8 +10,9 @@ from pathlib import Path
 import polars as pl
 
 from dataflows.outbox import Outbox
-from dataflows.positions import Position, Update
+from dataflows.positions import Position
 from dataflows.records import Batch, StreamKey
+from dataflows.testing import store_once
 
 STREAM = StreamKey("press", "cycle")
 
@@ -25,10 +26,7 @@ def _file_batch(first: int, count: int, scope: str = "a.csv", identity: str = "1
 
 def _store(outbox: Outbox, batches: list[Batch]) -> list[int]:
     """Store what is fresh of ``batches`` as an outbox writer does; the values stored."""
-    fresh = outbox.fresh(batches)
-    outbox.append([("s", None, str(v).encode()) for b, _ in fresh for v in b.frame["n"]],
-                  Update.merge([u for _, u in fresh]))
-    return [v for b, _ in fresh for v in b.frame["n"].to_list()]
+    return [v for b in store_once(outbox, batches) for v in b.frame["n"].to_list()]
 
 
 def _outbox(path: Path, recovery: str | None = "g1") -> Outbox:
@@ -146,9 +144,7 @@ def test_scoped_records_compare_within_their_own_scope(tmp_path: Path) -> None:
                      position=Position("", ordinals, scoped=True))
 
     def tags(batch: Batch) -> list[str]:
-        kept = outbox.fresh([batch])
-        outbox.append([], Update.merge([u for _, u in kept]))
-        return [t for b, _ in kept for t in b.position.ordinals["tag"].to_list()] if kept else []  # type: ignore[union-attr]
+        return [t for b in store_once(outbox, [batch]) for t in b.position.ordinals["tag"].to_list()]  # type: ignore[union-attr]
 
     assert tags(changes(("fast", 100), ("slow", 10), ("fast", 101))) == ["fast", "slow", "fast"]
     # after a restart: each tag's current value again, then new changes (the slow clock's too)

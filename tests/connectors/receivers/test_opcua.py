@@ -17,11 +17,10 @@ import polars as pl
 import pytest
 
 from dataflows.outbox import Outbox
-from dataflows.positions import Update
 from dataflows.records import Batch
 from dataflows.runtime import PartitionState
 from dataflows.sdk import RunContext
-from dataflows.testing import TRANSMIT, StreamDriver, load_receiver
+from dataflows.testing import TRANSMIT, StreamDriver, load_receiver, store_once
 from dataflows.testing import markers as ledger_markers
 from tests.connectors.conformance import ReceiverHarness, receiver_harness
 from tests.services.opcua import PASSWORD, USER, AsyncuaServer, node_opcua_sample_server
@@ -274,10 +273,7 @@ def test_subscribe_changes_sent_again_after_a_crash_are_known_by_tag_and_source_
     outbox.keep_positions("recovery-1")
 
     def store(batches: list[Batch]) -> list[Any]:
-        fresh = outbox.fresh(batches)
-        outbox.append([("s", None, b"x") for b, _ in fresh for _ in range(b.frame.height)],
-                      Update.merge([u for _, u in fresh]))
-        return [v for b, _ in fresh for v in b.frame["t"].to_list() if v is not None]
+        return [v for b in store_once(outbox, batches) for v in b.frame["t"].to_list() if v is not None]
 
     live = Live(entry, tmp_path)
     live.until(lambda: len(live.rows()) >= 2)  # each tag's initial value
