@@ -15,7 +15,10 @@ a scope apart: a file's modification time when it was first read, so a file rewr
 made anew under the same name starts over), one *ordinal* per record (a tuple of values
 compared left to right: a file's record number, an SQL row's cursor values), and the
 restream *generation* (a restream starts the stream's positions over, so its data is sent
-again, once). Ordinals grow within a scope in the order the receiver hands records on.
+again, once). Ordinals grow within a scope in the order the receiver hands records on; two
+kinds of source compare otherwise (:class:`Position`): records out of order within a ``lag``
+(an SQL cursor with ``lag``, known by key within the window) and records that each name
+their own scope (OPC UA tags, known when equal to their tag's last).
 
 A record whose ordinal holds a null is always kept. Batches without a position (sources
 that have none yet) are kept whole: at-least-once, as before.
@@ -186,8 +189,8 @@ def _encode(frame: pl.DataFrame) -> bytes:
 
 
 class PositionStore:
-    """The positions a spool or outbox stored, in its own SQLite file (``db``), per
-    :func:`position_key` and scope. One object per writer (worker); a stream is written by
+    """The positions a spool or outbox stored, in its SQLite file (``db``, tables
+    :data:`SCHEMA`), per :func:`position_key` and scope. One object per writer (worker); a stream is written by
     one worker, so what it caches stays true.
 
     :param recovery: the recovery store's generation

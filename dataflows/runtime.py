@@ -296,7 +296,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         if outcome.more and self._ctx.read_wait is not None:
             self._start_read()  # read on while the worker hands these batches on
         if self._restream_id:  # positions count anew after a restream (dataflows.positions)
-            return [b if b.position is None else replace(b, position=replace(b.position, generation=self._restream_id))
+            return [b if b.position is None else
+                    replace(b, position=replace(b.position, generation=self._restream_id))
                     for b in outcome.batches]
         return outcome.batches
 

@@ -129,25 +129,28 @@ def topic_name(prefix: str, stream: StreamKey) -> str:
 
 
 class KafkaDeliveryError(RuntimeError):
-    """The broker did not acknowledge some messages of a batch.
+    """The broker did not take some messages of a batch, or a step of a transaction failed
+    (the forwarder retries; the spool keeps the batches).
 
-    :ivar failed: how many messages of the batch failed.
+    :ivar failed: how many messages of the batch failed (0 for a transaction's step).
     :ivar first: the first error librdkafka reported.
     """
 
-    def __init__(self, transmit: str, failed: int, total: int, first: KafkaError) -> None:
-        super().__init__(f"transmit {transmit!r}: {failed} of {total} messages not delivered: {first}")
+    def __init__(self, message: str, first: KafkaError, failed: int = 0) -> None:
+        super().__init__(message)
         self.failed = failed
         self.first = first
 
     @classmethod
-    def of(cls, transmit: str, doing: str, error: KafkaError) -> KafkaDeliveryError:
-        """The error of a transaction that failed ``doing`` (``committing a transaction``)."""
-        failure = cls.__new__(cls)
-        RuntimeError.__init__(failure, f"transmit {transmit!r}: {doing} failed: {error.str()}; nothing of it "
-                                       "is visible to read_committed consumers, and it is sent again")
-        failure.failed, failure.first = 0, error
-        return failure
+    def undelivered(cls, transmit: str, failed: int, total: int, first: KafkaError) -> KafkaDeliveryError:
+        """``failed`` of the ``total`` messages of a write were not delivered."""
+        return cls(f"transmit {transmit!r}: {failed} of {total} messages not delivered: {first}", first, failed)
+
+    @classmethod
+    def of(cls, transmit: str, doing: str, error: KafkaError, outcome: str = "") -> KafkaDeliveryError:
+        """``doing`` (``creating the positions topic``) failed with ``error``; ``outcome``
+        says what becomes of the batches."""
+        return cls(f"transmit {transmit!r}: {doing} failed: {error.str()}{outcome}", error)
 
 
 class RepeatFilter(logging.Filter):
@@ -255,7 +258,7 @@ class _KafkaWriter:
                 self._log.warning("waiting %.0f s for the broker to acknowledge %d of %d messages",
                                   last_log - started, left, total)
         if self._errors:
-            failure = KafkaDeliveryError(self._name, len(self._errors), total, self._errors[0])
+            failure = KafkaDeliveryError.undelivered(self._name, len(self._errors), total, self._errors[0])
             self._errors = []
             raise failure
         return "delivered"  # every message acknowledged
@@ -333,7 +336,9 @@ class _TransactionalKafkaWriter(_KafkaWriter):
                         raise
                     wait.check(max(1, len(self._producer)), self._client_error)
         except KafkaException as exc:
-            raise KafkaDeliveryError.of(self._name, "committing a transaction", exc.args[0]) from None
+            raise KafkaDeliveryError.of(self._name, "a transaction", exc.args[0], "; the spool keeps its batches: "
+                                        "they are sent again unless the positions topic shows them "
+                                        "committed") from None
         finally:
             self._errors = []
         self._in_transaction = False
