@@ -292,17 +292,83 @@ class _TransactionalKafkaWriter(_KafkaWriter):
     def committed(self, spool: str) -> dict[str, int]:
         from confluent_kafka import KafkaException
 
-        self._config.ensure_positions_topic()
+        self._ensure_positions_topic()
         try:
             self._producer.init_transactions(30)
         except KafkaException as exc:
             raise KafkaDeliveryError.of(self._name, "starting its transactions", exc.args[0]) from None
         marks: dict[str, int] = {}
-        for key, value in self._config.read_positions():
+        for key, value in self._read_positions():
             stream = key.removeprefix(f"{self._prefix}|")
             if stream != key and value.get("spool") == spool and isinstance(value.get("record"), int):
                 marks[stream] = value["record"]
         return marks
+
+    def _ensure_positions_topic(self) -> None:
+        """Create ``positions_topic`` (compacted, one partition, the broker's replication
+        factor) unless it exists.
+
+        :raises KafkaDeliveryError: the broker refused or did not answer within 30 s.
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(self._config.client_config())
+        topic = NewTopic(self._config.positions_topic, num_partitions=1, replication_factor=-1,
+                         config={"cleanup.policy": "compact"})
+        try:
+            admin.create_topics([topic], request_timeout=30)[self._config.positions_topic].result(35)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaDeliveryError.of(self._name, f"creating the positions topic "
+                                            f"{self._config.positions_topic!r}", exc.args[0]) from None
+
+    def _read_positions(self, timeout: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
+        """Every committed message of ``positions_topic``, oldest first, as (key, value);
+        read with ``isolation.level=read_committed`` up to its end.
+
+        :raises KafkaDeliveryError: the topic could not be read to its end within ``timeout`` s.
+        """
+        import uuid
+
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+        topic = self._config.positions_topic
+        consumer = Consumer({**self._config.client_config(), "group.id": f"factoryflow-positions-{uuid.uuid4()}",
+                             "isolation.level": "read_committed", "enable.auto.commit": False,
+                             "enable.partition.eof": True, "fetch.wait.max.ms": 10})
+        try:
+            deadline = time.monotonic() + timeout
+            partitions: list[int] = []
+            while not partitions and time.monotonic() < deadline:  # a topic just created may not show yet
+                metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+                partitions = list(metadata.partitions) if metadata.error is None else []
+                if not partitions:
+                    time.sleep(0.2)
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            out: list[tuple[str, dict[str, Any]]] = []
+            ended: set[int] = set()
+            while not partitions or len(ended) < len(partitions):
+                if time.monotonic() > deadline:
+                    raise KafkaDeliveryError.of(self._name, f"reading the positions topic "
+                                                f"{topic!r} to its end within {timeout:.0f} s",
+                                                KafkaError(KafkaError._TIMED_OUT))
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        ended.add(message.partition())
+                        continue
+                    raise KafkaDeliveryError.of(self._name, "reading the positions topic", error)
+                with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+                    value = msgspec.json.decode(message.value() or b"null")
+                    if isinstance(value, dict):
+                        out.append(((message.key() or b"").decode(), value))
+            return out
+        finally:
+            consumer.close()
 
     def write(self, batches: list[Batch]) -> Written:
         """One transaction of ``batches`` without marks (:meth:`write_marked`)."""
@@ -412,71 +478,6 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         return {"bootstrap.servers": self.bootstrap_servers,
                 "logger": logging.getLogger(f"transmit.{self.transmit_name}.librdkafka"),
                 **{k: v for k, v in self.options.items() if k.startswith(shared)}}
-
-    def ensure_positions_topic(self) -> None:
-        """Create ``positions_topic`` (compacted, one partition, the broker's replication
-        factor) unless it exists.
-
-        :raises KafkaDeliveryError: the broker refused or did not answer within 30 s.
-        """
-        from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient(self.client_config())
-        topic = NewTopic(self.positions_topic, num_partitions=1, replication_factor=-1,
-                         config={"cleanup.policy": "compact"})
-        try:
-            admin.create_topics([topic], request_timeout=30)[self.positions_topic].result(35)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaDeliveryError.of(self.transmit_name, f"creating the positions topic "
-                                            f"{self.positions_topic!r}", exc.args[0]) from None
-
-    def read_positions(self, timeout: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
-        """Every committed message of ``positions_topic``, oldest first, as (key, value);
-        read with ``isolation.level=read_committed`` up to its end.
-
-        :raises KafkaDeliveryError: the topic could not be read to its end within ``timeout`` s.
-        """
-        import uuid
-
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
-        consumer = Consumer({**self.client_config(), "group.id": f"factoryflow-positions-{uuid.uuid4()}",
-                             "isolation.level": "read_committed", "enable.auto.commit": False,
-                             "enable.partition.eof": True, "fetch.wait.max.ms": 10})
-        try:
-            deadline = time.monotonic() + timeout
-            partitions: list[int] = []
-            while not partitions and time.monotonic() < deadline:  # a topic just created may not show yet
-                metadata = consumer.list_topics(self.positions_topic, timeout=10).topics[self.positions_topic]
-                partitions = list(metadata.partitions) if metadata.error is None else []
-                if not partitions:
-                    time.sleep(0.2)
-            consumer.assign([TopicPartition(self.positions_topic, p, OFFSET_BEGINNING) for p in partitions])
-            out: list[tuple[str, dict[str, Any]]] = []
-            ended: set[int] = set()
-            while not partitions or len(ended) < len(partitions):
-                if time.monotonic() > deadline:
-                    raise KafkaDeliveryError.of(self.transmit_name, f"reading the positions topic "
-                                                f"{self.positions_topic!r} to its end within {timeout:.0f} s",
-                                                KafkaError(KafkaError._TIMED_OUT))
-                message = consumer.poll(0.5)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ended.add(message.partition())
-                        continue
-                    raise KafkaDeliveryError.of(self.transmit_name, "reading the positions topic", error)
-                with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
-                    value = msgspec.json.decode(message.value() or b"null")
-                    if isinstance(value, dict):
-                        out.append(((message.key() or b"").decode(), value))
-            return out
-        finally:
-            consumer.close()
 
     def violations(self, path: JsonPath) -> list[Violation]:
         out = []
