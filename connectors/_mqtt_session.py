@@ -19,12 +19,15 @@ import logging
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from connectors._mqtt import new_client, topic_matches
+from connectors._sparkplug import SPARKPLUG_NAMESPACE
+from connectors._sparkplug_host import state_payload
 from dataflows.sdk import RunContext, Storage
 
 if TYPE_CHECKING:
@@ -98,6 +101,7 @@ class BufferedSession:
         self._db: Storage | None = None
         self._client: Any = None
         self._started = False
+        self._state_at = 0  # the Primary Host's STATE timestamp (ms), its birth's and its Will's
         #: Names this buffer file: a stream's state counts message ids in one generation.
         self.generation: str | None = None
 
@@ -119,6 +123,9 @@ class BufferedSession:
             client_id = receiver.client_id or f"factoryflow-{receiver.data_receiver_name}"
             client, connect = new_client(receiver, client_id,
                                          session_expiry=receiver.session_expiry_interval)
+            if receiver.sparkplug_host_id is not None:  # Primary Host Application (Sparkplug 3.0, 7.1)
+                self._state_at = int(time.time() * 1000)
+                client.will_set(self.state_topic, state_payload(False, self._state_at), qos=1, retain=True)
             client.on_connect = self._on_connect
             client.on_connect_fail = self._on_connect_fail
             client.on_disconnect = self._on_disconnect
@@ -163,6 +170,8 @@ class BufferedSession:
             with self._db.transaction():
                 self._db.execute("DELETE FROM subscriptions")
                 self._db.executemany("INSERT INTO subscriptions VALUES (?)", [(f,) for f in wanted])
+        if self.receiver.sparkplug_host_id is not None:
+            client.publish(self.state_topic, state_payload(True, self._state_at), qos=1, retain=True)
         self._connected, self._problem = True, None
         self._gone.clear()
         self._log.info("connected to %s (%s session); subscribed to %s", self.where,
@@ -234,6 +243,16 @@ class BufferedSession:
 
     # ------------------------------------------------------------------ the readers' side
 
+    @property
+    def state_topic(self) -> str:
+        """The Primary Host Application's STATE topic, ``spBv1.0/STATE/<sparkplug_host_id>``."""
+        return f"{SPARKPLUG_NAMESPACE}/STATE/{self.receiver.sparkplug_host_id}"
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        """Publish ``payload`` on ``topic`` (not retained) when connected; paho queues it
+        otherwise. Used for Sparkplug B Rebirth NCMDs (QoS 0, section 6.4.20)."""
+        self._client.publish(topic, payload, qos=qos)
+
     def take(self, stream: str, after: int, limit: int) -> list[Message]:
         """The next ``limit`` messages of ``stream`` after message ``after``, oldest first."""
         with self._lock:
@@ -257,6 +276,9 @@ class BufferedSession:
         if not self._started:
             return
         if self._client is not None:
+            if self.receiver.sparkplug_host_id is not None and self._connected:  # offline, then go
+                self._client.publish(self.state_topic, state_payload(False, self._state_at), qos=1,
+                                     retain=True).wait_for_publish(5)
             self._client.disconnect()  # after the PUBACKs paho still holds: wait until it is out
             self._gone.wait(5)
             self._client.loop_stop()

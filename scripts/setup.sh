@@ -2,8 +2,8 @@
 # Sets up factoryflow in this checkout: a Python 3.11/3.12 virtualenv in .venv with the project.
 #   --test      also the test dependencies
 #   --services  also the real services the tests start: PostgreSQL, MariaDB and Samba (Debian's
-#               packages), Apache Kafka and S3Proxy (their jars from Maven Central, run with
-#               the machine's Java), Azurite and node-opcua's sample server (npm, run with
+#               packages), Apache Kafka, S3Proxy and Eclipse Tahu's Sparkplug B edge node
+#               (their jars from Maven Central, run with the machine's Java), Azurite and node-opcua's sample server (npm, run with
 #               the machine's Node.js) and Chromium (Debian's package, for the web UI's
 #               browser tests)
 #   --bench     also what `python -m bench` compares with (implies --test; add --services):
@@ -67,15 +67,16 @@ if [ "$want_services" = 1 ]; then
   if ! command -v npm >/dev/null; then
     apt_install "Azurite and node-opcua" nodejs npm
   fi
-  if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
-    apt_install "Kafka and S3Proxy" default-jre-headless maven
+  if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
+    apt_install "Kafka, S3Proxy and Eclipse Tahu's edge node" default-jdk-headless maven
   fi
   if ! command -v chromium >/dev/null; then
     apt_install "the web UI's browser tests" chromium
   fi
-  # fetched once into .cache/: the Kafka broker's and S3Proxy's jars, Azurite from npm
+  # fetched once into .cache/: the Kafka broker's, S3Proxy's and Eclipse Tahu's jars, Azurite from npm
   .venv/bin/python -c 'from tests.services.kafka import kafka_jars; print("setup.sh: Kafka jars in", kafka_jars())'
   .venv/bin/python -c 'from tests.services.s3proxy import s3proxy_jars; print("setup.sh: S3Proxy jars in", s3proxy_jars())'
+  .venv/bin/python -c 'from tests.services.tahu import tahu_classpath as t; print("setup.sh: Eclipse Tahu in", t().split(":")[-1])'
   .venv/bin/python -c 'from tests.services.azurite import azurite_bin; print("setup.sh: Azurite in", azurite_bin())'
   .venv/bin/python -c 'from tests.services.opcua import node_opcua_sample_server_script as s; print("setup.sh: node-opcua sample server in", s().parent)'
 fi

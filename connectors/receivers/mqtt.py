@@ -82,7 +82,8 @@ from connectors._mqtt import (
     filter_problem,
 )
 from connectors._mqtt_session import BufferedSession, Message, SessionSlot
-from connectors._sparkplug import SPARKPLUG_NAMESPACE, BadMessage, Sparkplug
+from connectors._sparkplug import SPARKPLUG_NAMESPACE, BadMessage
+from connectors._sparkplug_host import HostSettings, SparkplugHost, rebirth_request
 from dataflows.sdk import (
     Backoff,
     Batch,
@@ -173,6 +174,20 @@ class MqttReceiver(ReceiverConfig[MqttStream, SessionSlot], tag="mqtt", kw_only=
         "json: keys leading to the object or array of objects in a nested message; [] for the "
         "message itself.")] = msgspec.field(default_factory=list)
     chunk_size: Annotated[int, describe("Messages per batch, at most.", ge=1)] = 10_000
+    sparkplug_rebirth: Annotated[bool, describe(
+        "sparkplug_b: ask an edge node for a rebirth (an NCMD of 'Node Control/Rebirth' = true) on "
+        "data no birth explains, and on a seq gap.")] = True
+    sparkplug_rebirth_interval: Annotated[float, describe(
+        "sparkplug_b: seconds between two rebirth requests to one edge node.", gt=0)] = 5.0
+    sparkplug_hold_messages: Annotated[int, describe(
+        "sparkplug_b: messages held per edge node while its births are awaited (beyond: the "
+        "oldest is dropped, with a warning).", ge=1)] = 10_000
+    sparkplug_reorder_timeout: Annotated[float, describe(
+        "sparkplug_b: seconds a message ahead of its seq waits for the ones before it (Sparkplug's "
+        "Reorder Timeout); 0: none.", ge=0)] = 0.0
+    sparkplug_host_id: Annotated[str | None, describe(
+        "sparkplug_b: be the Primary Host Application with this id: a retained STATE message on "
+        "spBv1.0/STATE/<id>, online while connected, offline as the session's Will.")] = None
     streams: Annotated[list[MqttStream], describe("Streams.", min_length=1)]
 
     def topic_filter(self, stream: MqttStream) -> str:
@@ -314,7 +329,10 @@ class _MqttReader(StreamReader):
         self._last_id: int = state.get("last_id", 0)
         self._buffer: str | None = state.get("buffer")  # the generation of the buffer last_id counts in
         self._resumed_from = self._last_id
-        self._sparkplug = Sparkplug.from_state(state.get("sparkplug"))
+        self._sparkplug = SparkplugHost.from_state(state.get("sparkplug"), HostSettings(
+            receiver.sparkplug_rebirth, receiver.sparkplug_rebirth_interval, receiver.sparkplug_hold_messages,
+            receiver.sparkplug_reorder_timeout), self._request_rebirth)
+        self._late = state.get("late", 0)  # records released after message last_id by the reorder wait
         self._acks = ctx.acknowledgements(receiver.data_receiver_name, stream.key)
         self._pending: dict[str, int] = {}  # ack_key -> last message id of its batch
         self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
@@ -333,12 +351,18 @@ class _MqttReader(StreamReader):
             self._started = True
         self._forget_delivered()
         messages = self._session.take(self._key, self._last_id, self._receiver.chunk_size)
-        if not messages:
+        records: list[dict[str, Any]] = []
+        ordinals: tuple[list[int], list[int]] = ([], [])  # each record's message id and place in it
+        if self._format == "sparkplug_b" and self._receiver.sparkplug_reorder_timeout > 0:
+            released = self._sparkplug.due(datetime.now(UTC).timestamp(), self.report_warning)
+            records += released  # after the last message's records: numbered on from a million
+            ordinals[0].extend([self._last_id] * len(released))
+            ordinals[1].extend(range(1_000_000 + self._late, 1_000_000 + self._late + len(released)))
+            self._late += len(released)
+        if not messages and not records:
             if problem := self._session.outage():
                 raise MqttConnectionError(problem)
             return [], False
-        records: list[dict[str, Any]] = []
-        ordinals: tuple[list[int], list[int]] = ([], [])  # each record's message id and place in it
         for message in messages:
             try:
                 decoded = self._decode(message)
@@ -348,9 +372,10 @@ class _MqttReader(StreamReader):
             except BadMessage as exc:
                 self.report_bad_input(f"message {message.id} on {message.topic!r} (arrived "
                                       f"{_utc(message.received).isoformat()}): {exc}; skipped")
-        self._last_id = messages[-1].id
+        if messages:
+            self._last_id, self._late = messages[-1].id, 0
         frame = self._frame(records)
-        ack_key = f"mqtt|{self._buffer}|{self._last_id}"
+        ack_key = f"mqtt|{self._buffer}|{self._last_id}|{self._late}"
         self._pending[ack_key] = self._last_id
         position = Position("", pl.DataFrame({"message": ordinals[0], "record": ordinals[1]},
                                               schema={"message": pl.Int64, "record": pl.Int64}),
@@ -364,7 +389,13 @@ class _MqttReader(StreamReader):
             return json_records(message, self._record_path)
         if self._format == "value":
             return [value_record(message)]
-        return self._sparkplug.records(message.topic, message.payload, self.report_warning)
+        return self._sparkplug.read(message.topic, message.payload, message.received, self.report_warning)
+
+    def _request_rebirth(self, node: str, why: str) -> None:
+        """Publish a Rebirth NCMD to edge node ``node`` (``group/node``)."""
+        group, edge_node = node.split("/", 1)
+        self._session.publish(f"{SPARKPLUG_NAMESPACE}/{group}/NCMD/{edge_node}", rebirth_request())
+        self._log.info("%s: asked edge node %s for a rebirth (%s)", self._key, node, why)
 
     def _frame(self, records: list[dict[str, Any]]) -> pl.DataFrame:
         """One row per record; a field whose values differ in type across the batch becomes
@@ -372,9 +403,17 @@ class _MqttReader(StreamReader):
         if not records:
             return pl.DataFrame()
         try:
-            return pl.from_dicts(records, infer_schema_length=None)
-        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            frame = pl.from_dicts(records, infer_schema_length=None)
+        except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
             pass
+        else:
+            if self._format == "sparkplug_b":  # each metric's column in its Sparkplug datatype
+                schema = self._sparkplug.sparkplug.schema(frame.columns)
+                try:
+                    return frame.cast(schema)  # type: ignore[arg-type]
+                except (pl.exceptions.PolarsError, TypeError, ValueError):
+                    return frame
+            return frame
         frames = [pl.from_dicts([record]) for record in records]
         try:
             frame = pl.concat(frames, how="diagonal_relaxed")
@@ -402,6 +441,7 @@ class _MqttReader(StreamReader):
         state: dict[str, Any] = {"buffer": self._buffer, "last_id": self._last_id}
         if self._format == "sparkplug_b":
             state["sparkplug"] = self._sparkplug.state()
+            state["late"] = self._late
         return state
 
     def describe(self) -> str:

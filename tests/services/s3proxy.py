@@ -11,7 +11,6 @@ NotImplemented, so clients use ``when_required`` checksums (the ``s3`` receiver'
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -35,15 +34,6 @@ def s3proxy_jars() -> Path:
     :raises FileNotFoundError: Maven or Java is missing (``scripts/setup.sh --services``).
     """
     return maven_jars(POM, JARS, f"s3proxy-{VERSION}.jar")
-    for tool in ("mvn", "java"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"{tool} is not installed; run scripts/setup.sh --services")
-    staging = JARS.with_name(f"{VERSION}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                    f"-DoutputDirectory={staging}", "-DincludeScope=runtime"], check=True)
-    staging.rename(JARS)
-    return JARS
 
 
 @dataclass

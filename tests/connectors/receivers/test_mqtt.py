@@ -241,7 +241,7 @@ def test_malformed_payloads_are_marked_and_skipped(mosquitto: Mosquitto, tmp_pat
     json_marker = next(m for s, m in messages if s == "json")
     assert f"on '{p}/j'" in json_marker and "item 1 is a JSON int, not an object; skipped" in json_marker
     spb_marker = next(m for s, m in messages if s == "spb")
-    assert f"on 'spBv1.0/{p}/NDATA/n1'" in spb_marker and "not a Sparkplug B NDATA payload" in spb_marker
+    assert f"on 'spBv1.0/{p}/NDATA/n1'" in spb_marker and "not a Sparkplug B payload: DecodeError" in spb_marker
 
 
 # --------------------------------------------------------------------------- Sparkplug B
@@ -285,7 +285,7 @@ def test_sparkplug_b_births_data_seq_gaps_and_deaths(mosquitto: Mosquitto, tmp_p
     assert "bdSeq" not in got.columns
     assert set(got["group_id"]) == {group} and set(got["edge_node_id"]) == {"edge1"}
     # the stream's last warning stands: the node's death, after the device's and the seq gap
-    assert warnings == [f"edge node {group}/edge1 went offline (NDEATH on 'spBv1.0/{group}/NDEATH/edge1')"]
+    assert warnings == [f"edge node {group}/edge1 went offline (NDEATH on 'spBv1.0/{group}/NDEATH/edge1', bdSeq 0)"]
 
     # after a restart, the aliases resolve from the state: no new birth needed
     node.data("press", [(2, 30.0, None)], t0 + timedelta(seconds=7))
@@ -297,32 +297,50 @@ def test_sparkplug_b_births_data_seq_gaps_and_deaths(mosquitto: Mosquitto, tmp_p
     assert again.select("timestamp", "temperature").rows() == [(t0 + timedelta(seconds=7), 30.0)]
 
 
-def test_a_seq_gap_and_an_unknown_alias_mark_the_stream(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Data before any birth is held and a Rebirth NCMD goes to its edge node; after the
+    births the held data is delivered; a seq gap asks for a rebirth again."""
     import pysparkplug as sp
 
+    from connectors._sparkplug import parse_payload
+
     group = f"g{uuid.uuid4().hex[:6]}"
-    config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
-                   payload_format="sparkplug_b")
+    config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/+/edge2/#"}],
+                   payload_format="sparkplug_b", sparkplug_rebirth_interval=0.1)
     presubscribe(mosquitto, config)
+    commands = Subscriber(mosquitto, f"spBv1.0/{group}/NCMD/#", f"host-{group}")
     node = EdgeNode(mosquitto, group, "edge2")
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
     node.births[None] = {1: ("speed", sp.DataType.FLOAT)}  # data before any birth: aliases unknown
     node.data(None, [(1, 1.5, None)], t0)
-    node.nbirth([("speed", 1, sp.DataType.FLOAT)], {"speed": 1.0}, t0)
-    node.skip(3)
-    node.data(None, [(1, 2.5, None)], t0 + timedelta(seconds=1))
     node.wait()
     receiver = Receiver(config, tmp_path / "home")
-    got = receiver.rows({"line1:spb": 2})["line1:spb"]
-    time.sleep(0.3)
-    receiver.pump(lambda _: True)
+    receiver.pump(lambda _: len(commands.received()) >= 1)
+    assert receiver.states()["line1:spb"].reader["sparkplug"]["held"][f"{group}/edge2"][0][0] == \
+        f"spBv1.0/{group}/NDATA/edge2"
+    node.nbirth([("speed", 1, sp.DataType.FLOAT)], {"speed": 1.0}, t0 + timedelta(seconds=1))
+    time.sleep(0.2)  # past sparkplug_rebirth_interval
+    node.skip(3)
+    node.data(None, [(1, 2.5, None)], t0 + timedelta(seconds=2))
+    node.wait()
+    got = receiver.rows({"line1:spb": 3})["line1:spb"]
+    asked = commands.wait_for(2)
     markers = {m.category: m.message for m in receiver.markers()}
+    state = receiver.states()["line1:spb"].reader["sparkplug"]
     receiver.close()
     node.close()
-    assert got["speed"].to_list() == [1.0, 2.5]
-    assert f"metrics named by alias only, and no NBIRTH of {group}/edge2 seen yet" in markers["input"]
+    commands.close()
+    # the birth, the held data (its own time), then the data after the gap
+    assert got.select("timestamp", "message_type", "speed").rows() == [
+        (t0 + timedelta(seconds=1), "NBIRTH", 1.0), (t0, "NDATA", 1.5), (t0 + timedelta(seconds=2), "NDATA", 2.5)]
+    assert state["held"] == {}
+    assert [topic for topic, _ in asked] == [f"spBv1.0/{group}/NCMD/edge2"] * 2
+    for _, payload in asked:
+        (metric,) = parse_payload(payload).metrics
+        assert (metric.name, metric.datatype, metric.boolean_value) == ("Node Control/Rebirth", 11, True)
     assert markers["input warning"] == (f"spBv1.0/{group}/NDATA/edge2: seq 4 after 0: 3 message(s) of edge "
                                         f"node {group}/edge2 missing")
+    assert "input" not in markers  # nothing was skipped
 
 
 # --------------------------------------------------------------------------- delivery

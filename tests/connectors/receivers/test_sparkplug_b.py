@@ -1,0 +1,151 @@
+"""The mqtt receiver's Sparkplug B host against outside implementations: Eclipse Tahu's Java
+edge node (tahu-core from Maven Central, run as a process) through Debian's Mosquitto."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dataflows.testing import poll_until
+from tests.connectors.receivers.test_mqtt import Receiver, entry, presubscribe
+from tests.services.mosquitto import Mosquitto, Subscriber
+from tests.services.tahu import TahuEdgeNode
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(value: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=value)
+
+
+def columns(entry_: dict[str, Any]) -> dict[str, Any]:
+    """The record columns Tahu's published values should become (``docs/mqtt.md``'s naming)."""
+    out: dict[str, Any] = {}
+    for name, value in entry_["values"].items():
+        if name in ("Bytes", "File") and value is not None:
+            out[name] = bytes.fromhex(value)
+        elif name == "DateTime" and value is not None:
+            out[name] = _ms(value)
+        elif name == "DateTimeArray":
+            out[name] = [_ms(v) for v in value]
+        elif name in ("DataSet", "Template"):
+            out.update({f"{name}/{key}": v for key, v in value.items()})
+        else:
+            out[name] = value
+    return out
+
+
+def same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, float):
+        return got == want or (math.isnan(got) and math.isnan(want))
+    if isinstance(want, list) and isinstance(got, list):
+        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=True))
+    return type(got) is type(want) and got == want if not isinstance(want, int | float) else got == want
+
+
+def compare(frame: pl.DataFrame, published: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """How many metric values arrived exactly, and what is wrong (row, column, got, wanted)."""
+    rows = frame.to_dicts()
+    wrong: list[str] = []
+    exact = 0
+    if len(rows) != len(published):
+        wrong.append(f"{len(rows)} records for {len(published)} messages")
+    for index, (row, sent) in enumerate(zip(rows, published, strict=False)):
+        if row["message_type"] != sent["type"] or row["timestamp"] != _ms(sent["timestamp"]):
+            wrong.append(f"record {index}: {row['message_type']} at {row['timestamp']}, sent {sent['type']} "
+                         f"at {_ms(sent['timestamp'])}")
+        for name, want in columns(sent).items():
+            got = row.get(name, "<missing>")
+            if isinstance(got, pl.Series):
+                got = got.to_list()
+            if same(got, want):
+                exact += 1
+            else:
+                wrong.append(f"record {index} ({sent['type']}) {name}: got {got!r}, sent {want!r}")
+    return exact, wrong
+
+
+def test_tahu_java_edge_node_every_datatype_exact(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Tahu's Java encoder (Int8/Int16 sign-extended, UInt32 in long_value, datatypes stripped
+    from data) through a seq wrap: every metric of every message delivered with its value,
+    once; the DDEATH and NDEATH mark the stream."""
+    group = f"T{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "tahu", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
+                   payload_format="sparkplug_b")
+    presubscribe(mosquitto, config)
+    node = TahuEdgeNode(mosquitto, group, "edge1", "plc1", messages=300, interval_ms=0, workdir=tmp_path, bd_seq=7)
+    try:
+        published = node.wait()
+    finally:
+        node.close()
+    sent = node.expected()
+    assert published == len(sent) + 2 == 304  # NBIRTH, DBIRTH, 300 DDATA, DDEATH, NDEATH
+    receiver = Receiver(config, tmp_path / "home")
+    got = receiver.rows({"tahu:spb": len(sent)})["tahu:spb"]
+    markers = [(m.category, m.message) for m in receiver.markers()]
+    receiver.close()
+    exact, wrong = compare(got, sent)
+    metrics = sum(len(columns(s)) for s in sent)
+    print(f"Tahu Java: {published} messages published, {len(sent)} with records, {metrics} metric values; "
+          f"{exact} delivered exactly, {len(wrong)} wrong or lost")
+    assert wrong == []
+    assert exact == metrics
+    assert got["Double:engUnit"][1] == "°C" and got["Double:engLow"][1] == -40 and got["Double:Quality"][1] == 192
+    assert got["File:file_name"].to_list()[1:4] == ["f0.txt", "f1.txt", "f2.txt"]
+    assert "Motor" not in got.columns  # a Template definition is not a value
+    assert {name: got.schema[name] for name in ("Int8", "UInt64", "Float", "DateTime", "Bytes", "Int8Array",
+                                                "DataSet/count", "Template/rpm", "BooleanArray")} == {
+        "Int8": pl.Int8, "UInt64": pl.UInt64, "Float": pl.Float32, "DateTime": pl.Datetime("ms", "UTC"),
+        "Bytes": pl.Binary, "Int8Array": pl.List(pl.Int8), "DataSet/count": pl.List(pl.Int32),
+        "Template/rpm": pl.Int16, "BooleanArray": pl.List(pl.Boolean)}
+    assert markers == [("input warning", f"edge node {group}/edge1 went offline (NDEATH on "
+                                         f"'spBv1.0/{group}/NDEATH/edge1', bdSeq 7)")]
+
+
+def test_a_receiver_started_after_the_edge_node_asks_for_a_rebirth(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The receiver subscribes after Tahu's node was born: its first data names aliases only,
+    so the receiver holds it and publishes a Rebirth NCMD; Tahu's node answers with new
+    births, and every DDATA published after the subscription is delivered, once, in order."""
+    group = f"R{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "tahu", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
+                   payload_format="sparkplug_b", sparkplug_rebirth_interval=1.0)
+    commands = Subscriber(mosquitto, f"spBv1.0/{group}/NCMD/#", f"watch-{group}")
+    node = TahuEdgeNode(mosquitto, group, "edge1", "plc1", messages=80, interval_ms=40, workdir=tmp_path)
+    receiver = None
+    try:
+        poll_until(lambda: len(node.expected()) >= 6, timeout=60, what="Tahu's births and first data")
+        before = len(node.expected())  # published before the receiver's session subscribed: not seen
+        presubscribe(mosquitto, config)
+        receiver = Receiver(config, tmp_path / "home")
+        last = _ms(node.T0 + 80 * 1000)  # the last DDATA's timestamp
+
+        def complete(frames: dict[str, pl.DataFrame]) -> bool:
+            frame = frames["tahu:spb"]
+            return node.published is not None and frame.height > 0 and frame["timestamp"].max() == last
+
+        got = receiver.pump(complete, timeout=60)["tahu:spb"]
+        node.wait()
+        sent = node.expected()
+        data = [s for s in sent if s["type"] == "DDATA"]
+    finally:
+        node.close()
+        if receiver is not None:
+            receiver.close()
+        commands.close()
+    rebirth = next(i for i, s in enumerate(sent) if i > 1 and s["type"] == "NBIRTH")
+    print(f"Tahu's node: {len(sent)} record messages, {before} before the subscription; NCMDs published: "
+          f"{len(commands.received())}; rebirths answered: {node.rebirths}")
+    assert node.rebirths == 1 and len(commands.received()) == 1
+    delivered = got.filter(pl.col("message_type") == "DDATA")["timestamp"].to_list()
+    assert delivered == sorted(set(delivered))  # once each, in order
+    first = next(i for i, s in enumerate(data) if _ms(s["timestamp"]) == delivered[0])
+    assert first <= before - 1  # nothing lost after the subscription (one may have been seen before it)
+    assert delivered == [_ms(s["timestamp"]) for s in data[first:]]
+    held = [t for t in delivered if t < _ms(sent[rebirth]["timestamp"])]
+    assert held  # data from before the rebirth: held, then delivered after the births
+    assert got.filter(pl.col("message_type") == "NBIRTH").height == 1  # the answer to the NCMD
