@@ -24,6 +24,8 @@ replicated over four machines, each machine a stream and so a bytewax partition)
 - **memory**: the SQL scenario at 20,000 rows beside the full one: peak RSS.
 - **start-up**: the fixed start-up of ``bench/startup.py`` (first record minus the floor of
   importing bytewax and polars).
+- **sparkplug**: the Sparkplug B decode rate in metrics per second of one core, beside
+  pure protobuf parsing of the same payloads (``bench/sparkplug.py``).
 - **api**: ``GET /v1/status`` and ``GET /v1/streams`` of an installation of 1,000 streams
   from 200 concurrent clients (``bench/api.py``): requests/s and p50/p99 latency. Limit: the
   same server sending a static file of the UI.
@@ -69,6 +71,7 @@ from typing import Any
 
 import polars as pl
 
+from bench import sparkplug
 from bench.api import api_under_load
 from bench.common import (
     LINES,
@@ -423,7 +426,8 @@ def machine() -> str:
 
 # --- running -----------------------------------------------------------------------------
 
-SCENARIOS = ("csv_kafka", "sql_kafka", "csv_sight_machine", "latency", "scale_out", "memory", "startup", "api")
+SCENARIOS = ("csv_kafka", "sql_kafka", "csv_sight_machine", "latency", "scale_out", "memory", "startup", "api",
+             "sparkplug")
 
 
 @contextmanager
@@ -506,6 +510,14 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
             if big is not None:
                 bench.add(Row(f"memory: PostgreSQL → Kafka at {bench.rows:,}", big.measure,
                               f"memory: PostgreSQL → Kafka at {small:,}", "(target ≤ 2)"))
+        if "sparkplug" in only:  # records are metrics here, per second of one core
+            data, births = sparkplug.payloads(max(bench.rows // sparkplug.METRICS, 100))
+            interleaved(bench, repeat, [
+                ("limit: protobuf parse", lambda: sparkplug.limit_parse(data), None, ""),
+                ("Sparkplug B decode", lambda: sparkplug.decode(data, births), "limit: protobuf parse",
+                 "(target ≥ 500,000 metrics/s)"),
+                ("Sparkplug B decode → frame", lambda: sparkplug.decode(data, births, frames=True),
+                 "Sparkplug B decode", "")])
         if "startup" in only:
             bench.add(Row("start-up (fixed)", startup()))
         if "api" in only:  # records are requests answered 200; the first row is the server's floor

@@ -160,6 +160,10 @@ _DATATYPES: dict[int, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     34: (("bytes_value",), _datetimes),
 }
 _DATASET, _TEMPLATE = 16, 19
+#: The datatypes whose value is the field's as it is (no range to check): Float and Double from
+#: either float field, Boolean, String, Text, UUID.
+_DIRECT = {9: ("float_value", "double_value"), 10: ("double_value", "float_value"), 11: ("boolean_value",),
+           12: ("string_value",), 14: ("string_value",), 15: ("string_value",)}
 _LISTS = {22: 1, 23: 2, 24: 3, 25: 4, 26: 5, 27: 6, 28: 7, 29: 8, 30: 9, 31: 10, 32: 11, 33: 12, 34: 13}
 
 
@@ -179,7 +183,9 @@ def polars_dtype(datatype: int) -> Any:
 _NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32",
           8: "UInt64", 9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime",
           14: "Text", 15: "UUID", 16: "DataSet", 17: "Bytes", 18: "File", 19: "Template",
-          20: "PropertySet", 21: "PropertySetList"}
+          20: "PropertySet", 21: "PropertySetList", 22: "Int8Array", 23: "Int16Array", 24: "Int32Array",
+          25: "Int64Array", 26: "UInt8Array", 27: "UInt16Array", 28: "UInt32Array", 29: "UInt64Array",
+          30: "FloatArray", 31: "DoubleArray", 32: "BooleanArray", 33: "StringArray", 34: "DateTimeArray"}
 
 
 def _value(message: Any, datatype: int) -> Any:
@@ -197,7 +203,7 @@ def _value(message: Any, datatype: int) -> Any:
     if present is None:
         return None
     if present not in fields:
-        raise _BadValue(f"a {_NAMES[datatype] if datatype in _NAMES else 'array'} value in {present}")
+        raise _BadValue(f"a {_NAMES[datatype]} value in {present}")
     try:
         return decode(getattr(message, present))
     except (ValueError, OverflowError, struct.error, UnicodeDecodeError) as exc:
@@ -397,7 +403,12 @@ class Sparkplug:
                 record[name] = None
                 continue
             try:
-                if datatype == _DATASET:
+                direct = _DIRECT.get(datatype)
+                present = metric.WhichOneof("value")
+                if direct is not None and present in direct:  # the common case, without calls
+                    record[name] = getattr(metric, present)
+                    known[name] = datatype
+                elif datatype == _DATASET:
                     record.update(self._dataset(name, metric.dataset_value))
                 elif datatype == _TEMPLATE:
                     self._template(name, metric.template_value, types, record)
