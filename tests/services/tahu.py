@@ -2,9 +2,10 @@
 
 ``tahu/EdgeNode.java`` (tahu-core's payload model and encoder, Eclipse Paho's Java client)
 publishes births naming a metric of every Sparkplug datatype, data by alias with negative
-and extreme values, and answers Rebirth NCMDs. Its jars come from Maven Central
+and extreme values, and answers Rebirth NCMDs; ``tahu/Host.java`` decodes what an edge node
+publishes with tahu-core's decoder and asks for rebirths, as an outside host. Their jars come from Maven Central
 (``mvn dependency:copy-dependencies`` on ``tahu/pom.xml``, into ``.cache/tahu/``) once; the
-program is compiled with the machine's ``javac`` once per version of its source.
+programs are compiled with the machine's ``javac`` once per version of their sources.
 """
 
 from __future__ import annotations
@@ -24,22 +25,24 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).with_name("tahu")
 VERSION = "1.0.11"
 JARS = ROOT / ".cache" / "tahu" / VERSION
+LOGBACK = f"-Dlogback.configurationFile={HERE / 'logback.xml'}"  # Tahu's TRACE lines would fill the pipe
 
 
 def tahu_classpath() -> str:
-    """The classpath of EdgeNode: Tahu's and Paho's jars (fetched with Maven on first use)
-    and the compiled program.
+    """The classpath of EdgeNode and Host: Tahu's and Paho's jars (fetched with Maven on
+    first use) and the compiled programs.
 
     :raises FileNotFoundError: Maven or Java is missing (``scripts/setup.sh --services``).
     :raises subprocess.CalledProcessError: Maven or javac failed.
     """
     jars = maven_jars(HERE / "pom.xml", JARS, f"tahu-core-{VERSION}.jar")
-    source = HERE / "EdgeNode.java"
-    classes = JARS.parent / f"classes-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
-    if not (classes / "EdgeNode.class").exists():
+    sources = sorted(HERE.glob("*.java"))
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
+    classes = JARS.parent / f"classes-{digest}"
+    if not (classes / "Host.class").exists():
         staging = classes.with_name(f"{classes.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run(["javac", "-nowarn", "-cp", f"{jars}/*", "-d", str(staging), str(source)], check=True)
+        subprocess.run(["javac", "-nowarn", "-cp", f"{jars}/*", "-d", str(staging), *map(str, sources)], check=True)
         staging.rename(classes)
     return f"{classes}:{jars}/*"
 
@@ -60,7 +63,7 @@ class TahuEdgeNode:
         self.lines: list[str] = []
         self._done = threading.Event()
         self.process = subprocess.Popen(
-            ["java", "-cp", tahu_classpath(), "EdgeNode", str(broker.port), group, node, device, str(messages),
+            ["java", LOGBACK, "-cp", tahu_classpath(), "EdgeNode", str(broker.port), group, node, device, str(messages),
              str(interval_ms), str(self.expect), str(bd_seq)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
@@ -95,6 +98,49 @@ class TahuEdgeNode:
         if not self.expect.exists():
             return []
         return [json.loads(line) for line in self.expect.read_text().splitlines() if line.endswith("}")]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class TahuHost:
+    """Host.java run as a process: decodes every message of Sparkplug group ``group`` on
+    ``broker`` with Tahu's decoder (:meth:`messages`); :meth:`rebirth` publishes a Rebirth
+    NCMD. Stopped by :meth:`close` (by PID)."""
+
+    def __init__(self, broker: Mosquitto, group: str, workdir: Path) -> None:
+        self.out = workdir / f"tahu-host-{group}.jsonl"
+        self.process = subprocess.Popen(["java", LOGBACK, "-cp", tahu_classpath(), "Host", str(broker.port), group,
+                                         str(self.out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        assert self.process.stdout is not None
+        seen = []
+        while (line := self.process.stdout.readline()) and line.strip() != "subscribed":
+            seen.append(line)
+        if not line:
+            self.close()
+            raise RuntimeError("Tahu's host did not start: " + "".join(seen))
+
+    def messages(self) -> list[dict[str, Any]]:
+        """One entry per message so far: ``topic``, ``seq``, ``timestamp``, ``metrics`` (each
+        ``name``, ``alias``, ``datatype``, ``value`` as text, ``timestamp``, ``is_null``), or
+        ``error`` when Tahu could not decode it."""
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.endswith("}")]
+
+    def rebirth(self, edge_node: str) -> None:
+        """Publish a Rebirth NCMD to ``edge_node`` of the group."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"rebirth {edge_node}\n")
+        self.process.stdin.flush()
+        seen = []
+        while (line := self.process.stdout.readline()) and line.strip() != "asked":  # past Tahu's own log lines
+            seen.append(line)
+        if not line:
+            raise RuntimeError("Tahu's host ended: " + "".join(seen))
 
     def close(self) -> None:
         if self.process.poll() is None:
