@@ -3,7 +3,8 @@
 #   --test      also the test dependencies
 #   --services  also the real services the tests start: PostgreSQL, MariaDB and Samba (Debian's
 #               packages), Apache Kafka, S3Proxy and Eclipse Tahu's Sparkplug B edge node
-#               (their jars from Maven Central, run with the machine's Java), Azurite and node-opcua's sample server (npm, run with
+#               (their jars from Maven Central, run with the machine's Java), Azurite, Cirrus
+#               Link's Sparkplug B client and node-opcua's sample server (npm, run with
 #               the machine's Node.js) and Chromium (Debian's package, for the web UI's
 #               browser tests)
 #   --bench     also what `python -m bench` compares with (implies --test; add --services):
@@ -78,5 +79,6 @@ if [ "$want_services" = 1 ]; then
   .venv/bin/python -c 'from tests.services.s3proxy import s3proxy_jars; print("setup.sh: S3Proxy jars in", s3proxy_jars())'
   .venv/bin/python -c 'from tests.services.tahu import tahu_classpath as t; print("setup.sh: Eclipse Tahu in", t().split(":")[-1])'
   .venv/bin/python -c 'from tests.services.azurite import azurite_bin; print("setup.sh: Azurite in", azurite_bin())'
+  .venv/bin/python -c 'from tests.services.cirruslink import cirruslink_modules as c; print("setup.sh: Cirrus Link sparkplug-client in", c())'
   .venv/bin/python -c 'from tests.services.opcua import node_opcua_sample_server_script as s; print("setup.sh: node-opcua sample server in", s().parent)'
 fi

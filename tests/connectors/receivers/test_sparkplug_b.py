@@ -1,9 +1,11 @@
-"""The mqtt receiver's Sparkplug B host against outside implementations: Eclipse Tahu's Java
-edge node (tahu-core from Maven Central, run as a process) through Debian's Mosquitto."""
+"""The mqtt receiver's Sparkplug B host against outside implementations, each run as a
+process through Debian's Mosquitto: Eclipse Tahu's Java edge node (tahu-core from Maven
+Central) and Cirrus Link's Node.js client (sparkplug-client from npm)."""
 
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +15,7 @@ import polars as pl
 
 from dataflows.testing import poll_until
 from tests.connectors.receivers.test_mqtt import Receiver, entry, presubscribe
+from tests.services.cirruslink import CirrusLinkEdgeNode
 from tests.services.mosquitto import Mosquitto, Subscriber
 from tests.services.tahu import TahuEdgeNode
 
@@ -105,6 +108,37 @@ def test_tahu_java_edge_node_every_datatype_exact(mosquitto: Mosquitto, tmp_path
         "Template/rpm": pl.Int16, "BooleanArray": pl.List(pl.Boolean)}
     assert markers == [("input warning", f"edge node {group}/edge1 went offline (NDEATH on "
                                          f"'spBv1.0/{group}/NDEATH/edge1', bdSeq 7)")]
+
+
+def test_cirrus_link_edge_node_every_datatype_exact(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Cirrus Link's sparkplug-payload (Int8/Int16 sign-extended, Int64 and UInt32 in
+    long_value, datatypes sent in data too) through a seq wrap: every metric exact, once."""
+    group = f"C{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "cirrus", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
+                   payload_format="sparkplug_b")
+    receiver = Receiver(config, tmp_path / "home")  # listening first: the client publishes at QoS 0
+    started = time.monotonic()
+    receiver.pump(lambda _: time.monotonic() > started + 1)
+    node = CirrusLinkEdgeNode(mosquitto, group, "edge1", "plc1", messages=300, interval_ms=1, workdir=tmp_path)
+    try:
+        got = receiver.pump(lambda f: node.published is not None and f["cirrus:spb"].height >= len(node.expected()),
+                            timeout=60)["cirrus:spb"]
+        published = node.wait()
+        receiver.pump(lambda _: any("NDEATH" in m.message for m in receiver.markers()))
+    finally:
+        node.close()
+        markers = [m.message for m in receiver.markers()]
+        receiver.close()
+    sent = node.expected()
+    assert published == len(sent) + 2 == 304
+    exact, wrong = compare(got, sent)
+    metrics = sum(len(columns(s)) for s in sent)
+    print(f"Cirrus Link: {published} messages published, {len(sent)} with records, {metrics} metric values; "
+          f"{exact} delivered exactly, {len(wrong)} wrong or lost")
+    assert wrong == []
+    assert exact == metrics
+    assert got.schema["Int8"] == pl.Int8 and got.schema["DataSet/count"] == pl.List(pl.Int32)
+    assert markers == [f"edge node {group}/edge1 went offline (NDEATH on 'spBv1.0/{group}/NDEATH/edge1', bdSeq 0)"]
 
 
 def test_a_receiver_started_after_the_edge_node_asks_for_a_rebirth(mosquitto: Mosquitto, tmp_path: Path) -> None:
