@@ -179,7 +179,8 @@ ISO_UTC = "%Y-%m-%dT%H:%M:%S%.fZ"
 def records_frame(batch: Batch, time_format: str = ISO_UTC) -> pl.DataFrame:
     """The batch's flat records as transmits write them: ``asset``, ``stream_type`` first, then
     the fields; datetimes as UTC text in ``time_format`` (polars/chrono; default ISO-8601 ending
-    in ``Z``; naive values are taken as UTC), dates, times and durations as text."""
+    in ``Z``; naive values are taken as UTC), dates, times and durations as text, binary values
+    (Sparkplug B Bytes and File metrics) as base64 text."""
     frame = batch.frame.drop(["asset", "stream_type"], strict=False)
     text = []
     for name, dtype in frame.schema.items():
@@ -188,6 +189,8 @@ def records_frame(batch: Batch, time_format: str = ISO_UTC) -> pl.DataFrame:
             text.append(column.dt.convert_time_zone("UTC").dt.strftime(time_format).alias(name))
         elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Duration):
             text.append(pl.col(name).cast(pl.String))
+        elif dtype == pl.Binary:  # JSON has no bytes (polars' JSON writer panics on them)
+            text.append(pl.col(name).bin.encode("base64"))
     return frame.with_columns(text).select(
         pl.lit(batch.stream.asset).alias("asset"), pl.lit(batch.stream.stream_type).alias("stream_type"),
         pl.all())

@@ -63,3 +63,13 @@ def test_json_values_of_other_columns_and_of_nothing() -> None:
     assert json_values(frame) == [b'{"blob":"eA==","float32":0.10000000149011612}']  # msgspec: base64
     assert json_values(frame.drop("blob")) == [b'{"float32":0.1}']  # polars: the shortest form
     assert json_values(pl.DataFrame({"a": []})) == []
+
+
+def test_binary_values_are_base64_text_in_the_records_transmits_write() -> None:
+    """polars' JSON writer panics on Binary columns (Sparkplug B Bytes and File metrics):
+    ``records_frame`` gives them as base64 text."""
+    from dataflows.records import Batch, records_frame
+
+    batch = Batch("r", StreamKey("a", "s"), pl.DataFrame({"blob": [b"\x00\xff", None]}), "src")
+    assert json_values(records_frame(batch)) == [b'{"asset":"a","stream_type":"s","blob":"AP8="}',
+                                                 b'{"asset":"a","stream_type":"s","blob":null}']

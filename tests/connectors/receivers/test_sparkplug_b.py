@@ -183,3 +183,55 @@ def test_a_receiver_started_after_the_edge_node_asks_for_a_rebirth(mosquitto: Mo
     held = [t for t in delivered if t < _ms(sent[rebirth]["timestamp"])]
     assert held  # data from before the rebirth: held, then delivered after the births
     assert got.filter(pl.col("message_type") == "NBIRTH").height == 1  # the answer to the NCMD
+
+
+def test_a_restream_asks_for_a_rebirth_and_the_primary_host_state_follows_the_job(
+        mosquitto: Mosquitto, tmp_path: Path, flows: Any) -> None:
+    """In a running job (the receiver the Primary Host Application): a restream of the stream
+    forgets the births, so its next data is held and a Rebirth NCMD goes to Tahu's node; the
+    held data is delivered after the new births: every DDATA in the output. The STATE is
+    retained online while the job runs, and a SIGKILL leaves the Will: offline, same timestamp."""
+    import json
+
+    from dataflows.control import ControlStore, control_path
+
+    group = f"S{uuid.uuid4().hex[:6]}"
+    state = Subscriber(mosquitto, "spBv1.0/STATE/ffhost", f"state-{group}")
+    commands = Subscriber(mosquitto, f"spBv1.0/{group}/NCMD/#", f"watch-{group}")
+    config = {"data_receiver": [{**entry(mosquitto, [{"asset": "tahu", "stream_type": "spb",
+                                                      "topic": f"spBv1.0/{group}/#"}],
+                                         payload_format="sparkplug_b", sparkplug_host_id="ffhost",
+                                         sparkplug_rebirth_interval=1.0)}],
+              "transforms": [], "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
+    flow = flows(tmp_path / "home", config)
+    flow.start()
+    online = json.loads(state.wait_for(1)[0][1])
+    assert online["online"] is True
+    output = flow.home / "components" / "local" / "tahu__spb.jsonl"
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in output.read_text().splitlines()] if output.exists() else []
+
+    node = TahuEdgeNode(mosquitto, group, "edge1", "plc1", messages=150, interval_ms=40, workdir=tmp_path)
+    try:
+        flow.wait_for(lambda: len(records()) >= 40, timeout=60, what="the first records")
+        store = ControlStore(control_path(flow.home))
+        store.request_restream([("mqtt", "tahu:spb")])
+        flow.wait_for(lambda: store.applied("mqtt", "tahu:spb") > 0, what="the restream applied")
+        store.close()
+        node.wait()
+        last = (_EPOCH + timedelta(milliseconds=node.T0 + 150 * 1000)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        flow.wait_for(lambda: any(r["timestamp"] == last for r in records()), timeout=60, what="the last DDATA")
+    finally:
+        node.close()
+    flow.kill()
+    offline = state.wait_for(2)[1][1]
+    state.close()
+    commands.close()
+    assert json.loads(offline) == {"online": False, "timestamp": online["timestamp"]}
+    print(f"NCMDs published: {len(commands.received())}; rebirths answered by Tahu's node: {node.rebirths}")
+    assert node.rebirths >= 1 and len(commands.received()) >= 1
+    sent = {(_EPOCH + timedelta(milliseconds=s["timestamp"])).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for s in node.expected() if s["type"] == "DDATA"}
+    got = {r["timestamp"] for r in records() if r["message_type"] == "DDATA"}
+    assert sent - got == set()  # none lost
