@@ -18,14 +18,19 @@ topic levels to streams. ``payload_format`` (on the receiver, or a stream) is on
   ``timestamp`` (the time the message arrived, UTC) when the object has none;
 - ``value``: a plain value (a JSON number or boolean, else the UTF-8 text); one record
   per message: ``timestamp`` (arrival, UTC) and the value under the topic's name;
-- ``sparkplug_b``: the Eclipse Tahu protobuf (Sparkplug B 3.0, read with pysparkplug).
-  NBIRTH and DBIRTH give each metric's alias and datatype (kept in the stream's state,
-  so an alias resolves after a restart too); NBIRTH, DBIRTH, NDATA and DDATA give one
-  record per metric timestamp: ``timestamp`` (the metric's, else the payload's, UTC),
-  ``group_id``, ``edge_node_id``, ``device_id`` (null for the node's own metrics),
-  ``message_type`` and each metric's value under its name (``bdSeq`` left out). A
-  ``seq`` that skips numbers, an NDEATH or a DDEATH marks the stream (warning);
-  NCMD, DCMD and STATE messages are not records.
+- ``sparkplug_b``: Sparkplug B 3.0 (Eclipse Tahu's protobuf), read as a host application
+  (:mod:`connectors._sparkplug_host`): births give each metric's alias and datatype (kept
+  in the stream's state, so an alias resolves after a restart too); NBIRTH, DBIRTH, NDATA
+  and DDATA give one record per metric timestamp: ``timestamp`` (the metric's, else the
+  payload's, UTC), ``group_id``, ``edge_node_id``, ``device_id`` (null for the node's own
+  metrics), ``message_type`` and each metric's value under its name, typed by its
+  datatype (DataSets, Templates and properties flattened: ``docs/sparkplug.md``). Data no
+  birth explains is held and a Rebirth NCMD published (``sparkplug_rebirth``,
+  ``sparkplug_rebirth_interval``, ``sparkplug_hold_messages``); a ``seq`` gap, an NDEATH
+  or a DDEATH marks the stream (warning); ``sparkplug_reorder_timeout`` waits for
+  out-of-sequence messages; ``sparkplug_host_id`` makes the session the Primary Host
+  Application (a retained STATE and its Will). NCMD, DCMD and STATE messages are not
+  records.
 
 **Delivery.** The subscriptions are QoS 1 on a persistent session (3.1.1
 ``clean_session`` false; 5 ``clean_start`` false with ``session_expiry_interval``) under
@@ -389,7 +394,14 @@ class _MqttReader(StreamReader):
             return json_records(message, self._record_path)
         if self._format == "value":
             return [value_record(message)]
-        return self._sparkplug.read(message.topic, message.payload, message.received, self.report_warning)
+        records = self._sparkplug.read(message.topic, message.payload, message.received, self.report_warning)
+        levels = message.topic.split("/")
+        if len(levels) > 3 and levels[2] in ("NBIRTH", "DBIRTH"):
+            born = "/".join(levels[1:2] + levels[3:])
+            bdseq = self._sparkplug.sparkplug.bdseq.get(f"{levels[1]}/{levels[3]}")
+            self._log.info("%s: %s %s online (%s%s)", self._key, "edge node" if levels[2] == "NBIRTH" else "device",
+                           born, levels[2], f", bdSeq {bdseq}" if levels[2] == "NBIRTH" else "")
+        return records
 
     def _request_rebirth(self, node: str, why: str) -> None:
         """Publish a Rebirth NCMD to edge node ``node`` (``group/node``)."""

@@ -368,7 +368,7 @@ class _EdgeNode:
         wait = AckWait(self._report, self._ctx.shutdown, f"broker {where}")
         deadline = time.monotonic() + config.publish_timeout
         records = sum(batch.frame.height for batch in batches)
-        while not (self._connected.is_set() and self._node_born):
+        while not (self._connected.is_set() and self._node_born and self._host_online):
             why = (f"Primary Host {config.primary_host_id} is not online" if not self._host_online
                    else f"not connected to {where}")
             wait.check(records, why)

@@ -157,12 +157,16 @@ def test_config_rules() -> None:
 def test_the_guides_configs_validate() -> None:
     import re
 
-    text = (ROOT / "docs" / "mqtt.md").read_text()
+    text = (ROOT / "docs" / "mqtt.md").read_text() + (ROOT / "docs" / "sparkplug.md").read_text()
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.DOTALL)]
     receivers = [b for b in blocks if b.get("protocol") == "mqtt"]
-    assert len(receivers) >= 2
+    transmits = [b for b in blocks if b.get("transmit_type") in ("mqtt", "sparkplug_b")]
+    assert len(receivers) >= 2 and {t["transmit_type"] for t in transmits} == {"mqtt", "sparkplug_b"}
     for block in receivers:
         document = {"data_receiver": [block], "transforms": [], "data_transmit": [TRANSMIT]}
+        assert [v for v in validate(document, environ={"MQTT_PASSWORD": "x"}) if v.level == "error"] == []
+    for block in transmits:
+        document = {"data_receiver": [], "transforms": [], "data_transmit": [block]}
         assert [v for v in validate(document, environ={"MQTT_PASSWORD": "x"}) if v.level == "error"] == []
 
 

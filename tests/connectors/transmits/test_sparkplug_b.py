@@ -4,12 +4,14 @@ decoder, run as a process) and by the mqtt receiver's Sparkplug B host."""
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from connectors.transmits.sparkplug_b import SparkplugTransmit
 from dataflows.config import load, validate
@@ -17,9 +19,11 @@ from dataflows.context import RunContext
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.report import TransmitReport
+from dataflows.spool import spooled_batches
 from dataflows.testing import poll_until
+from tests.connectors.conformance import TransmitHarness, transmit_harness
 from tests.connectors.receivers.test_mqtt import Receiver, entry, presubscribe
-from tests.services.mosquitto import Mosquitto
+from tests.services.mosquitto import Mosquitto, Subscriber
 from tests.services.tahu import TahuHost
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -165,3 +169,86 @@ def test_a_killed_job_leaves_its_ndeath_with_the_births_bdseq(mosquitto: Mosquit
           f"({len(pairs) - len(set(pairs))} again after the kill: the batch in flight)")
     assert list(dict.fromkeys(pairs)) == expected  # every record, in order; at least once
     assert _EPOCH + timedelta(milliseconds=expected[0][0]) == datetime(2013, 12, 2, 21, 15, tzinfo=UTC)
+
+
+def test_with_a_primary_host_the_edge_node_waits_for_its_state_online(mosquitto: Mosquitto, tmp_path: Path,
+                                                                        nab_machine_csv: Path) -> None:
+    """``primary_host_id``: no births and no data until the host's STATE says online (the
+    write fails and is retried meanwhile); then births and data; offline again holds data."""
+    import paho.mqtt.client as mqtt
+
+    from connectors.transmits.sparkplug_b import SparkplugPublishError
+
+    group = f"P{uuid.uuid4().hex[:6]}"
+    host = TahuHost(mosquitto, group, tmp_path)
+    config = transmit(host="127.0.0.1", port=mosquitto.port, group_id=group, edge_node_id="ff1",
+                      primary_host_id=f"scada-{group}", publish_timeout=1.0)
+    batches = nab_batches(nab_machine_csv, 100, 100)
+    state = mqtt.Client(client_id=f"state-{group}")
+    state.connect("127.0.0.1", mosquitto.port)
+    state.loop_start()
+    writer = open_writer(config, tmp_path / "tx")
+    try:
+        try:
+            writer.write(batches)
+        except SparkplugPublishError as exc:
+            assert f"Primary Host scada-{group} is not online after 1 s" in str(exc)
+        else:
+            raise AssertionError("the write went out before the Primary Host was online")
+        assert host.messages() == []
+        state.publish(f"spBv1.0/STATE/scada-{group}", b'{"online": true, "timestamp": 1}', qos=1,
+                      retain=True).wait_for_publish(5)
+        assert writer.write(batches) == "delivered"
+        state.publish(f"spBv1.0/STATE/scada-{group}", b'{"online": false, "timestamp": 1}', qos=1,
+                      retain=True).wait_for_publish(5)
+        poll_until(lambda: not writer._host_online, what="the host offline")
+        try:
+            writer.write(batches)
+        except SparkplugPublishError as exc:
+            assert "is not online" in str(exc)
+        else:
+            raise AssertionError("the write went out while the Primary Host was offline")
+    finally:
+        writer.close()
+        state.publish(f"spBv1.0/STATE/scada-{group}", b"", qos=1, retain=True).wait_for_publish(5)
+        state.loop_stop()
+    poll_until(lambda: host.messages() and host.messages()[-1]["topic"].endswith("/NDEATH/ff1"), what="the NDEATH")
+    kinds = [m["topic"].split("/")[2] for m in host.messages()]
+    host.close()
+    assert kinds == ["NBIRTH", "DBIRTH", "DDATA", "NDEATH"]
+
+
+@transmit_harness
+class SparkplugHarness(TransmitHarness):
+    """A Sparkplug group of the session's broker, read by a subscriber from the start and
+    decoded by the receiver's host (births, then DDATA by alias)."""
+
+    transmit_type = "sparkplug_b"
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        super().__init__(tmp_path, request)
+        self.broker: Mosquitto = request.getfixturevalue("mosquitto")
+        self.group = f"conformance{uuid.uuid4().hex[:8]}"
+        self.subscriber = Subscriber(self.broker, f"spBv1.0/{self.group}/#", self.group)
+
+    def transmit(self, home: Path) -> dict[str, Any]:
+        return {"transmit_name": "conformance", "transmit_type": "sparkplug_b", "host": "127.0.0.1",
+                "port": self.broker.port, "group_id": self.group}
+
+    def durable_seqs(self, home: Path, expected: int) -> list[int]:
+        from connectors._sparkplug import Sparkplug
+
+        spooled = [s for b in spooled_batches(home / "components" / "conformance" / "spool.sqlite")
+                   for s in b.frame["seq"].to_list()]
+        decoder = Sparkplug()
+        seqs: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(spooled) + len(seqs) < expected and time.monotonic() < deadline:
+            seqs = [r["seq"] for topic, payload in self.subscriber.received() if "/DDATA/" in topic or "BIRTH" in topic
+                    for r in decoder.records(topic, payload, print) if r.get("seq") is not None
+                    and r["message_type"] == "DDATA"]
+            time.sleep(0.1)
+        return spooled + seqs
+
+    def close(self) -> None:
+        self.subscriber.close()
