@@ -36,6 +36,7 @@ class CirrusLinkEdgeNode(TahuEdgeNode):
                  interval_ms: int, workdir: Path) -> None:
         self.expect = workdir / f"cirruslink-{group}-{node}.jsonl"
         self.rebirths = 0
+        self.paused = threading.Event()  # (edge_node.js does not pause)
         self.published: int | None = None
         self.lines: list[str] = []
         self._done = threading.Event()

@@ -56,15 +56,16 @@ class TahuEdgeNode:
     T0 = 1767225600000
 
     def __init__(self, broker: Mosquitto, group: str, node: str, device: str, messages: int,
-                 interval_ms: int, workdir: Path, bd_seq: int = 0) -> None:
+                 interval_ms: int, workdir: Path, bd_seq: int = 0, pause_at: int = -1) -> None:
         self.expect = workdir / f"tahu-{group}-{node}.jsonl"
+        self.paused = threading.Event()
         self.rebirths = 0
         self.published: int | None = None
         self.lines: list[str] = []
         self._done = threading.Event()
         self.process = subprocess.Popen(
             ["java", LOGBACK, "-cp", tahu_classpath(), "EdgeNode", str(broker.port), group, node, device, str(messages),
-             str(interval_ms), str(self.expect), str(bd_seq)],
+             str(interval_ms), str(self.expect), str(bd_seq), str(pause_at)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -74,6 +75,8 @@ class TahuEdgeNode:
             self.lines.append(line.rstrip())
             if line.startswith("rebirth"):
                 self.rebirths += 1
+            elif line.startswith("paused"):
+                self.paused.set()
             elif line.startswith("done "):
                 self.published = int(line.split()[1])
         self._done.set()
@@ -90,6 +93,10 @@ class TahuEdgeNode:
         if self.published is None:
             raise RuntimeError("Tahu's edge node failed:\n" + "\n".join(self.lines))
         return self.published
+
+    def resume(self) -> None:
+        """Let a node paused at ``pause_at`` go on."""
+        self.expect.with_name(self.expect.name + ".go").touch()
 
     def expected(self) -> list[dict[str, Any]]:
         """One entry per record-bearing message published so far: ``type``, ``device``,

@@ -110,6 +110,40 @@ def test_tahu_java_edge_node_every_datatype_exact(mosquitto: Mosquitto, tmp_path
                                          f"'spBv1.0/{group}/NDEATH/edge1', bdSeq 7)")]
 
 
+def test_tahu_java_edge_node_through_a_broker_sigkill(tmp_path: Path) -> None:
+    """The broker SIGKILLed halfway and started again: Tahu's node reconnects and is born
+    again (seq 0); the receiver's session reconnects; every metric delivered exactly, once."""
+    from tests.services.mosquitto import mosquitto_broker
+
+    group = f"B{uuid.uuid4().hex[:6]}"
+    with mosquitto_broker() as broker:  # its own broker: the session's is never stopped
+        config = entry(broker, [{"asset": "tahu", "stream_type": "spb", "topic": f"spBv1.0/{group}/#"}],
+                       payload_format="sparkplug_b")
+        presubscribe(broker, config)
+        node = TahuEdgeNode(broker, group, "edge1", "plc1", messages=120, interval_ms=0, workdir=tmp_path,
+                            pause_at=61)
+        receiver = Receiver(config, tmp_path / "home")
+        try:
+            assert node.paused.wait(60), node.lines
+            receiver.rows({"tahu:spb": 62}, timeout=60)  # the births and 60 DDATA
+            broker.kill()
+            time.sleep(1)
+            broker.start()
+            node.resume()
+            published = node.wait()
+            sent = node.expected()
+            got = receiver.rows({"tahu:spb": len(sent)}, timeout=60)["tahu:spb"]
+        finally:
+            node.close()
+            receiver.close()
+    exact, wrong = compare(got, sent)
+    print(f"Tahu Java through a broker SIGKILL: {published} messages published, {exact} metric values "
+          f"delivered exactly, {len(wrong)} wrong or lost")
+    assert [s["type"] for s in sent].count("NBIRTH") == 2  # born again after the reconnect
+    assert wrong == []
+    assert exact == sum(len(columns(s)) for s in sent)
+
+
 def test_cirrus_link_edge_node_every_datatype_exact(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Cirrus Link's sparkplug-payload (Int8/Int16 sign-extended, Int64 and UInt32 in
     long_value, datatypes sent in data too) through a seq wrap: every metric exact, once."""

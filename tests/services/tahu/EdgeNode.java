@@ -2,14 +2,17 @@
 // model and SparkplugBPayloadEncoder) and Eclipse Paho's Java client, for the tests: an outside
 // encoder, not the project's. Run as a single source file (java -cp <jars> EdgeNode.java).
 //
-// Arguments: port group node device messages interval_ms expect_file bdseq
+// Arguments: port group node device messages interval_ms expect_file bdseq [pause_at]
 // It connects to 127.0.0.1:port with its NDEATH (bdSeq) as the Will, subscribes to its NCMD
 // topic, publishes an NBIRTH and a DBIRTH of `device` naming a metric of every Sparkplug datatype
 // with an alias, then `messages` DDATA by alias only (datatypes stripped, as Tahu sends data),
 // every `interval_ms`, with negative and extreme values; then a DDEATH and an NDEATH. A Rebirth
 // NCMD (Node Control/Rebirth = true) is answered with a new NBIRTH and DBIRTH (same bdSeq).
 // Every record-bearing message's values go to `expect_file` (JSON lines) as it is published;
-// stdout says "rebirth" per answered request and "done <published>" at the end.
+// stdout says "rebirth" per answered request and "done <published>" at the end. With pause_at,
+// it stops before DDATA number pause_at, says "paused", and goes on once the file
+// <expect_file>.go exists (the test kills and restarts the broker meanwhile): reconnected, it
+// is born again (Sparkplug: births first on every new session) and sends the rest.
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.FileWriter;
 import java.math.BigInteger;
@@ -181,16 +184,29 @@ public class EdgeNode {
         long interval = Long.parseLong(args[5]);
         expect = new FileWriter(args[6]);
         bdSeq = Long.parseLong(args[7]);
+        int pauseAt = args.length > 8 ? Integer.parseInt(args[8]) : -1;
+        java.io.File go = new java.io.File(args[6] + ".go");
         AtomicBoolean rebirth = new AtomicBoolean(false);
 
         client = new MqttClient("tcp://127.0.0.1:" + port, "tahu-" + group + "-" + node, new MemoryPersistence());
         MqttConnectOptions options = new MqttConnectOptions();
         options.setCleanSession(true);
         options.setMaxInflight(1000);
+        options.setAutomaticReconnect(true);
+        options.setMaxReconnectDelay(1000);
         SparkplugBPayload death = new SparkplugBPayload.SparkplugBPayloadBuilder().setTimestamp(new Date())
             .addMetric(new Metric.MetricBuilder("bdSeq", MetricDataType.Int64, bdSeq).createMetric()).createPayload();
         options.setWill(topic("NDEATH", null), ENCODER.getBytes(death, false), 1, false);
-        client.setCallback(new MqttCallback() {
+        client.setCallback(new MqttCallbackExtended() {
+            public void connectComplete(boolean reconnect, String uri) {
+                if (!reconnect) return;
+                try {
+                    client.subscribe(topic("NCMD", null), 0);
+                } catch (MqttException e) {
+                    System.out.println("resubscribe failed: " + e);
+                }
+                rebirth.set(true); // a new session: births first
+            }
             public void connectionLost(Throwable cause) { System.out.println("connection lost: " + cause); }
             public void deliveryComplete(IMqttDeliveryToken token) {}
             public void messageArrived(String t, MqttMessage message) throws Exception {
@@ -204,6 +220,12 @@ public class EdgeNode {
         client.subscribe(topic("NCMD", null), 0);
         births(0);
         for (int i = 1; i <= messages; i++) {
+            if (i == pauseAt) {
+                System.out.println("paused");
+                System.out.flush();
+                while (!go.exists()) Thread.sleep(50);
+                while (!client.isConnected()) Thread.sleep(50);
+            }
             if (rebirth.getAndSet(false)) {
                 births(i);
                 System.out.println("rebirth");
