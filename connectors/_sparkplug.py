@@ -374,11 +374,14 @@ class Sparkplug:
     def _records(self, key: str, node_key: str, message: Any, fields: dict[str, Any], topic: str,
                  warn: Callable[[str], None]) -> list[dict[str, Any]]:
         """One record per metric timestamp (milliseconds since the epoch; the payload's when
-        a metric has none), oldest first."""
+        a metric has none), in the order the message first names each; a metric met again
+        at a timestamp its record already holds starts the next record of that timestamp
+        (two rows of one time, as the ``sparkplug_b`` transmit sends them)."""
         aliases, types = self._table(key)
         known = self.datatypes
         sent = message.timestamp
         by_time: dict[Any, dict[str, Any]] = {}
+        out: list[dict[str, Any]] = []
         for metric in message.metrics:
             name = metric.name
             if not name:
@@ -395,8 +398,9 @@ class Sparkplug:
             historical = metric.is_historical
             slot = (at, True) if historical else at
             record = by_time.get(slot)
-            if record is None:
+            if record is None or name in record:
                 record = by_time[slot] = {"timestamp": _datetime(at), **fields}
+                out.append(record)
                 if historical:
                     record["is_historical"] = True
             if metric.is_null:
@@ -422,7 +426,7 @@ class Sparkplug:
             except _BadValue as exc:
                 record[name] = None
                 warn(f"{topic}: metric {name!r} ({_NAMES.get(datatype, datatype)}): {exc}; stored as null")
-        return [by_time[slot] for slot in sorted(by_time, key=lambda s: s if isinstance(s, int) else s[0])]
+        return out
 
     def _template(self, name: str, template: Any, types: dict[str, int], record: dict[str, Any]) -> None:
         """A Template instance's members as ``name/<member>``."""

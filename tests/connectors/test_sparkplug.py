@@ -100,11 +100,11 @@ def test_historical_transient_null_properties_and_metric_timestamps() -> None:
         {"alias": 2, "int_value": 9, "is_transient": True},  # "not to be stored"
         {"alias": 3, "is_null": True, "properties": {"Quality": (3, "int_value", 500),
                                                      "engUnit": (12, "string_value", "mm")}}])
-    assert records == [
-        {"timestamp": datetime(2025, 12, 31, 23, 59, 55, tzinfo=UTC), "group_id": "g", "edge_node_id": "n",
-         "device_id": "d1", "message_type": "DDATA", "is_historical": True, "a": 0},
+    assert records == [  # in the message's order
         {"timestamp": datetime(2026, 1, 1, tzinfo=UTC), "group_id": "g", "edge_node_id": "n", "device_id": "d1",
-         "message_type": "DDATA", "a": 1, "c": None}]
+         "message_type": "DDATA", "a": 1, "c": None},
+        {"timestamp": datetime(2025, 12, 31, 23, 59, 55, tzinfo=UTC), "group_id": "g", "edge_node_id": "n",
+         "device_id": "d1", "message_type": "DDATA", "is_historical": True, "a": 0}]
     # properties of a null metric are not read; on a value they are columns
     (record,) = ddata(decoder, [{"alias": 3, "int_value": 7, "properties": {
         "Quality": (3, "int_value", 4294967295), "engUnit": (12, "string_value", "mm")}}], seq=3)
@@ -185,3 +185,14 @@ def test_rebirth_request_and_state_payloads() -> None:
     (metric,) = parse_payload(rebirth_request()).metrics
     assert (metric.name, metric.datatype, metric.boolean_value) == ("Node Control/Rebirth", 11, True)
     assert state_payload(True, 5) == b'{"online": true, "timestamp": 5}'
+
+
+def test_two_rows_of_one_timestamp_stay_two_records() -> None:
+    """A metric met again at a timestamp its record holds starts the next record: the
+    sparkplug_b transmit's DDATA of two rows with one timestamp reads back as two rows."""
+    decoder = Sparkplug()
+    birth(decoder, [("a", 1, 3), ("b", 2, 3)])
+    records = ddata(decoder, [{"alias": 1, "int_value": 1, "timestamp": T}, {"alias": 2, "int_value": 2, "timestamp": T},
+                              {"alias": 1, "int_value": 3, "timestamp": T}, {"alias": 2, "int_value": 4, "timestamp": T},
+                              {"alias": 1, "int_value": 0, "timestamp": T - 1000}])
+    assert [(r["timestamp"].second, r["a"], r.get("b")) for r in records] == [(0, 1, 2), (0, 3, 4), (59, 0, None)]
