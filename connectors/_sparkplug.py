@@ -258,6 +258,8 @@ class Sparkplug:
     births: dict[str, list[list[Any]]] = field(default_factory=dict)
     seq: dict[str, int] = field(default_factory=dict)
     bdseq: dict[str, int] = field(default_factory=dict)
+    #: The edge nodes and devices whose last word was a death (their next birth is reported).
+    offline: set[str] = field(default_factory=set)
     #: The edge nodes (``group/node``) whose ``seq`` skipped numbers, one entry per gap.
     gaps: list[str] = field(default_factory=list, repr=False)
     #: Each value column's Sparkplug datatype (DataSet columns: ``(16, datatype)``), as decoded.
@@ -282,14 +284,15 @@ class Sparkplug:
 
     def state(self) -> dict[str, Any]:
         """What :meth:`from_state` takes (plain, picklable)."""
-        return {"births": dict(self.births), "seq": dict(self.seq), "bdseq": dict(self.bdseq)}
+        return {"births": dict(self.births), "seq": dict(self.seq), "bdseq": dict(self.bdseq),
+                "offline": sorted(self.offline)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> Sparkplug:
         """The decoder whose :meth:`state` gave ``state`` (a new one for None)."""
         state = state or {}
         return cls(births=dict(state.get("births", {})), seq=dict(state.get("seq", {})),
-                   bdseq=dict(state.get("bdseq", {})))
+                   bdseq=dict(state.get("bdseq", {})), offline=set(state.get("offline", ())))
 
     def records(self, topic: str, payload: bytes, warn: Callable[[str], None], *,
                 check_seq: bool = True) -> list[dict[str, Any]]:
@@ -320,12 +323,17 @@ class Sparkplug:
             return self._ndeath(node_key, message, topic, warn)
         if kind in ("NBIRTH", "DBIRTH"):
             self._birth(key, node_key, kind, message)
+            if key in self.offline:  # the stream's marker says what holds now
+                self.offline.discard(key)
+                warn(f"{'edge node' if device is None else 'device'} {key} back online ({kind} on {topic!r}"
+                     + (f", bdSeq {self.bdseq.get(node_key)})" if device is None else ")"))
         elif key not in self.births:
             raise NoBirth(f"metrics named by alias only, and no {'D' if device else 'N'}BIRTH of {key} "
                           "seen yet", node_key)
         if check_seq:
             self._check_seq(node_key, kind, message, topic, warn)
         if kind == "DDEATH":
+            self.offline.add(key)
             warn(f"device {key} went offline (DDEATH on {topic!r})")
             return []
         return self._records(key, node_key, message, {"group_id": group, "edge_node_id": node, "device_id": device,
@@ -341,6 +349,7 @@ class Sparkplug:
                  f"Will of an earlier session, ignored ({topic!r})")
             return []
         self.seq.pop(node_key, None)
+        self.offline.add(node_key)
         warn(f"edge node {node_key} went offline (NDEATH on {topic!r}, bdSeq {bdseq})")
         return []
 

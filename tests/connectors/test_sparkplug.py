@@ -132,10 +132,17 @@ def test_an_ndeath_of_an_earlier_session_is_ignored() -> None:
     decoder.records("spBv1.0/g/NDEATH/n", payload([{"name": "bdSeq", "datatype": 4, "long_value": 4}], seq=None),
                     warnings.append)
     assert "g/n" not in decoder.seq
+    # the next session: the stream's last marker says the node is back
+    decoder.records("spBv1.0/g/NBIRTH/n", payload([{"name": "bdSeq", "datatype": 4, "long_value": 5}], seq=0),
+                    warnings.append)
+    decoder = Sparkplug.from_state(decoder.state())  # and a restart remembers nothing is offline
+    decoder.records("spBv1.0/g/NBIRTH/n", payload([{"name": "bdSeq", "datatype": 4, "long_value": 5}], seq=0),
+                    warnings.append)
     assert warnings == [
         "an NDEATH of edge node g/n with bdSeq 3, not its NBIRTH's 4: a stale Will of an earlier session, "
         "ignored ('spBv1.0/g/NDEATH/n')",
-        "edge node g/n went offline (NDEATH on 'spBv1.0/g/NDEATH/n', bdSeq 4)"]
+        "edge node g/n went offline (NDEATH on 'spBv1.0/g/NDEATH/n', bdSeq 4)",
+        "edge node g/n back online (NBIRTH on 'spBv1.0/g/NBIRTH/n', bdSeq 5)"]
 
 
 def host(**settings: Any) -> tuple[SparkplugHost, list[tuple[str, str]]]:
