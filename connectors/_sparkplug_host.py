@@ -64,8 +64,9 @@ class SparkplugHost:
     data no birth explains is held (per edge node, bounded) and a rebirth requested through
     ``request`` (a seq gap asks too); the held messages are read once the births arrived.
     With a ``reorder_timeout``, a message ahead of its ``seq`` waits that long for the ones
-    before it. Messages are ``(topic, payload, received)``, ``received`` in seconds since
-    the epoch (UTC).
+    before it. A message is ``(topic, payload, received, ident)``: ``received`` in seconds
+    since the epoch (UTC), ``ident`` its id in the receiver's buffer (:meth:`oldest_kept`:
+    the buffer keeps what is held until it is read).
 
     Implements the host's duties of Sparkplug B 3.0 sections 5.2 (Rebirth), 5.3 and 5.8
     (sequence numbers, the Reorder Timeout).
@@ -74,8 +75,8 @@ class SparkplugHost:
     sparkplug: Sparkplug
     settings: HostSettings
     request: Callable[[str, str], None]  # (node key, why) -> publish the NCMD
-    held: dict[str, list[tuple[str, bytes, float]]] = field(default_factory=dict)
-    waiting: dict[str, list[tuple[int, str, bytes, float]]] = field(default_factory=dict)
+    held: dict[str, list[tuple[str, bytes, float, int]]] = field(default_factory=dict)
+    waiting: dict[str, list[tuple[int, str, bytes, float, int]]] = field(default_factory=dict)
     _asked: dict[str, float] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
@@ -92,9 +93,17 @@ class SparkplugHost:
                    held={k: [tuple(m) for m in v] for k, v in state.get("held", {}).items()},
                    waiting={k: [tuple(m) for m in v] for k, v in state.get("waiting", {}).items()})
 
-    def read(self, topic: str, payload: bytes, received: float,
-             warn: Callable[[str], None]) -> list[dict[str, Any]]:
-        """The records of one message and of the held ones it lets through.
+    def oldest_kept(self) -> int | None:
+        """The buffer id of the oldest message held or waiting (None: none): the receiver's
+        buffer must keep it and those after it, since only memory holds them until the
+        stream's next snapshot."""
+        ids = [m[-1] for kept in (*self.held.values(), *self.waiting.values()) for m in kept]
+        return min(ids) if ids else None
+
+    def read(self, topic: str, payload: bytes, received: float, warn: Callable[[str], None],
+             ident: int = 0) -> list[dict[str, Any]]:
+        """The records of one message (``ident``: its buffer id) and of the held ones it
+        lets through.
 
         :raises BadMessage: not a Sparkplug B topic or payload (the message is skipped).
         """
@@ -104,9 +113,9 @@ class SparkplugHost:
         if self.settings.reorder_timeout > 0 and topic.split("/")[2] != "NBIRTH":
             ahead = self._ahead(node, payload)
             if ahead is not None:
-                self.waiting.setdefault(node, []).append((ahead, topic, payload, received))
+                self.waiting.setdefault(node, []).append((ahead, topic, payload, received, ident))
                 return []
-        out = self._read(node, topic, payload, received, warn)
+        out = self._read(node, (topic, payload, received, ident), warn)
         return out + self._release(node, warn, everything=False)
 
     def due(self, now: float, warn: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -143,25 +152,26 @@ class SparkplugHost:
             nxt = parse_payload(waiting[0][2]).seq
             if not everything and nxt != (last + 1) % 256:
                 break
-            _, topic, payload, received = waiting.pop(0)
+            _, topic, *message = waiting.pop(0)
             try:
-                out += self._read(node, topic, payload, received, warn)
+                out += self._read(node, (topic, *message), warn)  # type: ignore[arg-type]
             except BadMessage as exc:
                 warn(f"{topic}: {exc}; skipped")
         return out
 
-    def _read(self, node: str, topic: str, payload: bytes, received: float,
+    def _read(self, node: str, message: tuple[str, bytes, float, int],
               warn: Callable[[str], None]) -> list[dict[str, Any]]:
         held = self.held.get(node)
+        topic, payload = message[0], message[1]
         kind = topic.split("/")[2]
         if held and kind not in ("NBIRTH", "DBIRTH", "NDEATH", "DDEATH"):
-            self._hold(node, (topic, payload, received), "its births are awaited", warn)
+            self._hold(node, message, "its births are awaited", warn)
             return []
         gaps = len(self.sparkplug.gaps)
         try:
             out = self.sparkplug.records(topic, payload, warn)
         except NoBirth as exc:
-            self._hold(node, (topic, payload, received), str(exc), warn)
+            self._hold(node, message, str(exc), warn)
             return []
         if len(self.sparkplug.gaps) > gaps:
             self._ask(node, "a seq gap")
@@ -175,7 +185,7 @@ class SparkplugHost:
         held = self.held[node]
         out: list[dict[str, Any]] = []
         while held:
-            topic, payload, _ = held[0]
+            topic, payload = held[0][0], held[0][1]
             try:
                 out += self.sparkplug.records(topic, payload, warn, check_seq=False)
             except NoBirth:
@@ -187,7 +197,8 @@ class SparkplugHost:
             del self.held[node]
         return out
 
-    def _hold(self, node: str, message: tuple[str, bytes, float], why: str, warn: Callable[[str], None]) -> None:
+    def _hold(self, node: str, message: tuple[str, bytes, float, int], why: str,
+              warn: Callable[[str], None]) -> None:
         held = self.held.setdefault(node, [])
         held.append(message)
         if len(held) > self.settings.hold_messages:

@@ -394,7 +394,8 @@ class _MqttReader(StreamReader):
             return json_records(message, self._record_path)
         if self._format == "value":
             return [value_record(message)]
-        records = self._sparkplug.read(message.topic, message.payload, message.received, self.report_warning)
+        records = self._sparkplug.read(message.topic, message.payload, message.received, self.report_warning,
+                                       message.id)
         levels = message.topic.split("/")
         if len(levels) > 3 and levels[2] in ("NBIRTH", "DBIRTH"):
             born = "/".join(levels[1:2] + levels[3:])
@@ -444,7 +445,11 @@ class _MqttReader(StreamReader):
             return
         done = self._acks.delivered_prefix(list(self._pending))  # oldest first: no gap left behind
         if done:
-            self._session.forget(self._key, self._pending[done[-1]])
+            up_to = self._pending[done[-1]]
+            kept = self._sparkplug.oldest_kept() if self._format == "sparkplug_b" else None
+            if kept is not None:  # held Sparkplug messages stay until a snapshot holds them
+                up_to = min(up_to, kept - 1)
+            self._session.forget(self._key, up_to)
             for key in done:
                 self._acks.forget(key)
                 del self._pending[key]

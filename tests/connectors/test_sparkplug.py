@@ -162,16 +162,18 @@ def nbirth_message() -> tuple[str, bytes]:
 def test_the_host_holds_data_until_the_births_and_bounds_what_it_holds() -> None:
     reader, asked = host(hold_messages=2, rebirth_interval=1000)
     warnings: list[str] = []
-    for seq in (5, 6, 7):
-        assert reader.read(*data_message(1, seq, seq), 0.0, warnings.append) == []
+    for seq in (5, 6, 7):  # buffer ids 105, 106, 107
+        assert reader.read(*data_message(1, seq, seq), 0.0, warnings.append, 100 + seq) == []
+    assert reader.oldest_kept() == 106  # the receiver's buffer keeps what is held (105 was dropped)
     assert asked == [("g/n", "metrics named by alias only, and no NBIRTH of g/n seen yet")]  # rate-limited
     assert warnings == ["spBv1.0/g/NDATA/n: more than 2 messages of edge node g/n held (sparkplug_hold_messages) "
                         "while its births are awaited: the oldest is dropped"]
     # the held messages survive a restart in the stream's state
     reader = SparkplugHost.from_state(reader.state(), HostSettings(), lambda *_: None)
-    records = reader.read(*nbirth_message(), 0.0, warnings.append)
+    assert reader.oldest_kept() == 106
+    records = reader.read(*nbirth_message(), 0.0, warnings.append, 108)
     assert [r["a"] for r in records] == [0, 6, 7]
-    assert reader.state()["held"] == {}
+    assert reader.state()["held"] == {} and reader.oldest_kept() is None
     assert reader.sparkplug.seq["g/n"] == 0  # the held messages' seq did not count
 
 
@@ -179,7 +181,8 @@ def test_the_reorder_window_puts_messages_back_in_seq_order() -> None:
     reader, asked = host(reorder_timeout=2.0)
     warnings: list[str] = []
     reader.read(*nbirth_message(), 0.0, warnings.append)
-    assert reader.read(*data_message(1, 20, 2), 10.0, warnings.append) == []  # 1 is missing: wait
+    assert reader.read(*data_message(1, 20, 2), 10.0, warnings.append, 7) == []  # 1 is missing: wait
+    assert reader.oldest_kept() == 7
     assert [r["a"] for r in reader.read(*data_message(1, 10, 1), 10.5, warnings.append)] == [10, 20]
     assert reader.read(*data_message(1, 40, 4), 11.0, warnings.append) == []  # 3 never comes
     assert reader.due(12.9, warnings.append) == []

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -322,6 +323,10 @@ def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosqu
     receiver.pump(lambda _: len(commands.received()) >= 1)
     assert receiver.states()["line1:spb"].reader["sparkplug"]["held"][f"{group}/edge2"][0][0] == \
         f"spBv1.0/{group}/NDATA/edge2"
+    receiver.pump(lambda _: True)  # its (empty) batch is acknowledged: the buffer still keeps what is held
+    buffer = sqlite3.connect(tmp_path / "home" / "components" / "mqtt" / "messages.sqlite")
+    assert buffer.execute("SELECT topic FROM messages ORDER BY id").fetchall()[0] == (f"spBv1.0/{group}/NDATA/edge2",)
+    buffer.close()
     node.nbirth([("speed", 1, sp.DataType.FLOAT)], {"speed": 1.0}, t0 + timedelta(seconds=1))
     time.sleep(0.2)  # past sparkplug_rebirth_interval
     node.skip(3)
