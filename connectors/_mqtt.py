@@ -59,9 +59,10 @@ class BrokerSettings(Protocol):
 
 
 def new_client(settings: BrokerSettings, client_id: str, *,
-               session_expiry: int = 0) -> tuple[Any, dict[str, Any]]:
-    """A paho-mqtt client for ``settings`` with a persistent session, not yet connected,
-    and the keyword arguments of its ``connect_async``.
+               session_expiry: int = 0, clean: bool = False) -> tuple[Any, dict[str, Any]]:
+    """A paho-mqtt client for ``settings`` with a persistent session (``clean``: a new one
+    on every connect, as Sparkplug edge nodes use), not yet connected, and the keyword
+    arguments of its ``connect_async``.
 
     :param session_expiry: MQTT 5 only: seconds the broker keeps the session after a
         disconnect (0: until the network connection closes; 3.1.1 sessions are kept
@@ -74,13 +75,13 @@ def new_client(settings: BrokerSettings, client_id: str, *,
         from paho.mqtt.properties import Properties
 
         client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5)
-        connect: dict[str, Any] = {"clean_start": False}
+        connect: dict[str, Any] = {"clean_start": clean}
         if session_expiry:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = session_expiry
             connect["properties"] = properties
     else:
-        client = mqtt.Client(client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
         connect = {}
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)

@@ -32,8 +32,10 @@ the metrics' timestamp, not a metric.
 Delivery is the ``mqtt`` transmit's: the spool's forwarder publishes a batch and deletes it
 once the broker acknowledged every message (``qos`` 1, the default: Sparkplug 3.0 asks
 data for QoS 0, which no broker acknowledges; ``qos: 0`` follows the letter and loses
-what a broker outage catches). A connection lost during a write fails it: it is published
-again after the births of the new session (at-least-once).
+what a broker outage catches). The MQTT session is clean, as Sparkplug edge nodes' are. A
+connection lost during a write, or no acknowledgement for ``publish_timeout``, fails it:
+the client starts over (a new session, the next ``bdSeq``, new births) and the batch is
+published again (at-least-once).
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ class _EdgeNode:
 
     def _connect(self) -> Any:
         config = self._config
-        client, connect = new_client(config, config.client_id or f"factoryflow-{config.transmit_name}")
+        client, connect = new_client(config, config.client_id or f"factoryflow-{config.transmit_name}", clean=True)
         client.max_inflight_messages_set(config.max_inflight)
         client.max_queued_messages_set(0)
         client.will_set(self.topic("NDEATH"), self._death(), qos=1, retain=False)
@@ -386,6 +388,7 @@ class _EdgeNode:
             except (RuntimeError, ValueError):
                 time.sleep(0.5)
             if self._session != session or not self._connected.is_set():
+                self._restart()
                 raise SparkplugPublishError(f"transmit {config.transmit_name!r}: the session with {where} ended "
                                             "during the write; it is published again after the new births")
             still = [info for info in pending if not info.is_published()]
@@ -393,10 +396,22 @@ class _EdgeNode:
             if len(still) < len(pending):
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress >= config.publish_timeout:
+                self._restart()
                 raise SparkplugPublishError(f"transmit {config.transmit_name!r}: {len(still)} of {len(infos)} "
                                             f"messages not acknowledged (none for {config.publish_timeout:g} s)")
             pending = still
         return "delivered"
+
+    def _restart(self) -> None:
+        """A new client and session (the next ``bdSeq``): the old one's unacknowledged backlog,
+        with its old ``seq`` numbers, is not published beside the retry after the new births."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._lock:
+            self._connected.clear()
+            self._node_born = False
+            self._bdseq = self._next_bdseq()
+        self._client = self._connect()
 
     def close(self) -> None:
         """Publish the NDEATH (the session ends on purpose), then disconnect."""

@@ -254,3 +254,52 @@ class SparkplugHarness(TransmitHarness):
 
     def close(self) -> None:
         self.subscriber.close()
+
+
+def test_a_broker_killed_between_writes_gives_a_new_session_and_nothing_lost(tmp_path: Path,
+                                                                             nab_machine_csv: Path) -> None:
+    """The broker SIGKILLed: the next write fails (and is retried); once the broker is back,
+    the edge node is born again with the next bdSeq (seq from 0), and the batch is published
+    whole after the births, no old seq in between."""
+    from connectors._sparkplug import parse_payload
+    from connectors.transmits.sparkplug_b import SparkplugPublishError
+    from tests.services.mosquitto import mosquitto_broker
+
+    group = f"R{uuid.uuid4().hex[:6]}"
+    batches = nab_batches(nab_machine_csv, 400, 200)
+    with mosquitto_broker() as broker:
+        watcher = Subscriber(broker, f"spBv1.0/{group}/#", f"watch-{group}")
+        writer = open_writer(transmit(host="127.0.0.1", port=broker.port, group_id=group, edge_node_id="ff1",
+                                      records_per_message=50, publish_timeout=2.0), tmp_path / "tx")
+        try:
+            assert writer.write(batches[:1]) == "delivered"
+            broker.kill()
+            try:
+                writer.write(batches[1:])
+            except SparkplugPublishError as exc:
+                print(f"while the broker was down: {exc}")
+            else:
+                raise AssertionError("a write succeeded with the broker down")
+            broker.start()
+            for _ in range(30):  # the forwarder retries with backoff
+                try:
+                    assert writer.write(batches[1:]) == "delivered"
+                    break
+                except SparkplugPublishError:
+                    time.sleep(0.5)
+            else:
+                raise AssertionError("no write succeeded after the broker came back")
+            got = watcher.wait_for(2 + 4 + 2 + 4, timeout=20)
+        finally:
+            writer.close()
+            watcher.close()
+    decoded = [(topic.split("/")[2], parse_payload(payload)) for topic, payload in got]
+    kinds = [kind for kind, _ in decoded]
+    assert kinds[:6] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "DDATA", "DDATA"]
+    second = kinds.index("NBIRTH", 1)
+    assert kinds[second:second + 6] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "DDATA", "DDATA"]
+    assert [p.seq for _, p in decoded[second:second + 6]] == [0, 1, 2, 3, 4, 5]
+    bdseqs = [next(m.long_value for m in p.metrics if m.name == "bdSeq") for k, p in decoded if k == "NBIRTH"]
+    assert bdseqs[0] == 0 and bdseqs[-1] > 0
+    values = [m.double_value for k, p in decoded[second:] if k == "DDATA" for m in p.metrics if m.alias == 1]
+    assert values == batches[1].frame["value"].to_list()
