@@ -277,8 +277,9 @@ class BufferedSession:
             return
         if self._client is not None:
             if self.receiver.sparkplug_host_id is not None and self._connected:  # offline, then go
-                self._client.publish(self.state_topic, state_payload(False, self._state_at), qos=1,
-                                     retain=True).wait_for_publish(5)
+                with contextlib.suppress(RuntimeError, ValueError):  # the connection went meanwhile
+                    self._client.publish(self.state_topic, state_payload(False, self._state_at), qos=1,
+                                         retain=True).wait_for_publish(5)
             self._client.disconnect()  # after the PUBACKs paho still holds: wait until it is out
             self._gone.wait(5)
             self._client.loop_stop()

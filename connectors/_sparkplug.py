@@ -14,7 +14,7 @@ section 6.4.16) or sign-extended to the 32 or 64 bits of ``int_value``/``long_va
 encoder set (Tahu's Java writes UInt32 into ``long_value``). A metric whose value does
 not fit its datatype becomes a null, and ``warn`` names it; its siblings are kept.
 
-Column naming (``docs/mqtt.md``): a metric's value is under its name; a DataSet metric
+Column naming (``docs/sparkplug.md``): a metric's value is under its name; a DataSet metric
 ``m`` gives one list column per DataSet column, ``m/<column>``; a Template instance ``m``
 gives its member metrics as ``m/<member>`` (nested templates ``m/<member>/<member>``);
 a metric's properties (``engUnit``, ``Quality`` …) are ``m:<property>``; a File's name is
@@ -226,18 +226,24 @@ def _dataset(name: str, dataset: Any) -> dict[str, list[Any]]:
     return out
 
 
-def _properties(name: str, properties: Any, out: dict[str, Any]) -> None:
-    """A metric's PropertySet as ``name:<key>`` (nested sets ``name:<key>/<key>``)."""
+def _properties(name: str, properties: Any, out: dict[str, Any], warn: Callable[[str], None],
+                nested: bool = False) -> None:
+    """A metric's PropertySet as ``name:<key>`` (nested sets ``name:<key>/<key>``); a value
+    that does not fit its type is a null, and ``warn`` names it."""
     for key, value in zip(properties.keys, properties.values, strict=False):
-        column = f"{name}:{key}" if ":" not in name else f"{name}/{key}"
+        column = f"{name}/{key}" if nested else f"{name}:{key}"
         if value.is_null:
             out[column] = None
         elif value.type == 20:
-            _properties(column, value.propertyset_value, out)
+            _properties(column, value.propertyset_value, out, warn, nested=True)
         elif value.type == 21:
             out[column] = [list(s.keys) for s in value.propertysets_value.propertyset]
         else:
-            out[column] = _value(value, value.type)
+            try:
+                out[column] = _value(value, value.type)
+            except _BadValue as exc:
+                out[column] = None
+                warn(f"property {column!r} ({_NAMES.get(value.type, value.type)}): {exc}; stored as null")
 
 
 # --------------------------------------------------------------------------- the host's view
@@ -429,7 +435,7 @@ class Sparkplug:
                     record[name] = _value(metric, datatype)
                     known[name] = datatype
                 if metric.HasField("properties"):
-                    _properties(name, metric.properties, record)
+                    _properties(name, metric.properties, record, lambda text: warn(f"{topic}: {text}"))
                 if datatype == 18 and metric.metadata.file_name:
                     record[f"{name}:file_name"] = metric.metadata.file_name
             except _BadValue as exc:

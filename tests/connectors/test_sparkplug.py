@@ -106,9 +106,12 @@ def test_historical_transient_null_properties_and_metric_timestamps() -> None:
         {"timestamp": datetime(2025, 12, 31, 23, 59, 55, tzinfo=UTC), "group_id": "g", "edge_node_id": "n",
          "device_id": "d1", "message_type": "DDATA", "is_historical": True, "a": 0}]
     # properties of a null metric are not read; on a value they are columns
+    warnings: list[str] = []
     (record,) = ddata(decoder, [{"alias": 3, "int_value": 7, "properties": {
-        "Quality": (3, "int_value", 4294967295), "engUnit": (12, "string_value", "mm")}}], seq=3)
-    assert (record["c"], record["c:Quality"], record["c:engUnit"]) == (7, -1, "mm")
+        "Quality": (3, "int_value", 4294967295), "engUnit": (12, "string_value", "mm"),
+        "engLow": (1, "int_value", 300)}}], seq=3, warnings=warnings)  # a bad property keeps the value
+    assert (record["c"], record["c:Quality"], record["c:engUnit"], record["c:engLow"]) == (7, -1, "mm", None)
+    assert warnings == ["spBv1.0/g/DDATA/n/d1: property 'c:engLow' (Int8): 300 does not fit Int8; stored as null"]
 
 
 def test_an_unknown_alias_or_no_birth_needs_a_rebirth() -> None:
