@@ -8,9 +8,16 @@ reconnects), which is why it does not run inside ``next_batch`` the way bytewax'
 ``batch_async`` bridge would run it. A reader only takes what its :class:`Feed` gathered
 and, in poll mode, asks for the next Read.
 
-Also here: OPC UA values as polars values (:func:`dtype_of`, :func:`python_value`).
+asyncua reconnects a lost session on its own (ActivateSession on a new channel,
+TransferSubscriptions, then Republish of the notifications the server still holds);
+the engine watches it through asyncua's ``Observer``: one log line when a connection is
+lost and one when it is back, and, when asyncua had to create a subscription again, a
+backfill of the gap from the server's history (:mod:`connectors._opcua_history`).
+What the readers take is in :mod:`connectors._opcua_feed`, the words for failures in
+:mod:`connectors._opcua_errors`.
+
 Implements the client side of OPC UA Part 4 (Read, CreateSubscription,
-CreateMonitoredItems, Publish) and Part 6's certificates; see
+CreateMonitoredItems, Publish, HistoryRead) and Part 6's certificates; see
 :mod:`connectors.receivers.opcua` for the keys and guarantees.
 """
 
@@ -22,145 +29,41 @@ import logging
 import socket
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
+from connectors._opcua_errors import (
+    TRUST_CODES,
+    USER_CODES,
+    certificate_uri,
+    code_name,
+    explain,
+    status_text,
+    trust_hint,
+)
+from connectors._opcua_feed import ChangeHandler, Feed, ResolvedTag
+from connectors._opcua_history import start_backfill
 from dataflows.sdk import Backoff, RunContext
 
 if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
-    from asyncua import Client, ua
+    from asyncua import Client
 
-    from connectors.receivers.opcua import OpcUaConnection, OpcUaReceiver, OpcUaStream, OpcUaTag
+    from connectors.receivers.opcua import OpcUaConnection, OpcUaReceiver
 
-__all__ = ["MAX_BUFFERED_CHANGES", "RECONNECT_MAX_DELAY", "Engine", "EngineSlot", "Feed", "OpcUaError",
-           "ResolvedTag", "Session", "certificate_uri", "dtype_of", "explain", "python_value", "status_name",
-           "utc"]
+__all__ = ["RECONNECT_MAX_DELAY", "Engine", "EngineSlot", "OpcUaError", "Session"]
 
 _log = logging.getLogger("receiver.opcua")
-# asyncua logs every request and publish at INFO; the receiver logs what a user needs
-logging.getLogger("asyncua").setLevel(logging.WARNING)
+# asyncua logs every request at INFO and, while a server is down, a traceback per retry
+# (its publish loop: one a second); the engine logs what a user needs: one line when a
+# connection is lost, one when it is back, and what was backfilled
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 #: The first connection attempts, and asyncua's reconnects, wait 1 s doubling up to this.
 RECONNECT_MAX_DELAY = 5.0
-#: Data changes a subscribing stream holds for the dataflow at most (memory stays bounded
-#: when the dataflow stops taking them).
-MAX_BUFFERED_CHANGES = 100_000
 
 
 class OpcUaError(Exception):
     """The server cannot be reached or refused the session (retried; marks the stream)."""
-
-
-def dtype_of(variant: ua.Variant) -> pl.DataType | None:
-    """The polars type of ``variant``'s values, or None for a type without one (structures)."""
-    from asyncua import ua
-
-    base: pl.DataType | None = {
-        ua.VariantType.Boolean: pl.Boolean(), ua.VariantType.SByte: pl.Int8(),
-        ua.VariantType.Byte: pl.UInt8(), ua.VariantType.Int16: pl.Int16(),
-        ua.VariantType.UInt16: pl.UInt16(), ua.VariantType.Int32: pl.Int32(),
-        ua.VariantType.UInt32: pl.UInt32(), ua.VariantType.Int64: pl.Int64(),
-        ua.VariantType.UInt64: pl.UInt64(), ua.VariantType.Float: pl.Float32(),
-        ua.VariantType.Double: pl.Float64(), ua.VariantType.String: pl.String(),
-        ua.VariantType.XmlElement: pl.String(), ua.VariantType.Guid: pl.String(),
-        ua.VariantType.NodeId: pl.String(), ua.VariantType.ExpandedNodeId: pl.String(),
-        ua.VariantType.QualifiedName: pl.String(), ua.VariantType.LocalizedText: pl.String(),
-        ua.VariantType.StatusCode: pl.String(), ua.VariantType.DateTime: pl.Datetime("us", "UTC"),
-        ua.VariantType.ByteString: pl.Binary(),
-    }.get(variant.VariantType)
-    if base is None:
-        return None
-    if not variant.is_array:
-        return base
-    depth = len(variant.Dimensions) if variant.Dimensions else 1
-    for _ in range(depth):
-        base = pl.List(base)
-    return base
-
-
-def python_value(value: Any) -> Any:
-    """A decoded OPC UA value as a plain Python value of its column (lists kept as lists)."""
-    from asyncua import ua
-
-    if isinstance(value, list):
-        return [python_value(v) for v in value]
-    if isinstance(value, datetime):
-        return utc(value)
-    if isinstance(value, ua.LocalizedText):
-        return value.Text
-    if isinstance(value, ua.XmlElement):
-        return value.Value
-    if isinstance(value, ua.StatusCode):
-        return value.name
-    if isinstance(value, ua.NodeId | ua.QualifiedName):
-        return value.to_string()
-    if isinstance(value, bytes | str | bool | int | float) or value is None:
-        return value
-    return str(value)  # Guid
-
-
-def status_name(data_value: ua.DataValue) -> str:
-    """The name of a DataValue's status code (``Good`` when it has none)."""
-    return data_value.StatusCode.name if data_value.StatusCode is not None else "Good"
-
-
-def utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-@dataclass
-class ResolvedTag:
-    """One tag of a stream as resolved on the server."""
-
-    config: OpcUaTag
-    node_id: Any = None  # ua.NodeId once resolved
-    problem: str | None = None
-    reported: str | None = None  # the problem last reported (each is reported once)
-
-    @property
-    def export(self) -> str:
-        return self.config.exportname
-
-    @property
-    def where(self) -> str:
-        """The tag in messages: ``'export' (ns=2;s=Name)``."""
-        node = self.node_id.to_string() if self.node_id is not None else self.config.name
-        return f"tag {self.export!r} ({node})"
-
-
-# --------------------------------------------------------------------------- the event loop
-
-
-@dataclass
-class Feed:
-    """What the event loop hands one stream's reader; shared by two threads under ``lock``.
-
-    :ivar changes: subscribe mode: ``(export, DataValue)`` per data change, oldest first.
-    :ivar polls: poll mode: the answers to Read calls not yet taken: (tags, DataValues).
-    :ivar reports: ``(level, message)`` for the stream's markers (``error``: bad input).
-    """
-
-    stream: OpcUaStream
-    tags: list[ResolvedTag]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    changes: list[tuple[str, Any]] = field(default_factory=list)
-    polls: list[list[tuple[ResolvedTag, Any]]] = field(default_factory=list)
-    reports: list[tuple[str, str]] = field(default_factory=list)
-    dropped: int = 0  # data changes dropped since the reader last looked
-    poll_pending: bool = False
-    poll_error: str | None = None
-    resolved: bool = False
-    subscription: Any = None  # asyncua Subscription
-
-    def report(self, level: str, message: str) -> None:
-        with self.lock:
-            self.reports.append((level, message))
 
 
 class Session:
@@ -175,6 +78,9 @@ class Session:
         self.client: Client | None = None
         self.problem: str | None = None  # why the last attempt failed, or the connection was lost
         self._ready = False
+        self._lost_at: float | None = None  # when the connection was lost (monotonic seconds)
+        self._reached: Any = None  # the furthest UaClientState of the connection attempt under way
+        self._certificate: Path | None = None  # the client certificate, with security
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -211,6 +117,8 @@ class Session:
     async def remove(self, feed: Feed) -> None:
         if feed in self.feeds:
             self.feeds.remove(feed)
+        if feed.backfill is not None:
+            feed.backfill.cancel()
         if feed.subscription is not None:
             try:
                 await asyncio.wait_for(feed.subscription.delete(), self.conn.timeout)
@@ -232,17 +140,22 @@ class Session:
             try:
                 await self._connect()
             except Exception as exc:  # noqa: BLE001 - every failure is retried, and shown
-                self.problem = explain(exc)
+                problem = self._diagnose(exc)
                 attempt += 1
                 delay = Backoff(initial=1.0, maximum=RECONNECT_MAX_DELAY, jitter=0.5).delay(attempt)
-                _log.error("%s: connecting failed (attempt %d, retrying in %.1f s): %s",
-                           self.conn.url, attempt, delay, self.problem)
+                # one line when the attempts start failing, and one when the cause changes
+                _log.log(logging.ERROR if problem != self.problem else logging.DEBUG,
+                         "%s: connecting failed (attempt %d, retrying in %.1f s): %s",
+                         self.conn.url, attempt, delay, problem)
+                self.problem = problem
                 await self._drop_client()
                 try:
                     await asyncio.wait_for(self._closing.wait(), delay)
                 except TimeoutError:
                     pass
                 continue
+            if attempt:
+                _log.info("%s: connected after %d failed attempts", self.conn.url, attempt)
             attempt = 0
             await self._closing.wait()
 
@@ -261,6 +174,8 @@ class Session:
         if self.conn.security_mode != "None":
             await self._secure(client)
         client.connection_lost_callback = self._lost
+        client.uaclient.observer = _observer(self)
+        self._reached = None
         await asyncio.wait_for(
             client.connect(auto_reconnect=True, reconnect_max_delay=RECONNECT_MAX_DELAY,
                            reconnect_request_timeout=self.conn.timeout),
@@ -287,6 +202,7 @@ class Session:
         policy = getattr(security_policies, "SecurityPolicy" + self.policy_name.replace("_", ""))
         if self.conn.certificate is not None:
             cert, key = Path(self.conn.certificate), Path(self.conn.private_key or "")
+            self._certificate = cert
             uri = certificate_uri(cert)
             if uri is not None:
                 client.application_uri = uri
@@ -294,6 +210,7 @@ class Session:
             pki = self.ctx.component_dir(self.receiver.data_receiver_name) / "pki"
             cert, key = pki / "client_certificate.der", pki / "client_private_key.pem"
             new = not cert.exists()
+            self._certificate = cert
             await client.setup_self_signed_certificate(key, cert)
             if new:
                 _log.warning("%s: made a self-signed client certificate, %s; the server must "
@@ -303,12 +220,61 @@ class Session:
 
     async def _lost(self, exc: Exception) -> None:
         self.problem = explain(exc)
+        self._lost_at = self._lost_at or asyncio.get_running_loop().time()
         _log.error("%s: connection lost (%s); reconnecting", self.conn.url, self.problem)
+
+    def _diagnose(self, exc: BaseException) -> str:
+        """Why a connection attempt failed, with what to do where the status code says."""
+        from asyncua.client.ua_client import UaClientState
+
+        text, name = explain(exc), code_name(exc)
+        secure = self.conn.security_mode != "None"
+        if secure and self._certificate is not None and name in TRUST_CODES:
+            return f"{text} ({trust_hint(self._certificate)})"
+        if name in USER_CODES:
+            return (f"{text} (user {self.conn.username!r}: check username and password, and that the "
+                    "server allows this user)" if self.conn.username else
+                    f"{text} (the server does not take anonymous sessions: set username and password)")
+        if name in ("BadSecurityModeRejected", "BadSecurityPolicyRejected"):
+            return (f"{text} (the server has no endpoint with security_mode {self.conn.security_mode}"
+                    f"{' and ' + self.policy_name if secure else ''}: `python -m connectors.receivers.opcua "
+                    "browse` lists what it offers)")
+        if (name is None and secure and self._certificate is not None
+                and self._reached is UaClientState.SOCKET_OPEN and not isinstance(exc, OSError | TimeoutError)):
+            # the server closed the channel as it opened: asyncua cannot read the fault it
+            # sent (node-opcua sends BadSecurityChecksFailed), so say what it most likely is
+            return (f"the server closed the secure channel as it opened ({self.conn.security_mode}, "
+                    f"{self.policy_name}); most likely {trust_hint(self._certificate)} [{text}]")
+        return text
+
+    def state_changed(self, state: Any) -> None:
+        """asyncua's client changed state (its observer, on the loop): the connection
+        attempt's progress, and one line when a lost connection is back."""
+        from asyncua.client.ua_client import UaClientState
+
+        order = list(UaClientState)
+        if state in (UaClientState.SOCKET_OPEN, UaClientState.CHANNEL_OPEN, UaClientState.CONNECTED) and (
+                self._reached is None or order.index(state) > order.index(self._reached)):
+            self._reached = state
+        if state is UaClientState.CONNECTED and self._lost_at is not None:
+            _log.info("%s: connection back after %.1f s", self.conn.url,
+                      asyncio.get_running_loop().time() - self._lost_at)
+            self._lost_at = None
+
+    def recreated(self, subscription_id: int | None) -> None:
+        """asyncua created a stream's subscription again (the server lost it: a restart, an
+        expired session): what changed meanwhile is read from history."""
+        for feed in self.feeds:
+            if feed.subscription is not None and feed.subscription.subscription_id == subscription_id:
+                _log.warning("%s: the server lost the subscription; subscribed again", feed.stream.key)
+                start_backfill(self, feed, "the subscription was created again")
 
     async def _drop_client(self) -> None:
         client, self.client, self._ready = self.client, None, False
         for feed in self.feeds:
             feed.resolved, feed.subscription = False, None
+            if feed.backfill is not None:  # the next session backfills again (changes stay held)
+                feed.backfill.cancel()
         if client is None:
             return
         try:
@@ -346,10 +312,19 @@ class Session:
                     tag.problem = f"browse path {name!r}: {type(exc).__name__}"
             else:  # a string identifier without namespace_index: every namespace from 1
                 candidates += [(tag, ua.NodeId(name, ns)) for ns in range(1, namespaces)]
-        params = ua.ReadParameters()
-        for _, node_id in candidates:
-            params.NodesToRead.append(ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.NodeClass))
-        answers = await client.uaclient.read(params) if candidates else []
+        numeric: list[tuple[ResolvedTag, Any]] = []  # a numeric-looking string id, as a number
+        for tag in feed.tags:
+            name = tag.config.name.strip()
+            if tag.config.form == "string" and name.isdigit() and int(name) < 2**32:
+                spaces = [tag.config.namespace_index] if tag.config.namespace_index is not None else range(
+                    1, namespaces)
+                numeric += [(tag, ua.NodeId(int(name), ns)) for ns in spaces]
+        asked = candidates + numeric
+        answers = await _read(client, [n for _, n in asked], ua.AttributeIds.NodeClass)
+        suggestions: dict[int, Any] = {}
+        for (tag, node_id), answer in zip(numeric, answers[len(candidates):], strict=True):
+            if answer.StatusCode.is_good():
+                suggestions.setdefault(id(tag), node_id)
         for (tag, node_id), answer in zip(candidates, answers, strict=True):
             if tag.node_id is not None:
                 continue  # found in an earlier namespace
@@ -358,7 +333,12 @@ class Session:
             elif tag.config.form == "string" and tag.config.namespace_index is None:
                 tag.problem = f"no namespace holds a node with the string identifier {tag.config.name!r}"
             else:
-                tag.problem = answer.StatusCode.name
+                tag.problem = status_text(answer.StatusCode.value)
+        for tag in feed.tags:
+            hint = suggestions.get(id(tag))
+            if tag.node_id is None and hint is not None:
+                tag.problem = (f"{tag.problem or 'BadNodeIdUnknown'}; the server has the numeric NodeId "
+                               f"{hint.to_string()}: write the name as {hint.to_string()!r}")
         for tag in feed.tags:
             if tag.node_id is None:
                 tag.problem = tag.problem or "BadNodeIdUnknown"
@@ -366,6 +346,10 @@ class Session:
                     feed.report("error", f"{tag.where}: {tag.problem}")
                 tag.reported = tag.problem
                 tag.node_id = tag.config.node_id()  # a named node is read on: it may come back
+        found = [t for t in feed.tags if t.node_id is not None and t.problem is None]
+        historizing = await _read(client, [t.node_id for t in found], ua.AttributeIds.Historizing)
+        for tag, answer in zip(found, historizing, strict=True):
+            tag.historizing = bool(answer.StatusCode.is_good() and answer.Value is not None and answer.Value.Value)
         feed.resolved = True
 
     async def _subscribe(self, feed: Feed) -> None:
@@ -373,9 +357,12 @@ class Session:
 
         assert self.client is not None
         receiver = self.receiver
-        handler = _ChangeHandler(feed)
-        subscription = await self.client.create_subscription(receiver.publishing_seconds * 1000, handler)
+        handler = ChangeHandler(feed)
         tags = [t for t in feed.tags if t.node_id is not None]
+        backfill = receiver.history_backfill and any(t.historizing and t.export in feed.last_source for t in tags)
+        if backfill:  # started from state, or set up again: what changed meanwhile comes first
+            feed.hold()
+        subscription = await self.client.create_subscription(receiver.publishing_seconds * 1000, handler)
         handles: list[Any] = []
         if tags:
             handles = await subscription.subscribe_data_change(
@@ -387,8 +374,11 @@ class Session:
                 feed.report("error", f"{tag.where}: {handle.name}")
         feed.subscription = subscription
         _log.info("%s: %s subscribed to %d tags (publishing every %s s, sampling every %s s, "
-                  "queue %d)", self.conn.url, feed.stream.key, len(tags), receiver.publishing_seconds,
-                  receiver.sampling_seconds, receiver.queue_length)
+                  "queue %d, %d historizing)", self.conn.url, feed.stream.key, len(tags),
+                  receiver.publishing_seconds, receiver.sampling_seconds, receiver.queue_length,
+                  sum(t.historizing for t in tags))
+        if backfill:
+            start_backfill(self, feed, "since the last change sent")
 
     async def poll(self, feed: Feed) -> None:
         """One Read of every node of ``feed``; the answer (or the error) goes to the feed."""
@@ -418,54 +408,35 @@ class Session:
             feed.poll_pending = False
 
 
-class _ChangeHandler:
-    """asyncua's subscription handler: each data change goes to the feed, under each export
-    name of its node. At most :data:`MAX_BUFFERED_CHANGES` wait there (a dataflow that stopped
-    taking them); beyond, the oldest are dropped and the stream is warned."""
+async def _read(client: Client, node_ids: list[Any], attribute: Any) -> list[Any]:
+    """One Read service call of ``attribute`` of each node (DataValues, in order)."""
+    from asyncua import ua
 
-    def __init__(self, feed: Feed) -> None:
-        self._feed = feed
-        self._exports: dict[Any, list[str]] = {}
-        for tag in feed.tags:
-            self._exports.setdefault(tag.node_id, []).append(tag.export)
-
-    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        value = data.monitored_item.Value
-        feed = self._feed
-        with feed.lock:
-            for export in self._exports.get(node.nodeid, ()):
-                feed.changes.append((export, value))
-            if len(feed.changes) > MAX_BUFFERED_CHANGES:
-                dropped = len(feed.changes) - MAX_BUFFERED_CHANGES
-                del feed.changes[:dropped]
-                feed.dropped += dropped
-
-    def status_change_notification(self, status: Any) -> None:
-        _log.warning("%s: subscription status %s", self._feed.stream.key, status.Status)
-
-    def event_notification(self, event: Any) -> None:  # not subscribed to events
-        pass
+    if not node_ids:
+        return []
+    params = ua.ReadParameters()
+    for node_id in node_ids:
+        params.NodesToRead.append(ua.ReadValueId(NodeId=node_id, AttributeId=attribute))
+    return await client.uaclient.read(params)
 
 
-def explain(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError) and not text:
-        return "no answer (timeout)"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _observer(session: Session) -> Any:
+    """An asyncua ``Observer`` telling ``session`` of state changes and subscriptions
+    created again (asyncua calls it on the loop)."""
+    from asyncua.observer import Observer, SubscriptionEvent
 
+    class Watch(Observer):
+        def observe_request(self, request: Any) -> contextlib.AbstractContextManager[None]:
+            return contextlib.nullcontext()
 
-def certificate_uri(path: Path) -> str | None:
-    """The application URI in the SubjectAltName of the certificate at ``path``."""
-    from cryptography import x509
+        def on_state_change(self, state: Any) -> None:
+            session.state_changed(state)
 
-    data = path.read_bytes()
-    cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
-    return uris[0] if uris else None
+        def on_subscription_event(self, subscription_id: int | None, event: SubscriptionEvent) -> None:
+            if event is SubscriptionEvent.RECREATED:
+                session.recreated(subscription_id)
+
+    return Watch()
 
 
 class EngineSlot:

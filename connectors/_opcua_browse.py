@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors._opcua import certificate_uri, explain
+from connectors._opcua_errors import certificate_uri, explain
 
 __all__ = ["browse", "main"]
 

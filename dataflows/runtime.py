@@ -162,6 +162,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._log.info("%s: %s from state %s", self._key,
                        "resuming" if resume_state is not None else "starting", self._reader.describe())
         self._failures = 0
+        self._failure_text = ""  # the cause of the failure last logged
+        self._failed_since = ctx.now()  # when the failures began
         self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
         self._control_checked: datetime | None = None
@@ -285,7 +287,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             self._failed(outcome.failure, outcome.description, now)
             return []
         if self._failures:
-            self._log.info("%s: recovered after %d failed attempts", self._key, self._failures)
+            self._log.info("%s: recovered after %d failed attempts over %.1f s", self._key, self._failures,
+                           (now - self._failed_since).total_seconds())
             self._failures = 0
             self._ledger.clear_marker(self._name, self._stream.asset, self._stream.stream_type,
                                       self._category)
@@ -318,8 +321,14 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
     def _failed(self, exc: BaseException, state: str, now: datetime) -> None:
         self._failures += 1
         delay = self._backoff.delay(self._failures)
-        self._log.error("%s: read failed (attempt %d, retrying in %.1f s): %s. Current state: %s",
-                        self._key, self._failures, delay, exc, state)
+        # one line per outage, and one when its cause changes: not one per retry
+        text = next(iter(str(exc).splitlines()), "")  # a first line stays; request ids below it do not
+        level = logging.ERROR if self._failures == 1 or text != self._failure_text else logging.DEBUG
+        self._failure_text = text
+        if self._failures == 1:
+            self._failed_since = now
+        self._log.log(level, "%s: read failed (attempt %d, retrying in %.1f s): %s. Current state: %s",
+                      self._key, self._failures, delay, exc, state)
         message = f"{self._reader.failure_text}: {exc}. Current state: {state}"
         self._set_marker(self._category, "error", message, now)
         self._poll_at = now + timedelta(seconds=delay)

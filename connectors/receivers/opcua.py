@@ -80,19 +80,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import msgspec
 import polars as pl
 
-from connectors import _opcua
-from connectors._opcua import (
-    Engine,
-    EngineSlot,
-    Feed,
-    OpcUaError,
-    ResolvedTag,
-    Session,
-    dtype_of,
-    python_value,
-    status_name,
-    utc,
-)
+from connectors import _opcua_feed
+from connectors._opcua import Engine, EngineSlot, OpcUaError, Session
+from connectors._opcua_feed import Feed, ResolvedTag, dtype_of, python_value, status_name, utc
 from dataflows.sdk import (
     Backoff,
     Batch,
@@ -240,6 +230,10 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
         "enough for every sample of a publishing interval).")] = None
     on_change: Annotated[bool, describe(
         "Poll: send a record only when a value or status changed since the last one.")] = False
+    history_backfill: Annotated[bool, describe(
+        "Subscribe: after a gap the session could not bridge (a server restart, a subscription "
+        "created again, factoryflow started from its state), read what historizing tags changed "
+        "meanwhile from the server's history (HistoryRead) and send it first, marked backfill=true.")] = True
     retry_interval: Annotated[_PositiveSeconds | None, describe(
         "Seconds before a stream looks again at a connection that is down, doubled per look up "
         "to 5 s (default: poll_interval); reconnecting itself is the session's, 1 s doubling.")] = None
@@ -332,7 +326,7 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
         return _OpcUaReader(self, stream, worker.engine(), ctx, resume_state)
 
 
-_RESERVED = ("timestamp", "server_timestamp", "status_code")
+_RESERVED = ("timestamp", "server_timestamp", "status_code", "backfill")
 
 
 # --------------------------------------------------------------------------- the reader
@@ -358,6 +352,8 @@ class _OpcUaReader(StreamReader):
         state = state if isinstance(state, dict) else {}
         self._last: dict[str, Any] | None = state.get("last")
         self._sent: dict[str, str] = dict(state.get("source_timestamps") or {})
+        for export, stamp in self._sent.items():  # where a backfill from history starts
+            self._feed.last_source[export] = datetime.fromisoformat(stamp).astimezone(UTC)
         engine.attach()
         # the runtime looks again every retry_interval (doubled, at most 5 s) while the
         # connection is down: reconnecting is the session's job, the reader only reports it
@@ -375,7 +371,8 @@ class _OpcUaReader(StreamReader):
             poll_error, feed.poll_error = feed.poll_error, None
             dropped, feed.dropped = feed.dropped, 0
         if dropped:
-            message = f"{dropped} data changes dropped: more than {_opcua.MAX_BUFFERED_CHANGES} waited for the dataflow"
+            message = (f"{dropped} data changes dropped: more than {_opcua_feed.MAX_BUFFERED_CHANGES} waited for "
+                       "the dataflow")
             reports.append(("warning", message))
         for level, message in reports:
             (self.report_bad_input if level == "error" else self.report_warning)(message)
@@ -466,7 +463,7 @@ class _OpcUaReader(StreamReader):
         return pl.DataFrame(rows, schema={"timestamp": pl.Datetime("us", "UTC"), **self._schema()},
                             orient="row")
 
-    def _change_frame(self, changes: list[tuple[str, Any]]) -> tuple[pl.DataFrame | None, Position | None]:
+    def _change_frame(self, changes: list[tuple[str, Any, bool]]) -> tuple[pl.DataFrame | None, Position | None]:
         """One row per data change not sent already, and each one's position: its tag and
         source timestamp, so a change sent again after a restart (a new subscription's first
         notification) is known (``docs/delivery.md``)."""
@@ -475,7 +472,7 @@ class _OpcUaReader(StreamReader):
         sources: list[datetime | None] = []  # UTC
         where = {t.export: t.where for t in self._feed.tags}
         empty = {t.exportname: None for t in self._stream.opcua_tags}
-        for export, data_value in changes:
+        for export, data_value, backfilled in changes:
             source = utc(data_value.SourceTimestamp)
             server = utc(data_value.ServerTimestamp)
             stamp = source or server or self._ctx.now()
@@ -486,14 +483,15 @@ class _OpcUaReader(StreamReader):
             if source is not None:
                 self._sent[export] = source.isoformat()
             rows.append({"timestamp": stamp, "server_timestamp": server, "status_code": status_name(data_value),
-                         **empty, export: value})
+                         "backfill": backfilled, **empty, export: value})
             tags.append(export)
             sources.append(source)
         if not rows:
             return None, None
         frame = pl.DataFrame(rows, schema={"timestamp": pl.Datetime("us", "UTC"),
                                            "server_timestamp": pl.Datetime("us", "UTC"),
-                                           "status_code": pl.String(), **self._schema()}, orient="row")
+                                           "status_code": pl.String(), "backfill": pl.Boolean(),
+                                           **self._schema()}, orient="row")
         naive = [None if t is None else t.astimezone(UTC).replace(tzinfo=None) for t in sources]
         ordinals = pl.DataFrame({"tag": tags, "source": naive},
                                 schema={"tag": pl.String, "source": pl.Datetime("us")})

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -68,9 +69,10 @@ class AsyncuaServer:
     """asyncua's server on ``opc.tcp://127.0.0.1:<port>``; :meth:`start` and :meth:`stop`
     may be called again (the same port, the address space built afresh)."""
 
-    def __init__(self, secure: bool = False, pki: Path | None = None) -> None:
+    def __init__(self, secure: bool = False, pki: Path | None = None, trusted: list[Path] | None = None) -> None:
         self.port = free_port()
         self.secure = secure
+        self.trusted = trusted  # with secure: the client certificates it trusts (None: any)
         self.pki = pki or Path(tempfile.mkdtemp(prefix="factoryflow-opcua-"))
         self.ns = 0
         self.nodes: dict[str, Any] = {}
@@ -121,6 +123,8 @@ class AsyncuaServer:
             await server.load_private_key(str(key))
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
             server.set_identity_tokens([ua.UserNameIdentityToken])
+            if self.trusted is not None:
+                server.set_certificate_validator(self._validator())
         self.ns = await server.register_namespace(NAMESPACE)
         line = await server.nodes.objects.add_folder(ua.NodeId("Line1", self.ns), ua.QualifiedName("Line1", self.ns))
         self.nodes = {}
@@ -137,6 +141,20 @@ class AsyncuaServer:
             self._on_read(server, name)
         await server.start()
         self._server = server
+
+    def _validator(self) -> Any:
+        """A certificate check that refuses every client certificate but the trusted ones,
+        as a server with an empty trust list does (``BadCertificateUntrusted``)."""
+        from asyncua import ua
+        from asyncua.common.utils import ServiceError
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        async def validate(certificate: Any, _app: Any) -> None:
+            trusted = {p.read_bytes() for p in self.trusted or [] if p.exists()}
+            if certificate.public_bytes(Encoding.DER) not in trusted:
+                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+
+        return validate
 
     def _on_read(self, server: Any, name: str) -> None:
         """Each Read of ``name`` takes the next value of ``reads[name]`` (the last one stays)."""
@@ -278,3 +296,124 @@ def node_opcua_sample_server() -> Iterator[NodeOpcuaServer]:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
+
+
+class _OpcUaProcess:
+    """An OPC UA server process on ``opc.tcp://127.0.0.1:<port>`` that tests kill, pause
+    (SIGSTOP), resume and stop."""
+
+    port: int
+    process: ServerProcess
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def pause(self) -> None:
+        self.process.pause()
+
+    def resume(self) -> None:
+        self.process.resume()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class NodeOpcuaPlant(_OpcUaProcess):
+    """node-opcua's server from ``tests/services/node_opcua/plant_server.cjs`` on
+    ``opc.tcp://127.0.0.1:<port>``: ``tags`` Double variables ``ns=1;s=Plant.Tag<i>`` that
+    take the tick counter every ``period`` seconds (historizing with ``history``),
+    ``ns=1;i=2002`` (a numeric NodeId), and with ``reject_unknown_certificates`` a server
+    that trusts no client certificate. :meth:`kill`, :meth:`pause`, :meth:`resume` and
+    :meth:`start` act on the process (the same port and PKI)."""
+
+    def __init__(self, root: Path, tags: int = 10, period: float = 0.1, history: bool = False,
+                 reject_unknown_certificates: bool = False) -> None:
+        node_opcua_sample_server_script()  # installs node-opcua on first use
+        self.port = free_port()
+        self.root = root
+        self.period = period
+        command = ["node", "--require", str(PACKAGE / "bind_loopback.cjs"), str(PACKAGE / "plant_server.cjs"),
+                   "--port", str(self.port), "--pki", str(root / "pki"), "--tags", str(tags),
+                   "--period", str(round(period * 1000))]
+        command += ["--history"] * history + ["--reject-unknown-certificates"] * reject_unknown_certificates
+        env = {**os.environ, "NODE_PATH": str(CACHE / "node_modules")}
+        self.process = ServerProcess("node-opcua plant server", command, root / "node-opcua-plant.log", env=env)
+
+    @property
+    def rejected(self) -> Path:
+        """Where the server keeps the client certificates it refused."""
+        return self.root / "pki" / "PKI" / "rejected"
+
+    def start(self) -> NodeOpcuaPlant:
+        def ready() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+
+        self.process.start(ready, timeout=120)
+        return self
+
+
+class AsyncuaHistoryServer(_OpcUaProcess):
+    """asyncua's server in its own process (``tests/services/opcua_history_server.py``):
+    ``tags`` historizing Doubles ``ns=2;i=<1000 + i>`` (``Tag<i>``) taking the tick count every
+    ``period`` seconds, their history in the SQLite file :attr:`db` (it survives
+    :meth:`kill`); :meth:`start` again serves on the same port and file."""
+
+    def __init__(self, root: Path, tags: int = 50, period: float = 0.1) -> None:
+        import sys
+
+        self.port = free_port()
+        self.root = root
+        self.db = root / "history.sqlite"
+        command = [sys.executable, str(Path(__file__).with_name("opcua_history_server.py")), "--port",
+                   str(self.port), "--db", str(self.db), "--tags", str(tags), "--period", str(period)]
+        self.process = ServerProcess("asyncua history server", command, root / "asyncua-history.log")
+
+    def start(self) -> AsyncuaHistoryServer:
+        def ready() -> bool:
+            return "ready" in (self.root / "asyncua-history.log").read_text()
+
+        (self.root / "asyncua-history.log").write_text("")
+        self.process.start(ready, timeout=60)
+        return self
+
+    def history(self, tag: int) -> list[tuple[datetime, float]]:
+        """``(source timestamp UTC, value)`` of every value the server historized for
+        ``ns=2;i=<1000 + tag>``, in the order it stored them."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.db)) as db:
+            rows = db.execute(f'SELECT SourceTimestamp, Value FROM "2_{1000 + tag}" ORDER BY _Id').fetchall()
+        return [(_utc_text(stamp), float(value)) for stamp, value in rows]
+
+
+def _utc_text(text: str) -> datetime:
+    stamp = datetime.fromisoformat(text)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+@contextmanager
+def running(kind: type[NodeOpcuaPlant] | type[AsyncuaHistoryServer], **options: Any) -> Iterator[Any]:
+    """Start a server of ``kind`` (:class:`NodeOpcuaPlant`, :class:`AsyncuaHistoryServer`) with
+    ``options`` in a new directory, yield it, stop it and delete the directory."""
+    root = Path(tempfile.mkdtemp(prefix="factoryflow-opcua-"))
+    server = kind(root, **options)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def node_opcua_plant(**options: Any) -> contextlib.AbstractContextManager[NodeOpcuaPlant]:
+    """:class:`NodeOpcuaPlant` running (:func:`running`)."""
+    return running(NodeOpcuaPlant, **options)
+
+
+def asyncua_history_server(**options: Any) -> contextlib.AbstractContextManager[AsyncuaHistoryServer]:
+    """:class:`AsyncuaHistoryServer` running (:func:`running`)."""
+    return running(AsyncuaHistoryServer, **options)
