@@ -41,14 +41,14 @@ from connectors._opcua_errors import (
     status_text,
     trust_hint,
 )
-from connectors._opcua_feed import ChangeHandler, Feed, ResolvedTag
+from connectors._opcua_feed import ChangeHandler, Feed, ResolvedTag, source_of
 from connectors._opcua_history import start_backfill
 from dataflows.sdk import Backoff, RunContext
 
 if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
     from asyncua import Client
 
-    from connectors.receivers.opcua import OpcUaConnection, OpcUaReceiver
+    from connectors.receivers.opcua import Monitoring, OpcUaConnection, OpcUaReceiver
 
 __all__ = ["RECONNECT_MAX_DELAY", "Engine", "EngineSlot", "OpcUaError", "Session"]
 
@@ -60,6 +60,8 @@ logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
 #: The first connection attempts, and asyncua's reconnects, wait 1 s doubling up to this.
 RECONNECT_MAX_DELAY = 5.0
+#: Monitored items asked for per CreateMonitoredItems call.
+MONITORED_ITEMS_PER_CALL = 1000
 
 
 class OpcUaError(Exception):
@@ -260,6 +262,10 @@ class Session:
             _log.info("%s: connection back after %.1f s", self.conn.url,
                       asyncio.get_running_loop().time() - self._lost_at)
             self._lost_at = None
+            if self.receiver.mode == "poll":  # the polls missed: from history (subscriptions: recreated())
+                for feed in self.feeds:
+                    if any(t.historizing and t.export in feed.last_source for t in feed.tags):
+                        start_backfill(self, feed, "polls missed while the connection was lost")
 
     def recreated(self, subscription_id: int | None) -> None:
         """asyncua created a stream's subscription again (the server lost it: a restart, an
@@ -288,6 +294,8 @@ class Session:
         await self._resolve(feed)
         if self.receiver.mode == "subscribe":
             await self._subscribe(feed)
+        elif any(t.historizing and t.export in feed.last_source for t in feed.tags):
+            start_backfill(self, feed, "since the last poll sent")
 
     async def _resolve(self, feed: Feed) -> None:
         """Each tag's NodeId, checked with one Read of the nodes' NodeClass; a tag whose node
@@ -325,7 +333,7 @@ class Session:
         for (tag, node_id), answer in zip(numeric, answers[len(candidates):], strict=True):
             if answer.StatusCode.is_good():
                 suggestions.setdefault(id(tag), node_id)
-        for (tag, node_id), answer in zip(candidates, answers, strict=True):
+        for (tag, node_id), answer in zip(candidates, answers[:len(candidates)], strict=True):
             if tag.node_id is not None:
                 continue  # found in an earlier namespace
             if answer.StatusCode.is_good():
@@ -342,10 +350,10 @@ class Session:
         for tag in feed.tags:
             if tag.node_id is None:
                 tag.problem = tag.problem or "BadNodeIdUnknown"
+                tag.node_id = tag.config.node_id()  # a named node is read on: it may come back
                 if tag.reported != tag.problem:
                     feed.report("error", f"{tag.where}: {tag.problem}")
                 tag.reported = tag.problem
-                tag.node_id = tag.config.node_id()  # a named node is read on: it may come back
         found = [t for t in feed.tags if t.node_id is not None and t.problem is None]
         historizing = await _read(client, [t.node_id for t in found], ua.AttributeIds.Historizing)
         for tag, answer in zip(found, historizing, strict=True):
@@ -362,21 +370,20 @@ class Session:
         backfill = receiver.history_backfill and any(t.historizing and t.export in feed.last_source for t in tags)
         if backfill:  # started from state, or set up again: what changed meanwhile comes first
             feed.hold()
-        subscription = await self.client.create_subscription(receiver.publishing_seconds * 1000, handler)
+        publishing = receiver.publishing_of(feed.stream)
+        subscription = await self.client.create_subscription(publishing * 1000, handler)
+        requests = [_monitored_item(t.node_id, index + 1, receiver.monitoring_of(feed.stream, t.config))
+                    for index, t in enumerate(tags)]
         handles: list[Any] = []
-        if tags:
-            handles = await subscription.subscribe_data_change(
-                [self.client.get_node(t.node_id) for t in tags], queuesize=receiver.queue_length,
-                sampling_interval=receiver.sampling_seconds * 1000)
+        for start in range(0, len(requests), MONITORED_ITEMS_PER_CALL):
+            handles += await subscription.create_monitored_items(requests[start:start + MONITORED_ITEMS_PER_CALL])
         for tag, handle in zip(tags, handles, strict=True):
             if isinstance(handle, ua.StatusCode) and tag.reported != handle.name:
                 tag.reported = handle.name
-                feed.report("error", f"{tag.where}: {handle.name}")
+                feed.report("error", f"{tag.where}: {status_text(handle.value)}")
         feed.subscription = subscription
-        _log.info("%s: %s subscribed to %d tags (publishing every %s s, sampling every %s s, "
-                  "queue %d, %d historizing)", self.conn.url, feed.stream.key, len(tags),
-                  receiver.publishing_seconds, receiver.sampling_seconds, receiver.queue_length,
-                  sum(t.historizing for t in tags))
+        _log.info("%s: %s subscribed to %d tags (publishing every %s s, %d historizing)", self.conn.url,
+                  feed.stream.key, len(tags), publishing, sum(t.historizing for t in tags))
         if backfill:
             start_backfill(self, feed, "since the last change sent")
 
@@ -401,11 +408,33 @@ class Session:
             with feed.lock:
                 feed.polls.append(list(zip(tags, answers, strict=True)))
                 feed.poll_error = None
+                for tag, answer in zip(tags, answers, strict=True):  # where a backfill starts
+                    stamp = source_of(answer)
+                    last = feed.last_source.get(tag.export)
+                    if stamp is not None and (last is None or stamp > last):
+                        feed.last_source[tag.export] = stamp
         except Exception as exc:  # noqa: BLE001 - the reader raises it as the stream's failure
             with feed.lock:
                 feed.poll_error = f"{self.conn.url}: Read failed: {explain(exc)}"
         finally:
             feed.poll_pending = False
+
+
+def _monitored_item(node_id: Any, handle: int, monitoring: Monitoring) -> Any:
+    """A MonitoredItemCreateRequest of ``node_id``'s Value (OPC UA Part 4 §5.12.2), with a
+    DataChangeFilter when there is a deadband."""
+    from asyncua import ua
+
+    parameters = ua.MonitoringParameters(
+        ClientHandle=handle, SamplingInterval=monitoring.sampling * 1000, QueueSize=monitoring.queue,
+        DiscardOldest=monitoring.discard_oldest)
+    if monitoring.deadband_type != "None":
+        parameters.Filter = ua.DataChangeFilter(
+            Trigger=ua.DataChangeTrigger.StatusValue, DeadbandType=getattr(ua.DeadbandType, monitoring.deadband_type),
+            DeadbandValue=monitoring.deadband_value)
+    return ua.MonitoredItemCreateRequest(
+        ItemToMonitor=ua.ReadValueId(NodeId=node_id, AttributeId=ua.AttributeIds.Value),
+        MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=parameters)
 
 
 async def _read(client: Client, node_ids: list[Any], attribute: Any) -> list[Any]:

@@ -164,15 +164,18 @@ async def _release(client: Any, nodes: list[HistoryNode], details: Any, timeout:
 
 def start_backfill(session: Session, feed: Feed, why: str) -> None:
     """Hold ``feed``'s live changes and read what its historizing tags changed since
-    the last change sent (``feed.last_source``) from the server's history."""
+    the last change sent (``feed.last_source``) from the server's history. In subscribe
+    mode, tags that do not historize are named in a warning (their changes of the gap
+    are lost); a poll reads present values only, so poll mode backfills what it can."""
     tags = [t for t in feed.tags if t.node_id is not None and t.export in feed.last_source]
     lost = [t.export for t in tags if not t.historizing]
-    if lost:
+    subscribed = session.receiver.mode == "subscribe"
+    if lost and subscribed:
         feed.report("warning", f"{len(lost)} tags do not historize on the server ({', '.join(lost[:5])}"
                                f"{', ...' if len(lost) > 5 else ''}): their changes while the "
                                "subscription was down are lost")
     if not session.receiver.history_backfill:
-        if len(lost) < len(tags):
+        if len(lost) < len(tags) and subscribed:
             feed.report("warning", "history_backfill is off: changes while the subscription was down "
                                    "are lost")
         return
@@ -182,6 +185,7 @@ def start_backfill(session: Session, feed: Feed, why: str) -> None:
     if feed.backfill is not None:
         feed.backfill.cancel()  # a new gap: read from where the last one got
     feed.backfill = asyncio.get_running_loop().create_task(backfill(session, feed, why))
+
 
 async def backfill(session: Session, feed: Feed, why: str) -> None:
     """Read what ``feed``'s historizing tags changed since ``feed.last_source`` and put it

@@ -41,8 +41,8 @@ the runtime wakes it through ``next_awake`` at the next poll. The engine is in
 until it succeeds. Once connected, asyncua's supervisor probes the server every
 ``watchdog_interval`` seconds and, on a lost connection, reconnects with backoff (1 s
 doubling up to 5 s): it activates the old session on a new channel or creates a new
-one, and transfers or re-creates the subscription with every monitored item. While the
-connection is down, each stream carries an error marker (category ``opcua``) naming
+one, and transfers or re-creates the subscription with every monitored item. One line
+is logged when the connection is lost and one when it is back. While the connection is down, each stream carries an error marker (category ``opcua``) naming
 the endpoint and the cause; the first poll after the reconnect clears it. A tag whose
 node does not exist (``BadNodeIdUnknown``), or whose value comes back with a Bad
 status, marks the stream (category ``input``) with its NodeId; the stream's other tags
@@ -56,17 +56,21 @@ by its first good value; a later value of another type, a value with a Bad statu
 type without a column type (structures) are null, and the stream is marked. Nothing is
 converted to fit.
 
-**State and delivery across a restart of factoryflow.** OPC UA serves present values,
-not history, so neither mode can replay what changed while factoryflow was stopped.
-Poll mode reads the present values again at start (with ``on_change``, the state holds
-the last values sent, so an unchanged first poll is not sent again). Subscribe mode's
-state holds each tag's last source timestamp sent: an initial notification of the new
-subscription carrying that same sample is not sent again, so nothing is sent twice, and the changes made
-while nobody was subscribed are lost. During a connection loss the server keeps the
-session's subscription for its lifetime and asyncua republishes what the server still
-queues; a server restart loses the changes of the outage. Changes received but not yet
-handed to the dataflow when factoryflow stops (less than one ``poll_interval``) are
-lost.
+**Gaps.** asyncua reconnects a lost session (ActivateSession on a new channel,
+TransferSubscriptions, Republish of the messages not acknowledged). When it had to
+create a subscription again (the server lost it), or a stream starts from its state,
+the values of historizing tags (Historizing attribute true) changed since each tag's
+last source timestamp sent are read with HistoryRead (Part 11, ReadRawModifiedDetails)
+and sent first, in source-time order, with ``backfill`` true; the live changes held
+meanwhile follow, less those already read (``history_backfill``, on by default; see
+:mod:`connectors._opcua_history`). Tags that do not historize lose their changes of the
+gap, with a warning marker.
+
+**State.** Poll mode: with ``on_change``, the last values sent (an unchanged first poll
+is not sent again). Subscribe mode: each tag's last source timestamp sent, where a
+backfill starts and by which an initial notification carrying the same sample is not
+sent again. Changes received but not yet handed to the dataflow when factoryflow stops
+(less than one ``poll_interval``) are backfilled at the next start for historizing tags.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ import math
 import re
 import sys
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 import msgspec
 import polars as pl
@@ -108,6 +112,7 @@ if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
 
 MODES = ("poll", "subscribe")
 SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
+DEADBANDS = ("None", "Absolute", "Percent")  # OPC UA Part 8 DeadbandType
 SECURITY_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 _NODE_ID = re.compile(r"^(ns=\d+;)?(i|s|g|b)=", re.IGNORECASE)
 
@@ -163,6 +168,14 @@ class OpcUaTag(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     namespace_index: Annotated[NonNegativeInt | None, describe(
         "Namespace index of a string identifier; when unset, the first namespace (from 1) holding "
         "a node with that identifier.")] = None
+    sampling_interval: Annotated[_Seconds | None, describe(
+        "Subscribe: this tag's sampling interval in seconds (default: the receiver's).")] = None
+    queue_size: Annotated[_Positive | None, describe(
+        "Subscribe: this tag's monitored item queue (default: the receiver's).")] = None
+    deadband_type: Annotated[str | None, describe(
+        "Subscribe: this tag's deadband (default: the receiver's).", choices=DEADBANDS)] = None
+    deadband_value: Annotated[_Seconds | None, describe(
+        "Subscribe: this tag's deadband value (default: the receiver's).")] = None
 
     @property
     def form(self) -> str:
@@ -187,6 +200,8 @@ class OpcUaStream(StreamConfig, kw_only=True):
 
     opcua_tags: Annotated[list[OpcUaTag], describe("Nodes of the stream.", min_length=1)]
     connection_name: Annotated[str | None, describe("Connection to use; the first by default.")] = None
+    publishing_interval: Annotated[_PositiveSeconds | None, describe(
+        "Subscribe: this stream's publishing interval in seconds (default: the receiver's).")] = None
 
 
 @receivers.register
@@ -228,12 +243,20 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
     queue_size: Annotated[_Positive | None, describe(
         "Subscribe: changes the server keeps per tag between two notification messages (default: "
         "enough for every sample of a publishing interval).")] = None
+    discard_oldest: Annotated[bool, describe(
+        "Subscribe: a full monitored item queue drops its oldest change (else the newest).")] = True
+    deadband_type: Annotated[str, describe(
+        "Subscribe: report a change only when it moves by deadband_value ('Absolute', in the value's "
+        "units) or by deadband_value percent of the EURange ('Percent'); 'None' reports every change.",
+        choices=DEADBANDS)] = "None"
+    deadband_value: Annotated[_Seconds, describe("Subscribe: the deadband (see deadband_type).")] = 0.0
     on_change: Annotated[bool, describe(
         "Poll: send a record only when a value or status changed since the last one.")] = False
     history_backfill: Annotated[bool, describe(
-        "Subscribe: after a gap the session could not bridge (a server restart, a subscription "
-        "created again, factoryflow started from its state), read what historizing tags changed "
-        "meanwhile from the server's history (HistoryRead) and send it first, marked backfill=true.")] = True
+        "After a gap (subscribe: a subscription created again; poll: polls missed while the "
+        "connection was down; both: factoryflow started from its state), read what historizing tags "
+        "changed meanwhile from the server's history (HistoryRead) and send it first, marked "
+        "backfill=true.")] = True
     retry_interval: Annotated[_PositiveSeconds | None, describe(
         "Seconds before a stream looks again at a connection that is down, doubled per look up "
         "to 5 s (default: poll_interval); reconnecting itself is the session's, 1 s doubling.")] = None
@@ -284,6 +307,8 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
             for key in ("sampling_interval", "publishing_interval", "queue_size"):
                 if getattr(self, key) is not None:
                     out.append(warning(f"{key} applies to mode subscribe only", [*path, key]))
+            if self.deadband_type != "None":
+                out.append(warning("deadband_type applies to mode subscribe only", [*path, "deadband_type"]))
         elif self.on_change:
             out.append(warning("on_change applies to mode poll (a subscription sends changes only)",
                                [*path, "on_change"]))
@@ -318,6 +343,21 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
             return self.queue_size
         return max(1, math.ceil(self.publishing_seconds / max(self.sampling_seconds, 0.001)))
 
+    def publishing_of(self, stream: OpcUaStream) -> float:
+        """``stream``'s publishing interval in seconds."""
+        return stream.publishing_interval or self.publishing_seconds
+
+    def monitoring_of(self, stream: OpcUaStream, tag: OpcUaTag) -> Monitoring:
+        """How ``tag``'s monitored item samples, queues and filters (a tag's keys over the
+        receiver's; the queue defaults to the samples of a publishing interval)."""
+        sampling = self.sampling_seconds if tag.sampling_interval is None else tag.sampling_interval
+        if stream.publishing_interval is not None and self.sampling_interval is None and tag.sampling_interval is None:
+            sampling = stream.publishing_interval
+        queue = tag.queue_size or self.queue_size or max(
+            1, math.ceil(self.publishing_of(stream) / max(sampling, 0.001)))
+        return Monitoring(sampling, queue, self.discard_oldest, tag.deadband_type or self.deadband_type,
+                          self.deadband_value if tag.deadband_value is None else tag.deadband_value)
+
     def open_worker(self, ctx: RunContext) -> EngineSlot:
         return EngineSlot(self, ctx)
 
@@ -327,6 +367,16 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
 
 
 _RESERVED = ("timestamp", "server_timestamp", "status_code", "backfill")
+
+
+class Monitoring(NamedTuple):
+    """One monitored item's parameters (OPC UA Part 4 §7.21 MonitoringParameters)."""
+
+    sampling: float  # seconds
+    queue: int
+    discard_oldest: bool
+    deadband_type: str  # DEADBANDS
+    deadband_value: float
 
 
 # --------------------------------------------------------------------------- the reader
@@ -376,15 +426,19 @@ class _OpcUaReader(StreamReader):
             reports.append(("warning", message))
         for level, message in reports:
             (self.report_bad_input if level == "error" else self.report_warning)(message)
-        if self._receiver.mode == "poll":
-            self._next_poll()
-            frame = self._poll_frame(polls)
-            position = None
-        else:
-            frame, position = self._change_frame(changes)
+        batches: list[Batch] = []
+        frame, position = self._change_frame(changes)  # subscribe mode, and backfills in both
         if frame is not None:
-            return [Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._url,
-                          position=position)], False
+            batches.append(Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._url,
+                                 position=position))
+        if self._receiver.mode == "poll":
+            if feed.backfill is None:  # a backfill's values come before the next poll's
+                self._next_poll()
+            frame = self._poll_frame(polls)
+            if frame is not None:
+                batches.append(Batch(self._receiver.data_receiver_name, self._stream.key, frame, self._url))
+        if batches:
+            return batches, False
         outage = self._session.outage()
         if outage is not None:
             raise OpcUaError(outage)
@@ -409,7 +463,9 @@ class _OpcUaReader(StreamReader):
         problem = None
         value = None
         if status is not None and status.is_bad():
-            problem = f"{where}: {status.name}"
+            resolving = next((t.problem for t in self._feed.tags if t.export == tag_export), None)
+            # a node not found: what resolving it found out (a numeric NodeId it may mean)
+            problem = f"{where}: {resolving if resolving and 'NodeId' in status.name else status.name}"
         elif variant is None or variant.Value is None:
             value = None
         else:
@@ -450,6 +506,8 @@ class _OpcUaReader(StreamReader):
                 values[tag.export] = self._value(tag.export, tag.where, data_value)
                 statuses[tag.export] = status_name(data_value)
                 stamp = utc(data_value.SourceTimestamp) or utc(data_value.ServerTimestamp)
+                if data_value.SourceTimestamp is not None:  # where a backfill starts after a gap
+                    self._sent[tag.export] = utc(data_value.SourceTimestamp).isoformat()
                 if stamp is not None and (newest is None or stamp > newest):
                     newest = stamp
             if self._receiver.on_change:
@@ -502,7 +560,10 @@ class _OpcUaReader(StreamReader):
     def snapshot(self) -> dict[str, Any] | None:
         if self._receiver.mode == "subscribe":
             return {"source_timestamps": dict(self._sent)}
-        return {"last": self._last} if self._receiver.on_change else None
+        state: dict[str, Any] = {"last": self._last} if self._receiver.on_change else {}
+        if self._receiver.history_backfill and self._sent:
+            state["source_timestamps"] = dict(self._sent)
+        return state or None
 
     def describe(self) -> str:
         what = f"{len(self._stream.opcua_tags)} tags on {self._url} ({self._receiver.mode})"

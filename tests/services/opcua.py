@@ -326,19 +326,20 @@ class NodeOpcuaPlant(_OpcUaProcess):
     """node-opcua's server from ``tests/services/node_opcua/plant_server.cjs`` on
     ``opc.tcp://127.0.0.1:<port>``: ``tags`` Double variables ``ns=1;s=Plant.Tag<i>`` that
     take the tick counter every ``period`` seconds (historizing with ``history``),
-    ``ns=1;i=2002`` (a numeric NodeId), and with ``reject_unknown_certificates`` a server
+    ``ns=1;i=2002`` (a numeric NodeId), ``static`` unchanging Doubles
+    ``ns=1;s=Plant.Static.<i>`` in folders of 1,000, and with ``reject_unknown_certificates`` a server
     that trusts no client certificate. :meth:`kill`, :meth:`pause`, :meth:`resume` and
     :meth:`start` act on the process (the same port and PKI)."""
 
     def __init__(self, root: Path, tags: int = 10, period: float = 0.1, history: bool = False,
-                 reject_unknown_certificates: bool = False) -> None:
+                 reject_unknown_certificates: bool = False, static: int = 0) -> None:
         node_opcua_sample_server_script()  # installs node-opcua on first use
         self.port = free_port()
         self.root = root
         self.period = period
         command = ["node", "--require", str(PACKAGE / "bind_loopback.cjs"), str(PACKAGE / "plant_server.cjs"),
                    "--port", str(self.port), "--pki", str(root / "pki"), "--tags", str(tags),
-                   "--period", str(round(period * 1000))]
+                   "--period", str(round(period * 1000)), "--static", str(static)]
         command += ["--history"] * history + ["--reject-unknown-certificates"] * reject_unknown_certificates
         env = {**os.environ, "NODE_PATH": str(CACHE / "node_modules")}
         self.process = ServerProcess("node-opcua plant server", command, root / "node-opcua-plant.log", env=env)

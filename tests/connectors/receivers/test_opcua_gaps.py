@@ -4,15 +4,17 @@ SQLite, node-opcua's with its in-memory historian."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connectors._opcua_feed import utc
 from tests.connectors.receivers.test_opcua import Live, receiver
 from tests.services.opcua import asyncua_history_server, node_opcua_plant
 from tests.services.tcp_proxy import TcpProxy
@@ -25,15 +27,15 @@ def plant_tags(count: int = TAGS) -> list[dict[str, Any]]:
     return [{"name": f"ns=2;i={1000 + i}", "exportname": f"tag{i}"} for i in range(count)]
 
 
-def delivered(live: Live, export: str) -> list[tuple[datetime, float, bool]]:
+def delivered(rows: list[dict[str, Any]], export: str) -> list[tuple[datetime, float, bool]]:
     """``(source timestamp, value, backfill)`` of every record of ``export``, in order."""
-    return [(r["timestamp"], r[export], r["backfill"]) for r in live.rows() if r[export] is not None]
+    return [(r["timestamp"], r[export], r["backfill"]) for r in rows if r[export] is not None]
 
 
-def check_exact(live: Live, history: list[tuple[datetime, float]], export: str) -> dict[str, int]:
+def check_exact(rows: list[dict[str, Any]], history: list[tuple[datetime, float]], export: str) -> dict[str, int]:
     """What ``export`` delivered against what the server historized, between the first
     value delivered and the last one delivered live: equal, in order, nothing twice."""
-    got = delivered(live, export)
+    got = delivered(rows, export)
     first, last_live = got[0][0], max(s for s, _, b in got if not b)
     expected = [(s, v) for s, v in history if first <= s <= last_live]
     values = [(s, v) for s, v, _ in got if s <= last_live]
@@ -62,7 +64,7 @@ def test_a_server_killed_for_60_s_loses_nothing_it_historized(tmp_path: Path,
         live.run_for(3)
         live.close()
         server.stop()
-        counts = [check_exact(live, server.history(i), f"tag{i}") for i in range(TAGS)]
+        counts = [check_exact(live.rows(), server.history(i), f"tag{i}") for i in range(TAGS)]
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     print(f"\nserver SIGKILLed for 60 s, {TAGS} tags every 100 ms: {total}")
     assert total["missing"] == 0 and total["twice"] == 0 and total["backfilled"] >= TAGS
@@ -88,7 +90,7 @@ def test_a_network_cut_loses_nothing_through_transfer_and_republish(tmp_path: Pa
         live.run_for(3)
         live.close()
         server.stop()
-        counts = [check_exact(live, server.history(i), f"tag{i}") for i in range(10)]
+        counts = [check_exact(live.rows(), server.history(i), f"tag{i}") for i in range(10)]
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     print(f"\nnetwork cut for 10 s, 10 tags every 100 ms: {total}")
     assert total["missing"] == 0 and total["twice"] == 0 and total["backfilled"] == 0
@@ -108,10 +110,124 @@ def test_a_restart_of_factoryflow_is_backfilled_from_node_opcua_history(tmp_path
         second.until(lambda: any(not r["backfill"] for r in second.rows()) and len(second.rows()) > 40,
                      timeout=30)
         second.close()
-    for i in range(5):
-        before, after = delivered(first, f"tag{i}"), delivered(second, f"tag{i}")
-        backfilled = [v for _, v, b in after if b]
-        live_after = [v for _, v, b in after if not b]
-        ticks = [v for _, v, _ in before] + backfilled + live_after
-        assert ticks == list(range(int(ticks[0]), int(ticks[0]) + len(ticks))), ticks  # every tick once
-        assert len(backfilled) >= 25 and not any(b for *_, b in before)
+        history = read_history(plant.url, [f"ns=1;s=Plant.Tag{i}" for i in range(5)])
+    assert not any(r["backfill"] for r in first.rows())
+    counts = [check_exact(first.rows() + second.rows(), history[i], f"tag{i}") for i in range(5)]
+    total = {k: sum(c[k] for c in counts) for k in counts[0]}
+    print(f"\nfactoryflow stopped for 3 s, node-opcua's history, 5 tags every 100 ms: {total}")
+    assert total["backfilled"] >= 5 * 25 and total["missing"] == 0 and total["twice"] == 0
+
+
+def read_history(url: str, node_ids: list[str]) -> list[list[tuple[datetime, float]]]:
+    """Every value the server at ``url`` has in its history for each node (a plain asyncua
+    client's HistoryRead), as ``(source timestamp UTC, value)``."""
+    from asyncua import Client
+
+    async def read() -> list[list[tuple[datetime, float]]]:
+        async with Client(url) as client:
+            out = []
+            for node_id in node_ids:
+                values = await client.get_node(node_id).read_raw_history(
+                    datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(hours=1), return_bounds=False)
+                out.append([(utc(v.SourceTimestamp), v.Value.Value) for v in values])
+            return out
+
+    return asyncio.run(read())
+
+
+# --------------------------------------------------------------------------- errors to act on
+
+
+def test_an_untrusted_certificate_says_which_to_trust(tmp_path: Path) -> None:
+    with node_opcua_plant(tags=1, reject_unknown_certificates=True) as plant:
+        entry = receiver(plant.url, [{"name": "ns=1;s=Plant.Tag0", "exportname": "t"}],
+                         connection={"security_mode": "SignAndEncrypt"})
+        live = Live(entry, tmp_path)
+        live.until(lambda: any(m.category == "opcua" for m in live.markers()), timeout=30)
+        (marker,) = [m for m in live.markers() if m.category == "opcua"]
+        live.close()
+        (refused,) = plant.rejected.iterdir()  # node-opcua keeps it as <uri>[<thumbprint>].pem
+    certificate = tmp_path / "components" / "plc" / "pki" / "client_certificate.der"
+    print(f"\n{marker.message}")
+    assert f"does not trust this client's certificate; add {certificate}" in marker.message
+    thumbprint = refused.name.split("[")[1].split("]")[0]
+    assert f"SHA-1 thumbprint {thumbprint})" in marker.message
+    assert "AssertionError" not in marker.message.split("[")[0]
+
+
+def test_a_numeric_name_looked_up_as_a_string_suggests_the_numeric_node_id(tmp_path: Path) -> None:
+    with node_opcua_plant(tags=1) as plant:
+        entry = receiver(plant.url, [{"name": "2002", "exportname": "count", "namespace_index": 1},
+                                     {"name": "ns=1;s=Plant.Tag0", "exportname": "t"}])
+        live = Live(entry, tmp_path)
+        live.until(lambda: any(r["t"] is not None for r in live.rows()))
+        live.close()
+    (message,) = {m.message for m in live.seen_markers if m.category == "input"}
+    assert message == ("tag 'count' (ns=1;s=2002): BadNodeIdUnknown: The node id refers to a node that does not "
+                              "exist in the server address space.; the server has the numeric NodeId ns=1;i=2002: "
+                              "write the name as 'ns=1;i=2002'")
+
+
+# --------------------------------------------------------------------------- monitored items
+
+
+def test_a_deadband_per_tag_and_a_publishing_interval_per_stream(tmp_path: Path) -> None:
+    from tests.services.opcua import AsyncuaServer
+
+    with AsyncuaServer() as server:
+        entry = receiver(server.url, [{"name": "ns=2;s=Line1.Temperature", "exportname": "t",
+                                       "deadband_type": "Absolute", "deadband_value": 1.0},
+                                      {"name": "ns=2;s=Line1.Ratio", "exportname": "r"}],
+                         mode="subscribe", poll_interval=0.2, sampling_interval=0)
+        entry["streams"][0]["publishing_interval"] = 0.1
+        live = Live(entry, tmp_path)
+        live.until(lambda: {"t", "r"} <= {k for r in live.rows() for k in ("t", "r") if r[k] is not None})
+        for value in (21.5, 23.0, 23.5, 25.0, 24.5):
+            server.write("Temperature", value)
+            server.write("Ratio", value, variant_type=None)
+            time.sleep(0.3)
+        live.run_for(1)
+        live.close()
+    temperatures = [r["t"] for r in live.rows() if r["t"] is not None]
+    ratios = [r["r"] for r in live.rows() if r["r"] is not None]
+    assert temperatures == [21.25, 23.0, 25.0]  # moved by more than 1.0 from the last one reported
+    assert ratios == [0.5, 21.5, 23.0, 23.5, 25.0, 24.5]  # no deadband: every change
+
+
+def test_poll_mode_backfills_the_polls_missed_in_an_outage(tmp_path: Path) -> None:
+    with asyncua_history_server(tags=3, period=0.1) as server:
+        entry = receiver(server.url, plant_tags(3), poll_interval=1, connection={"timeout": 2, "watchdog_interval": 1})
+        live = Live(entry, tmp_path)
+        live.run_for(3)
+        server.kill()
+        live.until(lambda: any(m.category == "opcua" for m in live.markers()), timeout=15)
+        server.start()
+        live.until(lambda: any(r.get("backfill") for f in live.frames for r in f.to_dicts()), timeout=30)
+        live.run_for(2)
+        live.close()
+        server.stop()
+        history = [server.history(i) for i in range(3)]
+    polled = [f for f in live.frames if "backfill" not in f.columns]
+    backfilled = [r for f in live.frames if "backfill" in f.columns for r in f.to_dicts()]
+    assert polled and backfilled and all(r["backfill"] for r in backfilled)
+    for i in range(3):
+        values = [(r["timestamp"], r[f"tag{i}"]) for r in backfilled if r[f"tag{i}"] is not None]
+        start, end = values[0][0], values[-1][0]
+        assert values == [(s, v) for s, v in history[i] if start <= s <= end]  # every change, once, in order
+        last_polled_before = max(r["timestamp"] for f in polled for r in f.to_dicts() if r["timestamp"] < start)
+        assert [s for s, _ in history[i] if last_polled_before < s < start] == []  # from the last poll on
+
+
+def test_browse_pages_through_a_large_address_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from connectors import _opcua_browse
+
+    monkeypatch.setattr(_opcua_browse, "BATCH", 300)  # folders of 1,000: BrowseNext three times each
+    with node_opcua_plant(tags=2, static=2500) as plant:
+        out = io.StringIO()
+        count = asyncio.run(_opcua_browse.browse(plant.url, depth=4, out=out))
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert [r[0] for r in rows if "Plant.Static." in r[0]] == [f"ns=1;s=Plant.Static.{i}" for i in range(2500)]
+    assert count == len(rows) - 1
+    assert next(r for r in rows if r[0] == "ns=1;s=Plant.Static.7")[1:] == ["1:S7", "Variable", "Double"]

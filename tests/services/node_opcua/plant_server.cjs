@@ -1,11 +1,13 @@
 // A node-opcua server the OPC UA tests and bench start (tests/services/opcua.py):
-//   node plant_server.cjs --port P --pki DIR [--tags N] [--period MS] [--history]
+//   node plant_server.cjs --port P --pki DIR [--tags N] [--period MS] [--history] [--static N]
 //                         [--reject-unknown-certificates]
 // - folder Plant (ns=1) with N Double variables ns=1;s=Plant.Tag<i>, i from 0; every
 //   --period ms each takes the value of a tick counter (the ms since the epoch over the
 //   period), with that tick as its source timestamp; with --history each is historizing
 //   (node-opcua's in-memory historian, HistoryRead ReadRaw with continuation points);
 // - ns=1;i=2002 (a numeric NodeId, browse name "2002"): an Int32 counter;
+// - with --static N: folder Plant/Static with folders Static<f> of 1000 Doubles each,
+//   ns=1;s=Plant.Static.<i>, that never change (an address space to browse);
 // - with --reject-unknown-certificates the server offers only Basic256Sha256
 //   SignAndEncrypt and trusts no client certificate it has not been given (the
 //   certificates it refused are under DIR/PKI/rejected).
@@ -30,6 +32,7 @@ const tags = Number(option("--tags", "10"));
 const period = Number(option("--period", "100"));
 const history = flag("--history");
 const reject = flag("--reject-unknown-certificates");
+const statics = Number(option("--static", "0"));
 
 (async function main() {
   const serverCertificateManager = new OPCUACertificateManager({
@@ -64,6 +67,18 @@ const reject = flag("--reject-unknown-certificates");
       addressSpace.installHistoricalDataNode(variable, { maxOnlineValues: 1000000 });
     }
     variables.push(variable);
+  }
+  if (statics > 0) {  // folders Static<f> of 1000 variables that never change (a big address space to browse)
+    const root = namespace.addFolder(plant, { browseName: "Static" });
+    for (let f = 0; f * 1000 < statics; f++) {
+      const folder = namespace.addFolder(root, { browseName: `Static${f}` });
+      for (let i = f * 1000; i < Math.min(statics, (f + 1) * 1000); i++) {
+        namespace.addVariable({
+          organizedBy: folder, browseName: `S${i}`, nodeId: `ns=1;s=Plant.Static.${i}`, dataType: "Double",
+          value: new Variant({ dataType: DataType.Double, value: i })
+        });
+      }
+    }
   }
   const counter = namespace.addVariable({
     organizedBy: plant, browseName: "2002", nodeId: "ns=1;i=2002", dataType: "Int32",
