@@ -41,7 +41,7 @@ from connectors._opcua_errors import (
     status_text,
     trust_hint,
 )
-from connectors._opcua_feed import ChangeHandler, Feed, ResolvedTag, source_of
+from connectors._opcua_feed import Feed, ResolvedTag, consume, source_of
 from connectors._opcua_history import start_backfill
 from dataflows.sdk import Backoff, RunContext
 
@@ -119,8 +119,9 @@ class Session:
     async def remove(self, feed: Feed) -> None:
         if feed in self.feeds:
             self.feeds.remove(feed)
-        if feed.backfill is not None:
-            feed.backfill.cancel()
+        for task in (feed.backfill, feed.consumer):
+            if task is not None:
+                task.cancel()
         if feed.subscription is not None:
             try:
                 await asyncio.wait_for(feed.subscription.delete(), self.conn.timeout)
@@ -279,8 +280,9 @@ class Session:
         client, self.client, self._ready = self.client, None, False
         for feed in self.feeds:
             feed.resolved, feed.subscription = False, None
-            if feed.backfill is not None:  # the next session backfills again (changes stay held)
-                feed.backfill.cancel()
+            for task in (feed.backfill, feed.consumer):  # the next session backfills again (changes stay held)
+                if task is not None:
+                    task.cancel()
         if client is None:
             return
         try:
@@ -365,13 +367,14 @@ class Session:
 
         assert self.client is not None
         receiver = self.receiver
-        handler = ChangeHandler(feed)
         tags = [t for t in feed.tags if t.node_id is not None]
         backfill = receiver.history_backfill and any(t.historizing and t.export in feed.last_source for t in tags)
         if backfill:  # started from state, or set up again: what changed meanwhile comes first
             feed.hold()
         publishing = receiver.publishing_of(feed.stream)
-        subscription = await self.client.create_subscription(publishing * 1000, handler)
+        # asyncua's iterator API (no handler): an unbounded queue the consumer task drains
+        subscription = await self.client.create_subscription(publishing * 1000, queue_maxsize=0)
+        feed.consumer = asyncio.get_running_loop().create_task(consume(feed, subscription))
         requests = [_monitored_item(t.node_id, index + 1, receiver.monitoring_of(feed.stream, t.config))
                     for index, t in enumerate(tags)]
         handles: list[Any] = []

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
 
     from connectors.receivers.opcua import OpcUaStream, OpcUaTag
 
-__all__ = ["MAX_BUFFERED_CHANGES", "ChangeHandler", "Feed", "ResolvedTag", "dtype_of", "python_value",
+__all__ = ["MAX_BUFFERED_CHANGES", "Feed", "consume", "ResolvedTag", "dtype_of", "python_value",
            "source_of", "status_name", "utc"]
 
 _log = logging.getLogger("receiver.opcua")
@@ -38,26 +38,25 @@ def source_of(data_value: Any) -> datetime | None:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
+_DTYPES: dict[Any, pl.DataType] = {}  # VariantType -> column type, filled on first use
+
+
 def dtype_of(variant: ua.Variant) -> pl.DataType | None:
     """The polars type of ``variant``'s values, or None for a type without one (structures)."""
-    from asyncua import ua
+    if not _DTYPES:
+        from asyncua import ua
 
-    base: pl.DataType | None = {
-        ua.VariantType.Boolean: pl.Boolean(), ua.VariantType.SByte: pl.Int8(),
-        ua.VariantType.Byte: pl.UInt8(), ua.VariantType.Int16: pl.Int16(),
-        ua.VariantType.UInt16: pl.UInt16(), ua.VariantType.Int32: pl.Int32(),
-        ua.VariantType.UInt32: pl.UInt32(), ua.VariantType.Int64: pl.Int64(),
-        ua.VariantType.UInt64: pl.UInt64(), ua.VariantType.Float: pl.Float32(),
-        ua.VariantType.Double: pl.Float64(), ua.VariantType.String: pl.String(),
-        ua.VariantType.XmlElement: pl.String(), ua.VariantType.Guid: pl.String(),
-        ua.VariantType.NodeId: pl.String(), ua.VariantType.ExpandedNodeId: pl.String(),
-        ua.VariantType.QualifiedName: pl.String(), ua.VariantType.LocalizedText: pl.String(),
-        ua.VariantType.StatusCode: pl.String(), ua.VariantType.DateTime: pl.Datetime("us", "UTC"),
-        ua.VariantType.ByteString: pl.Binary(),
-    }.get(variant.VariantType)
-    if base is None:
-        return None
-    if not variant.is_array:
+        kinds = ua.VariantType
+        _DTYPES.update({
+            kinds.Boolean: pl.Boolean(), kinds.SByte: pl.Int8(), kinds.Byte: pl.UInt8(), kinds.Int16: pl.Int16(),
+            kinds.UInt16: pl.UInt16(), kinds.Int32: pl.Int32(), kinds.UInt32: pl.UInt32(), kinds.Int64: pl.Int64(),
+            kinds.UInt64: pl.UInt64(), kinds.Float: pl.Float32(), kinds.Double: pl.Float64(),
+            kinds.String: pl.String(), kinds.XmlElement: pl.String(), kinds.Guid: pl.String(),
+            kinds.NodeId: pl.String(), kinds.ExpandedNodeId: pl.String(), kinds.QualifiedName: pl.String(),
+            kinds.LocalizedText: pl.String(), kinds.StatusCode: pl.String(),
+            kinds.DateTime: pl.Datetime("us", "UTC"), kinds.ByteString: pl.Binary()})
+    base = _DTYPES.get(variant.VariantType)
+    if base is None or not variant.is_array:
         return base
     depth = len(variant.Dimensions) if variant.Dimensions else 1
     for _ in range(depth):
@@ -67,6 +66,8 @@ def dtype_of(variant: ua.Variant) -> pl.DataType | None:
 
 def python_value(value: Any) -> Any:
     """A decoded OPC UA value as a plain Python value of its column (lists kept as lists)."""
+    if value is None or type(value) in (float, int, str, bool, bytes):  # most values: as they are
+        return value
     from asyncua import ua
 
     if isinstance(value, list):
@@ -81,7 +82,7 @@ def python_value(value: Any) -> Any:
         return value.name
     if isinstance(value, ua.NodeId | ua.QualifiedName):
         return value.to_string()
-    if isinstance(value, bytes | str | bool | int | float) or value is None:
+    if isinstance(value, bytes | str | bool | int | float):
         return value
     return str(value)  # Guid
 
@@ -144,6 +145,7 @@ class Feed:
     poll_error: str | None = None
     resolved: bool = False
     subscription: Any = None  # asyncua Subscription
+    consumer: asyncio.Task[None] | None = None  # takes the subscription's events
     backfill: asyncio.Task[None] | None = None
 
     def report(self, level: str, message: str) -> None:
@@ -197,21 +199,17 @@ class Feed:
             return len(self.changes)
 
 
-class ChangeHandler:
-    """asyncua's subscription handler: each data change goes to the feed, under each export
-    name of its node (:meth:`Feed.put` bounds what waits there)."""
+async def consume(feed: Feed, subscription: Any) -> None:
+    """Take ``subscription``'s events (asyncua's iterator API: a queue, no task per data
+    change) into ``feed``: each data change under each export name of its node
+    (:meth:`Feed.put` bounds what waits there). Ends when the subscription is deleted."""
+    from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent
 
-    def __init__(self, feed: Feed) -> None:
-        self._feed = feed
-        self._exports: dict[Any, list[str]] = {}
-        for tag in feed.tags:
-            self._exports.setdefault(tag.node_id, []).append(tag.export)
-
-    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        self._feed.put(self._exports.get(node.nodeid, []), data.monitored_item.Value)
-
-    def status_change_notification(self, status: Any) -> None:
-        _log.warning("%s: subscription status %s", self._feed.stream.key, status.Status)
-
-    def event_notification(self, event: Any) -> None:  # not subscribed to events
-        pass
+    exports: dict[Any, list[str]] = {}
+    for tag in feed.tags:
+        exports.setdefault(tag.node_id, []).append(tag.export)
+    async for event in subscription:
+        if isinstance(event, DataChangeEvent):
+            feed.put(exports.get(event.node.nodeid, []), event.data.monitored_item.Value)
+        elif isinstance(event, StatusChangeEvent):
+            _log.warning("%s: subscription status %s", feed.stream.key, event.notification.Status)

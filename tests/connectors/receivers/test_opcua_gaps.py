@@ -255,3 +255,26 @@ def test_browse_pages_through_a_large_address_space(tmp_path: Path, monkeypatch:
     assert [r[0] for r in rows if "Plant.Static." in r[0]] == [f"ns=1;s=Plant.Static.{i}" for i in range(2500)]
     assert count == len(rows) - 1
     assert next(r for r in rows if r[0] == "ns=1;s=Plant.Static.7")[1:] == ["1:S7", "Variable", "Double"]
+
+
+def test_subscribe_checks_the_status_of_every_value(tmp_path: Path) -> None:
+    from asyncua import ua
+
+    from tests.services.opcua import AsyncuaServer
+
+    with AsyncuaServer() as server:
+        live = Live(receiver(server.url, [{"name": "ns=2;s=Line1.Temperature", "exportname": "t"}], mode="subscribe",
+                             poll_interval=0.2, publishing_interval=0.1, sampling_interval=0), tmp_path)
+        live.until(lambda: len(live.rows()) >= 1)  # 21.25, a good Double: good Doubles then skip the checks
+        for value, status in ((2.0, None), (3.0, ua.StatusCodes.BadSensorFailure), (4.0, None),
+                              (5.0, ua.StatusCodes.BadSensorFailure), (6.0, None)):
+            server.write("Temperature", value, status=status)
+            time.sleep(0.3)
+            live.step()
+        live.until(lambda: live.rows()[-1]["t"] == 6.0)
+        live.close()
+    assert [(r["t"], r["status_code"]) for r in live.rows()] == [
+        (21.25, "Good"), (2.0, "Good"), (None, "BadSensorFailure"), (4.0, "Good"), (None, "BadSensorFailure"),
+        (6.0, "Good")]
+    bad = [m for m in live.seen_markers if m.message == "tag 't' (ns=2;s=Line1.Temperature): BadSensorFailure"]
+    assert len(bad) == 2  # each time it turned bad
