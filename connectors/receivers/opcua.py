@@ -108,6 +108,7 @@ if TYPE_CHECKING:  # asyncua loads when a stream runs, not when the config does
 MODES = ("poll", "subscribe")
 SECURITY_MODES = ("None", "Sign", "SignAndEncrypt")
 DEADBANDS = ("None", "Absolute", "Percent")  # OPC UA Part 8 DeadbandType
+MIN_QUEUE = 10  # the default monitored item queue at least
 SECURITY_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 _NODE_ID = re.compile(r"^(ns=\d+;)?(i|s|g|b)=", re.IGNORECASE)
 
@@ -237,7 +238,7 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
         "Subscribe: seconds between the server's notification messages (default: poll_interval).")] = None
     queue_size: Annotated[_Positive | None, describe(
         "Subscribe: changes the server keeps per tag between two notification messages (default: "
-        "enough for every sample of a publishing interval).")] = None
+        "enough for every sample of a publishing interval, at least 10).")] = None
     discard_oldest: Annotated[bool, describe(
         "Subscribe: a full monitored item queue drops its oldest change (else the newest).")] = True
     deadband_type: Annotated[str, describe(
@@ -331,25 +332,19 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
         """The sampling interval in seconds (default: the publishing interval)."""
         return self.publishing_seconds if self.sampling_interval is None else self.sampling_interval
 
-    @property
-    def queue_length(self) -> int:
-        """The monitored items' queue size (default: the samples of a publishing interval)."""
-        if self.queue_size is not None:
-            return self.queue_size
-        return max(1, math.ceil(self.publishing_seconds / max(self.sampling_seconds, 0.001)))
-
     def publishing_of(self, stream: OpcUaStream) -> float:
         """``stream``'s publishing interval in seconds."""
         return stream.publishing_interval or self.publishing_seconds
 
     def monitoring_of(self, stream: OpcUaStream, tag: OpcUaTag) -> Monitoring:
         """How ``tag``'s monitored item samples, queues and filters (a tag's keys over the
-        receiver's; the queue defaults to the samples of a publishing interval)."""
+        receiver's; the queue defaults to the samples of a publishing interval, at least
+        :data:`MIN_QUEUE`, so a short network cut loses nothing)."""
         sampling = self.sampling_seconds if tag.sampling_interval is None else tag.sampling_interval
         if stream.publishing_interval is not None and self.sampling_interval is None and tag.sampling_interval is None:
             sampling = stream.publishing_interval
         queue = tag.queue_size or self.queue_size or max(
-            1, math.ceil(self.publishing_of(stream) / max(sampling, 0.001)))
+            MIN_QUEUE, math.ceil(self.publishing_of(stream) / max(sampling, 0.001)))
         return Monitoring(sampling, queue, self.discard_oldest, tag.deadband_type or self.deadband_type,
                           self.deadband_value if tag.deadband_value is None else tag.deadband_value)
 
