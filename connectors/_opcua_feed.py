@@ -130,6 +130,8 @@ class Feed:
     :ivar last_source: per export, the newest source timestamp (UTC) put in ``changes``
         (at start: the stream's state): where a backfill from history starts.
     :ivar holding: while a backfill runs, the live changes that wait for it; None otherwise.
+    :ivar seam: per historized export, the newest source timestamp the last backfill handed
+        on, until a newer live change of it arrives (see :meth:`release`).
     """
 
     stream: OpcUaStream
@@ -140,6 +142,7 @@ class Feed:
     reports: list[tuple[str, str]] = field(default_factory=list)
     last_source: dict[str, datetime] = field(default_factory=dict)
     holding: list[tuple[str, Any]] | None = None
+    seam: dict[str, datetime] = field(default_factory=dict)  # export -> newest source a backfill handed on
     dropped: int = 0  # data changes dropped since the reader last looked
     poll_pending: bool = False
     poll_error: str | None = None
@@ -152,10 +155,13 @@ class Feed:
         with self.lock:
             self.reports.append((level, message))
 
-    def put(self, exports: list[str], value: Any, backfilled: bool = False) -> None:
+    def put(self, exports: list[str], value: Any, backfilled: bool = False) -> int:
         """One data change for each of ``exports``: into ``changes``, or ``holding`` while a
-        backfill runs (live changes only). Beyond :data:`MAX_BUFFERED_CHANGES` the oldest
-        are dropped and counted."""
+        backfill runs (live changes only). A live change no newer than the seam a backfill
+        left for its tag was read from history already and is left out. Beyond
+        :data:`MAX_BUFFERED_CHANGES` the oldest are dropped and counted. Returns how many
+        were left out at the seam."""
+        seamed = 0
         with self.lock:
             if self.holding is not None and not backfilled:
                 self.holding += [(export, value) for export in exports]
@@ -163,6 +169,11 @@ class Feed:
             else:
                 stamp = source_of(value)
                 for export in exports:
+                    if not backfilled and export in self.seam:
+                        if stamp is not None and stamp <= self.seam[export]:
+                            seamed += 1
+                            continue
+                        del self.seam[export]  # past the seam: live changes go on as they come
                     self.changes.append((export, value, backfilled))
                     if stamp is not None and (export not in self.last_source or stamp > self.last_source[export]):
                         self.last_source[export] = stamp
@@ -171,6 +182,7 @@ class Feed:
                 dropped = len(waiting) - MAX_BUFFERED_CHANGES
                 del waiting[:dropped]
                 self.dropped += dropped
+        return seamed
 
     def hold(self) -> None:
         """Live changes wait in ``holding`` until :meth:`release` (a backfill starts)."""
@@ -179,19 +191,17 @@ class Feed:
                 self.holding = []
 
     def release(self, historized: set[str]) -> int:
-        """The live changes held, into ``changes`` after the backfilled ones; a held change
-        of a historized tag no newer than the newest backfilled one was read from history
-        already and is left out (the seam). Returns how many were left out."""
+        """The live changes held, into ``changes`` after the backfilled ones. Each historized
+        tag gets a seam at the newest source timestamp handed on: its live changes no newer,
+        held or still to come (a new subscription's first notifications may arrive after
+        the backfill ended), were read from history already and are left out. Returns how
+        many held changes were left out."""
         with self.lock:
             held, self.holding = self.holding or [], None
-        seam = 0
-        for export, value in held:
-            stamp, last = source_of(value), self.last_source.get(export)
-            if export in historized and stamp is not None and last is not None and stamp <= last:
-                seam += 1
-                continue
-            self.put([export], value)
-        return seam
+            for export in historized:
+                if export in self.last_source:
+                    self.seam[export] = self.last_source[export]
+        return sum(self.put([export], value) for export, value in held)
 
     def waiting(self) -> int:
         """Changes the reader has not taken yet."""

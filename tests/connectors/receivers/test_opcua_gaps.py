@@ -278,3 +278,24 @@ def test_subscribe_checks_the_status_of_every_value(tmp_path: Path) -> None:
         (6.0, "Good")]
     bad = [m for m in live.seen_markers if m.message == "tag 't' (ns=2;s=Line1.Temperature): BadSensorFailure"]
     assert len(bad) == 2  # each time it turned bad
+
+
+def test_the_seam_leaves_out_live_changes_read_from_history_even_when_they_come_late() -> None:
+    from asyncua import ua
+
+    from connectors._opcua_feed import Feed
+
+    def change(second: int) -> Any:
+        return ua.DataValue(ua.Variant(float(second), ua.VariantType.Double),
+                            SourceTimestamp=datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC))
+
+    feed = Feed(stream=None, tags=[])  # type: ignore[arg-type]
+    feed.hold()
+    feed.put(["t"], change(3))  # held: the new subscription's first notification
+    for second in (1, 2, 3, 4):
+        feed.put(["t"], change(second), backfilled=True)
+    assert feed.release({"t"}) == 1  # the held 3 was read from history
+    for second in (4, 5, 3):  # 4 comes late (after the backfill ended): read already; 3 after 5: a clock gone back
+        feed.put(["t"], change(second))
+    assert [(v.Value.Value, b) for _, v, b in feed.changes] == [
+        (1.0, True), (2.0, True), (3.0, True), (4.0, True), (5.0, False), (3.0, False)]
