@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS messages_stream ON messages (stream, id);
 CREATE TABLE IF NOT EXISTS subscriptions (topic_filter TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS packets (mid INTEGER PRIMARY KEY, digest BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS readers (stream TEXT PRIMARY KEY, last_id INTEGER NOT NULL, state BLOB NOT NULL);
 """
 
 
@@ -261,10 +262,21 @@ class BufferedSession:
                 "ORDER BY id LIMIT ?", (stream, after, limit)).fetchall()
         return [Message(*row) for row in rows]
 
-    def forget(self, stream: str, up_to: int) -> None:
-        """Delete ``stream``'s messages up to message ``up_to`` (delivered)."""
-        with self._lock:
+    def forget(self, stream: str, up_to: int, reader: tuple[int, bytes] | None = None) -> None:
+        """Delete ``stream``'s messages up to message ``up_to`` (delivered). ``reader``, its
+        reader's state after message ``last_id`` (its encoded snapshot), is kept with it in
+        the same commit: a reader whose stream snapshot is older than what was deleted
+        starts from it (:meth:`reader_state`)."""
+        with self._lock, self._db.transaction():
             self._db.execute("DELETE FROM messages WHERE stream = ? AND id <= ?", (stream, up_to))
+            if reader is not None:
+                self._db.execute("INSERT OR REPLACE INTO readers VALUES (?, ?, ?)", (stream, *reader))
+
+    def reader_state(self, stream: str) -> tuple[int, bytes] | None:
+        """The last ``reader`` :meth:`forget` kept for ``stream``: ``(last_id, state)``."""
+        with self._lock:
+            row = self._db.execute("SELECT last_id, state FROM readers WHERE stream = ?", (stream,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
 
     def release(self) -> None:
         """One reader fewer; the last one disconnects (the broker keeps the session)."""

@@ -41,7 +41,11 @@ returns, and paho sends the PUBACK only after that: a message the broker has an
 acknowledgement for is on disk. A stream's ``read`` takes its buffered messages in order
 of arrival (``chunk_size`` at most per batch), its state is the last message taken, and
 a message is deleted from the buffer once every transmit the stream reaches has
-acknowledged its batch (or a snapshot holds it at the next start). A message that
+acknowledged its batch (or a snapshot holds it at the next start). With it goes the
+Sparkplug B decoder's state after that batch (births, ``seq`` counts), in the same
+commit: a crash between a delivery and the next snapshot goes on from there, not from
+an older snapshot that lacks the births of what is gone (a restream starts without it,
+and asks for births). A message that
 cannot be decoded marks the stream (category ``input``, naming the topic and the
 message) and is skipped; the others go on. While the broker cannot be reached, a stream
 with nothing buffered carries an error marker (category ``mqtt``); paho reconnects with
@@ -322,7 +326,6 @@ class _MqttReader(StreamReader):
 
     def __init__(self, receiver: MqttReceiver, stream: MqttStream, session: BufferedSession,
                  ctx: RunContext, resume_state: Any) -> None:
-        state = resume_state if isinstance(resume_state, dict) else {}
         self._receiver = receiver
         self._stream = stream
         self._key = str(stream.key)
@@ -331,17 +334,24 @@ class _MqttReader(StreamReader):
         self._format = receiver.format_of(stream)
         self._record_path = stream.record_path if stream.record_path is not None else receiver.record_path
         self._source = f"mqtt://{session.where}/{receiver.topic_filter(stream)}"
+        self._restore(resume_state if isinstance(resume_state, dict) else {})
+        self._resumed_from = self._last_id
+        self._snapshot_given = isinstance(resume_state, dict)  # None: the first run, or a restream
+        self._acks = ctx.acknowledgements(receiver.data_receiver_name, stream.key)
+        # ack_key -> the last message id of its batch and, for Sparkplug B, the snapshot after it
+        self._pending: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
+        self._started = False
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Take up the reader's :meth:`snapshot` ``state`` (``{}``: the start)."""
+        receiver = self._receiver
         self._last_id: int = state.get("last_id", 0)
         self._buffer: str | None = state.get("buffer")  # the generation of the buffer last_id counts in
-        self._resumed_from = self._last_id
         self._sparkplug = SparkplugHost.from_state(state.get("sparkplug"), HostSettings(
             receiver.sparkplug_rebirth, receiver.sparkplug_rebirth_interval, receiver.sparkplug_hold_messages,
             receiver.sparkplug_reorder_timeout), self._request_rebirth)
         self._late = state.get("late", 0)  # records released after message last_id by the reorder wait
-        self._acks = ctx.acknowledgements(receiver.data_receiver_name, stream.key)
-        self._pending: dict[str, int] = {}  # ack_key -> last message id of its batch
-        self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
-        self._started = False
 
     def read(self) -> tuple[list[Batch], bool]:
         if not self._started:
@@ -352,6 +362,7 @@ class _MqttReader(StreamReader):
                 self._last_id = 0
             else:
                 self._session.forget(self._key, self._resumed_from)  # in the snapshot: delivered
+                self._catch_up()
             self._buffer = self._session.generation
             self._started = True
         self._forget_delivered()
@@ -381,7 +392,7 @@ class _MqttReader(StreamReader):
             self._last_id, self._late = messages[-1].id, 0
         frame = self._frame(records)
         ack_key = f"mqtt|{self._buffer}|{self._last_id}|{self._late}"
-        self._pending[ack_key] = self._last_id
+        self._pending[ack_key] = (self._last_id, self.snapshot() if self._format == "sparkplug_b" else None)
         position = Position("", pl.DataFrame({"message": ordinals[0], "record": ordinals[1]},
                                               schema={"message": pl.Int64, "record": pl.Int64}),
                             identity=self._buffer or "") if frame.height == len(records) else None
@@ -445,14 +456,39 @@ class _MqttReader(StreamReader):
             return
         done = self._acks.delivered_prefix(list(self._pending))  # oldest first: no gap left behind
         if done:
-            up_to = self._pending[done[-1]]
+            up_to, state = self._pending[done[-1]]
             kept = self._sparkplug.oldest_kept() if self._format == "sparkplug_b" else None
             if kept is not None:  # held Sparkplug messages stay until a snapshot holds them
                 up_to = min(up_to, kept - 1)
-            self._session.forget(self._key, up_to)
+            # the decoder's births and seq counts go with the messages they came from
+            reader = (state["last_id"], msgspec.msgpack.encode(state)) if state is not None else None
+            self._session.forget(self._key, up_to, reader)
             for key in done:
                 self._acks.forget(key)
                 del self._pending[key]
+
+    def _catch_up(self) -> None:
+        """Take up the state kept with the last messages deleted as delivered when it is
+        newer than the stream's snapshot (a crash between a delivery and the next
+        snapshot): the Sparkplug births and ``seq`` counts of what is gone from the
+        buffer are in it, not in the older snapshot. Without a snapshot (a restream, which
+        forgets the births on purpose, or a crash before the first) the births are asked for."""
+        if self._format != "sparkplug_b" or not self._snapshot_given:
+            return
+        kept = self._session.reader_state(self._key)
+        if kept is None or kept[0] <= self._last_id:
+            return
+        try:
+            state = msgspec.msgpack.decode(kept[1])
+        except msgspec.DecodeError as exc:
+            self._log.warning("%s: the reader state kept in the buffer with message %d cannot be read (%s); "
+                              "going on from the snapshot", self._key, kept[0], exc)
+            return
+        if state.get("buffer") != self._session.generation:
+            return
+        self._log.info("%s: messages up to %d were delivered after the last snapshot (after message %d): "
+                       "going on after message %d", self._key, kept[0], self._last_id, kept[0])
+        self._restore(state)
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"buffer": self._buffer, "last_id": self._last_id}

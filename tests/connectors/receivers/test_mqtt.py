@@ -352,6 +352,53 @@ def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosqu
     assert "input" not in markers  # nothing was skipped
 
 
+def test_a_crash_before_the_snapshot_keeps_the_births_of_what_was_delivered(
+        mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Delivered messages leave the buffer before the next snapshot; a crash then starts
+    from an older snapshot (here: the first one). The births and ``seq`` of what left go on from
+    the state kept with the deletion: later data decodes, nothing is held, no rebirth is
+    asked for, no false seq gap (seen in CI: a stream stuck waiting for a birth)."""
+    import pysparkplug as sp
+
+    group = f"g{uuid.uuid4().hex[:6]}"
+    config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/+/edge3/#"}],
+                   payload_format="sparkplug_b")
+    presubscribe(mosquitto, config)
+    node = EdgeNode(mosquitto, group, "edge3")
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    node.nbirth([("speed", 1, sp.DataType.DOUBLE)], {"speed": 0.0}, t0)
+    for i in range(1, 4):
+        node.data(None, [(1, float(i), None)], t0 + timedelta(seconds=i))
+    node.wait()
+    buffer = tmp_path / "home" / "components" / "mqtt" / "messages.sqlite"
+
+    def buffered() -> int:
+        with sqlite3.connect(buffer) as db:
+            return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+    receiver = Receiver(config, tmp_path / "home")  # no transmit to wait for: delivered when read
+    first = receiver.states()  # the snapshot before any message
+    assert receiver.rows({"line1:spb": 4})["line1:spb"]["speed"].to_list() == [0.0, 1.0, 2.0, 3.0]
+    receiver.pump(lambda _: buffered() == 0)
+    receiver.close()  # no later snapshot: as after a SIGKILL before the next one
+    for i in range(4, 6):
+        node.data(None, [(1, float(i), None)], t0 + timedelta(seconds=i))
+    node.wait()
+    with caplog.at_level(logging.INFO, logger="receiver.mqtt"):
+        receiver = Receiver(config, tmp_path / "home", states=first)
+        got = receiver.rows({"line1:spb": 2})["line1:spb"]
+        state = receiver.states()["line1:spb"].reader["sparkplug"]
+        markers = receiver.markers()
+        receiver.close()
+    node.close()
+    assert got.select("timestamp", "message_type", "speed").rows() == [
+        (t0 + timedelta(seconds=4), "NDATA", 4.0), (t0 + timedelta(seconds=5), "NDATA", 5.0)]
+    assert state["held"] == {} and state["seq"] == {f"{group}/edge3": 5}
+    assert "delivered after the last snapshot (after message 0): going on after message 4" in caplog.text
+    assert "asked edge node" not in caplog.text
+    assert [m.message for m in markers if m.category.startswith("input")] == []
+
+
 # --------------------------------------------------------------------------- delivery
 
 

@@ -86,13 +86,18 @@ def test_the_forwarder_sigkilled_five_times_mid_transaction_sends_each_record_on
     flow.start()
     rng = random.Random(5)
     killed = []
+    seen: list[Any] = []
+
+    def a_new_forwarder() -> bool:  # one look at the processes: they change between two
+        seen[:] = _forwarders(flow)
+        return len(seen) == 1 and seen[0].pid not in killed
+
     while len(killed) < 5:
-        flow.wait_for(lambda: len(_forwarders(flow)) == 1 and _forwarders(flow)[0].pid not in killed,
-                      what="a new forwarder")
+        flow.wait_for(a_new_forwarder, what="a new forwarder")
+        process = seen[0]
         time.sleep(rng.uniform(0.3, 1.2))
         if _delivered(flow, streams) >= len(assets) * ROWS:
             pytest.fail(f"the run ended before 5 kills mid-transaction ({len(killed)} so far)")
-        process = _forwarders(flow)[0]
         process.kill()
         killed.append(process.pid)
     flow.wait_for(lambda: _delivered(flow, streams) == len(assets) * ROWS, timeout=240, what="every record")
