@@ -26,9 +26,9 @@ replicated over four machines, each machine a stream and so a bytewax partition)
   importing bytewax and polars).
 - **sparkplug**: the Sparkplug B decode rate in metrics per second of one core, beside
   pure protobuf parsing of the same payloads (``bench/sparkplug.py``).
-- **opcua**: OPC UA subscribe with 2,000 and 10,000 variables changing every 100 ms
-  (node-opcua), beside a plain asyncua client on the same server, and a browse of
-  100,000 nodes (``bench/opcua.py``).
+- **opcua**: OPC UA subscribe with 2,000 and 10,000 variables changing every 100 ms, and
+  10,000 every 400 ms (25,000 values/s, what node-opcua sustains here), beside a plain
+  asyncua client on the same server, and a browse of 100,000 nodes (``bench/opcua.py``).
 - **api**: ``GET /v1/status`` and ``GET /v1/streams`` of an installation of 1,000 streams
   from 200 concurrent clients (``bench/api.py``): requests/s and p50/p99 latency. Limit: the
   same server sending a static file of the UI.
@@ -522,10 +522,13 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
                 ("Sparkplug B decode → frame", lambda: sparkplug.decode(data, births, frames=True),
                  "Sparkplug B decode", "")])
         if "opcua" in only:  # records are tag values; p50/p99 the lag behind the source timestamp
-            for tags in (2_000, 10_000):
-                (limit_name, limit), (name, measure) = opcua.subscribe_rows(tags)
+            # 10,000 every 100 ms is more than node-opcua offers on 2 cores (the plain client's
+            # lag shows the server's backlog); every 400 ms it offers 25,000/s: the target's row
+            for tags, period, target in ((2_000, 0.1, "(target ≥ 0.9)"), (10_000, 0.1, ""),
+                                         (10_000, 0.4, "(target ≥ 0.9, ≥ 20,000/s, p99 < 1 s)")):
+                (limit_name, limit), (name, measure) = opcua.subscribe_rows(tags, period)
                 bench.add(Row(limit_name, limit))
-                bench.add(Row(name, measure, limit_name, "(target ≥ 0.9, ≥ 20,000/s at 10,000, p99 < 1 s)"))
+                bench.add(Row(name, measure, limit_name, target))
             bench.add(Row("OPC UA browse, 100,000 nodes", opcua.browse_row(), None, "(target ≤ 10 s)"))
         if "startup" in only:
             bench.add(Row("start-up (fixed)", startup()))

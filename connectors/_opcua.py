@@ -265,7 +265,7 @@ class Session:
             self._lost_at = None
             if self.receiver.mode == "poll":  # the polls missed: from history (subscriptions: recreated())
                 for feed in self.feeds:
-                    if any(t.historizing and t.export in feed.last_source for t in feed.tags):
+                    if feed.backfillable():
                         start_backfill(self, feed, "polls missed while the connection was lost")
 
     def recreated(self, subscription_id: int | None) -> None:
@@ -296,7 +296,7 @@ class Session:
         await self._resolve(feed)
         if self.receiver.mode == "subscribe":
             await self._subscribe(feed)
-        elif any(t.historizing and t.export in feed.last_source for t in feed.tags):
+        elif feed.backfillable():
             start_backfill(self, feed, "since the last poll sent")
 
     async def _resolve(self, feed: Feed) -> None:
@@ -368,7 +368,7 @@ class Session:
         assert self.client is not None
         receiver = self.receiver
         tags = [t for t in feed.tags if t.node_id is not None]
-        backfill = receiver.history_backfill and any(t.historizing and t.export in feed.last_source for t in tags)
+        backfill = receiver.history_backfill and feed.backfillable()
         if backfill:  # started from state, or set up again: what changed meanwhile comes first
             feed.hold()
         publishing = receiver.publishing_of(feed.stream)
@@ -400,11 +400,8 @@ class Session:
             if not feed.resolved:
                 await self._resolve(feed)
             tags = [t for t in feed.tags if t.node_id is not None]
-            params = ua.ReadParameters()
-            params.TimestampsToReturn = ua.TimestampsToReturn.Both
-            for tag in tags:
-                params.NodesToRead.append(ua.ReadValueId(NodeId=tag.node_id, AttributeId=ua.AttributeIds.Value))
-            answers = await self.client.uaclient.read(params) if tags else []
+            answers = await _read(self.client, [t.node_id for t in tags], ua.AttributeIds.Value,
+                                  ua.TimestampsToReturn.Both)
             if any(a.StatusCode.value in (ua.StatusCodes.BadNodeIdUnknown, ua.StatusCodes.BadNodeIdInvalid)
                    for a in answers):
                 feed.resolved = False  # the address space changed: resolve again at the next poll
@@ -412,10 +409,7 @@ class Session:
                 feed.polls.append(list(zip(tags, answers, strict=True)))
                 feed.poll_error = None
                 for tag, answer in zip(tags, answers, strict=True):  # where a backfill starts
-                    stamp = source_of(answer)
-                    last = feed.last_source.get(tag.export)
-                    if stamp is not None and (last is None or stamp > last):
-                        feed.last_source[tag.export] = stamp
+                    feed.advance(tag.export, source_of(answer))
         except Exception as exc:  # noqa: BLE001 - the reader raises it as the stream's failure
             with feed.lock:
                 feed.poll_error = f"{self.conn.url}: Read failed: {explain(exc)}"
@@ -440,13 +434,16 @@ def _monitored_item(node_id: Any, handle: int, monitoring: Monitoring) -> Any:
         MonitoringMode=ua.MonitoringMode.Reporting, RequestedParameters=parameters)
 
 
-async def _read(client: Client, node_ids: list[Any], attribute: Any) -> list[Any]:
-    """One Read service call of ``attribute`` of each node (DataValues, in order)."""
+async def _read(client: Client, node_ids: list[Any], attribute: Any, timestamps: Any = None) -> list[Any]:
+    """One Read service call of ``attribute`` of each node (DataValues, in order), with
+    ``timestamps`` (a TimestampsToReturn; None: the default, Source)."""
     from asyncua import ua
 
     if not node_ids:
         return []
     params = ua.ReadParameters()
+    if timestamps is not None:
+        params.TimestampsToReturn = timestamps
     for node_id in node_ids:
         params.NodesToRead.append(ua.ReadValueId(NodeId=node_id, AttributeId=attribute))
     return await client.uaclient.read(params)

@@ -74,7 +74,7 @@ def trust_hint(certificate: Path) -> str:
     """What to do when the server does not trust ``certificate``."""
     try:
         print_ = f" (SHA-1 thumbprint {thumbprint(certificate)})"
-    except OSError:
+    except Exception:  # noqa: BLE001 - a file gone or not a certificate: the hint without it
         print_ = ""
     return (f"the server does not trust this client's certificate; add {certificate}{print_} to its "
             "trusted client certificates (or trust it among the server's rejected certificates)")

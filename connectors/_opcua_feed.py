@@ -175,14 +175,23 @@ class Feed:
                             continue
                         del self.seam[export]  # past the seam: live changes go on as they come
                     self.changes.append((export, value, backfilled))
-                    if stamp is not None and (export not in self.last_source or stamp > self.last_source[export]):
-                        self.last_source[export] = stamp
+                    self.advance(export, stamp)
                 waiting = self.changes
             if len(waiting) > MAX_BUFFERED_CHANGES:
                 dropped = len(waiting) - MAX_BUFFERED_CHANGES
                 del waiting[:dropped]
                 self.dropped += dropped
         return seamed
+
+    def advance(self, export: str, stamp: datetime | None) -> None:
+        """``export``'s newest source timestamp sent is ``stamp`` (UTC) if newer (the
+        caller holds :attr:`lock`)."""
+        if stamp is not None and (export not in self.last_source or stamp > self.last_source[export]):
+            self.last_source[export] = stamp
+
+    def backfillable(self) -> bool:
+        """Whether a historizing tag has a change sent (a backfill has a start)."""
+        return any(t.historizing and t.export in self.last_source for t in self.tags)
 
     def hold(self) -> None:
         """Live changes wait in ``holding`` until :meth:`release` (a backfill starts)."""

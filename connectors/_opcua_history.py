@@ -132,14 +132,14 @@ def _merge(nodes: list[HistoryNode], watermark: datetime | None) -> list[tuple[H
     own order is kept."""
     runs: list[list[tuple[datetime, int, int, Hashable, Any]]] = []
     for index, node in enumerate(nodes):
-        cut = 0
-        for value in node._buffer:
+        run = []
+        for i, value in enumerate(node._buffer):
             stamp = source_of(value)
             if watermark is not None and stamp is not None and stamp > watermark:
                 break
-            cut += 1
+            run.append((stamp or node.since, index, i, node.key, value))
+        cut = len(run)
         if cut:
-            run = [(source_of(v) or node.since, index, i, node.key, v) for i, v in enumerate(node._buffer[:cut])]
             runs.append(run)
             del node._buffer[:cut]
             node.count += cut
