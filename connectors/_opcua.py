@@ -81,7 +81,8 @@ class Session:
         self.problem: str | None = None  # why the last attempt failed, or the connection was lost
         self._ready = False
         self._lost_at: float | None = None  # when the connection was lost (monotonic seconds)
-        self._reached: Any = None  # the furthest UaClientState of the connection attempt under way
+        # how far the connection attempt under way got: its socket opened, its secure channel opened
+        self._socket_opened = self._channel_opened = False
         self._certificate: Path | None = None  # the client certificate, with security
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -178,7 +179,7 @@ class Session:
             await self._secure(client)
         client.connection_lost_callback = self._lost
         client.uaclient.observer = _observer(self)
-        self._reached = None
+        self._socket_opened = self._channel_opened = False
         await asyncio.wait_for(
             client.connect(auto_reconnect=True, reconnect_max_delay=RECONNECT_MAX_DELAY,
                            reconnect_request_timeout=self.conn.timeout),
@@ -228,7 +229,6 @@ class Session:
 
     def _diagnose(self, exc: BaseException) -> str:
         """Why a connection attempt failed, with what to do where the status code says."""
-        from asyncua.client.ua_client import UaClientState
 
         text, name = explain(exc), code_name(exc)
         secure = self.conn.security_mode != "None"
@@ -243,7 +243,7 @@ class Session:
                     f"{' and ' + self.policy_name if secure else ''}: `python -m connectors.receivers.opcua "
                     "browse` lists what it offers)")
         if (name is None and secure and self._certificate is not None
-                and self._reached is UaClientState.SOCKET_OPEN and not isinstance(exc, OSError | TimeoutError)):
+                and self._socket_opened and not self._channel_opened and not isinstance(exc, OSError | TimeoutError)):
             # the server closed the channel as it opened: asyncua cannot read the fault it
             # sent (node-opcua sends BadSecurityChecksFailed), so say what it most likely is
             return (f"the server closed the secure channel as it opened ({self.conn.security_mode}, "
@@ -255,10 +255,9 @@ class Session:
         attempt's progress, and one line when a lost connection is back."""
         from asyncua.client.ua_client import UaClientState
 
-        order = list(UaClientState)
-        if state in (UaClientState.SOCKET_OPEN, UaClientState.CHANNEL_OPEN, UaClientState.CONNECTED) and (
-                self._reached is None or order.index(state) > order.index(self._reached)):
-            self._reached = state
+        if state in (UaClientState.SOCKET_OPEN, UaClientState.CHANNEL_OPEN, UaClientState.CONNECTED):
+            self._socket_opened = True
+            self._channel_opened = self._channel_opened or state is not UaClientState.SOCKET_OPEN
         if state is UaClientState.CONNECTED and self._lost_at is not None:
             _log.info("%s: connection back after %.1f s", self.conn.url,
                       asyncio.get_running_loop().time() - self._lost_at)
