@@ -4,7 +4,10 @@ file store's locations and what a stream's state keeps of each file.
 A file receiver lists its connections' directories through fsspec, picks the files its
 stream's ``file_filter`` (globs on the file name) or ``path_filter`` (globs on the path
 below the directory) select, and processes new or changed files oldest first (by
-modification time; by path with ``process_files_alphabetically``).
+modification time; by path with ``process_files_alphabetically``). The streams of a
+receiver in one process share one listing per connection and poll round
+(:mod:`connectors.receivers._file_listing`): each poll sees one taken after the stream's
+previous poll.
 
 Its state per stream is the seen files, each with size, mtime, the byte offset and line
 number read up to, and the header lines; only files still present are kept, so the
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import polars as pl
 
+from connectors.receivers._file_listing import Listings
 from dataflows.sdk import (
     Batch,
     ParseError,
@@ -149,8 +153,10 @@ class FileStreamReader(StreamReader):
     failure_text = "Reading files failed"
 
     def __init__(self, receiver: FileReceiver, stream: FileStream, resume_state: dict[str, Any] | None,
-                 ctx: RunContext) -> None:
+                 ctx: RunContext, listings: Listings | None = None) -> None:
         self._receiver = receiver
+        self._listings = listings if listings is not None else Listings()  # shared by the receiver's streams
+        self._listed: dict[int, int] = {}  # connection index -> the number of the listing last used
         self._stream = stream
         parser = receiver.parser_for(stream)
         assert parser is not None, "validation makes sure every stream has a parser"
@@ -268,23 +274,18 @@ class FileStreamReader(StreamReader):
 
     def _listing(self) -> dict[str, tuple[Location, str, int, float, str | None, int]]:
         """Every file the stream selects, by key: location, path, size, mtime, etag and the
-        connection's index."""
+        connection's index. Each connection's listing is one taken after this stream's
+        previous one, shared with the receiver's other streams (:mod:`._file_listing`)."""
         listing: dict[str, tuple[Location, str, int, float, str | None, int]] = {}
+        stream = self._stream
+        whole_path = stream.path_filter is not None
+        patterns = stream.path_filter if whole_path else (stream.file_filter if stream.file_filter is not None
+                                                           else ["*"])
         for index, location in enumerate(self._connected()):
-            fs, root = location.fs, location.directory
-            fs.invalidate_cache()  # object stores cache listings; each poll must see the store now
-            if location.container is None and not fs.isdir(root):
-                raise FileNotFoundError(f"data directory {location.url}{root} does not exist")
-            if location.container is not None and not fs.isdir(location.container):
-                raise FileNotFoundError(f"{location.url}{location.container} does not exist")
-            top = root.rstrip("/") or "/"
-            for path, info in fs.find(root, detail=True).items():
+            shared = self._listings.listing(index, location, self._listed.get(index, 0))
+            self._listed[index] = shared.number
+            for path, _, info in shared.selected(patterns, whole_path):
                 kind = info.get("type", "file")
-                if kind == "directory":
-                    continue
-                relative = posixpath.relpath(path, top)
-                if not self._stream.selects(relative):
-                    continue
                 if kind != "file":
                     self._skip_once(location.url + path, bool(info.get("islink")))
                     continue

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from connectors.receivers._file_listing import Listings
 from connectors.receivers._file_reader import (
     DTYPES,
     FileStreamReader,
@@ -71,7 +72,7 @@ class FileStream(StreamConfig, kw_only=True):
 _Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class FileReceiver(ReceiverConfig[FileStream, None], kw_only=True):
+class FileReceiver(ReceiverConfig[FileStream, Listings], kw_only=True):
     """Keys shared by the file receivers (``localfile``, ``smb``, ``azure_data_lake``, ...)."""
 
     parsers: Annotated[list[_ParserUnion], describe("Parsers streams pick from.", min_length=1)]
@@ -133,9 +134,13 @@ class FileReceiver(ReceiverConfig[FileStream, None], kw_only=True):
         """Most new or changed files of connection ``index`` taken per poll (``None``: all)."""
         return None
 
+    def open_worker(self, ctx: RunContext) -> Listings:
+        """The connections' listings, shared by the receiver's streams in this process."""
+        return Listings()
+
     def open_stream(self, stream: FileStream, resume_state: Any, ctx: RunContext,
-                    worker: None) -> FileStreamReader:
-        return FileStreamReader(self, stream, resume_state, ctx)
+                    worker: Listings) -> FileStreamReader:
+        return FileStreamReader(self, stream, resume_state, ctx, worker)
 
 
 def file_template(protocol: str, name: str, description: str,

@@ -1,0 +1,78 @@
+"""The shared listing of a file connection (``connectors.receivers._file_listing``): a
+stream's share of it is what its filters select, and a poll round lists once."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from connectors.receivers._file_listing import Listings
+from connectors.receivers._file_reader import Location
+from connectors.receivers._files import FileStream
+
+NAMES = ["a.csv", "ab.csv", "b.txt", "s1_0.csv", "s1_1.csv", "s10_0.csv", "s2_0.csv", "x[1].csv", "exact.csv",
+         "sub/a.csv", "sub/s1_2.csv", "sub/deep/c.csv", "sub/deep/s1_3.txt", "other/exact.csv", ".hidden.csv"]
+FILE_FILTERS = [["*"], ["*.csv"], ["s1_*.csv"], ["s1_*", "s2_*"], ["[ab]*.csv"], ["?b.csv"], ["exact.csv"],
+                ["x[[]1].csv"], ["nothing*"], ["*_0.csv", "s1_*.csv"]]
+PATH_FILTERS = [["*"], ["sub/*.csv"], ["sub/deep/*"], ["*/exact.csv"], ["s1_*"], ["sub/s1_?.csv", "a.csv"]]
+
+
+class CountingFs(LocalFileSystem):
+    """The local file system, counting its listings."""
+
+    finds = 0
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        CountingFs.finds += 1
+        return super().find(*args, **kwargs)
+
+
+def _tree(root: Path) -> Location:
+    for name in NAMES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x\n")
+    return Location(LocalFileSystem(), str(root))
+
+
+def test_a_streams_share_is_what_its_filters_select(tmp_path: Path) -> None:
+    location = _tree(tmp_path)
+    listing = Listings().listing(0, location, 0)
+    relatives = [relative for _, relative, _ in listing.entries]
+    assert sorted(relatives) == sorted(NAMES)
+    for file_filter, path_filter in itertools.chain(((f, None) for f in FILE_FILTERS),
+                                                    ((None, p) for p in PATH_FILTERS)):
+        stream = FileStream(asset="a", stream_type="s", file_filter=file_filter, path_filter=path_filter)
+        expected = [relative for relative in relatives if stream.selects(relative)]
+        patterns = path_filter if path_filter is not None else file_filter
+        got = [relative for _, relative, _ in listing.selected(patterns, path_filter is not None)]
+        assert got == expected, (file_filter, path_filter)
+
+
+def test_a_poll_round_lists_once_and_each_poll_sees_the_store_after_the_one_before(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    location = Location(CountingFs(), str(tmp_path))
+    listings = Listings()
+    CountingFs.finds = 0
+    used = {stream: listings.listing(0, location, 0).number for stream in "abc"}  # one round
+    assert CountingFs.finds == 1 and len(set(used.values())) == 1
+    (tmp_path / "new.csv").write_text("y\n")  # after the round's listing
+    first = listings.listing(0, location, used["a"])  # a's next poll lists anew
+    assert first.number > used["a"] and CountingFs.finds == 2
+    for stream in "bc":  # b and c, later in that round, take a's: it is newer than theirs
+        shared = listings.listing(0, location, used[stream])
+        assert shared is first and "new.csv" in [r for _, r, _ in shared.entries]
+    assert CountingFs.finds == 2
+
+
+def test_a_failed_listing_is_not_kept(tmp_path: Path) -> None:
+    location = Location(LocalFileSystem(), str(tmp_path / "missing"))
+    listings = Listings()
+    for _ in range(2):  # each stream that asks gets the error
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            listings.listing(0, location, 0)
+    (tmp_path / "missing").mkdir()
+    assert listings.listing(0, location, 0).entries == []
