@@ -80,6 +80,13 @@ class Listings:
         self._connections: dict[int, tuple[threading.Lock, list[Listing | None]]] = {}
         self._numbers = 0
 
+    @property
+    def number(self) -> int:
+        """The number of the newest listing taken (0: none yet). A stream opened now asks
+        for one above it, so its first poll, too, sees the store after it opened."""
+        with self._lock:
+            return self._numbers
+
     def listing(self, index: int, location: Location, newer_than: int) -> Listing:
         """A listing of connection ``index`` numbered above ``newer_than``: the kept one
         when it is, else a new one taken through ``location`` (while it is taken, the

@@ -157,6 +157,7 @@ class FileStreamReader(StreamReader):
         self._receiver = receiver
         self._listings = listings if listings is not None else Listings()  # shared by the receiver's streams
         self._listed: dict[int, int] = {}  # connection index -> the number of the listing last used
+        self._opened_at = self._listings.number  # the first poll's listing is newer than this
         self._stream = stream
         parser = receiver.parser_for(stream)
         assert parser is not None, "validation makes sure every stream has a parser"
@@ -282,7 +283,7 @@ class FileStreamReader(StreamReader):
         patterns = stream.path_filter if whole_path else (stream.file_filter if stream.file_filter is not None
                                                            else ["*"])
         for index, location in enumerate(self._connected()):
-            shared = self._listings.listing(index, location, self._listed.get(index, 0))
+            shared = self._listings.listing(index, location, self._listed.get(index, self._opened_at))
             self._listed[index] = shared.number
             for path, _, info in shared.selected(patterns, whole_path):
                 kind = info.get("type", "file")

@@ -66,6 +66,8 @@ def test_a_poll_round_lists_once_and_each_poll_sees_the_store_after_the_one_befo
         shared = listings.listing(0, location, used[stream])
         assert shared is first and "new.csv" in [r for _, r, _ in shared.entries]
     assert CountingFs.finds == 2
+    opened = listings.number  # a stream opened now (a restream): its first poll lists anew
+    assert listings.listing(0, location, opened).number > first.number and CountingFs.finds == 3
 
 
 def test_a_failed_listing_is_not_kept(tmp_path: Path) -> None:
