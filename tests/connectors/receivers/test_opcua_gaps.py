@@ -32,16 +32,18 @@ def delivered(rows: list[dict[str, Any]], export: str) -> list[tuple[datetime, f
     return [(r["timestamp"], r[export], r["backfill"]) for r in rows if r[export] is not None]
 
 
-def check_exact(rows: list[dict[str, Any]], history: list[tuple[datetime, float]], export: str) -> dict[str, int]:
+def check_exact(rows: list[dict[str, Any]], history: list[tuple[datetime, float]], export: str,
+                ordered: bool = True) -> dict[str, int]:
     """What ``export`` delivered against what the server historized, between the first
-    value delivered and the last one delivered live: equal, in order, nothing twice."""
+    value delivered and the last one delivered live: equal, nothing twice, and in order
+    (``ordered``; otherwise each value once, in any order)."""
     got = delivered(rows, export)
     first, last_live = got[0][0], max(s for s, _, b in got if not b)
     expected = [(s, v) for s, v in history if first <= s <= last_live]
     values = [(s, v) for s, v, _ in got if s <= last_live]
     twice = sum(n - 1 for n in Counter(values).values() if n > 1)
     missing = len(set(expected) - set(values))
-    assert values == expected, (export, missing, twice)
+    assert (values if ordered else sorted(values)) == expected, (export, missing, twice)
     return {"historized": len(expected), "delivered": len(values), "backfilled": sum(b for *_, b in got),
             "missing": missing, "twice": twice}
 
@@ -90,7 +92,9 @@ def test_a_network_cut_loses_nothing_through_transfer_and_republish(tmp_path: Pa
         live.run_for(3)
         live.close()
         server.stop()
-        counts = [check_exact(live.rows(), server.history(i), f"tag{i}") for i in range(10)]
+        # a notification the cut swallowed comes back through Republish, which may answer
+        # after the newer ones (seen once in CI: one value after the next): each value once
+        counts = [check_exact(live.rows(), server.history(i), f"tag{i}", ordered=False) for i in range(10)]
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     print(f"\nnetwork cut for 10 s, 10 tags every 100 ms: {total}")
     assert total["missing"] == 0 and total["twice"] == 0 and total["backfilled"] == 0
