@@ -203,6 +203,42 @@ def finish(pid: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class Deliveries:
+    """What a job's delivery ledger (``dataflows.ledger``) counts, read while the job runs.
+
+    :param home: the job's ``FACTORYFLOW_HOME``; the ledger is opened once it exists.
+    :param procs: the job's processes; :meth:`wait` stops when one of them exits.
+    :param timeout: seconds from now after which :meth:`wait` gives up.
+    """
+
+    def __init__(self, home: Path, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+        self._home, self._procs = home, procs
+        self._deadline = time.monotonic() + timeout
+        self._ledger: Ledger | None = None
+
+    def count(self, transmit: str, keys: list[str]) -> int:
+        """Records ``transmit`` delivered over the streams ``keys`` (``asset:stream_type``)."""
+        if self._ledger is None and ledger_path(self._home).exists():
+            self._ledger = Ledger(ledger_path(self._home))
+        return 0 if self._ledger is None else sum(self._ledger.progress(transmit, key)[0] for key in keys)
+
+    def wait(self, transmit: str, keys: list[str], records: int) -> None:
+        """Poll every 0.05 s until :meth:`count` reaches ``records``.
+
+        :raises RuntimeError: a process exited or the timeout passed; with the job's log tail.
+        """
+        while (delivered := self.count(transmit, keys)) < records:
+            if any(p.poll() is not None for p in self._procs) or time.monotonic() > self._deadline:
+                raise RuntimeError(f"the job delivered {delivered} of {records} records; its log:\n"
+                                   + (self._home / "job.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Close the ledger, if it was opened."""
+        if self._ledger is not None:
+            self._ledger.close()
+
+
 def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, workers: int = 1,
             processes: int = 1, timeout: float = 900.0) -> Measure:
     """Run the main job (``python -m bytewax.run dataflows.main:flow``, recovery on as in
@@ -237,24 +273,14 @@ def run_job(home: Path, config: dict[str, Any], transmit: str, records: int, *, 
     log.close()
     busy = MachineBusy()
     sampler = PeakSampler([p.pid for p in procs])
-    ledger: Ledger | None = None
+    deliveries = Deliveries(home, procs, timeout)
     try:
-        delivered = 0
-        while delivered < records:
-            time.sleep(0.05)
-            if ledger is None and ledger_path(home).exists():
-                ledger = Ledger(ledger_path(home))
-            if ledger is not None:
-                delivered = sum(ledger.progress(transmit, stream)[0] for stream in streams())
-            if any(p.poll() is not None for p in procs) or time.perf_counter() - start > timeout:
-                raise RuntimeError(f"the job delivered {delivered} of {records} records; its log:\n"
-                                   + (home / "job.log").read_text(errors="replace")[-3000:])
+        deliveries.wait(transmit, streams(), records)
         seconds = time.perf_counter() - start
         share = busy.share()
     finally:
         sampler.stop()
-        if ledger is not None:
-            ledger.close()
+        deliveries.close()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

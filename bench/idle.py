@@ -46,9 +46,12 @@ def _write(data: Path, stream: int, index: int) -> None:
     path.with_suffix(".part").rename(path)  # whole, as a plant's export lands
 
 
-def idle_streams(work: Path, streams: int, poll: float = 1.0, timeout: float = 600.0) -> Measure:
+def idle_streams(work: Path, streams: int, poll: float = 1.0, timeout: float = 900.0,
+                 floor: Measure | None = None) -> Measure:
     """``streams`` idle ``localfile`` streams polled every ``poll`` seconds.
 
+    :param floor: the same job's figures with one stream: the note then gives each
+        stream's cost above it (CPU microseconds per second of rest, RSS).
     :returns: ``records`` the streams, ``seconds`` the rest counted, ``cpu`` the job's CPU
         seconds over it, ``peak_mb`` its RSS at rest, ``p50_ms`` the new row's arrival
         (milliseconds), and a note with the CPU share, the RSS per stream and the start-up.
@@ -111,4 +114,8 @@ def idle_streams(work: Path, streams: int, poll: float = 1.0, timeout: float = 6
     finish(proc.pid)
     note = (f"poll {poll:g} s; {100 * cpu / rested:.1f} % of a core at rest, {1024 * rss / streams:.0f} KB RSS "
             f"per stream; first rows after {started:.1f} s; a new row in {arrival:.1f} s (target ≤ {2 * poll:g} s)")
+    if floor is not None and streams > floor.records:
+        above = (cpu / rested - floor.cpu / floor.seconds) / (streams - floor.records)
+        per_mb = (rss - (floor.peak_mb or 0.0)) / (streams - floor.records)
+        note += f"; each stream above one: {1e6 * above:.0f} µs CPU a second, {1024 * per_mb:.0f} KB"
     return Measure(streams, rested, cpu, rss, p50_ms=1000 * arrival, note=note)

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from bench.common import Measure
-from connectors.receivers.opcua import _RESERVED
+from connectors.receivers.opcua import RECORD_FIELDS
 
 #: Seconds counted per subscribe row, after a 3-second warm-up.
 SECONDS = 10.0
@@ -108,7 +108,7 @@ def receiver(url: str, tags: int, period: float = 0.1) -> Measure:
     values: dict[int, list[float]] = {}
     for frame in frames:
         for column in frame.columns:
-            if column not in _RESERVED:
+            if column not in RECORD_FIELDS:
                 values.setdefault(int(column[1:]), []).extend(frame[column].drop_nulls().to_list())
     count = sum(len(v) for v in values.values())
     cut = sorted(lags)

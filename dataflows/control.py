@@ -20,14 +20,15 @@ request/acknowledgement half; the endpoint is in :mod:`api.app`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dataflows.home import control_path
 from dataflows.storage import Storage
 
-__all__ = ["ControlStore", "control_path"]
+__all__ = ["ControlStore", "SharedControl", "control_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS restream (
@@ -67,6 +68,17 @@ class ControlStore:
                                (receiver, stream)).fetchone()
         return int(row[0] or 0)
 
+    def all_pending(self) -> dict[tuple[str, str], int]:
+        """:meth:`pending` of every stream ever named, by ``(receiver, stream)``."""
+        rows = self._db.execute("SELECT receiver, stream, max(request_id) FROM restream "
+                                "GROUP BY receiver, stream").fetchall()
+        return {(receiver, stream): int(request_id) for receiver, stream, request_id in rows}
+
+    def version(self) -> int:
+        """A number that changes when another connection wrote the store (SQLite's
+        ``PRAGMA data_version``): what was read before it changed is still true."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def mark_applied(self, receiver: str, stream: str, request_id: int) -> None:
         """The stream has applied every request up to ``request_id``."""
         self._db.execute(
@@ -83,3 +95,64 @@ class ControlStore:
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
+
+
+#: How old (seconds) a look at the control store may be and still answer
+#: :meth:`SharedControl.pending`.
+FRESH = timedelta(seconds=0.05)
+
+
+class SharedControl:
+    """One connection to the control store at ``path`` for the receiver partitions of a
+    process (thread-safe), so 1,000 streams looking for restream requests every second
+    cost one cheap check each, not a query each: the pending requests are read again only
+    when another connection (the API) wrote the store.
+
+    Opened by the first :meth:`acquire`, closed when the last user :meth:`release` s it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._store: ControlStore | None = None
+        self._users = 0
+        self._version: int | None = None
+        self._checked: datetime | None = None
+        self._pending: dict[tuple[str, str], int] = {}
+
+    def acquire(self) -> None:
+        """One more user (a partition); the first opens the store.
+
+        :raises sqlite3.Error: the store cannot be opened.
+        """
+        with self._lock:
+            if self._store is None:
+                self._store, self._version, self._checked = ControlStore(self._path), None, None
+            self._users += 1
+
+    def release(self) -> None:
+        """One user less; the last closes the store."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def pending(self, receiver: str, stream: str, now: datetime) -> int:
+        """:meth:`ControlStore.pending`, as the store held it at most :data:`FRESH` seconds
+        before ``now`` (the caller's clock, UTC): the partitions that wake together share
+        one look."""
+        with self._lock:
+            assert self._store is not None, "acquire() first"
+            if self._checked is None or not self._checked <= now < self._checked + FRESH:
+                self._checked = now
+                version = self._store.version()
+                if version != self._version:
+                    self._pending, self._version = self._store.all_pending(), version
+            return self._pending.get((receiver, stream), 0)
+
+    def mark_applied(self, receiver: str, stream: str, request_id: int) -> None:
+        """:meth:`ControlStore.mark_applied`."""
+        with self._lock:
+            assert self._store is not None, "acquire() first"
+            self._store.mark_applied(receiver, stream, request_id)

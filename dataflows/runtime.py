@@ -6,7 +6,12 @@ with one partition per stream, keyed ``asset:stream_type``. A connector supplies
 the rest:
 
 - it never blocks in ``next_batch``: when the reader has nothing ready it sets
-  ``next_awake`` to the next poll (``poll_interval`` seconds later);
+  ``next_awake`` to the next poll (``poll_interval`` seconds later, rounded up to
+  :data:`WAKE_TICK`, so streams that poll at nearly the same time wake together);
+- a poll whose reader says it is ``quiet()`` (nothing new, known without I/O: a file
+  stream whose share of the shared listing did not change) skips the read: an idle
+  stream costs a few microseconds a poll, and its read thread ends after
+  :data:`THREAD_IDLE_SECONDS` without a read;
 - when the reader fails with one of its retryable errors, it logs the error with the
   stream and the current state, asks the reader to drop the work in hand (the state
   stays at the last batch handed on) and retries with the one backoff policy
@@ -23,6 +28,10 @@ the rest:
   closed and opened again with no state, as on a first run;
 - it writes an error marker (``GET /v1/streams``) while the stream fails, and counts
   the records it reads, in the ledger.
+
+The partitions of a worker share one ledger connection, and those of a process one
+connection to the control store (:class:`~dataflows.control.SharedControl`), so 10,000
+streams hold a few SQLite connections, not 20,000.
 
 Partition state is a :class:`PartitionState`: what the reader's ``snapshot()`` returns
 (small, picklable values: cursor values, seen-file metadata) and the id of the last
@@ -41,13 +50,14 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.backoff import stream_backoff
 from dataflows.context import RunContext
-from dataflows.control import ControlStore, control_path
+from dataflows.control import SharedControl, control_path
 from dataflows.diskspace import Shortage
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch
@@ -60,6 +70,7 @@ __all__ = ["CONTROL_INTERVAL", "PartitionState", "ReceiverSource", "RunContext",
 
 #: Longest time between two looks at the control store, in seconds.
 CONTROL_INTERVAL = 1.0
+_CONTROL_INTERVAL = timedelta(seconds=CONTROL_INTERVAL)
 #: The marker category of input read with a problem (``StreamReader.report_warning``).
 INPUT_WARNING = "input warning"
 #: The marker category of a stream whose read has not returned for :data:`STALL_SECONDS`.
@@ -70,6 +81,10 @@ DISK_FULL = "disk full"
 STALL_SECONDS = 20.0
 #: How often (seconds) a partition whose read runs on looks whether it returned.
 READ_CHECK = 0.01
+#: Idle streams wake on multiples of this many seconds (see :func:`_on_tick`).
+WAKE_TICK = 0.1
+#: Seconds a stream's read thread waits for its next read before it ends.
+THREAD_IDLE_SECONDS = 30.0
 
 
 @dataclass
@@ -110,24 +125,39 @@ class _ReaderThread:
     def __init__(self, name: str) -> None:
         self._name = name
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], Any]) -> Future[Any]:
         """Run ``job`` after the ones before it; its result (or exception) comes in the future."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
         future: Future[Any] = Future()
-        self._jobs.put((future, job))
+        with self._lock:
+            self._jobs.put((future, job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
         return future
 
     def stop(self) -> None:
         """End the thread after the jobs already submitted."""
-        if self._thread is not None:
-            self._jobs.put(None)
+        with self._lock:
+            if self._thread is not None:
+                self._jobs.put(None)
+
+    def _next(self) -> tuple[Future[Any], Callable[[], Any]] | None:
+        """The next job; None: stop. A thread with no job for :data:`THREAD_IDLE_SECONDS`
+        ends (the next job starts another), so idle streams hold no threads."""
+        while True:
+            try:
+                return self._jobs.get(timeout=THREAD_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return None
 
     def _run(self) -> None:
-        while (item := self._jobs.get()) is not None:
+        while (item := self._next()) is not None:
             future, job = item
             if future.set_running_or_notify_cancel():
                 try:
@@ -136,9 +166,51 @@ class _ReaderThread:
                     future.set_exception(exc)
 
 
+class _WorkerLedgers:
+    """One ledger connection per worker thread, shared by the partitions it runs (bytewax
+    calls a partition only from the worker that built it), so 10,000 streams hold a few
+    connections, not 10,000; each is closed with its last partition."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[Ledger, int]] = {}  # thread id -> the ledger, its partitions
+
+    def acquire(self) -> Ledger:
+        """The calling worker's ledger (opened by its first partition).
+
+        :raises sqlite3.Error: the ledger cannot be opened.
+        """
+        with self._lock:
+            ledger, users = self._open.get(threading.get_ident()) or (None, 0)
+            if ledger is None:
+                ledger = Ledger(self._path)
+            self._open[threading.get_ident()] = (ledger, users + 1)
+            return ledger
+
+    def release(self, ledger: Ledger) -> None:
+        """A partition is done with ``ledger``; the last one closes it."""
+        with self._lock:
+            for thread, (held, users) in list(self._open.items()):
+                if held is ledger:
+                    if users > 1:
+                        self._open[thread] = (held, users - 1)
+                    else:
+                        del self._open[thread]
+                        ledger.close()
+
+
+def _on_tick(moment: datetime) -> datetime:
+    """``moment`` rounded up to a multiple of :data:`WAKE_TICK` seconds (UTC): streams
+    that poll at nearly the same time wake together, so bytewax, which looks over every
+    partition of the source at each wake-up, wakes a few times a poll, not once a stream."""
+    late = moment.timestamp() % WAKE_TICK
+    return moment + timedelta(seconds=WAKE_TICK - late) if late else moment
+
+
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
     def __init__(self, receiver: ReceiverConfig, stream: StreamConfig, resume_state: Any,
-                 ctx: RunContext, worker: Any) -> None:
+                 ctx: RunContext, worker: Any, control: SharedControl, ledgers: _WorkerLedgers) -> None:
         self._receiver = receiver
         self._stream = stream
         self._ctx = ctx
@@ -146,14 +218,16 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._name = receiver.data_receiver_name
         self._key = str(stream.key)
         self._log = logging.getLogger(f"receiver.{self._name}")
-        self._ledger = Ledger(ledger_path(ctx.home))
-        self._control = ControlStore(control_path(ctx.home))
+        self._ledgers = ledgers
+        self._ledger = ledgers.acquire()
+        control.acquire()
+        self._control = control
         if isinstance(resume_state, PartitionState):
             reader_state, self._restream_id = resume_state.reader, resume_state.restream_id
         else:  # first run (None), or the bare reader state of an earlier version
             reader_state, self._restream_id = resume_state, 0
         if resume_state is None:  # starting from scratch already does what any restream asks
-            self._restream_id = self._control.pending(self._name, self._key)
+            self._restream_id = self._control.pending(self._name, self._key, ctx.now())
             self._control.mark_applied(self._name, self._key, self._restream_id)
         self._reader = receiver.open_stream(stream, reader_state, ctx, worker)
         self._state = self._reader.snapshot()  # after the last batch handed on
@@ -166,6 +240,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._failed_since = ctx.now()  # when the failures began
         self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
+        self._poll_interval = timedelta(seconds=receiver.poll_interval)
         self._control_checked: datetime | None = None
         self._thread = _ReaderThread("read-" + f"{self._name}-{self._key}".replace(" ", "_"))  # one word in logs
         self._read: Future[_ReadOutcome] | None = None  # the read in the stream's thread
@@ -183,7 +258,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             raise StopIteration
         now = self._ctx.now()
         control_due = self._control_checked is None or now < self._control_checked \
-            or now - self._control_checked >= timedelta(seconds=CONTROL_INTERVAL)  # or the clock went back
+            or now - self._control_checked >= _CONTROL_INTERVAL  # or the clock went back
         if self._read is None and self._ctx.disk is not None:
             shortage = self._ctx.disk.low()
             if shortage is not None:
@@ -195,6 +270,9 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
                 control_due = False
             if self._poll_at is not None and now < self._poll_at:
                 return []  # woken early to look at the control store only
+            if not self._failures and self._reader.quiet():
+                self._poll_at = now + self._poll_interval
+                return []  # nothing new: no read
             self._start_read()
         outcome = self._outcome(now)
         if outcome is None:
@@ -295,7 +373,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         for batch in outcome.batches:
             if batch.frame.height:
                 self._ledger.record_received(self._name, self._key, batch.frame.height)
-        self._poll_at = None if outcome.more else now + timedelta(seconds=self._receiver.poll_interval)
+        self._poll_at = None if outcome.more else now + self._poll_interval
         if outcome.more and self._ctx.read_wait is not None:
             self._start_read()  # read on while the worker hands these batches on
         if self._restream_id:  # positions count anew after a restream (dataflows.positions)
@@ -336,7 +414,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
     def _apply_control(self, now: datetime) -> bool:
         """Apply a pending restream request (no read in flight); whether there was one."""
         self._control_checked = now
-        pending = self._control.pending(self._name, self._key)
+        pending = self._control.pending(self._name, self._key, now)
         if pending <= self._restream_id:
             return False
         self._log.info("%s: restream request %d: state %s goes back to the start", self._key,
@@ -361,7 +439,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             return self._ctx.now() + timedelta(seconds=READ_CHECK)
         if self._poll_at is None:
             return None
-        return min(self._poll_at, self._ctx.now() + timedelta(seconds=CONTROL_INTERVAL))
+        return _on_tick(min(self._poll_at, self._ctx.now() + _CONTROL_INTERVAL))
 
     def snapshot(self) -> PartitionState:
         return PartitionState(self._state, self._restream_id)
@@ -372,8 +450,8 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         else:  # closed in its thread once the read returns; a read that never does is left to the exit
             self._thread.submit(self._reader.close)
         self._thread.stop()
-        self._ledger.close()
-        self._control.close()
+        self._ledgers.release(self._ledger)
+        self._control.release()
 
 
 class ReceiverSource(FixedPartitionedSource[Batch, Any]):
@@ -388,6 +466,8 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
         self._streams = {str(s.key): s for s in receiver.stream_list}
         self._worker_lock = threading.Lock()
         self._worker: tuple[Any] | None = None  # what open_worker returned, once asked
+        self._control = SharedControl(control_path(ctx.home))  # the partitions' restream requests
+        self._ledgers = _WorkerLedgers(ledger_path(ctx.home))
 
     def list_parts(self) -> list[str]:
         return list(self._streams)
@@ -401,4 +481,4 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ReceiverPartition:
         return _ReceiverPartition(self._receiver, self._streams[for_part], resume_state, self._ctx,
-                                  self.worker())
+                                  self.worker(), self._control, self._ledgers)

@@ -172,6 +172,14 @@ class StreamReader:
         """The state after the last batch returned by :meth:`read` (small, picklable)."""
         raise NotImplementedError
 
+    def quiet(self) -> bool:
+        """Whether a :meth:`read` now would surely find nothing and change no state, known
+        without I/O: the runtime then skips the poll (no read, no hop to the stream's
+        thread), so an idle stream costs next to nothing. Called on the worker's thread,
+        between reads and while the stream does not fail; must not block. The default,
+        False, reads at every poll."""
+        return False
+
     def describe(self) -> str:
         """The state in a few words, for logs and markers (``{'id': 0}``, ``3 files seen``)."""
         return repr(self.snapshot())

@@ -159,6 +159,7 @@ class FileStreamReader(StreamReader):
         self._listed: dict[int, int] = {}  # connection index -> the number of the listing last used
         self._opened_at = self._listings.number  # the first poll's listing is newer than this
         self._stream = stream
+        self._patterns = stream.patterns
         parser = receiver.parser_for(stream)
         assert parser is not None, "validation makes sure every stream has a parser"
         self._parser = parser
@@ -177,6 +178,7 @@ class FileStreamReader(StreamReader):
         self._prefetched: dict[str, tuple[tuple[int, int | None], bytes | BaseException]] = {}
         self._acks = ctx.acknowledgements(receiver.data_receiver_name, stream.key)
         self._not_files: set[str] = set()  # selected entries that are no files, warned about once
+        self._settled = False  # whether the last listing held nothing left to read for this stream
         self._log = logging.getLogger(f"receiver.{receiver.data_receiver_name}")
 
     # -- state
@@ -190,7 +192,34 @@ class FileStreamReader(StreamReader):
         return (f"{len(self._files)} files seen ({done} read to the end), "
                 f"{len(self._pending_delete)} awaiting delivery to be deleted")
 
+    def quiet(self) -> bool:
+        """True when this stream read everything its last listings held, has no file
+        awaiting delivery to be deleted, and each connection's newest listing is newer
+        than the one it used last yet changed nothing it selects (the poll would find
+        nothing: it counts as that listing's poll), or is being taken by another stream
+        (this poll is skipped, the next looks at it). False when no listing was taken
+        since: the poll reads, and takes one."""
+        if not self._settled or self._queue or self._pending_delete or \
+                len(self._listed) != len(self._receiver.connections):
+            return False
+        patterns, whole_path = self._patterns
+        newest: dict[int, int] = {}
+        for index, used in self._listed.items():
+            listing = self._listings.newest(index)
+            if listing is None:
+                return False
+            if listing.number <= used:
+                if not self._listings.taking(index):
+                    return False
+            elif listing.changed_for(patterns, whole_path, used):
+                return False
+            else:
+                newest[index] = listing.number
+        self._listed.update(newest)
+        return True
+
     def abandon(self) -> None:
+        self._settled = False
         self._queue = []
         self._locations = self._where = None  # connect again: a client may hold a dead connection
 
@@ -208,6 +237,7 @@ class FileStreamReader(StreamReader):
         if not self._queue:
             self._prefetched = {}
             self._queue = self._candidates()
+            self._settled = not self._queue
             if not self._queue:
                 return [], False
         self._prefetch()
@@ -278,10 +308,7 @@ class FileStreamReader(StreamReader):
         connection's index. Each connection's listing is one taken after this stream's
         previous one, shared with the receiver's other streams (:mod:`._file_listing`)."""
         listing: dict[str, tuple[Location, str, int, float, str | None, int]] = {}
-        stream = self._stream
-        whole_path = stream.path_filter is not None
-        patterns = stream.path_filter if whole_path else (stream.file_filter if stream.file_filter is not None
-                                                           else ["*"])
+        patterns, whole_path = self._patterns
         for index, location in enumerate(self._connected()):
             shared = self._listings.listing(index, location, self._listed.get(index, self._opened_at))
             self._listed[index] = shared.number

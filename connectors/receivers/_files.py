@@ -60,12 +60,19 @@ class FileStream(StreamConfig, kw_only=True):
     parser: Annotated[str | None, describe("parser_name; by default the first parser whose "
                                                  "filter_stream matches the stream.")] = None
 
+    @property
+    def patterns(self) -> tuple[list[str], bool]:
+        """The stream's globs and whether they match the whole path below the directory
+        (``path_filter``) rather than the file name (``file_filter``, by default ``*``)."""
+        if self.path_filter is not None:
+            return self.path_filter, True
+        return (self.file_filter if self.file_filter is not None else ["*"]), False
+
     def selects(self, relative_path: str) -> bool:
         """Whether this stream reads the file at ``relative_path`` (below a directory)."""
-        if self.path_filter is not None:
-            return any(fnmatchcase(relative_path, p) for p in self.path_filter)
-        patterns = self.file_filter if self.file_filter is not None else ["*"]
-        return any(fnmatchcase(posixpath.basename(relative_path), p) for p in patterns)
+        patterns, whole_path = self.patterns
+        name = relative_path if whole_path else posixpath.basename(relative_path)
+        return any(fnmatchcase(name, p) for p in patterns)
 
 
 #: A duration in seconds, zero or more.

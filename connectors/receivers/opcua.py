@@ -293,7 +293,7 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
                     out.append(error(f"exportname {tag.exportname!r} is also tag "
                                      f"{exports_seen[tag.exportname]}'s", [*t_path, "exportname"]))
                 exports_seen[tag.exportname] = t_index
-                if tag.exportname in _RESERVED and self.mode == "subscribe":
+                if tag.exportname in RECORD_FIELDS and self.mode == "subscribe":
                     out.append(error(f"exportname {tag.exportname!r} is a field of every "
                                      "subscription record", [*t_path, "exportname"]))
                 if tag.namespace_index is not None and tag.form != "string":
@@ -356,7 +356,8 @@ class OpcUaReceiver(ReceiverConfig[OpcUaStream, EngineSlot], tag="opcua", kw_onl
         return OpcUaReader(self, stream, worker.engine(), ctx, resume_state)
 
 
-_RESERVED = ("timestamp", "server_timestamp", "status_code", "backfill")
+#: The fields of every subscription record beside its tags' columns (no tag may be exported as one).
+RECORD_FIELDS = ("timestamp", "server_timestamp", "status_code", "backfill")
 
 
 class Monitoring(NamedTuple):

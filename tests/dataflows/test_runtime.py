@@ -5,6 +5,7 @@ batch handed on, and the marker clears when the read returns."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import polars as pl
 import pytest
 
 from dataflows import runtime
+from dataflows.control import ControlStore, SharedControl, control_path
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.sdk import RunContext, StreamReader
@@ -43,7 +45,8 @@ def partition(tmp_path: Path, gate: threading.Event, read_wait: float | None) ->
     receiver = SimpleNamespace(data_receiver_name="r", poll_interval=0.0,
                                open_stream=lambda stream, state, ctx, worker: BlockingReader(state, gate))
     return runtime._ReceiverPartition(receiver, stream, None, RunContext(home=tmp_path, read_wait=read_wait),
-                                      None)  # type: ignore[arg-type]
+                                      None, SharedControl(control_path(tmp_path)),  # type: ignore[arg-type]
+                                      runtime._WorkerLedgers(ledger_path(tmp_path)))
 
 
 def rows(batches: list[Batch]) -> list[int]:
@@ -104,3 +107,49 @@ def test_without_a_read_wait_next_batch_waits_for_the_read(tmp_path: Path) -> No
     assert rows(part.next_batch()) == [1]  # what a test driving one partition wants
     assert time.monotonic() - started >= 0.15
     part.close()
+
+
+def test_a_streams_read_thread_ends_when_idle_and_comes_back_for_the_next_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "THREAD_IDLE_SECONDS", 0.05)
+    reader = runtime._ReaderThread("read-test")
+    assert reader.submit(lambda: 1).result(timeout=5) == 1
+    first = reader._thread
+    assert first is not None
+    first.join(timeout=5)  # no job for 0.05 s: it ended
+    assert not first.is_alive() and reader._thread is None
+    assert reader.submit(lambda: 2).result(timeout=5) == 2  # a new one takes the next job
+    assert reader._thread is not None and reader._thread is not first
+    reader.stop()
+
+
+def test_partitions_share_one_ledger_per_worker_thread_and_one_control_store(tmp_path: Path) -> None:
+    gate = threading.Event()
+    gate.set()
+    control = SharedControl(control_path(tmp_path))
+    ledgers = runtime._WorkerLedgers(ledger_path(tmp_path))
+
+    def part(asset: str) -> Any:
+        stream = SimpleNamespace(key=StreamKey(asset, "s"), asset=asset, stream_type="s")
+        receiver = SimpleNamespace(data_receiver_name="r", poll_interval=0.0,
+                                   open_stream=lambda stream, state, ctx, worker: BlockingReader(state, gate))
+        return runtime._ReceiverPartition(receiver, stream, None, RunContext(home=tmp_path), None,  # type: ignore[arg-type]
+                                          control, ledgers)
+
+    parts = [part(asset) for asset in "abc"]
+    assert len({id(p._ledger) for p in parts}) == 1  # built on one worker thread: one connection
+    elsewhere: list[Any] = []
+    thread = threading.Thread(target=lambda: elsewhere.append(part("d")))
+    thread.start()
+    thread.join()
+    assert elsewhere[0]._ledger is not parts[0]._ledger  # another worker: its own
+    for p in parts:
+        assert rows(p.next_batch()) == [1]
+    ControlStore(control_path(tmp_path)).request_restream([("r", "b:s")])  # as the API does
+    clock = parts[0]._ctx.now() + runtime._CONTROL_INTERVAL
+    assert [control.pending("r", key, clock) for key in ("a:s", "b:s")] == [0, 1]
+    ledger = parts[0]._ledger
+    for p in [*parts, *elsewhere]:
+        p.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # the last partition closed it
+        ledger.markers()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from connectors.receivers._file_listing import Listings
+from connectors.receivers._file_listing import KEPT_ROUNDS, Listings
 from connectors.receivers._file_reader import Location
 from connectors.receivers._files import FileStream
 
@@ -78,3 +78,48 @@ def test_a_failed_listing_is_not_kept(tmp_path: Path) -> None:
             listings.listing(0, location, 0)
     (tmp_path / "missing").mkdir()
     assert listings.listing(0, location, 0).entries == []
+
+
+def test_a_listing_knows_whose_share_changed_since_an_earlier_one(tmp_path: Path) -> None:
+    location = Location(LocalFileSystem(), str(tmp_path))
+    for name in ("s1_0.csv", "s2_0.csv", "sub/s3_0.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    listings = Listings()
+    first = listings.listing(0, location, 0)
+    s1, s2, s3 = (["s1_*.csv"], False), (["s2_*.csv"], False), (["sub/*"], True)
+
+    def changed(listing: Any, share: tuple[list[str], bool], since: int) -> bool:
+        return listing.changed_for(share[0], share[1], since)
+
+    same = listings.listing(0, location, first.number)  # nothing changed
+    assert not any(changed(same, share, first.number) for share in (s1, s2, s3))
+    (tmp_path / "s1_1.csv").write_text("y\n")  # added
+    (tmp_path / "sub" / "s3_0.csv").write_text("x\nmore\n")  # grown
+    added = listings.listing(0, location, same.number)
+    assert changed(added, s1, same.number) and changed(added, s3, same.number)
+    assert not changed(added, s2, same.number)
+    assert changed(added, s1, first.number)  # a stream that last looked at the first listing
+    (tmp_path / "s2_0.csv").unlink()  # gone
+    gone = listings.listing(0, location, added.number)
+    assert changed(gone, s2, added.number) and not changed(gone, s1, added.number)
+    assert changed(gone, s1, same.number)  # the addition is still known two listings on
+    assert changed(gone, s1, 0)  # older than anything kept in mind: not known, so changed
+    for _ in range(KEPT_ROUNDS + 1):  # long after: the addition and the removal are forgotten
+        gone = listings.listing(0, location, gone.number)
+    assert gone.horizon > added.number and changed(gone, s2, added.number)  # too old to tell
+    assert not changed(gone, s2, gone.number - 1) and listings.newest(0) is gone
+
+
+def test_a_listing_being_taken_is_known_without_waiting_for_it(tmp_path: Path) -> None:
+    listings = Listings()
+    seen: list[bool] = []
+
+    class Watching(LocalFileSystem):
+        def find(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(listings.taking(0))  # what another stream's poll sees meanwhile
+            return super().find(*args, **kwargs)
+
+    assert not listings.taking(0)
+    listings.listing(0, Location(Watching(), str(tmp_path)), 0)
+    assert seen == [True] and not listings.taking(0)

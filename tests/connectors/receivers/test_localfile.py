@@ -399,3 +399,45 @@ def test_files_fetched_ahead_wait_for_the_next_read(tmp_path: Path, inbox: Path,
     assert [b.frame["n"].item() for b in batches] == list(range(30))
     # the folder fetched once, in the first read (a local cat_ranges is a cat_file per file)
     assert calls == [("cat_ranges", 30)] + [("cat_file", 1)] * 30
+
+
+def test_idle_streams_skip_their_polls_until_their_share_of_the_listing_changes(
+        tmp_path: Path, inbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.receivers._file_reader import FileStreamReader
+    from dataflows.runtime import ReceiverSource
+
+    reads: list[str] = []
+    read = FileStreamReader.read
+    monkeypatch.setattr(FileStreamReader, "read", lambda self: reads.append(self._stream.asset) or read(self))
+    for name in "abcd":
+        (inbox / f"{name}_0.csv").write_bytes(b"ts,v\n1,10\n" + (b"2,20" if name == "d" else b""))
+    doc = document(inbox, minimum_file_age=5)
+    doc["data_receiver"][0]["streams"] = [{"asset": name, "stream_type": "s", "file_filter": [f"{name}_*.csv"]}
+                                          for name in "abcd"]
+    rec = load(doc).data_receiver[0]
+    clock = Clock(datetime.now(UTC))  # d's last line, without its newline, waits until d is still (5 s)
+    ctx = RunContext(home=tmp_path / "home", now=clock)
+    source = ReceiverSource(rec, ctx)
+    drivers = {s.asset: StreamDriver(rec, ctx, stream=s, source=source) for s in rec.streams}
+
+    def round_() -> dict[str, list[int]]:  # every stream's poll, then the clock past the poll interval
+        reads.clear()
+        got = {name: [v for b in d.next_batch() for v in b.frame["v"].to_list()] for name, d in drivers.items()}
+        clock.advance(2.01)
+        return {name: values for name, values in got.items() if values}
+
+    try:
+        assert round_() == {name: [10] for name in "abcd"} and reads == list("abcd")
+        assert round_() == {} and reads == list("abcd")  # a, b and c find nothing new: settled
+        assert round_() == {} and reads == ["a", "d"]  # a took the round's listing; b and c knew it
+        # changed nothing for them; d's last line waits for d to be still, with no listing change
+        assert round_() == {"d": [20]} and reads == ["a", "d"]
+        assert round_() == {} and reads == ["a", "d"]
+        assert round_() == {} and reads == ["a"]
+        (inbox / "c_1.csv").write_bytes(b"ts,v\n3,30\n")
+        assert round_() == {"c": [30]} and reads == ["a", "c"]  # only c's share changed
+        assert round_() == {} and reads == ["a", "c"]
+        assert round_() == {} and reads == ["a"]
+    finally:
+        for driver in drivers.values():
+            driver.close()
