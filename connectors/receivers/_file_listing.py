@@ -18,6 +18,7 @@ nothing new skips its poll without reading (``StreamReader.quiet``).
 from __future__ import annotations
 
 import bisect
+import os
 import posixpath
 import threading
 from dataclasses import dataclass, field
@@ -199,13 +200,61 @@ class Listings:
 
 
 def _list(location: Location) -> list[tuple[str, str, dict[str, Any]]]:
+    # imported here, not with the module: a config loads without the client libraries
+    from fsspec.implementations.local import LocalFileSystem
+
     fs, root = location.fs, location.directory
     fs.invalidate_cache()  # object stores cache listings; each poll must see the store now
     if location.container is None and not fs.isdir(root):
         raise FileNotFoundError(f"data directory {location.url}{root} does not exist")
     if location.container is not None and not fs.isdir(location.container):
         raise FileNotFoundError(f"{location.url}{location.container} does not exist")
+    # local files through os.scandir; other stores, and a file system that lists its own way
+    # (a subclass), through fsspec's find
+    found = local_find(fs._strip_protocol(root)) if type(fs) is LocalFileSystem else \
+        fs.find(root, detail=True).items()
     top = root.rstrip("/") or "/"
     below = top.rstrip("/") + "/"  # what begins each path below the directory: cut off, not relpath'd
     return [(path, path[len(below):] if path.startswith(below) else posixpath.relpath(path, top), info)
-            for path, info in fs.find(root, detail=True).items() if info.get("type", "file") != "directory"]
+            for path, info in found if info.get("type", "file") != "directory"]
+
+
+def local_find(top: str) -> list[tuple[str, dict[str, Any]]]:
+    """What fsspec's ``LocalFileSystem().find(top, detail=True)`` gives, as sorted
+    ``(path, info)`` pairs, from ``os.scandir``'s entries: ``info`` holds only ``name``,
+    ``type`` (``file`` or ``other``: a FIFO, a socket, a device or a symbolic link, which is
+    not followed into directories), ``size`` (a link's target's, 0 when it leads nowhere),
+    ``mtime`` (seconds since the epoch) and ``islink``. fsspec builds its full ``info`` per
+    file, three quarters of a listing's time (1,000 files: 12 ms against 3 ms). A directory
+    that cannot be read, and an entry gone before it was looked at, are left out, as fsspec
+    leaves them out.
+
+    :param top: an absolute path (``LocalFileSystem._strip_protocol`` of the directory).
+    """
+    found: list[tuple[str, dict[str, Any]]] = []
+    directories = [top]
+    while directories:
+        try:
+            with os.scandir(directories.pop()) as entries:
+                for entry in entries:
+                    try:
+                        status = entry.stat(follow_symlinks=False)
+                        if entry.is_dir(follow_symlinks=False):
+                            directories.append(entry.path)
+                            continue
+                        link = entry.is_symlink()
+                        size = status.st_size
+                        if link:
+                            try:
+                                size = entry.stat(follow_symlinks=True).st_size
+                            except OSError:
+                                size = 0
+                        kind = "file" if entry.is_file(follow_symlinks=False) else "other"
+                    except FileNotFoundError:
+                        continue
+                    found.append((entry.path, {"name": entry.path, "type": kind, "size": size,
+                                               "mtime": status.st_mtime, "islink": link}))
+        except OSError:
+            continue
+    found.sort()
+    return found

@@ -4,13 +4,14 @@ stream's share of it is what its filters select, and a poll round lists once."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from connectors.receivers._file_listing import KEPT_ROUNDS, Listings
+from connectors.receivers._file_listing import KEPT_ROUNDS, Listings, local_find
 from connectors.receivers._file_reader import Location
 from connectors.receivers._files import FileStream
 
@@ -123,3 +124,20 @@ def test_a_listing_being_taken_is_known_without_waiting_for_it(tmp_path: Path) -
     assert not listings.taking(0)
     listings.listing(0, Location(Watching(), str(tmp_path)), 0)
     assert seen == [True] and not listings.taking(0)
+
+
+def test_local_listing_gives_what_fsspec_gives(tmp_path: Path) -> None:
+    _tree(tmp_path)
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "to_file.csv").symlink_to(tmp_path / "a.csv")
+    (tmp_path / "nowhere.csv").symlink_to(tmp_path / "missing.csv")
+    (tmp_path / "to_dir").symlink_to(tmp_path / "sub")  # not followed: fsspec's walk does not either
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path / "sub")
+    (tmp_path / "empty").mkdir()
+    fs = LocalFileSystem()
+    theirs = {path: info for path, info in fs.find(str(tmp_path), detail=True).items()}
+    ours = local_find(fs._strip_protocol(str(tmp_path)))
+    assert [path for path, _ in ours] == list(theirs)  # the same paths, in the same order
+    for path, info in ours:
+        assert info == {key: theirs[path][key] for key in info}, path
+    assert {info["type"] for _, info in ours} == {"file", "other"}
