@@ -7,7 +7,8 @@ the rest:
 
 - it never blocks in ``next_batch``: when the reader has nothing ready it sets
   ``next_awake`` to the next poll (``poll_interval`` seconds later, rounded up to
-  :data:`WAKE_TICK`, so streams that poll at nearly the same time wake together);
+  :data:`WAKE_TICK`, or a tenth of a shorter ``poll_interval``, so streams that poll at
+  nearly the same time wake together);
 - a poll whose reader says it is ``quiet()`` (nothing new, known without I/O: a file
   stream whose share of the shared listing did not change) skips the read: an idle
   stream costs a few microseconds a poll, and its read thread ends after
@@ -81,7 +82,8 @@ DISK_FULL = "disk full"
 STALL_SECONDS = 20.0
 #: How often (seconds) a partition whose read runs on looks whether it returned.
 READ_CHECK = 0.01
-#: Idle streams wake on multiples of this many seconds (see :func:`_on_tick`).
+#: Idle streams wake on multiples of this many seconds, or of a tenth of a shorter
+#: ``poll_interval`` (see :func:`_on_tick`).
 WAKE_TICK = 0.1
 #: Seconds a stream's read thread waits for its next read before it ends.
 THREAD_IDLE_SECONDS = 30.0
@@ -200,12 +202,12 @@ class _WorkerLedgers:
                         ledger.close()
 
 
-def _on_tick(moment: datetime) -> datetime:
-    """``moment`` rounded up to a multiple of :data:`WAKE_TICK` seconds (UTC): streams
+def _on_tick(moment: datetime, tick: float) -> datetime:
+    """``moment`` rounded up to a multiple of ``tick`` seconds (UTC): streams
     that poll at nearly the same time wake together, so bytewax, which looks over every
     partition of the source at each wake-up, wakes a few times a poll, not once a stream."""
-    late = moment.timestamp() % WAKE_TICK
-    return moment + timedelta(seconds=WAKE_TICK - late) if late else moment
+    late = moment.timestamp() % tick if tick > 0 else 0.0
+    return moment + timedelta(seconds=tick - late) if late else moment
 
 
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
@@ -241,6 +243,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._backoff = self._reader.retry_policy or stream_backoff(receiver.poll_interval)
         self._poll_at: datetime | None = None
         self._poll_interval = timedelta(seconds=receiver.poll_interval)
+        self._tick = min(WAKE_TICK, receiver.poll_interval / 10)  # a tenth of a short poll (0: none)
         self._control_checked: datetime | None = None
         self._thread = _ReaderThread("read-" + f"{self._name}-{self._key}".replace(" ", "_"))  # one word in logs
         self._read: Future[_ReadOutcome] | None = None  # the read in the stream's thread
@@ -439,7 +442,7 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
             return self._ctx.now() + timedelta(seconds=READ_CHECK)
         if self._poll_at is None:
             return None
-        return _on_tick(min(self._poll_at, self._ctx.now() + _CONTROL_INTERVAL))
+        return _on_tick(min(self._poll_at, self._ctx.now() + _CONTROL_INTERVAL), self._tick)
 
     def snapshot(self) -> PartitionState:
         return PartitionState(self._state, self._restream_id)
