@@ -30,9 +30,9 @@ replicated over four machines, each machine a stream and so a bytewax partition)
   10,000 every 400 ms (25,000 values/s, what node-opcua sustains here), beside a plain
   asyncua client on the same server, and a browse of 100,000 nodes (``bench/opcua.py``).
 - **idle**: 1 (the limit: what bytewax's worker loop costs at rest), 1,000 and 10,000
-  (not with ``--quick``: it starts in about 130 s) ``localfile`` streams with nothing new, polled every second: the job's CPU at rest,
-  its RSS, how long one new row then takes, and each stream's cost above one
-  (``bench/idle.py``).
+  (not with ``--quick``: it starts in about 130 s) ``localfile`` streams with nothing
+  new, polled every second: the job's CPU at rest, its RSS, how long one new row then
+  takes, and each stream's cost above one (``bench/idle.py``).
 - **api**: ``GET /v1/status`` and ``GET /v1/streams`` of an installation of 1,000 streams
   from 200 concurrent clients (``bench/api.py``): requests/s and p50/p99 latency. Limit: the
   same server sending a static file of the UI.
