@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dataflows.home import control_path
-from dataflows.storage import Storage
+from dataflows.storage import SharedStorage, Storage
 
 __all__ = ["ControlStore", "SharedControl", "control_path"]
 
@@ -112,10 +112,9 @@ class SharedControl:
     """
 
     def __init__(self, path: Path) -> None:
-        self._path = path
+        self._stores = SharedStorage(lambda: ControlStore(path))
         self._lock = threading.Lock()
         self._store: ControlStore | None = None
-        self._users = 0
         self._version: int | None = None
         self._checked: datetime | None = None
         self._pending: dict[tuple[str, str], int] = {}
@@ -125,18 +124,14 @@ class SharedControl:
 
         :raises sqlite3.Error: the store cannot be opened.
         """
+        store = self._stores.acquire()
         with self._lock:
-            if self._store is None:
-                self._store, self._version, self._checked = ControlStore(self._path), None, None
-            self._users += 1
+            if store is not self._store:  # opened again after its last user left: look afresh
+                self._store, self._version, self._checked = store, None, None
 
     def release(self) -> None:
         """One user less; the last closes the store."""
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._store is not None:
-                self._store.close()
-                self._store = None
+        self._stores.release()
 
     def pending(self, receiver: str, stream: str, now: datetime) -> int:
         """:meth:`ControlStore.pending`, as the store held it at most :data:`FRESH` seconds

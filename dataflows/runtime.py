@@ -51,7 +51,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -63,6 +62,7 @@ from dataflows.diskspace import Shortage
 from dataflows.ledger import Ledger, Marker, ledger_path, marker_time
 from dataflows.records import Batch
 from dataflows.sdk import StreamReader
+from dataflows.storage import SharedStorage
 
 if TYPE_CHECKING:
     from dataflows.sdk import ReceiverConfig, StreamConfig
@@ -168,40 +168,6 @@ class _ReaderThread:
                     future.set_exception(exc)
 
 
-class _WorkerLedgers:
-    """One ledger connection per worker thread, shared by the partitions it runs (bytewax
-    calls a partition only from the worker that built it), so 10,000 streams hold a few
-    connections, not 10,000; each is closed with its last partition."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._open: dict[int, tuple[Ledger, int]] = {}  # thread id -> the ledger, its partitions
-
-    def acquire(self) -> Ledger:
-        """The calling worker's ledger (opened by its first partition).
-
-        :raises sqlite3.Error: the ledger cannot be opened.
-        """
-        with self._lock:
-            ledger, users = self._open.get(threading.get_ident()) or (None, 0)
-            if ledger is None:
-                ledger = Ledger(self._path)
-            self._open[threading.get_ident()] = (ledger, users + 1)
-            return ledger
-
-    def release(self, ledger: Ledger) -> None:
-        """A partition is done with ``ledger``; the last one closes it."""
-        with self._lock:
-            for thread, (held, users) in list(self._open.items()):
-                if held is ledger:
-                    if users > 1:
-                        self._open[thread] = (held, users - 1)
-                    else:
-                        del self._open[thread]
-                        ledger.close()
-
-
 def _on_tick(moment: datetime, tick: float) -> datetime:
     """``moment`` rounded up to a multiple of ``tick`` seconds (UTC): streams
     that poll at nearly the same time wake together, so bytewax, which looks over every
@@ -212,7 +178,7 @@ def _on_tick(moment: datetime, tick: float) -> datetime:
 
 class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
     def __init__(self, receiver: ReceiverConfig, stream: StreamConfig, resume_state: Any,
-                 ctx: RunContext, worker: Any, control: SharedControl, ledgers: _WorkerLedgers) -> None:
+                 ctx: RunContext, worker: Any, control: SharedControl, ledgers: SharedStorage[Ledger]) -> None:
         self._receiver = receiver
         self._stream = stream
         self._ctx = ctx
@@ -220,8 +186,9 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         self._name = receiver.data_receiver_name
         self._key = str(stream.key)
         self._log = logging.getLogger(f"receiver.{self._name}")
-        self._ledgers = ledgers
-        self._ledger = ledgers.acquire()
+        # one ledger per worker thread (bytewax calls a partition only from its worker)
+        self._ledgers, self._worker_thread = ledgers, threading.get_ident()
+        self._ledger = ledgers.acquire(self._worker_thread)
         control.acquire()
         self._control = control
         if isinstance(resume_state, PartitionState):
@@ -231,7 +198,11 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         if resume_state is None:  # starting from scratch already does what any restream asks
             self._restream_id = self._control.pending(self._name, self._key, ctx.now())
             self._control.mark_applied(self._name, self._key, self._restream_id)
-        self._reader = receiver.open_stream(stream, reader_state, ctx, worker)
+        try:
+            self._reader = receiver.open_stream(stream, reader_state, ctx, worker)
+        except BaseException:
+            self._release_shared()
+            raise
         self._state = self._reader.snapshot()  # after the last batch handed on
         for category in (self._category, "input", INPUT_WARNING, STALLED):  # a new run
             self._ledger.clear_marker(self._name, stream.asset, stream.stream_type, category)
@@ -453,7 +424,10 @@ class _ReceiverPartition(StatefulSourcePartition[Batch, Any]):
         else:  # closed in its thread once the read returns; a read that never does is left to the exit
             self._thread.submit(self._reader.close)
         self._thread.stop()
-        self._ledgers.release(self._ledger)
+        self._release_shared()
+
+    def _release_shared(self) -> None:
+        self._ledgers.release(self._worker_thread)
         self._control.release()
 
 
@@ -470,7 +444,7 @@ class ReceiverSource(FixedPartitionedSource[Batch, Any]):
         self._worker_lock = threading.Lock()
         self._worker: tuple[Any] | None = None  # what open_worker returned, once asked
         self._control = SharedControl(control_path(ctx.home))  # the partitions' restream requests
-        self._ledgers = _WorkerLedgers(ledger_path(ctx.home))
+        self._ledgers = SharedStorage(lambda: Ledger(ledger_path(ctx.home)))  # one per worker thread
 
     def list_parts(self) -> list[str]:
         return list(self._streams)

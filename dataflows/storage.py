@@ -10,13 +10,16 @@ connection is used by one thread at a time.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Storage", "open_durable"]
+__all__ = ["SharedStorage", "Storage", "open_durable"]
+
+S = TypeVar("S", bound="Storage")
 
 
 def open_durable(path: Path, schema: str, timeout: float = 30) -> sqlite3.Connection:
@@ -98,3 +101,35 @@ class Storage:
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
+
+
+class SharedStorage(Generic[S]):
+    """Connections shared by many users (a process's receiver partitions), one per key (a
+    worker thread, or ``None`` for one per process): opened by ``open()`` for a key's first
+    :meth:`acquire`, closed with its last :meth:`release`, so 10,000 streams hold a few
+    connections, not 10,000. Thread-safe; a connection is still used by one thread at a time.
+    """
+
+    def __init__(self, open: Callable[[], S]) -> None:  # noqa: A002 - what it does
+        self._open_one = open
+        self._lock = threading.Lock()
+        self._held: dict[Hashable, tuple[S, int]] = {}  # key -> the connection, its users
+
+    def acquire(self, key: Hashable = None) -> S:
+        """``key``'s connection, opened if it has no user yet.
+
+        :raises sqlite3.Error: the connection cannot be opened (nothing is held then).
+        """
+        with self._lock:
+            storage, users = self._held.get(key) or (self._open_one(), 0)
+            self._held[key] = (storage, users + 1)
+            return storage
+
+    def release(self, key: Hashable = None) -> None:
+        """One user of ``key``'s connection less; the last closes it."""
+        with self._lock:
+            storage, users = self._held.pop(key)
+            if users > 1:
+                self._held[key] = (storage, users - 1)
+            else:
+                storage.close()

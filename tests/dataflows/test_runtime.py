@@ -20,6 +20,7 @@ from dataflows.control import ControlStore, SharedControl, control_path
 from dataflows.ledger import Ledger, ledger_path
 from dataflows.records import Batch, StreamKey
 from dataflows.sdk import RunContext, StreamReader
+from dataflows.storage import SharedStorage
 
 
 class BlockingReader(StreamReader):
@@ -46,7 +47,7 @@ def partition(tmp_path: Path, gate: threading.Event, read_wait: float | None) ->
                                open_stream=lambda stream, state, ctx, worker: BlockingReader(state, gate))
     return runtime._ReceiverPartition(receiver, stream, None, RunContext(home=tmp_path, read_wait=read_wait),
                                       None, SharedControl(control_path(tmp_path)),  # type: ignore[arg-type]
-                                      runtime._WorkerLedgers(ledger_path(tmp_path)))
+                                      SharedStorage(lambda: Ledger(ledger_path(tmp_path))))
 
 
 def rows(batches: list[Batch]) -> list[int]:
@@ -127,7 +128,7 @@ def test_partitions_share_one_ledger_per_worker_thread_and_one_control_store(tmp
     gate = threading.Event()
     gate.set()
     control = SharedControl(control_path(tmp_path))
-    ledgers = runtime._WorkerLedgers(ledger_path(tmp_path))
+    ledgers = SharedStorage(lambda: Ledger(ledger_path(tmp_path)))
 
     def part(asset: str) -> Any:
         stream = SimpleNamespace(key=StreamKey(asset, "s"), asset=asset, stream_type="s")
@@ -153,3 +154,31 @@ def test_partitions_share_one_ledger_per_worker_thread_and_one_control_store(tmp
         p.close()
     with pytest.raises(sqlite3.ProgrammingError):  # the last partition closed it
         ledger.markers()
+
+
+def test_a_stream_that_fails_to_open_holds_no_shared_connection(tmp_path: Path) -> None:
+    """``open_stream`` raising: the partition gives back its share of the worker's ledger and
+    of the control store, so the last partition to close still closes them."""
+    gate = threading.Event()
+    control = SharedControl(control_path(tmp_path))
+    ledgers: SharedStorage[Ledger] = SharedStorage(lambda: Ledger(ledger_path(tmp_path)))
+
+    def part(open_stream: Any) -> Any:
+        stream = SimpleNamespace(key=StreamKey("a", "s"), asset="a", stream_type="s")
+        receiver = SimpleNamespace(data_receiver_name="r", poll_interval=0.0, open_stream=open_stream)
+        return runtime._ReceiverPartition(receiver, stream, None, RunContext(home=tmp_path), None,  # type: ignore[arg-type]
+                                          control, ledgers)
+
+    good = part(lambda stream, state, ctx, worker: BlockingReader(state, gate))
+
+    def refuse(*_: Any) -> Any:
+        raise ValueError("the directory is gone")
+
+    with pytest.raises(ValueError, match="the directory is gone"):
+        part(refuse)
+    ledger, store = good._ledger, control._store
+    good.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        ledger.markers()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.version()

@@ -155,8 +155,8 @@ def test_a_killed_job_leaves_its_ndeath_with_the_births_bdseq(mosquitto: Mosquit
     poll_until(lambda: any(m["topic"].endswith("/NDEATH/job") for m in host.messages()), what="the Will")
     rows.slice(2000, 2000).write_csv(data / "b.csv")
     flow.start()
-    poll_until(lambda: sum(len(m.get("metrics", [])) for m in host.messages() if "/DDATA/" in m["topic"]) >= 4000,
-               timeout=60, what="the second file's records")
+    flow.wait_for(lambda: sum(len(m.get("metrics", [])) for m in host.messages() if "/DDATA/" in m["topic"]) >= 4000,
+                  timeout=60, what="the second file's records")  # fails with the job's log
     assert flow.stop(signal.SIGTERM) == 0
     poll_until(lambda: host.messages()[-1]["topic"].endswith("/NDEATH/job"), what="the NDEATH of the clean stop")
     messages = host.messages()
