@@ -5,9 +5,12 @@ Scenarios (``--rows`` records, 2,000,000 by default, of the NAB machine temperat
 replicated over four machines, each machine a stream and so a bytewax partition):
 
 - **CSV → Kafka**: ``--files`` CSV files (500) through the ``localfile`` receiver,
-  ``convert_timestamps`` and the ``kafka`` transmit. Limits: raw confluent-kafka
-  ``produce()`` of the same records pre-encoded, with the transmit's producer settings;
-  ``kcat -P`` (Debian's package) producing the same JSON lines with the same settings.
+  ``convert_timestamps`` and the ``kafka`` transmit, with its default ``headers`` and with
+  the other choice. Limits, the candidates for the transmit's produce loop: raw
+  confluent-kafka ``produce()`` of the same records pre-encoded, with the transmit's
+  producer settings, with its two headers and with none; ``produce_batch()`` (no headers);
+  ``kcat -P`` (Debian's package) producing the same JSON lines with the same settings and
+  the default headers.
 - **PostgreSQL → Kafka**: the same records in a table, one ``sql`` stream per machine with
   a timestamp cursor. Limit: the fastest plain read of the table into polars (SQLAlchemy
   chunks, connectorx, ADBC).
@@ -19,8 +22,9 @@ replicated over four machines, each machine a stream and so a bytewax partition)
 - **latency**: rows inserted into PostgreSQL at ``--rate`` rows/s, a ``sql`` receiver
   polling every second into Kafka; insert (``clock_timestamp()``) to the broker's append
   time (``LogAppendTime``), p50 and p99.
-- **scale-out**: the CSV and SQL scenarios again with 2 workers in one process (``-w 2``)
-  and with 2 processes of one cluster (``-i``/``-a`` on loopback).
+- **scale-out**: the CSV files into the ``localfile`` transmit (no broker on the cores),
+  then the CSV and SQL scenarios into Kafka, each on one worker, on 2 workers in one
+  process (``-w 2``) and on 2 processes of one cluster (``-i``/``-a`` on loopback).
 - **memory**: the SQL scenario at 20,000 rows beside the full one: peak RSS.
 - **start-up**: the fixed start-up of ``bench/startup.py`` (first record minus the floor of
   importing bytewax and polars).
@@ -43,7 +47,9 @@ process(es) to the ledger counting the last record delivered (acknowledged by th
 or the endpoint); CPU seconds and peak RSS are the kernel's for the job's processes. MB/s
 is of the records as delivered (their JSON). "machine busy" is the share of every core's
 time spent busy meanwhile, by any process (the broker and PostgreSQL run on the same
-cores): near 100%, the figure is held by the machine's CPU, not by a wait.
+cores): near 100%, the figure is held by the machine's CPU, not by a wait. "CPU s per 1M"
+is the CPU seconds per million records; "load before" the 1-minute load average as the
+run began.
 
     .venv/bin/python -m bench              # the full table (about 15 minutes)
     .venv/bin/python -m bench --quick      # 100,000 records, under 2 minutes
@@ -96,6 +102,8 @@ from bench.common import (
 )
 from bench.startup import TARGET as STARTUP_TARGET
 from bench.startup import first_record, floor
+from connectors.transmits.kafka import DEFAULT_HEADERS
+from connectors.transmits.kafka import HEADERS as KAFKA_HEADERS
 
 LIMITS = "from bench.limits import main; main()"
 KCAT_FLAGS = ("acks", "enable.idempotence", "compression.type", "linger.ms", "batch.size",
@@ -127,8 +135,13 @@ class Bench:
     lines_file: Path | None = None
     json_bytes: int = 0
     table: list[Row] = field(default_factory=list)
+    load: float = field(default_factory=lambda: os.getloadavg()[0])  # when the last row was done
 
     def add(self, row: Row) -> Row:
+        """Add ``row`` and print it; a measure with no load of its own ran since the last row."""
+        if row.measure.load is None:
+            row.measure.load = self.load
+        self.load = os.getloadavg()[0]
         self.table.append(row)
         print(format_row(row, self.table), flush=True)
         return row
@@ -147,9 +160,9 @@ class Bench:
         """A fresh ``FACTORYFLOW_HOME``."""
         return Path(tempfile.mkdtemp(prefix="home-", dir=self.work))
 
-    def kafka(self, topic: str, guarantee: str = "at_least_once") -> dict[str, Any]:
+    def kafka(self, topic: str, guarantee: str = "at_least_once", **more: Any) -> dict[str, Any]:
         return {"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": self.bootstrap,
-                "topic": topic, "delivery_guarantee": guarantee}
+                "topic": topic, "delivery_guarantee": guarantee, **more}
 
 
 # --- data --------------------------------------------------------------------------------
@@ -203,12 +216,23 @@ def sql_receiver(bench: Bench, table: str) -> dict[str, Any]:
 
 # --- scenarios ---------------------------------------------------------------------------
 
-def csv_kafka(bench: Bench, workers: int = 1, processes: int = 1, guarantee: str = "at_least_once") -> Measure:
-    """The CSV files into Kafka (``delivery_guarantee``: ``guarantee``)."""
+def csv_kafka(bench: Bench, workers: int = 1, processes: int = 1, guarantee: str = "at_least_once",
+              **transmit: Any) -> Measure:
+    """The CSV files into Kafka (``delivery_guarantee``: ``guarantee``; ``transmit``: more
+    settings of the ``kafka`` transmit)."""
     assert bench.csv_dir is not None
     config = {"data_receiver": [csv_receiver(bench.csv_dir)], "transforms": [PLANT_TIME],
-              "data_transmit": [bench.kafka(bench.topic("csv"), guarantee)]}
+              "data_transmit": [bench.kafka(bench.topic("csv"), guarantee, **transmit)]}
     return run_job(bench.home(), config, "kafka", bench.rows, workers=workers, processes=processes)
+
+
+def csv_local(bench: Bench, workers: int = 1, processes: int = 1) -> Measure:
+    """The CSV files into the ``localfile`` transmit: the scale-out scenario without a broker
+    on the job's cores."""
+    assert bench.csv_dir is not None
+    config = {"data_receiver": [csv_receiver(bench.csv_dir)], "transforms": [PLANT_TIME],
+              "data_transmit": [{"transmit_name": "local", "transmit_type": "localfile"}]}
+    return run_job(bench.home(), config, "local", bench.rows, workers=workers, processes=processes)
 
 
 def sql_kafka(bench: Bench, workers: int = 1, processes: int = 1, table: str = "nab",
@@ -322,21 +346,26 @@ def latency(bench: Bench, seconds: float, rate: int) -> Measure:
 
 # --- limits ------------------------------------------------------------------------------
 
-def limit_produce(bench: Bench) -> Measure:
-    """Raw confluent-kafka produce of the pre-encoded records."""
-    result, cpu, peak = run_script(LIMITS, "produce", bench.bootstrap, bench.topic("raw"), str(bench.lines_file))
+def limit_produce(bench: Bench, way: str = "headers") -> Measure:
+    """Raw confluent-kafka produce of the pre-encoded records, ``way`` as
+    :func:`bench.limits.produce` takes it."""
+    result, cpu, peak = run_script(LIMITS, "produce", bench.bootstrap, bench.topic("raw"), str(bench.lines_file),
+                                   way)
     return Measure(int(result["records"]), float(result["seconds"]), cpu, peak, bench.json_bytes,
                    busy=result.get("busy"))
 
 
 def limit_kcat(bench: Bench) -> Measure:
-    """``kcat -P`` of the same ``key<TAB>JSON`` lines, the transmit's producer settings."""
+    """``kcat -P`` of the same ``key<TAB>JSON`` lines, the transmit's producer settings and
+    default headers."""
     from connectors.transmits.kafka import PRODUCER_DEFAULTS
 
     assert bench.lines_file is not None
     settings = [f"-X{name}={str(PRODUCER_DEFAULTS[name]).lower()}" for name in KCAT_FLAGS]
+    headers = [f"{name}={value}" for name, value in (("receiver", "files"), ("source", "bench"))
+               if name in DEFAULT_HEADERS]  # what the transmit sends by default
     command = ["kcat", "-P", "-b", bench.bootstrap, "-t", bench.topic("kcat"), "-K", "\t",
-               "-H", "receiver=files", "-H", "source=bench", *settings]
+               *(arg for header in headers for arg in ("-H", header)), *settings]
     with bench.lines_file.open("rb") as lines:
         busy = MachineBusy()
         start = time.perf_counter()
@@ -387,8 +416,9 @@ def startup() -> Measure:
 
 # --- the table ---------------------------------------------------------------------------
 
-HEADER = ("| scenario | records | records/s | MB/s | peak RSS MB | CPU s | machine busy | p50 / p99 ms | vs | ratio |\n"
-          "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|")
+HEADER = ("| scenario | records | records/s | MB/s | peak RSS MB | CPU s | CPU s per 1M | machine busy | load before "
+          "| p50 / p99 ms | vs | ratio |\n"
+          "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|")
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -399,7 +429,7 @@ def format_row(row: Row, table: list[Row]) -> str:
     """One markdown line; the ratio is this row's records/s over its ``versus`` row's."""
     m = row.measure
     if row.name.startswith("start-up"):
-        return (f"| {row.name} | | | | | | | | {m.note} | {m.seconds:.3f} s (target ≤ {STARTUP_TARGET} s) |")
+        return (f"| {row.name} | | | | | | | | | | {m.note} | {m.seconds:.3f} s (target ≤ {STARTUP_TARGET} s) |")
     ratio = ""
     if row.versus is not None:
         other = next((r for r in table if r.name == row.versus), None)
@@ -412,8 +442,10 @@ def format_row(row: Row, table: list[Row]) -> str:
     mbs = _num(m.payload_bytes / m.seconds / 1e6 if m.payload_bytes else None, ".1f")
     name = f"{row.name} ({m.note})" if m.note else row.name
     busy = f"{m.busy:.0%}" if m.busy is not None and not math.isnan(m.busy) else ""
+    per_million = m.cpu / m.records * 1e6 if m.records else None
     return (f"| {name} | {m.records:,} | {m.rate:,.0f} | {mbs} | {_num(m.peak_mb, ',.0f')} | "
-            f"{_num(m.cpu, '.1f')} | {busy} | {latency_ms} | {row.versus or ''} | {ratio} |")
+            f"{_num(m.cpu, '.1f')} | {_num(per_million, '.2f')} | {busy} | {_num(m.load, '.2f')} | {latency_ms} | "
+            f"{row.versus or ''} | {ratio} |")
 
 
 def machine() -> str:
@@ -459,7 +491,9 @@ def interleaved(bench: Bench, repeat: int, steps: list[tuple[str, Callable[[], M
     runs: list[list[Measure]] = [[] for _ in steps]
     for _ in range(repeat):
         for (_, measure, _, _), done in zip(steps, runs, strict=True):
+            load = os.getloadavg()[0]
             done.append(measure())
+            done[-1].load = load
     for (name, _, versus, target), done in zip(steps, runs, strict=True):
         middle = sorted(done, key=lambda m: m.rate)[len(done) // 2]
         if repeat > 1:
@@ -481,11 +515,18 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
             prepare_sql(bench, "nab", bench.rows)
         payload = bench.json_bytes
         if only & {"csv_kafka", "scale_out"}:
+            # the transmit's default headers and the other choice, each beside its raw produce
+            raw = {True: "limit: raw produce, 2 headers", False: "limit: raw produce, no headers"}
+            default = bool(DEFAULT_HEADERS)
             interleaved(bench, repeat, [
-                ("limit: raw produce", lambda: limit_produce(bench), None, ""),
+                (raw[True], lambda: limit_produce(bench, "headers"), None, ""),
+                (raw[False], lambda: limit_produce(bench, "plain"), None, ""),
+                ("limit: produce_batch, no headers", lambda: limit_produce(bench, "batch"), None, ""),
                 ("limit: kcat -P", lambda: limit_kcat(bench), None, ""),
-                ("CSV → Kafka", lambda: _with_payload(csv_kafka(bench), payload), "limit: raw produce",
-                 "(target ≥ 0.85)"),
+                ("CSV → Kafka", lambda: _with_payload(csv_kafka(bench), payload), raw[default], "(target ≥ 0.9)"),
+                (f"CSV → Kafka, headers {list(KAFKA_HEADERS) if not default else []}",
+                 lambda: _with_payload(csv_kafka(bench, headers=[] if default else list(KAFKA_HEADERS)), payload),
+                 raw[not default], ""),
                 ("CSV → Kafka, exactly_once", lambda: _with_payload(csv_kafka(bench, guarantee="exactly_once"),
                                                                     payload), "CSV → Kafka", "(target ≥ 0.85)")])
         if sql:
@@ -502,7 +543,11 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
         if "latency" in only:
             bench.add(Row("insert → Kafka ack", latency(bench, latency_seconds, rate), None,
                           "(target p99 ≤ 1250 ms)"))
-        if "scale_out" in only:
+        if "scale_out" in only:  # without the broker first: what the job's own work scales to
+            bench.add(Row("CSV → localfile (no broker)", csv_local(bench)))
+            for label, workers, processes in (("-w 2", 2, 1), ("2 processes", 1, 2)):
+                bench.add(Row(f"CSV → localfile, {label}", csv_local(bench, workers, processes),
+                              "CSV → localfile (no broker)", "(target ≥ 1.5)"))
             for label, workers, processes in (("-w 2", 2, 1), ("2 processes", 1, 2)):
                 bench.add(Row(f"CSV → Kafka, {label}",
                               _with_payload(csv_kafka(bench, workers, processes), payload), "CSV → Kafka"))

@@ -53,6 +53,7 @@ class Measure:
     :ivar note: how the figure was made (method, workers).
     :ivar busy: the share of the machine's CPU time (every core, every process: the
         broker and PostgreSQL too) spent busy while it ran, 0 to 1.
+    :ivar load: the machine's 1-minute load average just before it ran.
     """
 
     records: int
@@ -64,6 +65,7 @@ class Measure:
     p99_ms: float | None = None
     note: str = ""
     busy: float | None = None
+    load: float | None = None
 
     @property
     def rate(self) -> float:

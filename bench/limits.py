@@ -1,9 +1,10 @@
 """The limits the bench compares factoryflow with, each run in a fresh interpreter by
 :func:`bench.common.run_script` so its CPU and peak RSS are its own:
 
-- ``produce BOOTSTRAP TOPIC FILE``: raw confluent-kafka ``produce()`` of pre-encoded
-  records (``FILE``: one ``key<TAB>value`` line per record) with the ``kafka`` transmit's
-  producer settings and headers, timed from the first ``produce`` to the end of ``flush``;
+- ``produce BOOTSTRAP TOPIC FILE WAY``: raw confluent-kafka produce of pre-encoded records
+  (``FILE``: one ``key<TAB>value`` line per record) with the ``kafka`` transmit's producer
+  settings, ``WAY`` ``headers`` (its two headers), ``plain`` (none) or ``batch``
+  (``produce_batch``), timed from the first ``produce`` to the end of ``flush``;
 - ``read URL QUERY METHOD``: a plain read of a query's whole result into polars:
   ``sqlalchemy`` (``polars.read_database`` in 10,000-row chunks, as a SQLAlchemy user
   would), ``connectorx`` or ``adbc`` (``polars.read_database_uri``);
@@ -25,14 +26,18 @@ from pathlib import Path
 from bench.common import MachineBusy
 
 
-def produce(bootstrap: str, topic: str, path: str) -> dict[str, object]:
-    """Raw produce of the records in ``path``; see the module docstring."""
+def produce(bootstrap: str, topic: str, path: str, way: str = "headers") -> dict[str, object]:
+    """Raw produce of the records in ``path`` one of three ``way`` s, the candidates for the
+    ``kafka`` transmit's produce loop: ``headers``, ``produce()`` with both the transmit's
+    headers (:data:`~connectors.transmits.kafka.HEADERS`); ``plain``,
+    ``produce()`` without headers; ``batch``, ``produce_batch()`` of 10,000 messages at a
+    time (confluent-kafka's batch API, which takes no headers)."""
     from confluent_kafka import Producer
 
-    from connectors.transmits.kafka import PRODUCER_DEFAULTS
+    from connectors.transmits.kafka import HEADERS, PRODUCER_DEFAULTS
 
     records = [line.split(b"\t", 1) for line in Path(path).read_bytes().splitlines()]
-    headers = [("receiver", b"files"), ("source", b"bench")]
+    headers = [(name, {"receiver": b"files", "source": b"bench"}[name]) for name in HEADERS]
     failed = []
 
     def report(err: object, _msg: object) -> None:
@@ -43,13 +48,32 @@ def produce(bootstrap: str, topic: str, path: str) -> dict[str, object]:
 
     busy = MachineBusy()
     start = time.perf_counter()
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
+    if way == "batch":
+        for first in range(0, len(records), 10_000):
+            messages = [{"key": key, "value": value} for key, value in records[first:first + 10_000]]
+            while messages:  # a full queue refuses the rest of a batch: each refused one has "_error"
+                queued = producer.produce_batch(topic, messages)
+                messages = [m for m in messages if "_error" in m] if queued < len(messages) else []
+                for message in messages:
+                    del message["_error"]
+                if messages:
+                    producer.poll(0.05)
+    elif way == "headers":  # the loops as the transmit writes them: no call per record but produce()
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value, key, headers=headers)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+    else:
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
     producer.flush()
     seconds = time.perf_counter() - start
     if failed:

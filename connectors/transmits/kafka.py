@@ -7,7 +7,10 @@ their flat structure and become Kafka messages. One message per record:
   in order (``partitioner`` ``murmur2_random``, the Java client's, so Java producers agree);
 - **value** the flat JSON record (msgspec): ``asset``, ``stream_type``, then the fields;
   datetimes ISO-8601 UTC ending in ``Z``; NaN becomes ``null``;
-- **headers** ``receiver`` (the ``data_receiver_name``) and ``source`` (file name, query, ...).
+- **headers** none by default; ``headers`` names them: ``receiver`` (the
+  ``data_receiver_name``), ``source`` (file name, query, ...). With both, CSV → Kafka
+  runs at two thirds of its rate without (``docs/performance.md``): confluent-kafka
+  builds librdkafka's header list for every message.
 
 Topic: ``topic`` (one fixed topic) or ``topic_prefix`` (``<prefix>.<asset>.<stream_type>``,
 characters other than ``[A-Za-z0-9._-]`` replaced by ``_``, at most 249 characters);
@@ -97,6 +100,10 @@ PRODUCER_DEFAULTS: dict[str, str | int | float | bool] = {
     "partitioner": "murmur2_random",
     "delivery.report.only.error": True,
 }
+
+#: The ``headers`` a message may carry, and those it carries unless the config says otherwise.
+HEADERS = ("receiver", "source")
+DEFAULT_HEADERS: tuple[str, ...] = ()  # the two cost confluent-kafka more than the message itself
 
 #: librdkafka settings ``exactly_once`` adds: a transaction left open by a crashed job holds
 #: ``read_committed`` consumers back for at most ``transaction.timeout.ms`` (a restarted
@@ -215,23 +222,34 @@ class _KafkaWriter:
             return 0
         topic = self._config.topic or topic_name(self._config.topic_prefix or "", batch.stream)
         key = str(batch.stream).encode()
-        headers = [("receiver", batch.receiver.encode()), ("source", batch.source.encode())]
+        values = {"receiver": batch.receiver, "source": batch.source}
+        headers = [(name, values[name].encode()) for name in self._config.headers]
         produce = self._producer.produce
         frame = records_frame(batch)
         for part in frame.iter_slices(_ENCODE_ROWS):  # bounded Python objects
-            for value in json_values(part):
-                try:
-                    produce(topic, value, key, headers=headers)
-                except BufferError:
-                    self._produce_one(topic, value, key, headers, wait)
+            if headers:
+                for value in json_values(part):
+                    try:
+                        produce(topic, value, key, headers=headers)
+                    except BufferError:
+                        self._produce_one(topic, value, key, headers, wait)
+            else:  # without the keyword: headers=None still takes librdkafka's slower path
+                for value in json_values(part):
+                    try:
+                        produce(topic, value, key)
+                    except BufferError:
+                        self._produce_one(topic, value, key, headers, wait)
         return frame.height
 
-    def _produce_one(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]] | None,
+    def _produce_one(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]],
                      wait: AckWait) -> None:
         """Produce one message, waiting while the local queue is full (librdkafka sends meanwhile)."""
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                if headers:
+                    self._producer.produce(topic, value, key, headers=headers)
+                else:
+                    self._producer.produce(topic, value, key)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -392,7 +410,7 @@ class _TransactionalKafkaWriter(_KafkaWriter):
                 self._produce(batch, wait)
             for stream, record in marks.items():
                 self._produce_one(self._config.positions_topic, msgspec.json.encode({"spool": spool, "record": record}),
-                                  f"{self._prefix}|{stream}".encode(), None, wait)
+                                  f"{self._prefix}|{stream}".encode(), [], wait)
             while True:
                 try:
                     self._producer.commit_transaction(0.5)
@@ -451,6 +469,10 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         dict[str, OptionValue], describe("librdkafka producer settings, passed through.",
                                          secret_keys=SECRET_OPTIONS)
     ] = msgspec.field(default_factory=dict)
+    headers: Annotated[list[Literal["receiver", "source"]], describe(
+        "Kafka headers on every message: 'receiver' (the data_receiver_name), 'source' (the file "
+        "name, query, ...). None by default: with both, the Kafka path runs at two thirds of its "
+        "rate without (docs/performance.md).")] = msgspec.field(default_factory=lambda: list(DEFAULT_HEADERS))
     spool_max_bytes: SpoolMaxBytes = DEFAULT_SPOOL_BYTES
     delivery_guarantee: Annotated[Literal["at_least_once", "exactly_once"], describe(
         "'exactly_once': each write is a Kafka transaction with the positions it reaches, so a "
@@ -486,6 +508,9 @@ class KafkaTransmit(TransmitConfig, tag="kafka", kw_only=True):
         if self.topic is not None and _ILLEGAL.search(self.topic):
             out.append(error(f"topic {self.topic!r} has characters Kafka refuses (legal: "
                              "A-Z a-z 0-9 . _ -)", [*path, "topic"]))
+        for i, name in enumerate(self.headers):
+            if name in self.headers[:i]:
+                out.append(error(f"header {name!r} is named twice", [*path, "headers", i]))
         if "bootstrap.servers" in self.options:
             out.append(error("set the brokers with 'bootstrap_servers', not in options",
                              [*path, "options", "bootstrap.servers"]))

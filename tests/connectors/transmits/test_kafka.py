@@ -67,6 +67,10 @@ def test_config_topic_rules_and_delivery_warnings() -> None:
     assert violations(transmit_type="kafka", topic="t", options={"compression.type": "nonsense"})[0][2] == (
         'librdkafka refuses the producer settings: Invalid value "nonsense" for configuration property '
         '"compression.codec"')
+    assert violations(transmit_type="kafka", topic="t", headers=["source", "receiver", "source"]) == [
+        (["data_transmit", 0, "headers", 2], "error", "header 'source' is named twice")]
+    unknown = violations(transmit_type="kafka", topic="t", headers=["asset"])
+    assert unknown[0][:2] == (["data_transmit", 0, "headers"], "error") and "'asset'" in unknown[0][2]
 
 
 def test_producer_defaults_are_safe_and_options_override_them() -> None:
@@ -106,12 +110,28 @@ def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: P
     assert first == {"asset": "press", "stream_type": "cycle", "timestamp": "2024-01-01T00:00:00Z",
                      "seq": 0, "temp.c": 20.5}
     assert messages[0].key == b"press:cycle"
-    assert messages[0].headers == {"receiver": b"r", "source": b"query"}
+    assert messages[0].headers == {}  # none by default (docs/performance.md: they cost a third)
     ledger = Ledger(ledger_path(tmp_path))
     assert ledger.progress("kafka", "press:cycle") == (3000, "2024-01-01T00:49:59.000000Z")
     assert ledger.acked_by("r", "press:cycle", "k1") == {"kafka"}
     status = ledger.transmit_status("kafka")
     assert status.records_delivered == 3000 and status.last_success_at and status.last_error is None
+
+
+@pytest.mark.parametrize("headers", [[], ["source"]])
+def test_headers_are_the_ones_configured(tmp_path: Path, kafka: KafkaBroker, headers: list[str]) -> None:
+    """``headers`` chooses the Kafka headers of every message (none: librdkafka's faster
+    path), through a full local queue too."""
+    topic = f"headers-{len(headers)}"
+    kafka.create_topic(topic, 1)
+    config = transmit(bootstrap_servers=kafka.bootstrap, topic=topic, headers=headers,
+                      options={"queue.buffering.max.messages": 50, "linger.ms": 1})
+    partition = sink_partition(config, RunContext(home=tmp_path))
+    partition.write_batch([Batch("r", StreamKey("press", "cycle"), frame(500), "query")])
+    partition.close()
+    messages = kafka.consume(topic, 500)
+    assert [json.loads(m.value)["seq"] for m in messages] == list(range(500))
+    assert {tuple(m.headers.items()) for m in messages} == {tuple((h, b"query") for h in headers)}
 
 
 def test_an_undeliverable_batch_stays_in_the_spool_marked_until_the_broker_takes_it(
@@ -177,7 +197,8 @@ def test_dataflow_to_a_fixed_topic_and_per_stream_topics(tmp_path: Path, kafka: 
                   {"transmit_name": "all", "transmit_type": "kafka", "bootstrap_servers": kafka.bootstrap,
                    "topic": "nab-all"},
                   {"transmit_name": "per stream", "transmit_type": "rdpv3",
-                   "bootstrap_servers": kafka.bootstrap, "topic_prefix": "plant", "filter_stream": ["*:csv"]}]}
+                   "bootstrap_servers": kafka.bootstrap, "topic_prefix": "plant", "filter_stream": ["*:csv"],
+                   "headers": ["receiver", "source"]}]}
     flow = flows(tmp_path / "home", config)
     flow.start()
     ledger = Ledger(ledger_path(flow.home))
@@ -189,6 +210,7 @@ def test_dataflow_to_a_fixed_topic_and_per_stream_topics(tmp_path: Path, kafka: 
     file_values = nab_values(nab_machine_csv)
     everything = kafka.consume("nab-all", 2 * NAB_ROWS)
     assert len(everything) == 2 * NAB_ROWS
+    assert {tuple(m.headers) for m in everything} == {()}  # the default: no headers
     for asset in ("m1", "m2"):
         mine = [m for m in everything if m.key == f"{asset}:csv".encode()]
         assert len({m.partition for m in mine}) == 1  # one key, one partition: ordered
