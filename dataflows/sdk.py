@@ -175,10 +175,10 @@ class StreamReader:
     def quiet(self) -> bool:
         """Whether a :meth:`read` now would surely find nothing and change no recoverable
         state (what :meth:`snapshot` returns), known without I/O (a reader may note what it
-        looked at, e.g. the shared listing it checked): the runtime then skips the poll (no read, no hop to the stream's
-        thread), so an idle stream costs next to nothing. Called on the worker's thread,
-        between reads and while the stream does not fail; must not block. The default,
-        False, reads at every poll."""
+        looked at, e.g. the shared listing it checked): the runtime then skips the poll (no
+        read, no hop to the stream's thread), so an idle stream costs next to nothing.
+        Called on the worker's thread, between reads and while the stream does not fail;
+        must not block. The default, False, reads at every poll."""
         return False
 
     def describe(self) -> str:
