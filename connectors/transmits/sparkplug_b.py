@@ -192,7 +192,8 @@ class _EdgeNode:
         self._host_online = config.primary_host_id is None
         self._connected = threading.Event()
         self._bdseq = self._next_bdseq()
-        self._client = self._connect()
+        self._client: Any = None
+        self._connect()
 
     # ------------------------------------------------------------------ topics and payloads
 
@@ -227,7 +228,9 @@ class _EdgeNode:
 
     # ------------------------------------------------------------------ paho's thread
 
-    def _connect(self) -> Any:
+    def _connect(self) -> None:
+        """Connect in paho's network thread. ``self._client`` is set first: a CONNACK may come
+        back, and ``_on_connect`` publish the births through it, before ``loop_start`` returns."""
         config = self._config
         client, connect = new_client(config, config.client_id or f"factoryflow-{config.transmit_name}", clean=True)
         client.max_inflight_messages_set(config.max_inflight)
@@ -236,9 +239,9 @@ class _EdgeNode:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        self._client = client
         client.connect_async(config.host, config.port, **connect)
         client.loop_start()
-        return client
 
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, rc: Any, _properties: Any = None) -> None:
         if rc != 0:
@@ -411,7 +414,8 @@ class _EdgeNode:
             self._connected.clear()
             self._node_born = False
             self._bdseq = self._next_bdseq()
-        self._client = self._connect()
+        self._client: Any = None
+        self._connect()
 
     def close(self) -> None:
         """Publish the NDEATH (the session ends on purpose), then disconnect."""

@@ -81,7 +81,8 @@ def test_the_forwarder_sigkilled_five_times_mid_transaction_sends_each_record_on
         tmp_path: Path, kafka: KafkaBroker, flows: Any) -> None:
     assets = ["a", "b", "c", "d"]
     kafka.create_topic("eos.forwarder", 3)
-    flow = flows(tmp_path / "home", _config(_data(tmp_path), kafka.bootstrap, "eos.forwarder", assets))
+    rows = 3 * ROWS  # the forwarder produces only between kills: enough for five at 300k records/s
+    flow = flows(tmp_path / "home", _config(_data(tmp_path, rows), kafka.bootstrap, "eos.forwarder", assets))
     streams = [f"{a}:csv" for a in assets]
     flow.start()
     rng = random.Random(5)
@@ -96,17 +97,17 @@ def test_the_forwarder_sigkilled_five_times_mid_transaction_sends_each_record_on
         flow.wait_for(a_new_forwarder, what="a new forwarder")
         process = seen[0]
         time.sleep(rng.uniform(0.3, 1.2))
-        if _delivered(flow, streams) >= len(assets) * ROWS:
+        if _delivered(flow, streams) >= len(assets) * rows:
             pytest.fail(f"the run ended before 5 kills mid-transaction ({len(killed)} so far)")
         process.kill()
         killed.append(process.pid)
-    flow.wait_for(lambda: _delivered(flow, streams) == len(assets) * ROWS, timeout=240, what="every record")
+    flow.wait_for(lambda: _delivered(flow, streams) == len(assets) * rows, timeout=240, what="every record")
     log = flow.log()
     assert flow.stop(signal.SIGTERM) == 0
-    messages = kafka.consume("eos.forwarder", len(assets) * ROWS)
-    print(f"\n5 forwarder SIGKILLs; {len(assets) * ROWS} records; {len(messages)} messages read_committed; "
+    messages = kafka.consume("eos.forwarder", len(assets) * rows)
+    print(f"\n5 forwarder SIGKILLs; {len(assets) * rows} records; {len(messages)} messages read_committed; "
           f"{log.count('committed before the last stop')} restarts found committed batches in the spool")
-    assert _per_stream(messages) == {s: list(range(ROWS)) for s in streams}
+    assert _per_stream(messages) == {s: list(range(rows)) for s in streams}
 
 
 def test_a_broker_sigkilled_mid_transaction_loses_and_repeats_nothing(tmp_path: Path, flows: Any) -> None:

@@ -66,6 +66,38 @@ def nab_batches(nab_machine_csv: Path, rows: int, per_batch: int) -> list[Batch]
             for i in range(0, frame.height, per_batch)]
 
 
+def test_a_connack_before_loop_start_returns_still_gets_the_births(mosquitto: Mosquitto, tmp_path: Path,
+                                                                   nab_machine_csv: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that answers CONNECT before paho's ``loop_start`` returns: the edge node's
+    ``on_connect`` publishes its births then, through a client it must already hold (it
+    once died in paho's thread there, and every write waited for a connection, 60 s)."""
+    import paho.mqtt.client as mqtt
+
+    loop_start = mqtt.Client.loop_start
+
+    def connected_first(client: mqtt.Client) -> Any:  # the CONNACK handled on this thread, first
+        client.reconnect()
+        deadline = time.monotonic() + 10
+        while not client.is_connected() and time.monotonic() < deadline:
+            client.loop(0.1)
+        return loop_start(client)
+
+    group = f"C{uuid.uuid4().hex[:6]}"
+    watcher = Subscriber(mosquitto, f"spBv1.0/{group}/#", f"watch-{group}")
+    monkeypatch.setattr(mqtt.Client, "loop_start", connected_first)
+    writer = open_writer(transmit(host="127.0.0.1", port=mosquitto.port, group_id=group, edge_node_id="fast",
+                                  publish_timeout=10.0), tmp_path / "tx")
+    monkeypatch.undo()
+    try:
+        assert writer.write(nab_batches(nab_machine_csv, 10, 10)) == "delivered"
+        poll_until(lambda: len(watcher.received()) >= 3, what="NBIRTH, DBIRTH and DDATA")
+        assert [topic.split("/")[2] for topic, _ in watcher.received()[:3]] == ["NBIRTH", "DBIRTH", "DDATA"]
+    finally:
+        writer.close()
+        watcher.close()
+
+
 def test_an_edge_node_as_tahu_and_the_receiver_read_it(mosquitto: Mosquitto, tmp_path: Path,
                                                        nab_machine_csv: Path) -> None:
     """NBIRTH (bdSeq, Node Control/Rebirth), DBIRTH with aliases and datatypes, DDATA by alias
