@@ -120,7 +120,7 @@ def test_write_batch_survives_a_full_local_queue_and_counts_delivery(tmp_path: P
 
 @pytest.mark.parametrize("headers", [[], ["source"]])
 def test_headers_are_the_ones_configured(tmp_path: Path, kafka: KafkaBroker, headers: list[str]) -> None:
-    """``headers`` chooses the Kafka headers of every message (none: librdkafka's faster
+    """``headers`` chooses the Kafka headers of every message (none: confluent-kafka's faster
     path), through a full local queue too."""
     topic = f"headers-{len(headers)}"
     kafka.create_topic(topic, 1)
