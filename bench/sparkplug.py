@@ -2,8 +2,8 @@
 beside pure protobuf parsing of the same payloads (the limit).
 
 The payloads are DDATA of one device, :data:`METRICS` metrics each, by alias only (as edge
-nodes send data), encoded with pysparkplug: the NAB machine temperature series as Double
-metrics (each with its timestamp), plus Int32 metrics (negative values among them) and
+nodes send data), encoded with the Sparkplug B payload of ``connectors._sparkplug_proto``: the
+NAB machine temperature series as Double metrics (each with its timestamp), plus Int32 metrics (negative values among them) and
 Boolean ones. Three figures, each CPU time of this process (``time.process_time``):
 
 - **limit: protobuf parse**: ``Payload.FromString`` of each payload (upb, the protobuf C
@@ -27,27 +27,28 @@ TOPIC = "spBv1.0/bench/DDATA/edge/press"
 
 def payloads(messages: int) -> tuple[list[bytes], list[tuple[str, bytes]]]:
     """``messages`` DDATA payloads, and the NBIRTH and DBIRTH (topic, payload) before them."""
-    import pysparkplug as sp
+    from connectors._sparkplug_proto import DataType, Payload, set_value
 
     values = nab()["value"].to_list()
-    kinds = [sp.DataType.DOUBLE] * 40 + [sp.DataType.INT32] * 5 + [sp.DataType.BOOLEAN] * 5
+    kinds = [DataType.Double] * 40 + [DataType.Int32] * 5 + [DataType.Boolean] * 5
     start = 1767225600000
-    births = [
-        ("spBv1.0/bench/NBIRTH/edge", sp.NBirth(timestamp=start, seq=0, metrics=(
-            sp.Metric(timestamp=start, name="bdSeq", datatype=sp.DataType.INT64, value=0),)).encode(include_dtypes=True)),
-        ("spBv1.0/bench/DBIRTH/edge/press", sp.DBirth(timestamp=start, seq=1, metrics=tuple(
-            sp.Metric(timestamp=start, name=f"tag{i}", alias=i + 1, datatype=kind, value=None)
-            for i, kind in enumerate(kinds))).encode(include_dtypes=True))]
+    nbirth = Payload(timestamp=start, seq=0)
+    nbirth.metrics.add(timestamp=start, name="bdSeq", datatype=DataType.Int64, long_value=0)
+    dbirth = Payload(timestamp=start, seq=1)
+    for i, kind in enumerate(kinds):
+        dbirth.metrics.add(timestamp=start, name=f"tag{i}", alias=i + 1, datatype=kind, is_null=True)
+    births = [("spBv1.0/bench/NBIRTH/edge", nbirth.SerializeToString()),
+              ("spBv1.0/bench/DBIRTH/edge/press", dbirth.SerializeToString())]
     out = []
     for n in range(messages):
         at = start + n * 5000
-        metrics = []
+        payload = Payload(timestamp=at, seq=(n + 2) % 256)
         for i, kind in enumerate(kinds):
             reading = values[(n * METRICS + i) % len(values)]
-            value: Any = (reading if kind == sp.DataType.DOUBLE else
-                          int(reading * 100) - 5000 if kind == sp.DataType.INT32 else reading > 80)
-            metrics.append(sp.Metric(timestamp=at, name=None, alias=i + 1, datatype=kind, value=value))
-        out.append(sp.DData(timestamp=at, seq=(n + 2) % 256, metrics=tuple(metrics)).encode())
+            value: Any = (reading if kind == DataType.Double else
+                          int(reading * 100) - 5000 if kind == DataType.Int32 else reading > 80)
+            set_value(payload.metrics.add(timestamp=at, alias=i + 1), kind, value)
+        out.append(payload.SerializeToString())
     return out, births
 
 
@@ -59,7 +60,7 @@ def _cpu(work: Any) -> float:
 
 def limit_parse(data: list[bytes]) -> Measure:
     """Pure protobuf parsing of the payloads."""
-    from pysparkplug._protobuf import Payload
+    from connectors._sparkplug_proto import Payload
 
     cpu = _cpu(lambda: [Payload.FromString(p) for p in data])
     return Measure(len(data) * METRICS, cpu, cpu, note="upb FromString, one core")

@@ -1,6 +1,6 @@
 """Sparkplug B payloads (Eclipse Tahu's protobuf, Sparkplug 3.0) for the ``mqtt`` receiver's
-``payload_format: sparkplug_b``: parsed with the protobuf runtime from the ``sparkplug_b.proto``
-that pysparkplug ships compiled, values decoded here.
+``payload_format: sparkplug_b``: parsed with the protobuf runtime (the ``Payload`` message of
+``connectors._sparkplug_proto``), values decoded here.
 
 :class:`Sparkplug` keeps what births told (each metric's alias and datatype, from the last
 NBIRTH or DBIRTH) and each edge node's last ``seq`` and ``bdSeq``, as plain values the
@@ -8,9 +8,9 @@ stream's state holds, so an alias still resolves after a restart. NBIRTH, DBIRTH
 DDATA give one record per metric timestamp.
 
 Decoding is tolerant of both reference encoders: a signed Int8/Int16/Int32/Int64 arrives
-either as its two's complement in its own width (Tahu's Python, pysparkplug, Sparkplug 3.0
-section 6.4.16) or sign-extended to the 32 or 64 bits of ``int_value``/``long_value``
-(Tahu's Java: Int8 -5 as 4294967291); a value is read from whichever value field the
+either as its two's complement in its own width (Tahu's Python, pysparkplug, the
+``sparkplug_b`` transmit, Sparkplug 3.0 section 6.4.16) or sign-extended to the 32 or 64
+bits of ``int_value``/``long_value`` (Tahu's Java: Int8 -5 as 4294967291); a value is read from whichever value field the
 encoder set (Tahu's Java writes UInt32 into ``long_value``). A metric whose value does
 not fit its datatype becomes a null, and ``warn`` names it; its siblings are kept.
 
@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from connectors._sparkplug_proto import DataType, Payload
 
 __all__ = ["KINDS", "SPARKPLUG_NAMESPACE", "BadMessage", "NoBirth", "Sparkplug", "parse_payload"]
 
@@ -66,8 +68,6 @@ def parse_payload(payload: bytes) -> Any:
 
     :raises BadMessage: not a Sparkplug B payload.
     """
-    from pysparkplug._protobuf import Payload
-
     try:
         return Payload.FromString(payload)
     except Exception as exc:  # protobuf's DecodeError and its C implementation's errors
@@ -180,12 +180,8 @@ def polars_dtype(datatype: int) -> Any:
             8: pl.UInt64, 9: pl.Float32, 10: pl.Float64, 11: pl.Boolean, 12: pl.String,
             13: pl.Datetime("ms", "UTC"), 14: pl.String, 15: pl.String, 17: pl.Binary,
             18: pl.Binary}.get(datatype)
-_NAMES = {1: "Int8", 2: "Int16", 3: "Int32", 4: "Int64", 5: "UInt8", 6: "UInt16", 7: "UInt32",
-          8: "UInt64", 9: "Float", 10: "Double", 11: "Boolean", 12: "String", 13: "DateTime",
-          14: "Text", 15: "UUID", 16: "DataSet", 17: "Bytes", 18: "File", 19: "Template",
-          20: "PropertySet", 21: "PropertySetList", 22: "Int8Array", 23: "Int16Array", 24: "Int32Array",
-          25: "Int64Array", 26: "UInt8Array", 27: "UInt16Array", 28: "UInt32Array", 29: "UInt64Array",
-          30: "FloatArray", 31: "DoubleArray", 32: "BooleanArray", 33: "StringArray", 34: "DateTimeArray"}
+#: Datatype number -> its Sparkplug name, for messages.
+_NAMES = {datatype.value: datatype.name for datatype in DataType if datatype}
 
 
 def _value(message: Any, datatype: int) -> Any:

@@ -22,18 +22,17 @@ from connectors._sparkplug import (
     Sparkplug,
     parse_payload,
 )
+from connectors._sparkplug_proto import DataType, Payload
 
 __all__ = ["HostSettings", "SparkplugHost", "rebirth_request", "state_payload"]
 
 
 def rebirth_request() -> bytes:
     """An NCMD payload asking an edge node for a rebirth: ``Node Control/Rebirth`` = true
-    (Sparkplug 3.0 section 6.4.20), encoded with pysparkplug."""
-    import pysparkplug as sp
-
-    return sp.NCmd(timestamp=int(datetime.now(UTC).timestamp() * 1000), metrics=(
-        sp.Metric(timestamp=None, name="Node Control/Rebirth", datatype=sp.DataType.BOOLEAN, value=True),
-    )).encode(include_dtypes=True)
+    (Sparkplug 3.0 section 6.4.20)."""
+    payload = Payload(timestamp=int(datetime.now(UTC).timestamp() * 1000))
+    payload.metrics.add(name="Node Control/Rebirth", datatype=DataType.Boolean, boolean_value=True)
+    return payload.SerializeToString()
 
 
 def state_payload(online: bool, timestamp: int) -> bytes:

@@ -65,6 +65,7 @@ from connectors._mqtt import (
     new_client,
 )
 from connectors._sparkplug import SPARKPLUG_NAMESPACE, parse_payload
+from connectors._sparkplug_proto import Payload, set_value
 from dataflows.sdk import (
     DEFAULT_SPOOL_BYTES,
     AckWait,
@@ -95,10 +96,6 @@ _SCALARS: dict[Any, int] = {pl.Int8: 1, pl.Int16: 2, pl.Int32: 3, pl.Int64: 4, p
                             pl.UInt32: 7, pl.UInt64: 8, pl.Float32: 9, pl.Float64: 10, pl.Boolean: 11,
                             pl.String: 12, pl.Binary: 17}
 _ARRAYS = {1: 22, 2: 23, 3: 24, 4: 25, 5: 26, 6: 27, 7: 28, 8: 29, 9: 30, 10: 31, 11: 32, 12: 33, 13: 34}
-_BITS = {1: 8, 2: 16, 3: 32, 4: 64}
-_FIELDS = {1: "int_value", 2: "int_value", 3: "int_value", 4: "long_value", 5: "int_value", 6: "int_value",
-           7: "int_value", 8: "long_value", 9: "float_value", 10: "double_value", 11: "boolean_value",
-           12: "string_value", 13: "long_value", 17: "bytes_value"}
 
 
 class SparkplugPublishError(RuntimeError):
@@ -144,31 +141,6 @@ def _epoch_ms(column: pl.Expr, dtype: Any) -> pl.Expr:
     return column.dt.epoch("ms")
 
 
-def _set_value(metric: Any, datatype: int, value: Any) -> None:
-    """Set ``metric``'s value field for ``datatype`` (signed integers as two's complement in
-    their own width, Sparkplug 3.0 section 6.4.16; arrays packed by pysparkplug)."""
-    if value is None:
-        metric.is_null = True
-        return
-    bits = _BITS.get(datatype)
-    if bits is not None and value < 0:
-        value += 1 << bits
-    field = _FIELDS.get(datatype)
-    if field is None:  # an array type
-        import pysparkplug as sp
-
-        metric.bytes_value = sp.DataType(datatype).encode(
-            tuple(value) if datatype != 34 else tuple(_from_ms(v) for v in value))
-    else:
-        setattr(metric, field, value)
-
-
-def _from_ms(ms: int) -> Any:
-    from datetime import UTC, datetime, timedelta
-
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-
-
 class _EdgeNode:
     """One Sparkplug B edge node session over paho: births, data, deaths, rebirths."""
 
@@ -208,8 +180,6 @@ class _EdgeNode:
         return bdseq
 
     def _payload(self, seq: int | None) -> Any:
-        from pysparkplug._protobuf import Payload
-
         payload = Payload(timestamp=int(time.time() * 1000))
         if seq is not None:
             payload.seq = seq
@@ -310,7 +280,7 @@ class _EdgeNode:
         values = self._values.get(device, {})
         for name, (alias, datatype) in self._registry[device].items():
             metric = payload.metrics.add(name=name, alias=alias, datatype=datatype)
-            _set_value(metric, datatype, values.get(name))
+            set_value(metric, datatype, values.get(name))
         self._born.add(device)
         return self._publish("DBIRTH", device, payload)
 
@@ -354,7 +324,7 @@ class _EdgeNode:
             for row in rows[first:first + config.records_per_message]:
                 at = row[0]
                 for (_, alias, datatype), value in zip(columns, row[1:], strict=True):
-                    _set_value(add(alias=alias, timestamp=at), datatype, value)
+                    set_value(add(alias=alias, timestamp=at), datatype, value)
             infos.append(self._publish("DDATA", device, payload))
         if rows:
             self._values.setdefault(device, {}).update(
@@ -414,7 +384,6 @@ class _EdgeNode:
             self._connected.clear()
             self._node_born = False
             self._bdseq = self._next_bdseq()
-        self._client: Any = None
         self._connect()
 
     def close(self) -> None:

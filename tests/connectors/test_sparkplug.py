@@ -1,5 +1,6 @@
 """Sparkplug B decoding and the host application's rules (connectors._sparkplug and
-connectors._sparkplug_host), on payloads built field by field with Tahu's protobuf."""
+connectors._sparkplug_host), on payloads built field by field with the Sparkplug B
+payload message (checked against Tahu's in test_sparkplug_proto)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import pytest
 
 from connectors._sparkplug import NoBirth, Sparkplug, parse_payload
 from connectors._sparkplug_host import HostSettings, SparkplugHost, rebirth_request, state_payload
+from connectors._sparkplug_proto import Payload
 
 T = 1767225600000  # 2026-01-01T00:00:00Z in ms
 
 
 def payload(metrics: list[dict[str, Any]], seq: int | None = 1, timestamp: int = T) -> bytes:
     """A Payload whose metrics set exactly the given fields (``properties``: a dict)."""
-    from pysparkplug._protobuf import Payload
-
     out = Payload(timestamp=timestamp)
     if seq is not None:
         out.seq = seq

@@ -1,5 +1,7 @@
-"""A Sparkplug B edge node for the tests: births, data and deaths, encoded with the Eclipse
-Tahu protobuf definitions that pysparkplug ships, published through a broker with paho.
+"""A Sparkplug B edge node for the tests: births, data and deaths, encoded with the Sparkplug B
+payload of ``connectors._sparkplug_proto`` (checked against Tahu's in ``test_sparkplug_proto``),
+published through a broker with paho. Outside encoders (Tahu's Java edge node, Cirrus Link's
+client) are ``tests/services/tahu.py`` and ``tests/services/cirruslink.py``.
 
 Sparkplug 3.0: topics ``spBv1.0/<group>/<type>/<edge node>[/<device>]``; every message of
 an edge node carries ``seq`` (0 in NBIRTH, then +1 per message, modulo 256); NBIRTH and
@@ -12,6 +14,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from connectors._sparkplug_proto import DataType, Payload, set_value
 from tests.services.mosquitto import Mosquitto
 
 
@@ -66,7 +69,7 @@ class EdgeNode:
     def nbirth(self, metrics: list[tuple[str, int, Any]], values: dict[str, Any], at: datetime) -> None:
         """An NBIRTH (``seq`` 0, ``bdSeq`` 0) naming ``metrics`` with their present ``values``."""
         self._seq = -1
-        self._birth(None, [("bdSeq", None, _datatype("INT64")), *metrics], {"bdSeq": 0, **values}, at)
+        self._birth(None, [("bdSeq", None, DataType.Int64), *metrics], {"bdSeq": 0, **values}, at)
 
     def dbirth(self, device: str, metrics: list[tuple[str, int, Any]], values: dict[str, Any],
                at: datetime) -> None:
@@ -75,40 +78,35 @@ class EdgeNode:
 
     def _birth(self, device: str | None, metrics: list[tuple[str, int | None, Any]], values: dict[str, Any],
                at: datetime) -> None:
-        import pysparkplug as sp
-
         self.births[device] = {alias: (name, datatype) for name, alias, datatype in metrics if alias is not None}
-        payload_class = sp.DBirth if device else sp.NBirth
-        payload = payload_class(timestamp=millis(at), seq=self.next_seq(), metrics=tuple(
-            sp.Metric(timestamp=millis(at), name=name, datatype=datatype, value=values.get(name), alias=alias)
-            for name, alias, datatype in metrics))
-        self.publish(self.topic("DBIRTH" if device else "NBIRTH", device), payload.encode())
+        payload = Payload(timestamp=millis(at), seq=self.next_seq())
+        for name, alias, datatype in metrics:  # births name every metric with its datatype
+            metric = payload.metrics.add(timestamp=millis(at), name=name, datatype=datatype)
+            if alias is not None:
+                metric.alias = alias
+            set_value(metric, datatype, values.get(name))
+        self.publish(self.topic("DBIRTH" if device else "NBIRTH", device), payload.SerializeToString())
 
     def data(self, device: str | None, samples: list[tuple[int, Any, datetime | None]], at: datetime) -> None:
         """An NDATA (``device`` None) or DDATA of ``(alias, value, metric timestamp)``, aliases only."""
-        import pysparkplug as sp
-
         births = self.births[device]
-        payload_class = sp.DData if device else sp.NData
-        payload = payload_class(timestamp=millis(at), seq=self.next_seq(), metrics=tuple(
-            sp.Metric(timestamp=millis(when) if when else None, name=None, datatype=births[alias][1],
-                      value=value, alias=alias) for alias, value, when in samples))
-        self.publish(self.topic("DDATA" if device else "NDATA", device), payload.encode())
+        payload = Payload(timestamp=millis(at), seq=self.next_seq())
+        for alias, value, when in samples:
+            metric = payload.metrics.add(alias=alias)
+            if when:
+                metric.timestamp = millis(when)
+            set_value(metric, births[alias][1], value)
+        self.publish(self.topic("DDATA" if device else "NDATA", device), payload.SerializeToString())
 
     def ddeath(self, device: str, at: datetime) -> None:
         """A DDEATH of ``device``."""
-        import pysparkplug as sp
-
-        payload = sp.DDeath(timestamp=millis(at), seq=self.next_seq())
-        self.publish(self.topic("DDEATH", device), payload.encode())
+        self.publish(self.topic("DDEATH", device), Payload(timestamp=millis(at), seq=self.next_seq()).SerializeToString())
 
     def ndeath(self) -> None:
         """An NDEATH (``bdSeq`` 0), as the broker publishes for a node that vanished."""
-        import pysparkplug as sp
-
-        payload = sp.NDeath(timestamp=None, bd_seq_metric=sp.Metric(
-            timestamp=None, name="bdSeq", datatype=sp.DataType.INT64, value=0))
-        self.publish(self.topic("NDEATH"), payload.encode())
+        payload = Payload()
+        payload.metrics.add(name="bdSeq", datatype=DataType.Int64, long_value=0)
+        self.publish(self.topic("NDEATH"), payload.SerializeToString())
 
     def wait(self, timeout: float = 60.0) -> int:
         """Wait until the broker acknowledged everything published; how many messages that is.
@@ -128,8 +126,3 @@ class EdgeNode:
         self._client.disconnect()
         self._client.loop_stop()
 
-
-def _datatype(name: str) -> Any:
-    import pysparkplug as sp
-
-    return sp.DataType[name]

@@ -3,7 +3,8 @@
 ``tahu/EdgeNode.java`` (tahu-core's payload model and encoder, Eclipse Paho's Java client)
 publishes births naming a metric of every Sparkplug datatype, data by alias with negative
 and extreme values, and answers Rebirth NCMDs; ``tahu/Host.java`` decodes what an edge node
-publishes with tahu-core's decoder and asks for rebirths, as an outside host. Their jars come from Maven Central
+publishes with tahu-core's decoder and asks for rebirths, as an outside host; ``tahu/Schema.java``
+writes the ``sparkplug_b.proto`` compiled into tahu-core (:func:`tahu_descriptor`). Their jars come from Maven Central
 (``mvn dependency:copy-dependencies`` on ``tahu/pom.xml``, into ``.cache/tahu/``) once; the
 programs are compiled with the machine's ``javac`` once per version of their sources.
 """
@@ -45,6 +46,15 @@ def tahu_classpath() -> str:
         subprocess.run(["javac", "-nowarn", "-cp", f"{jars}/*", "-d", str(staging), *map(str, sources)], check=True)
         staging.rename(classes)
     return f"{classes}:{jars}/*"
+
+
+def tahu_descriptor() -> bytes:
+    """tahu-core's ``sparkplug_b.proto`` as a serialized protobuf ``FileDescriptorProto``.
+
+    :raises subprocess.CalledProcessError: Java failed.
+    """
+    return subprocess.run(["java", LOGBACK, "-cp", tahu_classpath(), "Schema"], check=True,
+                          capture_output=True, timeout=120).stdout
 
 
 class TahuEdgeNode:

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from connectors._sparkplug_proto import DataType
 from connectors.receivers.mqtt import MqttReceiver
 from dataflows.config import validate
 from dataflows.ledger import Ledger, ledger_path
@@ -253,17 +254,15 @@ def test_malformed_payloads_are_marked_and_skipped(mosquitto: Mosquitto, tmp_pat
 
 
 def test_sparkplug_b_births_data_seq_gaps_and_deaths(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    import pysparkplug as sp
-
     group = f"g{uuid.uuid4().hex[:6]}"
     config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/+/edge1/#"}],
                    payload_format="sparkplug_b")
     presubscribe(mosquitto, config)
     node = EdgeNode(mosquitto, group, "edge1")
     t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    node.nbirth([("uptime", 1, sp.DataType.INT64)], {"uptime": 10}, t0)
-    node.dbirth("press", [("temperature", 2, sp.DataType.DOUBLE), ("running", 3, sp.DataType.BOOLEAN),
-                          ("recipe", 4, sp.DataType.STRING)],
+    node.nbirth([("uptime", 1, DataType.Int64)], {"uptime": 10}, t0)
+    node.dbirth("press", [("temperature", 2, DataType.Double), ("running", 3, DataType.Boolean),
+                          ("recipe", 4, DataType.String)],
                 {"temperature": 20.0, "running": False, "recipe": "A"}, t0)
     # two samples of one metric in one message: a record per metric timestamp
     node.data("press", [(2, 21.5, t0 + timedelta(seconds=1)), (2, 22.5, t0 + timedelta(seconds=2)),
@@ -305,8 +304,6 @@ def test_sparkplug_b_births_data_seq_gaps_and_deaths(mosquitto: Mosquitto, tmp_p
 def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Data before any birth is held and a Rebirth NCMD goes to its edge node; after the
     births the held data is delivered; a seq gap asks for a rebirth again."""
-    import pysparkplug as sp
-
     from connectors._sparkplug import parse_payload
 
     group = f"g{uuid.uuid4().hex[:6]}"
@@ -316,7 +313,7 @@ def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosqu
     commands = Subscriber(mosquitto, f"spBv1.0/{group}/NCMD/#", f"host-{group}")
     node = EdgeNode(mosquitto, group, "edge2")
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
-    node.births[None] = {1: ("speed", sp.DataType.FLOAT)}  # data before any birth: aliases unknown
+    node.births[None] = {1: ("speed", DataType.Float)}  # data before any birth: aliases unknown
     node.data(None, [(1, 1.5, None)], t0)
     node.wait()
     receiver = Receiver(config, tmp_path / "home")
@@ -327,7 +324,7 @@ def test_data_no_birth_explains_is_held_and_a_rebirth_asked_for(mosquitto: Mosqu
     buffer = sqlite3.connect(tmp_path / "home" / "components" / "mqtt" / "messages.sqlite")
     assert buffer.execute("SELECT topic FROM messages ORDER BY id").fetchall()[0] == (f"spBv1.0/{group}/NDATA/edge2",)
     buffer.close()
-    node.nbirth([("speed", 1, sp.DataType.FLOAT)], {"speed": 1.0}, t0 + timedelta(seconds=1))
+    node.nbirth([("speed", 1, DataType.Float)], {"speed": 1.0}, t0 + timedelta(seconds=1))
     time.sleep(0.2)  # past sparkplug_rebirth_interval
     node.skip(3)
     node.data(None, [(1, 2.5, None)], t0 + timedelta(seconds=2))
@@ -358,15 +355,13 @@ def test_a_crash_before_the_snapshot_keeps_the_births_of_what_was_delivered(
     from an older snapshot (here: the first one). The births and ``seq`` of what left go on from
     the state kept with the deletion: later data decodes, nothing is held, no rebirth is
     asked for, no false seq gap (seen in CI: a stream stuck waiting for a birth)."""
-    import pysparkplug as sp
-
     group = f"g{uuid.uuid4().hex[:6]}"
     config = entry(mosquitto, [{"asset": "line1", "stream_type": "spb", "topic": f"spBv1.0/{group}/+/edge3/#"}],
                    payload_format="sparkplug_b")
     presubscribe(mosquitto, config)
     node = EdgeNode(mosquitto, group, "edge3")
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
-    node.nbirth([("speed", 1, sp.DataType.DOUBLE)], {"speed": 0.0}, t0)
+    node.nbirth([("speed", 1, DataType.Double)], {"speed": 0.0}, t0)
     for i in range(1, 4):
         node.data(None, [(1, float(i), None)], t0 + timedelta(seconds=i))
     node.wait()
@@ -635,8 +630,6 @@ def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
     broker is killed (SIGKILL) in the middle and started again 5 s later, while the edge
     node goes on publishing: every reading arrives, in order, at both. ``FACTORYFLOW_SPARKPLUG_ROWS`` sets how many
     readings (all 22,695 for the closing note; 4,000 by default)."""
-    import pysparkplug as sp
-
     rows = pl.read_csv(nab_machine_csv, try_parse_dates=True).head(
         int(os.environ.get("FACTORYFLOW_SPARKPLUG_ROWS", "4000")))
     times = [t.replace(tzinfo=UTC) for t in rows["timestamp"]]
@@ -662,7 +655,7 @@ def test_a_sparkplug_edge_node_through_a_broker_restart_to_mqtt_and_kafka(
         started = time.monotonic()
         node = EdgeNode(broker, "NAB", "edge1")
         node.nbirth([], {}, times[0])
-        node.dbirth("sensor", [("temperature", 1, sp.DataType.DOUBLE)], {"temperature": values[0]}, times[0])
+        node.dbirth("sensor", [("temperature", 1, DataType.Double)], {"temperature": values[0]}, times[0])
         half = n // 2
         for at, value in zip(times[1:half], values[1:half], strict=True):
             node.data("sensor", [(1, value, at)], at)
@@ -708,8 +701,6 @@ def test_factoryflow_killed_mid_run_on_two_workers_loses_nothing(
     """Two edge nodes publish readings to two streams read by two dataflow workers (one
     session); the dataflow is killed (SIGKILL) mid-run, the nodes go on publishing, and
     the next run delivers every reading (at least once) in order."""
-    import pysparkplug as sp
-
     rows = pl.read_csv(nab_machine_csv, try_parse_dates=True).head(3000)
     times = [t.replace(tzinfo=UTC) for t in rows["timestamp"]]
     values = rows["value"].to_list()
@@ -732,7 +723,7 @@ def test_factoryflow_killed_mid_run_on_two_workers_loses_nothing(
     def send(start: int, stop: int) -> None:
         for node in nodes:
             if start == 0:
-                node.nbirth([("temperature", 1, sp.DataType.DOUBLE)], {"temperature": values[0]}, times[0])
+                node.nbirth([("temperature", 1, DataType.Double)], {"temperature": values[0]}, times[0])
             for at, value in zip(times[max(start, 1):stop], values[max(start, 1):stop], strict=True):
                 node.data(None, [(1, value, at)], at)
             node.wait()
