@@ -30,6 +30,10 @@ replicated over four machines, each machine a stream and so a bytewax partition)
   importing bytewax and polars).
 - **sparkplug**: the Sparkplug B decode rate in metrics per second of one core, beside
   pure protobuf parsing of the same payloads (``bench/sparkplug.py``).
+- **mqtt**: the ``mqtt`` receiver's session draining ``--rows`` / 40 QoS 1 messages (at least
+  10,000) queued at Mosquitto into its buffer (group commits, each PUBACK after its commit),
+  beside a plain paho subscriber and paho with one SQLite commit per message
+  (``bench/mqtt.py``).
 - **opcua**: OPC UA subscribe with 2,000 and 10,000 variables changing every 100 ms, and
   10,000 every 400 ms (25,000 values/s, what node-opcua sustains here), beside a plain
   asyncua client on the same server, and a browse of 100,000 nodes (``bench/opcua.py``).
@@ -84,7 +88,7 @@ from typing import Any
 
 import polars as pl
 
-from bench import idle, opcua, sparkplug
+from bench import idle, mqtt, opcua, sparkplug
 from bench.api import api_under_load
 from bench.common import (
     LINES,
@@ -466,7 +470,7 @@ def machine() -> str:
 # --- running -----------------------------------------------------------------------------
 
 SCENARIOS = ("csv_kafka", "sql_kafka", "csv_sight_machine", "latency", "scale_out", "memory", "startup", "api",
-             "sparkplug", "opcua", "idle")
+             "sparkplug", "mqtt", "opcua", "idle")
 
 
 @contextmanager
@@ -570,6 +574,15 @@ def run(bench: Bench, only: set[str], latency_seconds: float, rate: int, small: 
                  "(target ≥ 500,000 metrics/s)"),
                 ("Sparkplug B decode → frame", lambda: sparkplug.decode(data, births, frames=True),
                  "Sparkplug B decode", "")])
+        if "mqtt" in only:  # records are QoS 1 messages drained from a persistent session's queue
+            messages = max(bench.rows // 40, 10_000)
+            with mqtt.broker() as port:
+                interleaved(bench, repeat, [
+                    ("limit: plain paho subscriber", lambda: mqtt.plain(port, messages), None, ""),
+                    ("paho + a commit per message", lambda: mqtt.commit_each(port, messages),
+                     "limit: plain paho subscriber", ""),
+                    ("MQTT receive → buffer", lambda: mqtt.receiver(port, messages), "limit: plain paho subscriber",
+                     "(target ≥ 0.9)")])
         if "opcua" in only:  # records are tag values; p50/p99 the lag behind the source timestamp
             # 10,000 every 100 ms is more than node-opcua offers on 2 cores (the plain client's
             # lag shows the server's backlog); every 400 ms it offers 25,000/s: the target's row

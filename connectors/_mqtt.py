@@ -58,15 +58,17 @@ class BrokerSettings(Protocol):
     key_file: str | None
 
 
-def new_client(settings: BrokerSettings, client_id: str, *,
-               session_expiry: int = 0, clean: bool = False) -> tuple[Any, dict[str, Any]]:
+def new_client(settings: BrokerSettings, client_id: str, *, session_expiry: int = 0, clean: bool = False,
+               manual_ack: bool = False) -> tuple[Any, dict[str, Any]]:
     """A paho-mqtt client for ``settings`` with a persistent session (``clean``: a new one
     on every connect, as Sparkplug edge nodes use), not yet connected, and the keyword
-    arguments of its ``connect_async``.
+    arguments of its ``connect_async``. Callbacks take paho 2's signatures
+    (``CallbackAPIVersion.VERSION2``: reason codes and properties on every one).
 
     :param session_expiry: MQTT 5 only: seconds the broker keeps the session after a
         disconnect (0: until the network connection closes; 3.1.1 sessions are kept
         until the broker expires them).
+    :param manual_ack: no PUBACK until the caller's ``client.ack(mid, qos)`` (paho 2).
     """
     import paho.mqtt.client as mqtt
 
@@ -74,14 +76,16 @@ def new_client(settings: BrokerSettings, client_id: str, *,
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=manual_ack)
         connect: dict[str, Any] = {"clean_start": clean}
         if session_expiry:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = session_expiry
             connect["properties"] = properties
     else:
-        client = mqtt.Client(client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                             protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         connect = {}
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)

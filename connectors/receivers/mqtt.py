@@ -36,9 +36,10 @@ topic levels to streams. ``payload_format`` (on the receiver, or a stream) is on
 ``clean_session`` false; 5 ``clean_start`` false with ``session_expiry_interval``) under
 a fixed ``client_id``, so the broker queues what is published while factoryflow is down
 and sends it when it is back. Each message is written to the receiver's buffer, an
-SQLite file under its data directory (``synchronous=FULL``), before the callback
-returns, and paho sends the PUBACK only after that: a message the broker has an
-acknowledgement for is on disk. A stream's ``read`` takes its buffered messages in order
+SQLite file under its data directory (``synchronous=FULL``), and its PUBACK is sent only
+after that commit (paho 2's manual acknowledgement): a message the broker has an
+acknowledgement for is on disk. A burst shares one commit (group commits, see
+:mod:`connectors._mqtt_session`). A stream's ``read`` takes its buffered messages in order
 of arrival (``chunk_size`` at most per batch), its state is the last message taken, and
 a message is deleted from the buffer once every transmit the stream reaches has
 acknowledged its batch (or a snapshot holds it at the next start). With it goes the
@@ -53,7 +54,7 @@ backoff (1 s doubling up to 30 s).
 
 **Threads.** The receiver's paho client runs its own network thread (``loop_start``)
 for the streams of one process: MQTT needs answers between polls (PINGREQ for the
-keep-alive, a PUBACK per message), so the connection cannot live only inside
+keep-alive, the PUBACKs), so the connection cannot live only inside
 ``next_batch`` the way bytewax's async bridge would run it. The streams' ``read`` only
 takes what the buffer holds. The session and its buffer are in
 :mod:`connectors._mqtt_session`, the Sparkplug B decoding in :mod:`connectors._sparkplug`.

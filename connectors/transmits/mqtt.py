@@ -110,7 +110,7 @@ class _MqttWriter:
         else:
             self._log.error("the broker refused the connection: %s", rc)
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, rc: Any, _properties: Any = None) -> None:
+    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, rc: Any, _properties: Any = None) -> None:
         self._connected.clear()
         if rc != 0:
             self._log.warning("connection to %s:%d lost (%s); reconnecting", self._config.host,

@@ -229,7 +229,7 @@ class _EdgeNode:
         self._log.info("connected to %s:%d as edge node %s/%s (bdSeq %d)", self._config.host, self._config.port,
                        self._config.group_id, self._node, self._bdseq)
 
-    def _on_disconnect(self, client: Any, _userdata: Any, rc: Any, _properties: Any = None) -> None:
+    def _on_disconnect(self, client: Any, _userdata: Any, _flags: Any, rc: Any, _properties: Any = None) -> None:
         self._connected.clear()
         with self._lock:
             self._node_born = False

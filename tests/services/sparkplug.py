@@ -35,14 +35,15 @@ class EdgeNode:
         self.group, self.node = group, node
         self._seq = -1
         self._connected = threading.Event()
-        self._client = mqtt.Client(client_id=f"edge-{group}-{node}", clean_session=False)
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-{group}-{node}",
+                                   clean_session=False)
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(0.2, 2)
         self._client.on_connect = lambda *_: self._connected.set()
         self._client.on_disconnect = lambda *_: self._connected.clear()
         self._acknowledged: set[int] = set()  # the mids of PUBACKs (also for what waited for a reconnect)
-        self._client.on_publish = lambda _client, _userdata, mid: self._acknowledged.add(mid)
+        self._client.on_publish = lambda _client, _userdata, mid, *_: self._acknowledged.add(mid)
         self._client.connect_async("127.0.0.1", broker.port, keepalive=10)
         self._client.loop_start()
         if not self._connected.wait(10):

@@ -218,7 +218,7 @@ def test_with_a_primary_host_the_edge_node_waits_for_its_state_online(mosquitto:
     config = transmit(host="127.0.0.1", port=mosquitto.port, group_id=group, edge_node_id="ff1",
                       primary_host_id=f"scada-{group}", publish_timeout=1.0)
     batches = nab_batches(nab_machine_csv, 100, 100)
-    state = mqtt.Client(client_id=f"state-{group}")
+    state = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"state-{group}")
     state.connect("127.0.0.1", mosquitto.port)
     state.loop_start()
     writer = open_writer(config, tmp_path / "tx")
@@ -305,6 +305,7 @@ def test_a_broker_killed_between_writes_gives_a_new_session_and_nothing_lost(tmp
                                       records_per_message=50, publish_timeout=2.0), tmp_path / "tx")
         try:
             assert writer.write(batches[:1]) == "delivered"
+            watcher.wait_for(2 + 4, timeout=20)  # the broker acknowledged them; out to the watcher before the kill
             broker.kill()
             try:
                 writer.write(batches[1:])
