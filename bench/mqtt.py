@@ -7,11 +7,10 @@ Each run queues ``messages`` JSON messages (one NAB reading each, about 70 bytes
 Mosquitto for a new client id (subscribed once at QoS 1 with a persistent session, then
 offline), then that client connects and is timed from its connect to its last message: the
 plain subscriber's last ``on_message``, the per-message commit's last commit, the receiver's
-last message in its buffer (committed, its PUBACK sent after). Mosquitto keeps up to 20 QoS 1
-messages in flight to a client (its ``max_inflight_messages`` default); it runs without
+last message in its buffer (committed, its PUBACK sent after). Mosquitto runs without
 persistence here (the tests' broker saves its store on every change, and then is the limit
-at about 1,500 messages/s). CPU is this process's (paho's thread, the committer, the polling
-of the count).
+at about 1,500 messages/s). CPU is this process's (paho's thread, the session's lingering
+thread, the polling of the buffer's last id).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ beside pure protobuf parsing of the same payloads (the limit).
 
 The payloads are DDATA of one device, :data:`METRICS` metrics each, by alias only (as edge
 nodes send data), encoded with the Sparkplug B payload of ``connectors._sparkplug_proto``: the
-NAB machine temperature series as Double metrics (each with its timestamp), plus Int32 metrics (negative values among them) and
-Boolean ones. Three figures, each CPU time of this process (``time.process_time``):
+NAB machine temperature series as Double metrics (each with its timestamp), plus Int32
+metrics (negative values among them) and Boolean ones. Three figures, each CPU time of this process (``time.process_time``):
 
 - **limit: protobuf parse**: ``Payload.FromString`` of each payload (upb, the protobuf C
   runtime), the floor any decoder on it pays;

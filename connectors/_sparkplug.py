@@ -10,9 +10,10 @@ DDATA give one record per metric timestamp.
 Decoding is tolerant of both reference encoders: a signed Int8/Int16/Int32/Int64 arrives
 either as its two's complement in its own width (Tahu's Python, pysparkplug, the
 ``sparkplug_b`` transmit, Sparkplug 3.0 section 6.4.16) or sign-extended to the 32 or 64
-bits of ``int_value``/``long_value`` (Tahu's Java: Int8 -5 as 4294967291); a value is read from whichever value field the
-encoder set (Tahu's Java writes UInt32 into ``long_value``). A metric whose value does
-not fit its datatype becomes a null, and ``warn`` names it; its siblings are kept.
+bits of ``int_value``/``long_value`` (Tahu's Java: Int8 -5 as 4294967291); a value is read
+from whichever value field the encoder set (Tahu's Java writes UInt32 into ``long_value``).
+A metric whose value does not fit its datatype becomes a null, and ``warn`` names it; its
+siblings are kept.
 
 Column naming (``docs/sparkplug.md``): a metric's value is under its name; a DataSet metric
 ``m`` gives one list column per DataSet column, ``m/<column>``; a Template instance ``m``

@@ -101,7 +101,8 @@ class EdgeNode:
 
     def ddeath(self, device: str, at: datetime) -> None:
         """A DDEATH of ``device``."""
-        self.publish(self.topic("DDEATH", device), Payload(timestamp=millis(at), seq=self.next_seq()).SerializeToString())
+        payload = Payload(timestamp=millis(at), seq=self.next_seq())
+        self.publish(self.topic("DDEATH", device), payload.SerializeToString())
 
     def ndeath(self) -> None:
         """An NDEATH (``bdSeq`` 0), as the broker publishes for a node that vanished."""
