@@ -33,6 +33,10 @@ class ReceiverHarness:
     #: Whether the source keeps what it served, so a restream reads it all again (tables,
     #: files, rollups); a live source (tag values) has only its present value to read again.
     replayable: ClassVar[bool] = True
+    #: Whether a read while the input is broken may send the last record again, as a new one:
+    #: a poll of tag values whose bad tag's status changed (OPC UA's ``on_change`` compares
+    #: values and status codes).
+    repeats_when_broken: ClassVar[bool] = False
 
     def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         self.tmp_path = tmp_path

@@ -328,7 +328,10 @@ def test_bad_input_marks_the_stream_and_reading_goes_on(source: conformance.Rece
         source.heal()
 
     source.add(range(3, 6))
-    assert stream.pump(_enough(3), heal=heal) == [3, 4, 5]
+    got = stream.pump(lambda seqs: len([seq for seq in seqs if seq > 2]) >= 3, heal=heal)
+    if source.repeats_when_broken and got[:1] == [2]:  # the last record again, with the bad status
+        got = got[1:]
+    assert got == [3, 4, 5]
     marked.extend(stream.markers())
     assert any(m.level == "error" and m.component == stream.receiver.data_receiver_name
                and m.component_type == "Receiver" for m in marked), marked

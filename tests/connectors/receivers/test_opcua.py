@@ -539,6 +539,7 @@ class OpcUaHarness(ReceiverHarness):
 
     protocol = "opcua"
     replayable = False
+    repeats_when_broken = True  # a poll before the next add: Seq's last value, Extra now Bad
 
     def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
         super().__init__(tmp_path, request)
