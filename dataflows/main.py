@@ -45,6 +45,7 @@ from dataflows.ledger import Ledger
 from dataflows.recovery import preflight, prepare_recovery
 from dataflows.sdk import RunContext
 from dataflows.secrets import RedactingFilter
+from dataflows.timer_slack import configured_seconds, set_timer_slack
 
 __all__ = ["LOG_FORMAT", "Stop", "config_path", "configure_logging", "flow", "home_dir", "init_recovery",
            "install_signal_handlers", "log_summary", "recovery_argument"]
@@ -138,7 +139,9 @@ def flow(recovery: Path | None = None) -> Dataflow:
     (:func:`dataflows.recovery.preflight`: a damaged ledger is rebuilt) and makes the
     recovery directory ready (:func:`dataflows.recovery.prepare_recovery`).
 
-    Before the dataflow is built it waits while a volume the job writes is below its
+    It first sets the timer slack its threads inherit (:mod:`dataflows.timer_slack`,
+    ``FACTORYFLOW_TIMER_SLACK``: bytewax's idle worker wakes every millisecond). Before
+    the dataflow is built it waits while a volume the job writes is below its
     free-space floor (:mod:`dataflows.diskspace`; bytewax's first writes to a full
     recovery volume would panic), saying so every 30 s, and warns of a transmit's disk
     budget over its volume (:func:`check_budgets`).
@@ -152,6 +155,7 @@ def flow(recovery: Path | None = None) -> Dataflow:
     """
     home = home_dir()
     redacting = configure_logging(home)
+    set_timer_slack(configured_seconds())  # before the worker (and any thread) starts: idle wake-ups
     checked_by_caller = recovery is not None
     recovery = recovery or recovery_argument(sys.argv)
     if recovery is not None and not checked_by_caller:  # bytewax.run -r DIR

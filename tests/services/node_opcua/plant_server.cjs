@@ -58,11 +58,16 @@ const statics = Number(option("--static", "0"));
   const namespace = addressSpace.getOwnNamespace();
   const plant = namespace.addFolder(addressSpace.rootFolder.objects, { browseName: "Plant" });
   const variables = [];
+  // one clock for every source timestamp: node-opcua stamps an initial value with its own
+  // high-resolution clock, which can run a few ms ahead of Date.now() and so put the initial
+  // value after the first tick in the history
+  const created = Date.now();
   for (let i = 0; i < tags; i++) {
     const variable = namespace.addVariable({
-      organizedBy: plant, browseName: `Tag${i}`, nodeId: `ns=1;s=Plant.Tag${i}`, dataType: "Double",
-      value: new Variant({ dataType: DataType.Double, value: 0 })
+      organizedBy: plant, browseName: `Tag${i}`, nodeId: `ns=1;s=Plant.Tag${i}`, dataType: "Double"
     });
+    variable.setValueFromSource(new Variant({ dataType: DataType.Double, value: 0 }), StatusCodes.Good,
+                                new Date(created));
     if (history) {
       addressSpace.installHistoricalDataNode(variable, { maxOnlineValues: 1000000 });
     }
@@ -91,7 +96,7 @@ const statics = Number(option("--static", "0"));
   }, 1000);
   function tick() {
     const now = Date.now();
-    const value = Math.floor(now / period);
+    const value = Math.max(Math.floor(now / period), Math.floor(created / period) + 1);  // after the initial value
     const stamp = new Date(value * period);
     for (const variable of variables) {
       variable.setValueFromSource(new Variant({ dataType: DataType.Double, value }), StatusCodes.Good, stamp);
