@@ -361,12 +361,40 @@ def _read_csv(data: bytes, separator: str, has_header: bool, text: dict[str, pl.
         return read(10_000)
 
 
-#: Conversions a text column is tried with, in order: the first its first value takes is
-#: applied to the whole column (the same formats polars' CSV date inference knows).
-_TEMPORAL: tuple[Callable[[Any], pl.Series], ...] = (
-    lambda text: text.to_date(strict=True),
-    lambda text: text.to_datetime(strict=True, time_unit="us"),
-    lambda text: text.to_time(strict=True),
+#: Formats a datetime column's first value is tried in before polars infers one: given
+#: the format (and no cache of repeated values), polars converts a column about 6× faster
+#: (0.05 against 0.32 CPU s per 1M values, ``python -m bench --only csv_kafka``).
+_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
+                     "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M")
+
+
+def _datetimes(column: pl.Series, first: pl.Series) -> pl.Series:
+    """``column`` (text) as datetimes (µs, no zone unless the text has one), ``first`` its
+    first value: in the first of :data:`_DATETIME_FORMATS` that value takes, when every
+    value fits it; else as polars infers the format from that value (zones, other forms,
+    a column whose later values take another format).
+
+    :raises polars.exceptions.PolarsError: a value does not convert.
+    """
+    for form in _DATETIME_FORMATS:
+        try:
+            first.str.to_datetime(form, strict=True, time_unit="us")
+        except pl.exceptions.PolarsError:
+            continue
+        try:
+            return column.str.to_datetime(form, strict=True, time_unit="us", cache=False)
+        except pl.exceptions.PolarsError:
+            break  # polars' inference may still read every value
+    return column.str.to_datetime(strict=True, time_unit="us")
+
+
+#: Conversions a text column is tried with, in order, each given the column and its first
+#: value: the first its first value takes is applied to the whole column (the same formats
+#: polars' CSV date inference knows).
+_TEMPORAL: tuple[Callable[[pl.Series, pl.Series], pl.Series], ...] = (
+    lambda column, _: column.str.to_date(strict=True),
+    _datetimes,
+    lambda column, _: column.str.to_time(strict=True),
 )
 
 
@@ -386,11 +414,11 @@ def _temporal_columns(frame: pl.DataFrame, keep: set[str]) -> pl.DataFrame:
         first = frame[name].drop_nulls().head(1)
         for convert in _TEMPORAL:
             try:
-                convert(first.str)
+                convert(first, first)
             except pl.exceptions.PolarsError:
                 continue
             try:
-                converted.append(convert(frame[name].str))
+                converted.append(convert(frame[name], first))
             except pl.exceptions.PolarsError:
                 pass  # a value further down is of another kind: the column stays text
             break

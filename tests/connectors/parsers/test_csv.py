@@ -224,6 +224,24 @@ def test_dates_and_times_are_inferred_as_polars_infers_them(values: list[str], d
     assert parse(text).schema["v"] == dtype == polars_own
 
 
+@pytest.mark.parametrize("values", [
+    ["2024-01-01 00:00:00", "2024-01-02 01:02:03"],  # each in a format given to polars ...
+    ["2024-01-01T00:00:00", "2024-01-02T01:02:03"],
+    ["2024-01-01 00:00:00.5", "2024-01-02 01:02:03"],
+    ["2024-01-01T00:00:00.123456", "2024-01-02T01:02:03.123456789"],
+    ["2024-01-01 00:00", "2024-01-02 01:02"],
+    ["2024-01-01T00:00", "", "2024-01-02T01:02"],
+    ["2024-01-01 00:00", "2024-01-02 01:02:03"],  # ... or not, when a later value takes another
+    ["2024-01-01 00:00:00", "2024-01-02 01:02:03.5"],
+    ["2024-01-01 00:00:00", "2024-01-02"],
+    ["2024-01-01T00:00:00Z", "2024-01-02T01:02:03+02:00"],  # zones: polars infers the format
+])
+def test_datetimes_read_in_a_known_format_are_those_polars_infers(values: list[str]) -> None:
+    text = ("v,n\n" + "".join(f"{v},1\n" for v in values)).encode()
+    inferred = pl.Series([v or None for v in values]).str.to_datetime(strict=True, time_unit="us")
+    assert parse(text)["v"].to_list() == inferred.to_list()
+
+
 @pytest.mark.parametrize("header", [0, None])
 def test_bad_lines_of_a_big_text_are_found_by_number(header: int | None) -> None:
     good = "".join(f"{i},{i * 2},x\r\n" for i in range(3000))  # over 16 KiB: counted by polars
