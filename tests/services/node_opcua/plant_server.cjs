@@ -94,14 +94,18 @@ const statics = Number(option("--static", "0"));
     count += 1;
     counter.setValueFromSource(new Variant({ dataType: DataType.Int32, value: count }));
   }, 1000);
+  // each tick's stamp is later than the one before and than the initial value's: a timer
+  // may fire a little early (the boundary it was set for, less a ms) or late
+  let last = Math.floor(created / period);
   function tick() {
     const now = Date.now();
-    const value = Math.max(Math.floor(now / period), Math.floor(created / period) + 1);  // after the initial value
+    const value = Math.max(Math.floor((now + period / 10) / period), last + 1);
+    last = value;
     const stamp = new Date(value * period);
     for (const variable of variables) {
       variable.setValueFromSource(new Variant({ dataType: DataType.Double, value }), StatusCodes.Good, stamp);
     }
-    setTimeout(tick, period - (Date.now() % period));
+    setTimeout(tick, Math.max(0, (value + 1) * period - Date.now()));  // the boundary after this stamp
   }
   await server.start();
   setTimeout(tick, period - (Date.now() % period));
