@@ -166,11 +166,11 @@ class BufferedSession:
             if receiver.sparkplug_host_id is not None:  # Primary Host Application (Sparkplug 3.0, 7.1)
                 self._state_at = int(time.time() * 1000)
                 client.will_set(self.state_topic, state_payload(False, self._state_at), qos=1, retain=True)
-            client.on_connect = self._on_connect
-            client.on_connect_fail = self._on_connect_fail
-            client.on_disconnect = self._on_disconnect
-            client.on_subscribe = self._on_subscribe
-            client.on_message = self._on_message
+            client.on_connect = self._guarded(self._on_connect, "the CONNACK")
+            client.on_connect_fail = self._guarded(self._on_connect_fail, "a failed connection attempt")
+            client.on_disconnect = self._guarded(self._on_disconnect, "the disconnection")
+            client.on_subscribe = self._guarded(self._on_subscribe, "the SUBACK")
+            client.on_message = self._guarded(self._on_message, "a PUBLISH")
             self._committer = threading.Thread(target=self._linger_loop, daemon=True,
                                                name=f"mqtt-buffer-{receiver.data_receiver_name}")
             self._committer.start()
@@ -187,6 +187,31 @@ class BufferedSession:
         return None if self._connected else self._problem
 
     # ------------------------------------------------------------------ paho's thread
+
+    def _guarded(self, callback: Any, handling: str) -> Any:
+        """``callback`` as paho's thread calls it on ``handling`` (what it received). paho
+        re-raises what a callback raises, which would end that thread and with it every
+        reconnection, silently (a buffer write in ``on_connect`` on a failing disk, anything
+        unforeseen): :meth:`_broken` instead."""
+        what = f"handling {handling} failed"
+
+        def guarded(client: Any, *args: Any) -> None:
+            try:
+                callback(client, *args)
+            except Exception as exc:  # noqa: BLE001 - any error: the connection is cut and made again
+                self._broken(client, what, exc)
+
+        return guarded
+
+    def _broken(self, client: Any, what: str, exc: Exception) -> None:
+        """``what`` failed with ``exc``: say so once as the session's outage (the streams'
+        marker) and cut the connection; paho connects again with its backoff, and the broker
+        sends again everything not acknowledged."""
+        self._connected, self._failed_epoch = False, self._epoch  # the rest of this connection's queue: dropped
+        self._problem = f"{self.where}: {what} ({type(exc).__name__}: {exc}); reconnecting"
+        self._log.error("%s", self._problem)
+        with contextlib.suppress(OSError, AttributeError):
+            client.socket().shutdown(socket.SHUT_RDWR)
 
     def _on_connect(self, client: Any, _userdata: Any, flags: Any, rc: Any, _properties: Any = None) -> None:
         if rc.is_failure:
@@ -300,7 +325,10 @@ class BufferedSession:
             if quiet < LINGER:
                 time.sleep(LINGER - quiet)
             else:
-                self._flush()
+                try:
+                    self._flush()
+                except Exception as exc:  # noqa: BLE001 - the thread goes on: later queues need it
+                    self._broken(self._client, "committing the buffer failed", exc)
         self._flush()
 
     def _commit(self, batch: list[tuple[Any, Any, str, list[str], float, int]]) -> None:

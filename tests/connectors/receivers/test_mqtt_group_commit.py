@@ -1,7 +1,8 @@
 """The ``mqtt`` receiver's group commits (connectors._mqtt_session): a burst shares commits,
 no PUBACK goes out before its message is in the buffer file, and a message that paho's
-thread leaves queued (something else was readable) is committed by the lingering thread, and
-a message the broker sends again with DUP set is buffered once."""
+thread leaves queued (something else was readable) is committed by the lingering thread, a
+message the broker sends again with DUP set is buffered once, and an error in paho's thread
+cuts the connection instead of ending the thread."""
 
 from __future__ import annotations
 
@@ -138,3 +139,42 @@ def test_a_message_left_queued_is_committed_by_the_lingering_thread(mosquitto: M
     assert got["seq"].to_list() == [7]
     ((mid, _, at),) = client.acks
     assert mid == 41 and at - queued >= LINGER
+
+
+@pytest.mark.parametrize("failing", ["_on_connect", "_commit"])
+def test_an_error_in_pahos_thread_cuts_the_connection_and_the_session_comes_back(
+        failing: str, mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paho re-raises a callback's error, which ends its network thread and every later
+    reconnection without a word. A failing buffer write when the session is set up (on the
+    CONNACK), or an unforeseen error in a commit, instead marks the streams, cuts the
+    connection, and the session comes back; the broker sends again what was not acknowledged."""
+    from connectors._mqtt_session import BufferedSession
+
+    p = uuid.uuid4().hex[:6]
+    config = entry(mosquitto, [{"asset": "a", "stream_type": "s", "topic": f"{p}/#"}])
+    presubscribe(mosquitto, config)
+    publish(mosquitto, [(f"{p}/x", json.dumps({"seq": i})) for i in range(50)])
+    original = getattr(BufferedSession, failing)
+    failures = [sqlite3.OperationalError("disk I/O error") if failing == "_on_connect" else KeyError("surprise")]
+
+    def fails_once(self: BufferedSession, *args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        original(self, *args)
+
+    monkeypatch.setattr(BufferedSession, failing, fails_once)
+    receiver = Receiver(config, tmp_path / "home")
+    marked: set[tuple[str, str]] = set()
+
+    def seen(got: dict[str, Any]) -> bool:
+        marked.update((m.category, m.message) for m in receiver.markers())
+        return bool(marked) and got["a:s"].height >= 50
+
+    got = receiver.pump(seen, timeout=60)["a:s"]
+    receiver.pump(lambda _: not receiver.markers())  # cleared once the session is back
+    receiver.close()
+    what = {"_on_connect": "handling the CONNACK failed (OperationalError: disk I/O error)",
+            "_commit": "handling a PUBLISH failed (KeyError: 'surprise')"}[failing]
+    ((category, message),) = marked
+    assert category == "mqtt" and f"127.0.0.1:{mosquitto.port}: {what}; reconnecting" in message, message
+    assert sorted(got["seq"].to_list()) == list(range(50)) and got.height == 50  # each once
