@@ -77,5 +77,3 @@ def test_the_running_job_and_its_threads_wake_with_the_slack(tmp_path: Path, flo
     assert slack.pop(pid)[0] == expected  # bytewax's worker: the main thread (-w 1)
     ours = [ns for ns, name in slack.values() if name == "python"]  # Python names no OS thread
     assert len(ours) >= 1 and set(ours) == {expected}  # the stream's read thread, started later
-    # the allocator's and polars' threads started at import, before: the kernel's default
-    assert {ns for ns, name in slack.values() if name not in ("jemalloc_bg_thd", "polars-ooc-clea")} == {expected}
