@@ -304,12 +304,17 @@ class BufferedSession:
         return bool(self._readable[1].poll(0))
 
     def _flush(self) -> None:
-        """Commit and acknowledge what is queued (one commit at a time, in order)."""
+        """Commit and acknowledge what is queued (one commit at a time, in order); an error
+        the commit did not foresee cuts the connection (:meth:`_broken`), whichever thread
+        committed."""
         with self._committing:
             with self._queued:
                 batch, self._queue = self._queue, []
             if batch:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # noqa: BLE001 - nothing of it acknowledged: sent again
+                    self._broken(batch[-1][0], "committing the buffer failed", exc)
 
     def _linger_loop(self) -> None:
         """The lingering thread: a queue that nothing was added to for :data:`LINGER` s is
@@ -325,10 +330,7 @@ class BufferedSession:
             if quiet < LINGER:
                 time.sleep(LINGER - quiet)
             else:
-                try:
-                    self._flush()
-                except Exception as exc:  # noqa: BLE001 - the thread goes on: later queues need it
-                    self._broken(self._client, "committing the buffer failed", exc)
+                self._flush()
         self._flush()
 
     def _commit(self, batch: list[tuple[Any, Any, str, list[str], float, int]]) -> None:

@@ -141,13 +141,14 @@ def test_a_message_left_queued_is_committed_by_the_lingering_thread(mosquitto: M
     assert mid == 41 and at - queued >= LINGER
 
 
-@pytest.mark.parametrize("failing", ["_on_connect", "_commit"])
+@pytest.mark.parametrize(("failing", "lingering"), [("_on_connect", False), ("_commit", False), ("_commit", True)])
 def test_an_error_in_pahos_thread_cuts_the_connection_and_the_session_comes_back(
-        failing: str, mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        failing: str, lingering: bool, mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """paho re-raises a callback's error, which ends its network thread and every later
     reconnection without a word. A failing buffer write when the session is set up (on the
-    CONNACK), or an unforeseen error in a commit, instead marks the streams, cuts the
-    connection, and the session comes back; the broker sends again what was not acknowledged."""
+    CONNACK), or an unforeseen error in a commit (on paho's thread or the lingering one),
+    instead marks the streams, cuts the connection, and the session comes back; the broker
+    sends again what was not acknowledged."""
     from connectors._mqtt_session import BufferedSession
 
     p = uuid.uuid4().hex[:6]
@@ -163,6 +164,8 @@ def test_an_error_in_pahos_thread_cuts_the_connection_and_the_session_comes_back
         original(self, *args)
 
     monkeypatch.setattr(BufferedSession, failing, fails_once)
+    if lingering:  # paho's thread always finds more to read: the lingering thread commits
+        monkeypatch.setattr(BufferedSession, "_more_to_read", lambda *_: True)
     receiver = Receiver(config, tmp_path / "home")
     marked: set[tuple[str, str]] = set()
 
@@ -174,7 +177,7 @@ def test_an_error_in_pahos_thread_cuts_the_connection_and_the_session_comes_back
     receiver.pump(lambda _: not receiver.markers())  # cleared once the session is back
     receiver.close()
     what = {"_on_connect": "handling the CONNACK failed (OperationalError: disk I/O error)",
-            "_commit": "handling a PUBLISH failed (KeyError: 'surprise')"}[failing]
+            "_commit": "committing the buffer failed (KeyError: 'surprise')"}[failing]  # either thread
     ((category, message),) = marked
     assert category == "mqtt" and f"127.0.0.1:{mosquitto.port}: {what}; reconnecting" in message, message
     assert sorted(got["seq"].to_list()) == list(range(50)) and got.height == 50  # each once
