@@ -313,7 +313,7 @@ class BufferedSession:
             if batch:
                 try:
                     self._commit(batch)
-                except Exception as exc:  # noqa: BLE001 - nothing of it acknowledged: sent again
+                except Exception as exc:  # noqa: BLE001 - what was not acknowledged is sent again
                     self._broken(batch[-1][0], "committing the buffer failed", exc)
 
     def _linger_loop(self) -> None:
