@@ -1,6 +1,6 @@
 """The demo: a small plant like the FactoryTX quickstart's, collected by the real main job.
 
-``python -m dataflows.demo [--home DIR] [--seconds N] [--interval S]``
+``python -m dataflows.demo [--home DIR] [--seconds N] [--interval S] [--plant-only]``
 
 - a SQLite database ``<home>/demo/plant.sqlite`` whose tables ``ca_lasercut`` (6 laser
   cutters, Carmel), ``hk_diecast`` (3 die casters, Hong Kong, column ``TIMESTAMP``) and
@@ -55,8 +55,9 @@ SPRAYPAINT_ZONE = "Asia/Tokyo"
 CATCH_UP_SECONDS = 3.0
 
 
-def demo_config(home: Path) -> dict[str, Any]:
-    """The quickstart configuration with the demo's local sources and the localfile transmit."""
+def demo_config(home: Path, transmit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The quickstart configuration with the demo's local sources (under ``home / "demo"``)
+    and ``transmit``, by default the localfile transmit (the compose stack's is Kafka)."""
     demo = home / "demo"
 
     def stream(asset: str, table: str, column: str, initial: str) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def demo_config(home: Path) -> dict[str, Any]:
             convert("Time Converter 3", "diecast:mssql", "Asia/Hong_Kong"),
             convert("Time Converter 4", "fusion:mssql", "Europe/Paris"),
         ],
-        "data_transmit": [{"transmit_name": "MyTransmit_1", "transmit_type": "localfile"}],
+        "data_transmit": [transmit or {"transmit_name": "MyTransmit_1", "transmit_type": "localfile"}],
     }
 
 
@@ -151,16 +152,36 @@ def summary(home: Path) -> dict[str, int]:
     return {p.name: sum(1 for _ in p.open("rb")) for p in sorted(out.glob("*.jsonl"))} if out.exists() else {}
 
 
+def run_plant(plant: Plant, interval: float, seconds: float | None) -> int:
+    """Tick ``plant`` every ``interval`` seconds until SIGTERM or Ctrl-C (or ``seconds``);
+    one line at the start and one at the end; returns 0."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"demo plant in {plant.demo}: readings every {interval:g} s; SIGTERM or Ctrl-C stops", flush=True)
+    deadline = time.monotonic() + seconds if seconds else None
+    plant.tick()
+    while not stop.wait(interval) and (deadline is None or time.monotonic() < deadline):
+        plant.tick()
+    print(f"demo plant stopped after {plant.ticks} readings", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status (0 when every stream delivered records)."""
     parser = argparse.ArgumentParser(prog="python -m dataflows.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--home", type=Path, default=None, help="installation directory (FACTORYFLOW_HOME)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between plant readings")
+    parser.add_argument("--plant-only", action="store_true",
+                        help="only the plant: write its data under <home>/demo until stopped (the compose "
+                             "stack's plant service; its collector runs elsewhere)")
     args = parser.parse_args(argv)
     home = (args.home or home_dir()).resolve()
     plant = Plant(home)
     plant.create()
+    if args.plant_only:
+        return run_plant(plant, args.interval, args.seconds)
     recovery = prepare(home)
     plant.tick()
     env = {**os.environ, "FACTORYFLOW_HOME": str(home)}

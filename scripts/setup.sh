@@ -6,7 +6,8 @@
 #               (their jars from Maven Central, run with the machine's Java), Azurite, Cirrus
 #               Link's Sparkplug B client and node-opcua's sample server (npm, run with
 #               the machine's Node.js) and Chromium (Debian's package, for the web UI's
-#               browser tests)
+#               browser tests), and Docker (Debian's docker.io, docker-compose and debootstrap:
+#               the container tests build their images without a registry)
 #   --bench     also what `python -m bench` compares with (implies --test; add --services):
 #               kcat (Debian's package), connectorx, ADBC's PostgreSQL driver and pyarrow
 # Idempotent: a second run only checks.
@@ -70,6 +71,15 @@ if [ "$want_services" = 1 ]; then
   fi
   if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
     apt_install "Kafka, S3Proxy and Eclipse Tahu's edge node" default-jdk-headless maven
+  fi
+  if ! command -v dockerd >/dev/null && [ ! -x /usr/sbin/dockerd ]; then
+    apt_install "the container tests' engine" docker.io
+  fi
+  if ! command -v docker-compose >/dev/null; then
+    apt_install "the compose stack's tests" docker-compose
+  fi
+  if ! command -v debootstrap >/dev/null && [ ! -x /usr/sbin/debootstrap ]; then
+    apt_install "the container tests' base image (no registry is needed)" debootstrap
   fi
   if ! command -v chromium >/dev/null; then
     apt_install "the web UI's browser tests" chromium

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,16 @@ def test_demo_runs_and_output_grows(tmp_path: Path) -> None:
             f"{counts['lasercut__mssql.jsonl']}, spraypaint:azure_lake {counts['spraypaint__azure_lake.jsonl']}"
             ) in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_plant_only_writes_the_plant_and_runs_no_job(tmp_path: Path) -> None:
+    """The compose stack's plant service: readings until stopped, no config, no job."""
+    done = subprocess.run([sys.executable, "-m", "dataflows.demo", "--plant-only", "--home", str(tmp_path),
+                           "--interval", "0.2", "--seconds", "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "demo plant stopped after" in done.stdout
+    with sqlite3.connect(tmp_path / "demo" / "plant.sqlite") as db:
+        lasercut = db.execute("SELECT count(*) FROM ca_lasercut").fetchone()[0]
+    assert lasercut >= 6 * 3  # 6 machines, a reading each every 0.2 s
+    assert list((tmp_path / "demo" / "spraypaint").glob("*.csv"))
+    assert not (tmp_path / "conf.d").exists() and not (tmp_path / "recovery").exists()
