@@ -8,6 +8,10 @@ delivered records before and whose recovery state is gone exits 2 with one line,
 (:mod:`dataflows.recovery`). Ctrl-C or SIGTERM stops it gracefully: one line logs the
 records delivered per stream and the exit status is 0.
 
+``run --addresses 'h0:p0;h1:p1' --process-id I`` runs process ``I`` of a bytewax cluster
+(bytewax's ``-a`` and ``-i``), each process with its own home; its recovery directory holds
+partition ``I`` of as many as there are processes (:func:`dataflows.home.init_recovery`).
+
 Before a start every state file is checked (:mod:`dataflows.integrity`): a damaged ledger
 or control store is rebuilt; any other damaged file stops the start with one line naming
 it and ``set-aside FILE``, the command that moves it aside.
@@ -25,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from dataflows.config import ConfigError, read_document, validate
+from dataflows.context import CLUSTER_PROCESS_ENV
 from dataflows.home import home_dir, recovery_dir
 from dataflows.secrets import scrub, secret_values
 
@@ -43,7 +48,18 @@ def run(args: argparse.Namespace) -> int:
         os.environ["FACTORYFLOW_CONFIG"] = str(args.config.resolve())
     home = home_dir()
     recovery = recovery_dir(home)
-    checked = preflight(home, recovery, fresh_state=args.fresh_state)
+    addresses = [a.strip() for a in (args.addresses or "").split(";") if a.strip()] or None
+    process_id, processes = args.process_id, len(addresses or [""])
+    if process_id is None or not 0 <= process_id < processes:
+        given = os.environ.get("FACTORYFLOW_PROCESS_ID") if process_id is None else process_id
+        print(f"factoryflow: process id {given!r} is not one of the cluster's {processes} processes (0 to "
+              f"{processes - 1}): give --process-id (FACTORYFLOW_PROCESS_ID) and --addresses "
+              "(FACTORYFLOW_ADDRESSES)", file=sys.stderr)
+        return 2
+    cluster = {"partition": process_id, "partitions": processes} if addresses else {}
+    if addresses:  # the job and its forwarders: each process of the cluster has its own home
+        os.environ[CLUSTER_PROCESS_ENV] = str(process_id)
+    checked = preflight(home, recovery, fresh_state=args.fresh_state, **cluster)
     for line in checked.rebuilt:
         print(f"factoryflow: warning: {line}", file=sys.stderr)
     for line in checked.refused:  # one line each, before the job's logging and its summary line
@@ -51,10 +67,18 @@ def run(args: argparse.Namespace) -> int:
     if checked.refused:
         return 2
     dataflow = flow(recovery)  # exits 2 with every violation when the config is invalid
-    prepare_recovery(home, recovery, fresh_state=args.fresh_state)
-    cli_main(dataflow, workers_per_process=args.workers,
-             epoch_interval=timedelta(seconds=args.snapshot_interval),
-             recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)))
+    prepare_recovery(home, recovery, fresh_state=args.fresh_state, **cluster)
+    try:
+        cli_main(dataflow, workers_per_process=args.workers, process_id=process_id if addresses else None,
+                 addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
+                 recovery_config=RecoveryConfig(str(recovery), backup_interval=timedelta(0)))
+    except BaseException as exc:  # bytewax's PanicException is a BaseException
+        if not addresses or type(exc).__name__ != "PanicException":
+            raise
+        print(f"factoryflow: process {process_id} of the cluster {';'.join(addresses)} stopped: another process "
+              f"stopped or cannot be reached (bytewax: {exc}). Start every process of the cluster again: each "
+              "resumes from the last snapshot", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -93,6 +117,11 @@ def check(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _process_id(text: str) -> int | None:
+    """A process id as given (a number from 0), or None when it is not one."""
+    return int(text) if text.strip().isdigit() else None
+
+
 def parser(prog: str = "python -m dataflows",
            more: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The command line of ``run`` and ``validate``; ``more`` lists further commands (name:
@@ -108,6 +137,13 @@ def parser(prog: str = "python -m dataflows",
     job.add_argument("--snapshot-interval", type=float, default=5.0,
                      help="seconds between recovery snapshots (default 5)")
     job.add_argument("--workers", type=int, default=1, help="bytewax workers in this process")
+    job.add_argument("--addresses", default=os.environ.get("FACTORYFLOW_ADDRESSES"),
+                     help="the processes of a bytewax cluster, 'host:port;host:port' (bytewax's -a; also "
+                          "FACTORYFLOW_ADDRESSES): each process has its own home and holds its own recovery "
+                          "partition")
+    job.add_argument("--process-id", type=_process_id, default=_process_id(os.environ.get("FACTORYFLOW_PROCESS_ID", "0")),
+                     help="this process's place in --addresses, from 0 (bytewax's -i; also FACTORYFLOW_PROCESS_ID, "
+                          "e.g. a StatefulSet pod's index)")
     job.add_argument("--fresh-state", action="store_true",
                      help="start over although records were delivered before and the recovery state is "
                           "gone: every source is read from the start again (also FACTORYFLOW_FRESH_STATE=1)")

@@ -19,6 +19,7 @@ Transmits get their ledger handle, :class:`~dataflows.report.TransmitReport`, as
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,18 @@ class Acknowledgements:
             self._ledger = None
 
 
+
+#: Set by ``factoryflow run --addresses`` to its ``--process-id``: the processes of the
+#: cluster each have their own home (:attr:`RunContext.cluster_process`).
+CLUSTER_PROCESS_ENV = "FACTORYFLOW_CLUSTER_PROCESS"
+
+
+def cluster_process() -> int | None:
+    """The process id :data:`CLUSTER_PROCESS_ENV` gives, or None (not set, or not a number)."""
+    value = os.environ.get(CLUSTER_PROCESS_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What components need from the running installation.
@@ -110,6 +123,11 @@ class RunContext:
         that drive one partition want. The dataflow uses :data:`READ_WAIT`.
     :ivar shard: in a spool's forwarder (:mod:`dataflows.spool`), its shard: 0 to the
         workers' count - 1 (a Kafka writer's transactional id ends with it).
+    :ivar cluster_process: this process's id in a bytewax cluster whose processes each have
+        their own home (``factoryflow run --addresses``, which sets
+        :data:`CLUSTER_PROCESS_ENV` for the job and its forwarders); None otherwise. Each
+        home starts its own forwarders, so what names a forwarder across the cluster (a
+        Kafka writer's transactional id) carries it.
     """
 
     home: Path
@@ -120,6 +138,7 @@ class RunContext:
     recovery: Path | None = None
     disk: DiskGuard | None = None
     shard: int = 0
+    cluster_process: int | None = field(default_factory=cluster_process)
 
     def component_dir(self, name: str) -> Path:
         """``$FACTORYFLOW_HOME/components/<name>``, the data directory of a component."""

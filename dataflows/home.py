@@ -4,7 +4,8 @@
 
     $FACTORYFLOW_HOME/                   default ./.factoryflow
       conf.d/config.json                 the config ($FACTORYFLOW_CONFIG overrides it)
-      recovery/                          bytewax's recovery store (one partition)
+      recovery/                          bytewax's recovery store (one partition; in a
+                                         cluster of N processes, process i's part-i of N)
       log/factorytx_core.log             the dataflow's log (factorytx_web.log: the API's)
       log/dataflow-console.log           the supervised dataflow's console output
       state/ledger.sqlite                delivery ledger, markers, counts
@@ -17,7 +18,10 @@ Every path here is absolute when ``home`` is.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -82,25 +86,62 @@ def component_dir(home: Path, name: str) -> Path:
     return components_dir(home) / name
 
 
-def recovery_initialised(directory: Path) -> bool:
-    """Whether ``directory`` holds a bytewax recovery partition (``part-*.sqlite3``)."""
+def recovery_initialised(directory: Path, partition: int | None = None) -> bool:
+    """Whether ``directory`` holds a bytewax recovery partition (``part-*.sqlite3``), or,
+    given ``partition``, that one (``part-<partition>.sqlite3``)."""
+    if partition is not None:
+        return (directory / f"part-{partition}.sqlite3").exists()
     return any(directory.glob("part-*.sqlite3"))
 
 
-def init_recovery(directory: Path) -> Path:
-    """Create and initialise a bytewax recovery directory (one partition) unless it holds
-    one already: a missing directory, or one without a ``part-*.sqlite3`` (a freshly
-    mounted volume). The same as ``mkdir -p DIR && python -m bytewax.recovery DIR 1``.
+def recovery_partitions(directory: Path) -> dict[int, int]:
+    """The bytewax recovery partitions in ``directory``: ``{index: count}``, as each file
+    records them (bytewax's ``parts`` table); a file that cannot be read is left out."""
+    out = {}
+    for path in directory.glob("part-*.sqlite3"):
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                for index, count in db.execute("SELECT part_index, part_count FROM parts"):
+                    out[int(index)] = int(count)
+        except sqlite3.Error:
+            continue
+    return out
+
+
+def init_recovery(directory: Path, partition: int = 0, partitions: int = 1) -> Path:
+    """Create and initialise a bytewax recovery directory unless it holds its partition
+    already: a missing directory, or one without a ``part-*.sqlite3`` (a freshly mounted
+    volume). With one partition, the same as ``mkdir -p DIR && python -m bytewax.recovery
+    DIR 1``. Process ``partition`` of a cluster of ``partitions`` processes, each with its
+    own directory, holds partition ``partition`` of ``partitions`` only (bytewax finds the
+    others on the other processes); processes sharing one directory each add their own.
 
     Before a start, :func:`dataflows.recovery.prepare_recovery` does this and also refuses
     to start over silently where records were delivered before.
+
+    :raises ValueError: ``partition`` is not below ``partitions``.
     """
-    if not recovery_initialised(directory):
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} of {partitions}: it must be 0 to {partitions - 1}")
+    if partitions == 1 and not recovery_initialised(directory):
         from bytewax.recovery import init_db_dir
 
         directory.mkdir(parents=True, exist_ok=True)
         init_db_dir(directory, 1)
         _write_generation(directory / RECOVERY_GENERATION, uuid.uuid4().hex)  # a new store
+    elif partitions > 1 and not recovery_initialised(directory, partition):
+        from bytewax.recovery import init_db_dir
+
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = directory / f".init-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            init_db_dir(staging, partitions)  # every partition knows the count; this one is kept
+            for path in staging.glob(f"part-{partition}.sqlite3*"):  # with its -wal, should one be left
+                os.replace(path, directory / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _write_generation(directory / RECOVERY_GENERATION, uuid.uuid4().hex, exclusive=True)
     return directory
 
 

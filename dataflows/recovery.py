@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataflows.home import init_recovery, ledger_path, recovery_initialised
+from dataflows.home import init_recovery, ledger_path, recovery_initialised, recovery_partitions
 from dataflows.integrity import check_state
 from dataflows.ledger import Ledger
 
@@ -83,32 +83,53 @@ def _lost(home: Path, directory: Path, delivered: dict[tuple[str, str], int]) ->
             f"(or {FRESH_STATE_ENV}=1, or POST /v1/ftx/start?fresh_state=true)")
 
 
-def refusal(home: Path, directory: Path, *, fresh_state: bool = False) -> str | None:
+def _other_cluster(directory: Path, partition: int, partitions: int) -> str | None:
+    """Why ``directory`` cannot serve process ``partition`` of a cluster of ``partitions``:
+    it holds partitions of a cluster of another size (bytewax would refuse to resume)."""
+    other = {index: count for index, count in recovery_partitions(directory).items() if count != partitions}
+    if not other:
+        return None
+    return (f"the recovery state {directory} holds partition {', '.join(map(str, sorted(other)))} of a cluster of "
+            f"{max(other.values())} processes, but this is process {partition} of {partitions}: run it with the "
+            f"process id and addresses it had (factoryflow run --process-id, --addresses), or move {directory} "
+            f"aside and start over on purpose with --fresh-state")
+
+
+def refusal(home: Path, directory: Path, *, fresh_state: bool = False, partition: int = 0,
+            partitions: int = 1) -> str | None:
     """Why a start on ``directory`` must not go ahead (the line :class:`StateLost` carries),
     or None: it holds state, nothing was delivered before, or ``fresh_state`` (or
-    ``FACTORYFLOW_FRESH_STATE=1``) says to start over."""
-    if recovery_initialised(directory) or _starting_over(fresh_state):
+    ``FACTORYFLOW_FRESH_STATE=1``) says to start over. ``partition`` of ``partitions``:
+    this process's place in a bytewax cluster (:func:`dataflows.home.init_recovery`); a
+    directory of a cluster of another size is refused too."""
+    other = _other_cluster(directory, partition, partitions)
+    if other is not None:
+        return other
+    if recovery_initialised(directory, partition if partitions > 1 else None) or _starting_over(fresh_state):
         return None
     delivered = delivered_before(home)
     return _lost(home, directory, delivered) if delivered else None
 
 
-def preflight(home: Path, directory: Path, *, fresh_state: bool = False) -> Preflight:
+def preflight(home: Path, directory: Path, *, fresh_state: bool = False, partition: int = 0,
+              partitions: int = 1) -> Preflight:
     """Everything checked before a start, by every way of starting (``factoryflow run``,
     ``bytewax.run -r``, the API): the state files (:func:`dataflows.integrity.check_state`,
-    which rebuilds a damaged ledger), then whether the recovery state was lost
-    (:func:`refusal`)."""
+    which rebuilds a damaged ledger), then whether the recovery state was lost or belongs
+    to a cluster of another size (:func:`refusal`)."""
     checked = check_state(home, directory)
     refused = list(checked.refused)
     if not refused:
-        problem = refusal(home, directory, fresh_state=fresh_state)
+        problem = refusal(home, directory, fresh_state=fresh_state, partition=partition, partitions=partitions)
         refused += [problem] if problem is not None else []
     return Preflight(checked.rebuilt, refused)
 
 
-def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False) -> Path:
-    """``directory``, ready for bytewax: initialised (one partition) when it holds none yet;
-    a start over where records were delivered before is logged as a warning.
+def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False, partition: int = 0,
+                     partitions: int = 1) -> Path:
+    """``directory``, ready for bytewax: initialised (one partition; process ``partition``
+    of a cluster of ``partitions``: that partition) when it holds none yet; a start over
+    where records were delivered before is logged as a warning.
 
     :param home: ``$FACTORYFLOW_HOME``, whose delivery ledger says whether records were
         delivered before.
@@ -118,7 +139,7 @@ def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False) 
         (:func:`refusal`).
     :raises OSError: the directory cannot be made.
     """
-    if recovery_initialised(directory):
+    if recovery_initialised(directory, partition if partitions > 1 else None):
         return directory
     delivered = delivered_before(home)
     if delivered:
@@ -127,4 +148,4 @@ def prepare_recovery(home: Path, directory: Path, *, fresh_state: bool = False) 
         _log.warning("starting over with fresh state in %s: %d records of %d streams were delivered "
                      "before; every stream reads its source from the start again", directory,
                      sum(delivered.values()), _streams(delivered))
-    return init_recovery(directory)
+    return init_recovery(directory, partition, partitions)

@@ -300,7 +300,10 @@ class _TransactionalKafkaWriter(_KafkaWriter):
 
     def __init__(self, config: KafkaTransmit, ctx: RunContext, report: TransmitReport) -> None:
         self._prefix = config.transactional_prefix()
-        self._shard_id = f"{self._prefix}.{ctx.shard}"
+        # the shard alone in one home; in a cluster of homes (each starts its own forwarders),
+        # the process too, or the homes' forwarders of one shard would fence each other
+        self._shard_id = (f"{self._prefix}.{ctx.shard}" if ctx.cluster_process is None
+                          else f"{self._prefix}.{ctx.cluster_process}.{ctx.shard}")
         super().__init__(config, ctx, report)
         self._in_transaction = False
 

@@ -24,12 +24,15 @@ NAB = Path(__file__).resolve().parents[2] / "data" / "nab" / "machine_temperatur
 COPIES = 50
 
 
-def _config(bootstrap: str, topic: str) -> dict[str, object]:
+def nab_config(bootstrap: str, topic: str, streams: dict[str, str] | None = None) -> dict[str, object]:
+    """NAB CSV files in ``/data/in`` into ``topic``, exactly once; ``streams``: asset to file
+    pattern (default one stream, ``machine``, of every file)."""
     return {"data_receiver": [{
         "data_receiver_name": "nab", "protocol": "localfile", "poll_interval": 1,
         "connections": [{"connection_name": "drop folder", "data_directory": "/data/in"}],
         "parsers": [{"parser_name": "csv", "parser_type": "csv"}],
-        "streams": [{"asset": "machine", "stream_type": "temperature", "parser": "csv", "file_filter": ["*.csv"]}]}],
+        "streams": [{"asset": asset, "stream_type": "temperature", "parser": "csv", "file_filter": [pattern]}
+                    for asset, pattern in (streams or {"machine": "*.csv"}).items()]}],
         "transforms": [{"transform_name": "plant time", "transform_type": "convert_timestamps",
                         "field_names": ["timestamp"], "timezone": "America/Chicago"}],
         "data_transmit": [{"transmit_name": "kafka", "transmit_type": "kafka", "bootstrap_servers": bootstrap,
@@ -71,7 +74,7 @@ def test_a_killed_container_resumes_from_its_volume_each_record_once(
     topic = f"nab-{uuid.uuid4().hex[:8]}"
     kafka.create_topic(topic)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(_config(kafka.bootstrap, topic)))
+    config.write_text(json.dumps(nab_config(kafka.bootstrap, topic)))
     data = volume(docker)
     containers: list[str] = []
     try:
