@@ -92,7 +92,6 @@ class Acknowledgements:
             self._ledger = None
 
 
-
 #: Set by ``factoryflow run --addresses`` to its ``--process-id``: the processes of the
 #: cluster each have their own home (:attr:`RunContext.cluster_process`).
 CLUSTER_PROCESS_ENV = "FACTORYFLOW_CLUSTER_PROCESS"
