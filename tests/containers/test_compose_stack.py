@@ -38,15 +38,18 @@ class Stack:
                     "FACTORYFLOW_API_PORT": str(self.api_port)}
         self.bootstrap = f"127.0.0.1:{self.kafka_port}"
 
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``docker-compose ARGS`` on the stack and its test override, under its project."""
+        return subprocess.run(["docker-compose", "-f", str(STACK), "-f", str(OVERRIDE), "-p", self.project, *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
     def __call__(self, *args: str, timeout: float = 300) -> str:
-        result = subprocess.run(["docker-compose", "-f", str(STACK), "-f", str(OVERRIDE), "-p", self.project,
-                                 *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = self.run(*args, timeout=timeout)
         assert result.returncode == 0, f"docker-compose {' '.join(args)}: {result.stderr[-3000:]}"
         return result.stdout
 
     def logs(self) -> str:
-        return subprocess.run(["docker-compose", "-f", str(STACK), "-f", str(OVERRIDE), "-p", self.project, "logs",
-                               "--no-color", "--tail", "60"], env=self.env, capture_output=True, text=True).stdout
+        return self.run("logs", "--no-color", "--tail", "60").stdout
 
 
 @pytest.fixture
@@ -56,8 +59,7 @@ def stack(docker: Docker, image: str) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        subprocess.run(["docker-compose", "-f", str(STACK), "-f", str(OVERRIDE), "-p", stack.project, "down",
-                        "-v", "--timeout", "30"], env=stack.env, capture_output=True, timeout=300)
+        stack.run("down", "-v", "--timeout", "30")
 
 
 def _readings(bootstrap: str) -> Counter[tuple[str, str, str]]:
